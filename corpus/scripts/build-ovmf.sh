@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Build OVMF from Debian's edk2 source and keep the FD with its symbol files.
+#   build-ovmf.sh VERSION DSC TARGET [-D NAME=VALUE]...
+#   e.g. build-ovmf.sh 2022.11 OvmfPkg/OvmfPkgX64.dsc DEBUG -D SECURE_BOOT_ENABLE=TRUE
+# Output (printed on stdout): ${OVMFTOOL_CACHE:-~/.cache/ovmftool}/builds/<key>/ holding
+#   FV/*.fd FV/*.inf, <ARCH>/*.efi *.debug, <ARCH>/*.map, build-report.txt, build.json
+# A finished build with the same key is reused. Set OVMFTOOL_EDK2_TREE to build another tree.
+set -euo pipefail
+ver=${1:?usage: build-ovmf.sh VERSION DSC TARGET [-D NAME=VALUE]...}
+dsc=${2:?DSC missing}; target=${3:?TARGET missing}; shift 3
+defs=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -D) defs+=("-D" "${2:?-D needs NAME=VALUE}"); shift 2 ;;
+    -D*) defs+=("-D" "${1#-D}"); shift ;;
+    *) echo "build-ovmf.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${OVMFTOOL_CACHE:-$HOME/.cache/ovmftool}
+tree=${OVMFTOOL_EDK2_TREE:-$(bash "$here/edk2-source.sh" "$ver")}
+[ -f "$tree/$dsc" ] || { echo "build-ovmf.sh: $dsc not found in $tree" >&2; exit 2; }
+key=$(printf '%s|%s|%s|%s|%s' "$ver" "$tree" "$dsc" "$target" "${defs[*]:-}" | sha256sum | cut -c1-12)
+out=$cache/builds/$ver-$(basename "$dsc" .dsc)-$target-$key
+if [ -f "$out/build.json" ]; then echo "$out"; exit 0; fi
+archs=(-a X64)
+case "$(basename "$dsc")" in
+  OvmfPkgIa32X64.dsc) archs=(-a IA32 -a X64) ;;
+  OvmfPkgIa32.dsc) archs=(-a IA32) ;;
+esac
+plat=$(awk -F= '/^[[:space:]]*OUTPUT_DIRECTORY/{gsub(/[[:space:]]/,"",$2); print $2; exit}' "$tree/$dsc")
+[ -n "$plat" ] || { echo "build-ovmf.sh: no OUTPUT_DIRECTORY in $dsc" >&2; exit 2; }
+rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+start=$(date +%s)
+(
+  cd "$tree"
+  rm -rf "$plat/${target}_GCC5"
+  set +u; . ./edksetup.sh >/dev/null; set -u
+  build "${archs[@]}" -t GCC5 -p "$dsc" -b "$target" -n "$(nproc)" "${defs[@]}" \
+    -Y LIBRARY -Y FLASH -y "$out.tmp/build-report.txt"
+) >"$out.tmp/build.log" 2>&1 || { tail -n 30 "$out.tmp/build.log" >&2; echo "build-ovmf.sh: build failed, log in $out.tmp/build.log" >&2; exit 1; }
+bdir=$tree/$plat/${target}_GCC5
+mkdir -p "$out.tmp/FV"
+cp "$bdir"/FV/*.fd "$bdir"/FV/*.inf "$out.tmp/FV/"
+for a in IA32 X64; do
+  [ -d "$bdir/$a" ] || continue
+  mkdir -p "$out.tmp/$a"
+  find "$bdir/$a" -maxdepth 1 -type f \( -name '*.efi' -o -name '*.debug' \) -exec cp {} "$out.tmp/$a/" \;
+  find "$bdir/$a" -path '*/DEBUG/*.map' -exec cp {} "$out.tmp/$a/" \;
+done
+cat > "$out.tmp/build.json" <<JSON
+{"edk2_version": "$ver", "debian_version": "$(cat "$tree/.ovmftool-ready" 2>/dev/null || echo unknown)",
+ "dsc": "$dsc", "target": "$target", "toolchain": "GCC5", "archs": "${archs[*]}",
+ "defines": "${defs[*]:-}", "seconds": $(( $(date +%s) - start ))}
+JSON
+rm -rf "$out"; mv "$out.tmp" "$out"
+echo "$out"
