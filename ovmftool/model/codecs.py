@@ -81,7 +81,8 @@ def x86_convert(buf: bytearray, ip: int = 0, encoding: bool = False) -> bytearra
                     v ^= ((0x100 << sh) - 1) & 0xFFFFFFFF
                     v = (v + cur if encoding else v - cur) & 0xFFFFFFFF
                 mask = 0
-            buf[p + 1 : p + 5] = v.to_bytes(4, "little")
+            buf[p + 1 : p + 4] = (v & 0xFFFFFF).to_bytes(3, "little")
+            buf[p + 4] = 0xFF if (v >> 24) & 1 else 0x00
         else:
             mask = (mask >> 1) | 4
             pos += 1

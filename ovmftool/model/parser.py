@@ -18,6 +18,7 @@ from ovmftool.model.volume import Volume, looks_like_volume, parse_volume
 from ovmftool.model import structs as S
 
 MAX_IMAGE_SIZE = 256 << 20
+FLASH_BLOCK = 0x1000
 
 
 @dataclass(eq=False)
@@ -137,6 +138,8 @@ def parse_flash(data: bytes, path: str = "", limits: Limits | None = None) -> Fl
         raise ImageError(f"{path or 'input'} holds no firmware volume (no _FVH signature): not a flash image")
     if pos < len(data):
         _gap(root, pos, len(data))
+    if len(data) % FLASH_BLOCK:
+        root.damage(f"image size 0x{len(data):X} is not a multiple of the 4 KiB flash block (truncated?)", len(data))
     resolve(root)
     return root
 
@@ -145,4 +148,6 @@ def _gap(root: FlashImage, start: int, end: int) -> None:
     chunk = root.space.data[start:end]
     g = Gap(root.space, start, end - start, root)
     g.erased = chunk.count(0xFF) == len(chunk) or chunk.count(0) == len(chunk)
+    if not g.erased:
+        g.damage(f"0x{end - start:X} bytes outside any volume are not erased")
     root.children.append(g)

@@ -141,7 +141,8 @@ def _parse_body(ctx: "ParseContext", sec: Section) -> None:
         sec.header_size = doff
         sec.compression = S.GUIDED_NAMES.get(sec.guid, sec.guid)
         if sec.guid == S.CRC32_GUID:
-            stored = int.from_bytes(data[min_hdr : min_hdr + 4], "little") if doff >= min_hdr + 4 else None
+            c = sec.offset + min_hdr
+            stored = int.from_bytes(data[c : c + 4], "little") if doff >= min_hdr + 4 else None
             sec.crc_ok = stored is not None and stored == codecs.crc32(sec.body)
             if not sec.crc_ok:
                 sec.damage("CRC32 of GUID-defined section data does not match")

@@ -60,6 +60,8 @@ def text_lines(root: FlashImage) -> Iterator[str]:
         for c in n.children:
             yield from rec(c, depth + 1)
 
+    for p in root.problems:
+        yield f"!! DAMAGE: {p}"
     for c in root.children:
         yield from rec(c, 0)
     mods = list(iter_modules(root))

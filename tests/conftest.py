@@ -1,0 +1,57 @@
+"""Shared fixtures: the corpus images and OVMF builds from Debian's edk2 source.
+
+Builds come from corpus/scripts/build-ovmf.sh, which caches them under
+${OVMFTOOL_CACHE:-~/.cache/ovmftool}/builds; the first run on a machine builds (minutes), later
+runs reuse. Set OVMFTOOL_SKIP_BUILDS=1 to skip the tests that need a build (they are reported
+as skipped, never as passed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "corpus"
+MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
+CORPUS_IMAGES = {e["path"]: CORPUS / e["path"] for e in MANIFEST["images"]}
+
+# (edk2 version, DSC, target, defines): the builds tests use. Debian's Shell patch needs secure boot.
+BUILDS = {
+    "2022.11-X64-DEBUG": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
+    "2022.11-X64-RELEASE": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"]),
+    "2025.02-X64-DEBUG": ("2025.02", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
+}
+_built: dict[str, Path] = {}
+
+
+def build_dir(key: str) -> Path:
+    """Directory of a cached OVMF build (building it first if needed)."""
+    if os.environ.get("OVMFTOOL_SKIP_BUILDS"):
+        pytest.skip("OVMFTOOL_SKIP_BUILDS is set")
+    if key not in _built:
+        ver, dsc, target, defs = BUILDS[key]
+        cmd = ["bash", str(CORPUS / "scripts" / "build-ovmf.sh"), ver, dsc, target]
+        for d in defs:
+            cmd += ["-D", d]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.fail(f"build {key} failed: {res.stderr[-2000:]}")
+        _built[key] = Path(res.stdout.strip().splitlines()[-1])
+    return _built[key]
+
+
+@pytest.fixture(params=sorted(CORPUS_IMAGES), ids=lambda p: p.split("/", 1)[1])
+def corpus_image(request) -> Path:
+    """Each real image in corpus/ in turn."""
+    return CORPUS_IMAGES[request.param]
+
+
+@pytest.fixture(params=["2022.11-X64-DEBUG", "2022.11-X64-RELEASE", "2025.02-X64-DEBUG"])
+def ovmf_build(request) -> Path:
+    """Each OVMF build from Debian's edk2 source in turn."""
+    return build_dir(request.param)
