@@ -8,6 +8,9 @@ ver=${1:?usage: edk2-source.sh 2022.11|2025.02}
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${OVMFTOOL_CACHE:-$HOME/.cache/ovmftool}
 tree=$cache/src/edk2-$ver
+mkdir -p "$cache/src"
+exec 9>"$cache/src/.edk2-$ver.lock"
+flock 9
 if [ -f "$tree/.ovmftool-ready" ]; then echo "$tree"; exit 0; fi
 bash "$here/apt-sources.sh" >&2
 need=()

@@ -1,0 +1,50 @@
+"""Time a command over repeated runs: wall-clock median and peak RSS of each child (os.wait4)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+
+def machine() -> str:
+    """One line describing this machine."""
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def run(cmd: list[str], runs: int = 11, warmup: int = 1) -> dict:
+    """Run `cmd` warmup+runs times; returns wall times (s), peak RSS (MB) and exit codes."""
+    walls, rss, codes = [], [], set()
+    for i in range(warmup + runs):
+        t = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)
+        dt = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        if i >= warmup:
+            walls.append(dt)
+            rss.append(ru.ru_maxrss / 1024)
+            codes.add(p.returncode)
+    return {"median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
+            "peak_rss_mb": max(rss), "exit_codes": sorted(codes), "runs": runs}
+
+
+def report(title: str, cmd: list[str], res: dict, target: str) -> None:
+    """Print one benchmark's figures."""
+    print(f"## {title}")
+    print(f"machine: {machine()}")
+    print(f"command: {' '.join(cmd)}")
+    print(f"runs: {res['runs']}  median {res['median_s']:.3f} s  min {res['min_s']:.3f} s  max {res['max_s']:.3f} s"
+          f"  peak RSS {res['peak_rss_mb']:.0f} MB  exit {res['exit_codes']}  (target: {target})")
+    sys.stdout.flush()
