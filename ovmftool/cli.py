@@ -114,3 +114,45 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
         _fail(f"{image}: damaged image: {probs[0]} (use --allow-damaged to extract anyway)")
     manifest = do_extract(root, out_dir)
     click.echo(f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {out_dir}")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False),
+              help="EDK II build directory whose <ARCH>/*.debug (or .map) files name functions.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
+              help="Worker processes (default: CPU count, at most 4).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int | None, output: str | None) -> None:
+    """Find every string port-I/O instruction (INS/OUTS) in the code of each IMAGE.
+
+    Exit 0: no sites; 1: sites found; 2: error (an image could not be read or is damaged).
+    """
+    from ovmftool.errors import OvmfToolError as _E
+    from ovmftool.model.node import all_problems
+    from ovmftool.report.scan_report import scan_json, scan_text
+    from ovmftool.scan.scanner import default_jobs, scan_image
+
+    jobs = jobs or default_jobs()
+    docs, texts, errors, sites = [], [], [], 0
+    for image in images:
+        try:
+            root = _load(image)
+            probs = all_problems(root)
+            if probs:
+                raise _E(f"{image}: damaged image: {probs[0]}")
+            res = scan_image(image, symbols_dir, jobs, root=root)
+        except _E as e:
+            errors.append(str(e))
+            continue
+        sites += len(res.findings)
+        docs.append(scan_json(res)) if fmt == "json" else texts.append(scan_text(res))
+    if fmt == "json":
+        if docs:
+            _emit(json.dumps(docs[0] if len(images) == 1 else docs, indent=2, sort_keys=True) + "\n", output)
+    elif texts:
+        _emit("".join(texts), output)
+    for e in errors:
+        click.echo(f"ovmftool: error: {e}", err=True)
+    sys.exit(2 if errors else (1 if sites else 0))
