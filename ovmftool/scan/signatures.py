@@ -37,7 +37,6 @@ class Signature:
     code: bytes
     trees: tuple[str, ...]
     pattern: re.Pattern = field(compare=False, repr=False)
-    anchor: bytes = field(compare=False, repr=False)  # literal prefix used to find candidates
     sites: tuple[int, ...] = ()  # offsets of string I/O instructions in the routine
     aliases: tuple[str, ...] = ()
 
@@ -58,30 +57,58 @@ class SignatureMatch:
         return self.rva + len(self.signature.code)
 
 
-def _compile(code: bytes, bits: int) -> tuple[re.Pattern, bytes, tuple[int, ...]]:
+# Opcodes whose register-register form has a twin encoding (the direction bit), and opcodes whose
+# operands commute (TEST, XCHG): assemblers differ in which they emit (NASM 2.15 vs 2.16 for XCHG).
+_DIRECTION_TWINS = {op for base in range(0x00, 0x40, 8) for op in (base, base + 1, base + 2, base + 3)} | {
+    0x88, 0x89, 0x8A, 0x8B}
+_COMMUTING = {0x84, 0x85, 0x86, 0x87}
+
+
+def _encodings(insn: bytes) -> list[bytes]:
+    """The instruction and, for a register-register ModRM form, its equivalent twin encoding."""
+    i = 0
+    pre = b""
+    if i < len(insn) and insn[i] == 0x66:
+        pre, i = insn[:1], 1
+    rex = None
+    if i < len(insn) and 0x40 <= insn[i] <= 0x4F:
+        rex, i = insn[i], i + 1
+    if len(insn) != i + 2:
+        return [insn]
+    op, modrm = insn[i], insn[i + 1]
+    if modrm >> 6 != 3 or (op not in _DIRECTION_TWINS and op not in _COMMUTING):
+        return [insn]
+    reg, rm = (modrm >> 3) & 7, modrm & 7
+    twin_op = op ^ 2 if op in _DIRECTION_TWINS else op
+    twin_modrm = 0xC0 | (rm << 3) | reg
+    out = pre
+    if rex is not None:
+        r, b = (rex >> 2) & 1, rex & 1
+        out += bytes([(rex & 0xFA) | (b << 2) | r])
+    twin = out + bytes([twin_op, twin_modrm])
+    return [insn] if twin == insn else [insn, twin]
+
+
+def _compile(code: bytes, bits: int) -> tuple[re.Pattern, tuple[int, ...]]:
     parts: list[bytes] = []
     sites = []
-    anchor = None
     pos = 0
     for addr, size, mnem, op in cs(bits).disasm_lite(code, 0):
         insn = code[addr : addr + size]
         if mnem in _BRANCHES and direct_target(op) is not None:
             # opcode bytes literal, displacement (last 1 or 4 bytes) wildcarded
-            dlen = 1 if size == 2 or (size == 3 and insn[0] in (0x67,)) else 4
-            if size - dlen <= 0:
-                dlen = size - 1
-            lit, wild = insn[: size - dlen], size - dlen
-            parts.append(re.escape(lit) + b"." * (size - wild))
-            if anchor is None:
-                anchor = code[:addr] + lit
+            dlen = 1 if size == 2 or (size == 3 and insn[0] == 0x67) else 4
+            parts.append(re.escape(insn[: size - dlen]) + b"." * dlen)
         else:
-            parts.append(re.escape(insn))
+            encs = _encodings(insn)
+            parts.append(re.escape(encs[0]) if len(encs) == 1
+                         else b"(?:" + b"|".join(re.escape(e) for e in encs) + b")")
         if string_io(mnem):
             sites.append(addr)
         pos = addr + size
     if pos != len(code):
         parts.append(re.escape(code[pos:]))
-    return re.compile(b"".join(parts), re.DOTALL), (anchor if anchor is not None else code), tuple(sites)
+    return re.compile(b"".join(parts), re.DOTALL), tuple(sites)
 
 
 def _aliases(arch: str, source: str, routine: str) -> tuple[str, ...]:
@@ -99,22 +126,34 @@ def load() -> tuple[Signature, ...]:
     for r in doc["routines"]:
         code = bytes.fromhex(r["bytes"])
         bits = 64 if r["arch"] == "X64" else 32
-        pat, anchor, sites = _compile(code, bits)
+        pat, sites = _compile(code, bits)
         out.append(Signature(r["arch"], r["library"], r["source"], r["routine"], code, tuple(r["trees"]),
-                             pat, anchor, sites, _aliases(r["arch"], r["source"], r["routine"])))
+                             pat, sites, _aliases(r["arch"], r["source"], r["routine"])))
     return tuple(out)
 
 
 def find(mem: bytes, arch: str, ranges: list[tuple[int, int]]) -> list[SignatureMatch]:
-    """Every signature occurrence inside the given [start, end) ranges of a module's memory."""
-    found: dict[int, SignatureMatch] = {}
+    """Every occurrence of a routine that carries string I/O, inside the [start, end) ranges.
+
+    Candidates are anchored on the string I/O instruction's own bytes (REP prefix and opcode are
+    the same in every encoding variant), then the whole routine is matched around it.
+    """
+    by_anchor: dict[bytes, list[tuple[int, Signature]]] = {}
     for sig in load():
-        if sig.arch != arch:
-            continue
+        if sig.arch == arch:
+            for off in sig.sites:
+                end = off + 1
+                while sig.code[end - 1] not in (0x6C, 0x6D, 0x6E, 0x6F):
+                    end += 1
+                by_anchor.setdefault(sig.code[off:end], []).append((off, sig))
+    found: dict[int, SignatureMatch] = {}
+    for anchor, cands in by_anchor.items():
         for lo, hi in ranges:
-            p = mem.find(sig.anchor, lo, hi)
+            p = mem.find(anchor, lo, hi)
             while p >= 0:
-                if sig.pattern.match(mem, p, hi) and p not in found:
-                    found[p] = SignatureMatch(p, sig)
-                p = mem.find(sig.anchor, p + 1, hi)
+                for off, sig in cands:
+                    start = p - off
+                    if start >= lo and start not in found and sig.pattern.match(mem, start, hi):
+                        found[start] = SignatureMatch(start, sig)
+                p = mem.find(anchor, p + 1, hi)
     return sorted(found.values(), key=lambda m: m.rva)
