@@ -22,9 +22,11 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from ovmftool.scan.disasm import CONDITIONAL, TERMINATORS, cs, direct_target, rip_target, string_io
+from ovmftool.scan.disasm import K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs
 
-CHUNK = 96  # bytes handed to capstone per step; blocks are short
+DECODE_INSNS = 32
+PROBE_INSNS = 8  # first decode of an unproven pointer target: most are data and fail early  # instructions decoded per capstone call; decoded instructions are cached
+MAX_GAP = 4096  # larger holes are data (strings, tables), not routines linked beside others
 _PAD = frozenset(b"\x90\xcc\x00")
 
 
@@ -98,6 +100,9 @@ class Discoverer:
         self.ranges = sorted(exec_ranges)
         self.map = CodeMap()
         self._lo = [r[0] for r in self.ranges]
+        self.raw = RawDecoder(mem, bits)
+        self.size_of: dict[int, int] = {}  # decoded instructions: rva -> size
+        self.special: dict[int, tuple[int, object]] = {}  # rva -> (kind, aux) for branches, LEAs, INS/OUTS
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -111,11 +116,11 @@ class Discoverer:
 
     def _inside_other(self, a: int, trial: _Trial) -> bool:
         """True when `a` falls inside (not at the start of) an instruction already decoded."""
+        known, mine = self.map.starts, trial.starts
         for back in range(1, 15):
-            for starts in (self.map.starts, trial.starts):
-                sz = starts.get(a - back)
-                if sz is not None and sz > back:
-                    return True
+            sz = known.get(a - back) or mine.get(a - back)
+            if sz is not None and sz > back:
+                return True
         return False
 
     def looks_like_string(self, a: int) -> bool:
@@ -138,9 +143,20 @@ class Discoverer:
 
     # --- the walk ------------------------------------------------------------------------
 
+    def _decode(self, a: int, count: int = 0) -> bool:
+        """Decode linearly from `a` into the caches. Decoding from an address always yields the
+        same instructions, so overlapping decodes agree and simply refresh the same entries."""
+        addrs, sizes, special = self.raw.decode(a, self._range_end(a), count or DECODE_INSNS)
+        if not addrs:
+            return False
+        self.size_of.update(zip(addrs, sizes))
+        self.special.update(special)
+        return True
+
     def _walk(self, root: int, trial: _Trial, strict: bool) -> None:
         """Explore the function at `root` and everything it calls into `trial`."""
-        mem, md, known = self.mem, self.md, self.map.starts
+        known, size_of, special, functions = self.map.starts, self.size_of, self.special, self.map.functions
+        tstarts = trial.starts
         fn_todo = [root]
         trial.functions.add(root)
         while fn_todo and trial.ok:
@@ -148,68 +164,59 @@ class Discoverer:
             blocks = [fn]
             while blocks and trial.ok:
                 a = blocks.pop()
-                if a in known or a in trial.starts:
+                if a in known or a in tstarts:
                     continue
-                if not self.in_exec(a) or self._inside_other(a, trial):
+                if not self.in_exec(a) or (strict and self._inside_other(a, trial)):
                     if strict:
                         trial.ok = False
                     continue
                 trial.func_of[a] = fn
                 end = self._range_end(a)
-                done = False
-                while not done:
-                    progressed = False
-                    for addr, size, mnem, op in md.disasm_lite(mem[a : min(a + CHUNK, end)], a):
-                        progressed = True
-                        if addr in known or addr in trial.starts:
-                            done = True
-                            break
-                        trial.starts[addr] = size
-                        nxt = addr + size
-                        c = mnem[0]
-                        if c == "j" or c == "l" or c == "c" or c == "r" or c == "u" or c == "i" or c == "o":
-                            if mnem in TERMINATORS:
-                                if mnem == "jmp":
-                                    t = direct_target(op)
-                                    if t is not None:
-                                        if t in self.map.functions or t in trial.functions:
-                                            trial.tails.append((fn, addr, t))
-                                        else:
-                                            blocks.append(t)
-                                done = True
-                                break
-                            if mnem in CONDITIONAL:
-                                t = direct_target(op)
-                                if t is not None:
-                                    blocks.append(t)
-                            elif mnem == "call":
-                                t = direct_target(op)
-                                if t is not None:
-                                    trial.calls.append((fn, addr, t))
-                                    if t not in trial.functions and t not in self.map.functions:
-                                        trial.functions.add(t)
-                                        fn_todo.append(t)
-                            elif mnem == "lea" and "rip" in op:
-                                t = rip_target(op, nxt)
-                                if t is not None:
-                                    trial.leas.append(t)
-                            else:
-                                sio = string_io(mnem)
-                                if sio is not None:
-                                    trial.sites.append(Site(addr, size, mnem, fn))
-                                    if sio.rep is None:
-                                        trial.bare_string_io = True
-                        a = nxt
-                    else:
-                        if not progressed:  # nothing decodes here
+                probe = PROBE_INSNS if strict and len(tstarts) < PROBE_INSNS else 0
+                while a < end and a not in known and a not in tstarts:
+                    size = size_of.get(a)
+                    if size is None:
+                        if not self._decode(a, probe):
                             if strict:
                                 trial.ok = False
-                            done = True
-                        elif a >= end:
-                            done = True
-                        # else: chunk exhausted mid-block; continue from `a`
-                    if a >= end:
-                        done = True
+                            break
+                        size = size_of[a]
+                    tstarts[a] = size
+                    sp = special.get(a)
+                    addr = a
+                    a += size
+                    if sp is not None:
+                        kind, aux = sp
+                        if kind == K_COND:
+                            if aux is not None:
+                                blocks.append(aux)
+                        elif kind == K_CALL:
+                            if aux is not None:
+                                trial.calls.append((fn, addr, aux))
+                                if aux not in trial.functions and aux not in functions:
+                                    trial.functions.add(aux)
+                                    fn_todo.append(aux)
+                        elif kind == K_JMP:
+                            if aux is not None:
+                                if aux in functions or aux in trial.functions:
+                                    trial.tails.append((fn, addr, aux))
+                                else:
+                                    blocks.append(aux)
+                            break
+                        elif kind == K_END:
+                            break
+                        elif kind == K_LEA:
+                            trial.leas.append(aux)
+                        elif kind == K_SIO:
+                            trial.sites.append(Site(addr, size, aux, fn))
+                            if " " not in aux:
+                                trial.bare_string_io = True
+                                if strict:
+                                    trial.ok = False
+                                    break
+                        elif kind == K_ODD and strict:
+                            trial.ok = False
+                            break
 
     def _merge(self, trial: _Trial, kind: str, root: int) -> None:
         m = self.map
@@ -236,16 +243,12 @@ class Discoverer:
 
     # --- gap fill ------------------------------------------------------------------------
 
-    def code_intervals(self) -> list[tuple[int, int]]:
-        """Merged [start, end) intervals covered by decoded instructions."""
-        out: list[list[int]] = []
-        for a in sorted(self.map.starts):
-            e = a + self.map.starts[a]
-            if out and a <= out[-1][1]:
-                out[-1][1] = max(out[-1][1], e)
-            else:
-                out.append([a, e])
-        return [(a, b) for a, b in out]
+    def gaps(self) -> list[tuple[int, int]]:
+        """[end of code, start of next code) holes between decoded instructions."""
+        starts = self.map.starts
+        keys = sorted(starts)
+        ends = [a + starts[a] for a in keys]
+        return [(e, b) for e, b in zip(ends, keys[1:]) if b > e]
 
     def _skip_pad(self, a: int, end: int) -> int:
         mem = self.mem
@@ -271,11 +274,10 @@ class Discoverer:
 
     def fill_gaps(self) -> None:
         """Accept holes between code that decode exactly up to the code after them."""
-        for _ in range(4):
-            ivs = self.code_intervals()
+        for _ in range(2):
             added = False
-            for (a0, e0), (a1, _e1) in zip(ivs, ivs[1:]):
-                if a1 <= e0 or not self.in_exec(e0) or self._range_end(e0) < a1:
+            for e0, a1 in self.gaps():
+                if a1 - e0 > MAX_GAP or not self.in_exec(e0) or self._range_end(e0) < a1:
                     continue
                 p = self._skip_pad(e0, a1)
                 if p >= a1 or self.looks_like_string(p):
@@ -288,21 +290,23 @@ class Discoverer:
                 break
 
     def _decodes_exactly(self, p: int, end: int) -> bool:
-        last = None
+        last_kind = None
         a = p
-        for addr, size, mnem, _op in self.md.disasm_lite(self.mem[p:end], p):
-            if addr != a:
+        while a < end:
+            addrs, sizes, special = self.raw.decode(a, end, 256)
+            if not addrs:
                 return False
-            sio = string_io(mnem)
-            if sio is not None and sio.rep is None:
-                return False
-            a = addr + size
-            last = mnem
-            if a >= end:
-                break
-            if mnem in TERMINATORS and self._skip_pad(a, end) >= end:
-                return True
-        return a == end and last in TERMINATORS
+            for addr, size in zip(addrs, sizes):
+                kind, aux = special.get(addr, (0, None))
+                if (kind == K_SIO and " " not in aux) or kind == K_ODD:
+                    return False
+                a = addr + size
+                last_kind = kind
+                if a >= end:
+                    break
+                if kind in (K_JMP, K_END) and self._skip_pad(a, end) >= end:
+                    return True
+        return a == end and last_kind in (K_JMP, K_END)
 
 
 def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: list[tuple[int, str]],
