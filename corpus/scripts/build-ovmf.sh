@@ -49,7 +49,17 @@ for a in IA32 X64; do
   [ -d "$bdir/$a" ] || continue
   mkdir -p "$out.tmp/$a"
   find "$bdir/$a" -maxdepth 1 -type f \( -name '*.efi' -o -name '*.debug' \) -exec cp {} "$out.tmp/$a/" \;
-  find "$bdir/$a" -path '*/DEBUG/*.map' -exec cp {} "$out.tmp/$a/" \;
+  # A module built twice under different FILE_GUIDs lives in a GUID-named directory: keep its
+  # map as NAME_GUID.map, as the build names its .efi and .debug.
+  find "$bdir/$a" -path '*/DEBUG/*.map' | while read -r m; do
+    d=$(basename "$(dirname "$(dirname "$m")")")
+    n=$(basename "$m" .map)
+    if [[ $d =~ ^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$ ]]; then
+      cp "$m" "$out.tmp/$a/${n}_$d.map"
+    else
+      cp "$m" "$out.tmp/$a/$n.map"
+    fi
+  done
 done
 cat > "$out.tmp/build.json" <<JSON
 {"edk2_version": "$ver", "debian_version": "$(cat "$tree/.ovmftool-ready" 2>/dev/null || echo unknown)",

@@ -45,7 +45,6 @@ class CodeMap:
     """Result of code discovery in one module."""
 
     starts: dict[int, int] = field(default_factory=dict)  # instruction rva -> size
-    func_of: dict[int, int] = field(default_factory=dict)  # block start rva -> function start
     functions: set[int] = field(default_factory=set)
     calls: list[tuple[int, int, int]] = field(default_factory=list)  # (caller fn, call rva, target)
     tails: list[tuple[int, int, int]] = field(default_factory=list)  # (fn, jmp rva, target fn)
@@ -80,7 +79,6 @@ class _Trial:
 
     def __init__(self) -> None:
         self.starts: dict[int, int] = {}
-        self.func_of: dict[int, int] = {}
         self.functions: set[int] = set()
         self.calls: list[tuple[int, int, int]] = []
         self.tails: list[tuple[int, int, int]] = []
@@ -170,7 +168,6 @@ class Discoverer:
                     if strict:
                         trial.ok = False
                     continue
-                trial.func_of[a] = fn
                 end = self._range_end(a)
                 probe = PROBE_INSNS if strict and len(tstarts) < PROBE_INSNS else 0
                 while a < end and a not in known and a not in tstarts:
@@ -221,7 +218,6 @@ class Discoverer:
     def _merge(self, trial: _Trial, kind: str, root: int) -> None:
         m = self.map
         m.starts.update(trial.starts)
-        m.func_of.update(trial.func_of)
         m.functions |= trial.functions
         m.calls.extend(trial.calls)
         m.tails.extend(trial.tails)

@@ -133,7 +133,7 @@ def scan_module(m: Module, symbols: BuildSymbols | None = None) -> _ModuleScan:
     text = next((s for s in img.sections if s.name == ".text"), None)
     table: SymbolTable | None = None
     if symbols is not None:
-        table = symbols.lookup(m.name, m.guid, m.arch, text.rva if text else None)
+        table = symbols.lookup(m.name, m.guid, m.arch, text.rva if text else None, img.entry_rva)
     reach = cmap.reachable_from(img.entry_rva)
     findings = []
     seen = set()

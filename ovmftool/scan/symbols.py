@@ -50,8 +50,12 @@ class BuildSymbols:
             raise OvmfToolError(f"--symbols: no .debug or .map files under {build_dir} (expected <ARCH>/*.debug)")
         self._cache: dict[tuple, SymbolTable | None] = {}
 
-    def lookup(self, name: str, guid: str, arch: str, text_rva: int | None) -> SymbolTable | None:
-        """Symbols of the module with that UI name and GUID (NAME_GUID.debug wins over NAME.debug)."""
+    def lookup(self, name: str, guid: str, arch: str, text_rva: int | None,
+               entry_rva: int | None = None) -> SymbolTable | None:
+        """Symbols of the module with that UI name and GUID (NAME_GUID.debug wins over NAME.debug).
+
+        A file whose `_ModuleEntryPoint` is not at the module's entry point belongs to another
+        build of the module and is not used."""
         key = (name, guid, arch)
         if key in self._cache:
             return self._cache[key]
@@ -60,6 +64,9 @@ class BuildSymbols:
         table = None
         for c in sorted(cands, key=lambda p: (p.suffix != ".debug", str(p))):
             table = _read_elf(c, text_rva) if c.suffix == ".debug" else _read_map(c)
+            if table is not None and entry_rva is not None and "_ModuleEntryPoint" in table.names:
+                if table.addrs[table.names.index("_ModuleEntryPoint")] != entry_rva:
+                    table = None
             if table is not None:
                 break
         self._cache[key] = table
@@ -101,13 +108,29 @@ def _read_elf(path: Path, text_rva: int | None) -> SymbolTable | None:
 
 
 def _read_map(path: Path) -> SymbolTable | None:
-    pairs = {}
+    """Global code symbols of the `.text` output section of a GNU ld map file (symbols of
+    constants that EDK II's linker script merges into `.text` are left out)."""
+    pairs: dict[int, str] = {}
+    in_map = False
+    section = None
+    input_section = ""
     try:
         with open(path, errors="replace") as fh:
             for line in fh:
-                m = _MAP_LINE.match(line)
-                if m:
-                    pairs.setdefault(int(m.group(1), 16), m.group(2))
+                if not in_map:
+                    in_map = line.startswith("Linker script and memory map")
+                    continue
+                if line[:1] == ".":  # an output section starts: ".text  0x240  0x5356"
+                    section = line.split()[0]
+                    continue
+                if line.startswith(" .") or line.startswith(" *("):
+                    # an input section: ".text.Foo", ".rodata.str1.1" (constants merged into .text)
+                    input_section = line.split()[0]
+                    continue
+                if section == ".text" and input_section.startswith(".text"):
+                    m = _MAP_LINE.match(line)
+                    if m:
+                        pairs.setdefault(int(m.group(1), 16), m.group(2))
     except OSError:
         return None
     if not pairs:
