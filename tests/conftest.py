@@ -25,6 +25,8 @@ BUILDS = {
     "2022.11-X64-DEBUG": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
     "2022.11-X64-RELEASE": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"]),
     "2025.02-X64-DEBUG": ("2025.02", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
+    "2022.11-Ia32X64-DEBUG": ("2022.11", "OvmfPkg/OvmfPkgIa32X64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
+    "2025.02-Ia32X64-RELEASE": ("2025.02", "OvmfPkg/OvmfPkgIa32X64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"]),
 }
 _built: dict[str, Path] = {}
 
@@ -51,7 +53,7 @@ def corpus_image(request) -> Path:
     return CORPUS_IMAGES[request.param]
 
 
-@pytest.fixture(params=["2022.11-X64-DEBUG", "2022.11-X64-RELEASE", "2025.02-X64-DEBUG"])
+@pytest.fixture(params=sorted(BUILDS))
 def ovmf_build(request) -> Path:
     """Each OVMF build from Debian's edk2 source in turn."""
     return build_dir(request.param)

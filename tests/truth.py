@@ -1,5 +1,6 @@
 """Ground truth for scan tests, independent of the scanner: the FIFO routines named in a build's
-`.debug` ELF symbol tables, disassembled linearly (NASM routines hold no data)."""
+`.debug` ELF symbol tables, disassembled linearly from the symbol to the routine's one `ret`
+(NASM routines hold no data; IA32 objects put strings right after them)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def fifo_sites(debug: Path, bits: int) -> dict[int, tuple[str, str]]:
                 for i in md.disasm(data[a - base : end - base], a):
                     if i.mnemonic.split()[-1] in STRING_IO:
                         out[i.address] = (s.name, i.mnemonic)
+                    if i.mnemonic == "ret":  # each FIFO routine has one ret, at its end
+                        break
     return out
 
 

@@ -20,11 +20,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${OVMFTOOL_CACHE:-$HOME/.cache/ovmftool}
 tree=${OVMFTOOL_EDK2_TREE:-$(bash "$here/edk2-source.sh" "$ver")}
 [ -f "$tree/$dsc" ] || { echo "build-ovmf.sh: $dsc not found in $tree" >&2; exit 2; }
+key=$(printf '%s|%s|%s|%s|%s' "$ver" "$tree" "$dsc" "$target" "${defs[*]:-}" | sha256sum | cut -c1-12)
+out=$cache/builds/$ver-$(basename "$dsc" .dsc)-$target-$key
+if [ -f "$out/build.json" ]; then echo "$out"; exit 0; fi
 # One build at a time per tree: EDK II builds in place.
 exec 9>"$tree/.ovmftool-build.lock"
 flock 9
-key=$(printf '%s|%s|%s|%s|%s' "$ver" "$tree" "$dsc" "$target" "${defs[*]:-}" | sha256sum | cut -c1-12)
-out=$cache/builds/$ver-$(basename "$dsc" .dsc)-$target-$key
 if [ -f "$out/build.json" ]; then echo "$out"; exit 0; fi
 archs=(-a X64)
 case "$(basename "$dsc")" in
