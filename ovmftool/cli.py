@@ -116,9 +116,22 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
     click.echo(f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {out_dir}")
 
 
+def _scan_one(image: str, symbols_dir: str | None = None, jobs: int | None = None):
+    """Parse and scan one image; damaged images are errors."""
+    from ovmftool.model.node import all_problems
+    from ovmftool.scan.scanner import default_jobs, scan_image
+
+    root = _load(image)
+    probs = all_problems(root)
+    if probs:
+        raise OvmfToolError(f"{image}: damaged image: {probs[0]}")
+    return scan_image(image, symbols_dir, jobs or default_jobs(), root=root)
+
+
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default="text",
+              show_default=True)
 @click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False),
               help="EDK II build directory whose <ARCH>/*.debug (or .map) files name functions.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
@@ -129,30 +142,143 @@ def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int |
 
     Exit 0: no sites; 1: sites found; 2: error (an image could not be read or is damaged).
     """
-    from ovmftool.errors import OvmfToolError as _E
-    from ovmftool.model.node import all_problems
     from ovmftool.report.scan_report import scan_json, scan_text
-    from ovmftool.scan.scanner import default_jobs, scan_image
 
-    jobs = jobs or default_jobs()
-    docs, texts, errors, sites = [], [], [], 0
+    results, errors = [], []
     for image in images:
         try:
-            root = _load(image)
-            probs = all_problems(root)
-            if probs:
-                raise _E(f"{image}: damaged image: {probs[0]}")
-            res = scan_image(image, symbols_dir, jobs, root=root)
-        except _E as e:
+            results.append(_scan_one(image, symbols_dir, jobs))
+        except OvmfToolError as e:
             errors.append(str(e))
-            continue
-        sites += len(res.findings)
-        docs.append(scan_json(res)) if fmt == "json" else texts.append(scan_text(res))
-    if fmt == "json":
-        if docs:
-            _emit(json.dumps(docs[0] if len(images) == 1 else docs, indent=2, sort_keys=True) + "\n", output)
-    elif texts:
-        _emit("".join(texts), output)
+    if results:
+        if fmt == "json":
+            docs = [scan_json(r) for r in results]
+            text = json.dumps(docs[0] if len(images) == 1 else docs, indent=2, sort_keys=True) + "\n"
+        elif fmt == "sarif":
+            from ovmftool.report.sarif import sarif_log
+
+            text = json.dumps(sarif_log(results), indent=2, sort_keys=True) + "\n"
+        elif fmt == "junit":
+            from ovmftool.report.junit import junit_xml
+
+            text = junit_xml(results)
+        else:
+            text = "".join(scan_text(r) for r in results)
+        _emit(text, output)
     for e in errors:
         click.echo(f"ovmftool: error: {e}", err=True)
+    sites = sum(len(r.findings) for r in results)
     sys.exit(2 if errors else (1 if sites else 0))
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Baseline file to write.")
+@click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False))
+def baseline(image: str, output: str, symbols_dir: str | None) -> None:
+    """Record today's string I/O sites of IMAGE as the accepted baseline."""
+    from ovmftool.gate.baseline import make_baseline
+
+    res = _scan_one(image, symbols_dir)
+    _emit(json.dumps(make_baseline(res), indent=2, sort_keys=True) + "\n", output)
+    click.echo(f"baseline: {len(res.findings)} sites of {image} recorded in {output}", err=True)
+
+
+@main.command()
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--baseline", "baseline_file", type=click.Path(dir_okay=False), help="From `ovmftool baseline`.")
+@click.option("--waivers", "waivers_file", type=click.Path(dir_okay=False), help="JSON waivers (docs/ci.md).")
+@click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False))
+def check(image: str, baseline_file: str | None, waivers_file: str | None, symbols_dir: str | None) -> None:
+    """Fail (exit 1) only for sites of IMAGE that are neither in the baseline nor waived."""
+    from ovmftool.gate.baseline import check as do_check, load_baseline, load_waivers
+
+    base = load_baseline(baseline_file) if baseline_file else set()
+    waivers = load_waivers(waivers_file) if waivers_file else []
+    res = _scan_one(image, symbols_dir)
+    out = do_check(res, base, waivers)
+    for f in out.new:
+        click.echo(f"NEW  {f.module} {f.guid} {f.arch} rva 0x{f.rva:X} {f.mnemonic} {f.bytes} "
+                   f"in {f.function or '?'} [{f.function_source}] ({f.volume})")
+    for f, w in out.waived:
+        click.echo(f"waived  {f.module} rva 0x{f.rva:X} {f.mnemonic} in {f.function or '?'}: {w.reason}")
+    for w in out.expired:
+        click.echo(f"warning: waiver {w.describe()} expired on {w.expires}", err=True)
+    for w in out.unused:
+        click.echo(f"warning: waiver {w.describe()} matched no site", err=True)
+    click.echo(f"check: {len(out.new)} new, {len(out.waived)} waived, {out.known} in baseline, "
+               f"{out.gone} baseline sites gone")
+    sys.exit(1 if out.new else 0)
+
+
+@main.command()
+@click.argument("old", type=click.Path(dir_okay=False))
+@click.argument("new", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--symbols-old", type=click.Path(file_okay=False))
+@click.option("--symbols-new", type=click.Path(file_okay=False))
+def diff(old: str, new: str, fmt: str, symbols_old: str | None, symbols_new: str | None) -> None:
+    """Sites added, removed and unchanged from OLD to NEW (exit 1 if any were added)."""
+    from ovmftool.gate.diff import diff as do_diff
+
+    a, b = _scan_one(old, symbols_old), _scan_one(new, symbols_new)
+    d = do_diff(a, b)
+
+    def row(f):
+        return {"module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
+                "mnemonic": f.mnemonic, "bytes": f.bytes, "rva": f.rva, "volume": f.volume}
+
+    if fmt == "json":
+        doc = {"schema_version": "ovmftool.diff/1", "old": {"path": old, "sha256": a.sha256},
+               "new": {"path": new, "sha256": b.sha256}, "added": [row(f) for f in d.added],
+               "removed": [row(f) for f in d.removed], "unchanged": len(d.unchanged),
+               "modules_added": d.modules_added, "modules_removed": d.modules_removed}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        for tag, fs in (("+", d.added), ("-", d.removed)):
+            for f in fs:
+                click.echo(f"{tag} {f.module} {f.arch} {f.function or '?'} {f.mnemonic} {f.bytes} (rva 0x{f.rva:X})")
+        for m in d.modules_added:
+            click.echo(f"+ module {m}")
+        for m in d.modules_removed:
+            click.echo(f"- module {m}")
+        click.echo(f"diff: {len(d.added)} added, {len(d.removed)} removed, {len(d.unchanged)} unchanged; "
+                   f"modules {len(d.modules_added)} added, {len(d.modules_removed)} removed")
+    sys.exit(1 if d.added else 0)
+
+
+@main.command()
+@click.argument("text", nargs=-1, required=True)
+@click.option("--bits", type=click.Choice(["16", "32", "64"]), default="64", show_default=True)
+@click.option("--image", type=click.Path(dir_okay=False), help="Find where these bytes sit in this image.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def decode(text: tuple[str, ...], bits: str, image: str | None, fmt: str) -> None:
+    """Decode propolis' InstEmul bytes (the panic line, [243, 110, ...], or hex) and explain them."""
+    from dataclasses import asdict
+
+    from ovmftool.triage.decode import decode as do_decode, find_in_image, parse_bytes
+
+    t = do_decode(parse_bytes(" ".join(text)), int(bits))
+    if image:
+        t.matches = find_in_image(t, _load(image))
+    if fmt == "json":
+        doc = {"schema_version": "ovmftool.decode/1", "bytes": t.data.hex(), "bits": t.bits,
+               "instructions": [asdict(i) for i in t.instructions], "explanation": t.explanation,
+               "matches": [asdict(m) for m in t.matches] if image else None}
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    click.echo(f"bytes ({len(t.data)}): {t.data.hex(' ')}")
+    for i, ins in enumerate(t.instructions):
+        mark = "=>" if i == 0 else "  "
+        click.echo(f"{mark} +{ins.offset:<3} {ins.bytes:<20} {ins.mnemonic} {ins.operands}".rstrip())
+    click.echo("")
+    click.echo(t.explanation)
+    if image:
+        click.echo("")
+        if not t.matches:
+            click.echo(f"no code in {image} matches these bytes")
+        for m in t.matches:
+            where = f"fd 0x{m.fd_offset:X}" if m.fd_offset is not None else "compressed"
+            click.echo(f"match {m.matched}/{len(t.data)} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}, "
+                       f"{m.volume}) in {m.function or '?'}" + (f" [{m.function_source}]" if m.function else "")
+                       + ("" if m.is_site else " (not at a scanned site)"))

@@ -28,6 +28,16 @@ BUILDS = {
     "2022.11-Ia32X64-DEBUG": ("2022.11", "OvmfPkg/OvmfPkgIa32X64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
     "2025.02-Ia32X64-RELEASE": ("2025.02", "OvmfPkg/OvmfPkgIa32X64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"]),
 }
+# Builds with a patch applied to a copy of the tree (tests/data/*.patch).
+VARIANT_BUILDS = {
+    # 2025.02 switched to the non-Sev IoLib, whose FIFO routines are C loops (IoLibFifo.c); the
+    # INF fix supplies CcProbeLib, which PlatformInitLib uses but only got through the Sev IoLib.
+    "2025.02-X64-DEBUG-cloop": ("2025.02", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"],
+                                ["edk2-2025.02-c-loop-fifo.patch"]),
+    # 2022.11 switched to the non-Sev IoLib: it builds IoFifo.nasm, pure REP string I/O.
+    "2022.11-X64-DEBUG-nonsev": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"],
+                                 ["edk2-2022.11-non-sev-iolib.patch"]),
+}
 _built: dict[str, Path] = {}
 
 
@@ -36,10 +46,12 @@ def build_dir(key: str) -> Path:
     if os.environ.get("OVMFTOOL_SKIP_BUILDS"):
         pytest.skip("OVMFTOOL_SKIP_BUILDS is set")
     if key not in _built:
-        ver, dsc, target, defs = BUILDS[key]
+        ver, dsc, target, defs, *rest = {**BUILDS, **VARIANT_BUILDS}[key]
         cmd = ["bash", str(CORPUS / "scripts" / "build-ovmf.sh"), ver, dsc, target]
         for d in defs:
             cmd += ["-D", d]
+        for p in rest[0] if rest else []:
+            cmd += ["-p", str(ROOT / "tests" / "data" / p)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             pytest.fail(f"build {key} failed: {res.stderr[-2000:]}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build OVMF from Debian's edk2 source and keep the FD with its symbol files.
-#   build-ovmf.sh VERSION DSC TARGET [-D NAME=VALUE]...
+#   build-ovmf.sh VERSION DSC TARGET [-D NAME=VALUE]... [-p PATCH]...
 #   e.g. build-ovmf.sh 2022.11 OvmfPkg/OvmfPkgX64.dsc DEBUG -D SECURE_BOOT_ENABLE=TRUE
+# -p applies a patch (git format, -p1) to a copy of the tree kept for that set of patches.
 # Output (printed on stdout): ${OVMFTOOL_CACHE:-~/.cache/ovmftool}/builds/<key>/ holding
 #   FV/*.fd FV/*.inf, <ARCH>/*.efi *.debug, <ARCH>/*.map, build-report.txt, build.json
 # A finished build with the same key is reused. Set OVMFTOOL_EDK2_TREE to build another tree.
@@ -9,8 +10,10 @@ set -euo pipefail
 ver=${1:?usage: build-ovmf.sh VERSION DSC TARGET [-D NAME=VALUE]...}
 dsc=${2:?DSC missing}; target=${3:?TARGET missing}; shift 3
 defs=()
+patches=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    -p) patches+=("$(cd "$(dirname "${2:?-p needs a file}")" && pwd)/$(basename "$2")"); shift 2 ;;
     -D) defs+=("-D" "${2:?-D needs NAME=VALUE}"); shift 2 ;;
     -D*) defs+=("-D" "${1#-D}"); shift ;;
     *) echo "build-ovmf.sh: unknown argument $1" >&2; exit 2 ;;
@@ -19,6 +22,20 @@ done
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${OVMFTOOL_CACHE:-$HOME/.cache/ovmftool}
 tree=${OVMFTOOL_EDK2_TREE:-$(bash "$here/edk2-source.sh" "$ver")}
+if [ ${#patches[@]} -gt 0 ]; then
+  phash=$(cat "${patches[@]}" | sha256sum | cut -c1-12)
+  ptree=$cache/src/edk2-$ver-p$phash
+  if [ ! -f "$ptree/.ovmftool-patched" ]; then
+    rm -rf "$ptree.tmp"; mkdir -p "$ptree.tmp"
+    tar -C "$tree" --exclude=./Build -cf - . | tar -C "$ptree.tmp" -xf -
+    for p in "${patches[@]}"; do
+      patch -d "$ptree.tmp" -p1 --batch --forward -s < "$p" >&2 || { echo "build-ovmf.sh: $p does not apply to edk2 $ver" >&2; exit 2; }
+    done
+    printf '%s\n' "${patches[@]}" > "$ptree.tmp/.ovmftool-patched"
+    rm -rf "$ptree"; mv "$ptree.tmp" "$ptree"
+  fi
+  tree=$ptree
+fi
 [ -f "$tree/$dsc" ] || { echo "build-ovmf.sh: $dsc not found in $tree" >&2; exit 2; }
 key=$(printf '%s|%s|%s|%s|%s' "$ver" "$tree" "$dsc" "$target" "${defs[*]:-}" | sha256sum | cut -c1-12)
 out=$cache/builds/$ver-$(basename "$dsc" .dsc)-$target-$key
@@ -65,7 +82,7 @@ done
 cat > "$out.tmp/build.json" <<JSON
 {"edk2_version": "$ver", "debian_version": "$(cat "$tree/.ovmftool-ready" 2>/dev/null || echo unknown)",
  "dsc": "$dsc", "target": "$target", "toolchain": "GCC5", "archs": "${archs[*]}",
- "defines": "${defs[*]:-}", "seconds": $(( $(date +%s) - start ))}
+ "defines": "${defs[*]:-}", "patches": "${patches[*]:-}", "seconds": $(( $(date +%s) - start ))}
 JSON
 rm -rf "$out"; mv "$out.tmp" "$out"
 echo "$out"

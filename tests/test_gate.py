@@ -1,0 +1,202 @@
+"""CI gating: SARIF, JUnit, baseline/check/waivers, diff, crash decode, on real images."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+import fvbuild as B
+from ovmftool.cli import main
+from ovmftool.model.parser import read_image
+from ovmftool.ops.modules import iter_modules
+from ovmftool.scan.scanner import scan_image
+
+from conftest import CORPUS_IMAGES, ROOT, build_dir
+
+DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
+CRASH_1 = "vCPU 0: Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 110, 235, 10, 227, 8, 138, 6, 238, 72, 255, 198, 226, 248, 76], len: 15 })"
+CRASH_2 = "[243, 110, 76, 137, 198, 195, 252, 72, 135, 202, 73, 135, 240, 243, 102]"
+CRASH_1168 = "inst_data: [243, 108, 235, 10, 227, 8, 236, 136, 7, 72, 255, 199, 226, 248]"
+
+
+def _sarif_schema():
+    return json.loads((ROOT / "tests" / "sarif" / "sarif-schema-2.1.0.json").read_text())
+
+
+@pytest.mark.parametrize("image", [DEB, str(CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"])])
+def test_sarif_is_schema_valid_on_real_images(image, tmp_path):
+    out = tmp_path / "s.sarif"
+    r = CliRunner().invoke(main, ["scan", "--format", "sarif", "-o", str(out), image])
+    assert r.exit_code == 1, r.output
+    doc = json.loads(out.read_text())
+    jsonschema.validate(doc, _sarif_schema(), format_checker=jsonschema.FormatChecker())
+    (run,) = doc["runs"]
+    assert {x["id"] for x in run["tool"]["driver"]["rules"]} == {"OVMF-STRING-IO-OUT", "OVMF-STRING-IO-IN"}
+    assert len(run["results"]) == len(scan_image(image, jobs=1).findings) >= 90
+    for res in run["results"]:
+        assert [l["kind"] for l in res["locations"][0]["logicalLocations"]] == ["module", "function"]
+        assert "physicalLocation" not in res["locations"][0]  # all inside LZMA: volume + offset as properties
+        assert res["properties"]["compressed"] and res["properties"]["volume"].startswith("FVMAIN_COMPACT/LZMA")
+    fps = [res["partialFingerprints"]["ovmftoolSite/v1"] for res in run["results"]]
+    assert len(set(fps)) == len(fps)
+
+
+def test_sarif_physical_location_for_uncompressed_code(tmp_path):
+    root = read_image(DEB)
+    m = next(m for m in iter_modules(root) if m.name == "PlatformPei")
+    img = B.fv([B.ffs(m.guid, 0x06, B.sections(B.section(0x10, m.image.raw), B.ui("PlatformPei")))], size=0x40000)
+    p = tmp_path / "flat.fd"
+    p.write_bytes(img)
+    r = CliRunner().invoke(main, ["scan", "--format", "sarif", str(p)])
+    doc = json.loads(r.output)
+    jsonschema.validate(doc, _sarif_schema())
+    data = p.read_bytes()
+    for res in doc["runs"][0]["results"]:
+        reg = res["locations"][0]["physicalLocation"]["region"]
+        assert data[reg["byteOffset"] : reg["byteOffset"] + reg["byteLength"]].hex() == res["properties"]["bytes"]
+
+
+@pytest.mark.build
+def test_fingerprints_stable_across_builds_at_new_addresses():
+    """The same X64 DXE drivers linked into OvmfPkgX64 and OvmfPkgIa32X64 sit at other RVAs in
+    other images; their sites keep their fingerprints."""
+    from ovmftool.report.identity import site_keys
+
+    a = scan_image(str(build_dir("2022.11-X64-DEBUG") / "FV" / "OVMF_CODE.fd"), jobs=2)
+    b = scan_image(str(build_dir("2022.11-Ia32X64-DEBUG") / "FV" / "OVMF_CODE.fd"), jobs=2)
+    ka = {(f.guid, k): f for f, k in zip(a.findings, site_keys(a.findings)) if f.arch == "X64"}
+    kb = {(f.guid, k): f for f, k in zip(b.findings, site_keys(b.findings)) if f.arch == "X64"}
+    common = {g for g, _ in ka} & {g for g, _ in kb}
+    assert len(common) > 50
+    moved = 0
+    for g in common:
+        sa = {k for gg, k in ka if gg == g}
+        sb = {k for gg, k in kb if gg == g}
+        assert sa == sb, g
+        moved += any(ka[(g, k)].rva != kb[(g, k)].rva for k in sa)
+    assert moved > 0  # some modules really moved
+
+
+def test_junit_one_case_per_module():
+    r = CliRunner().invoke(main, ["scan", "--format", "junit", DEB])
+    assert r.exit_code == 1
+    root = ET.fromstring(r.output.split("\n", 1)[1])
+    (suite,) = root.findall("testsuite")
+    cases = suite.findall("testcase")
+    assert len(cases) == len(list(iter_modules(read_image(DEB))))
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert len(failed) == 15 == int(suite.get("failures"))
+    pei = next(c for c in failed if c.get("name").startswith("PlatformPei "))
+    assert "rep insb" in pei.find("failure").text and "IoReadFifo8" in pei.find("failure").text
+
+
+def _image_with_planted_site(tmp_path, plant: bool):
+    """Real modules in a flat volume; with plant=True one more module whose entry is OUTSB; RET."""
+    root = read_image(DEB)
+    mods = [m for m in iter_modules(root) if m.name in ("PlatformPei", "CpuIo2Dxe", "PcdPeim")]
+    files = [B.ffs(m.guid, 0x07, B.sections(B.section(0x10, m.image.raw), B.ui(m.name))) for m in mods]
+    extra = next(m for m in iter_modules(root) if m.name == "VirtioRngDxe")
+    raw = bytearray(extra.image.raw)
+    if plant:
+        off = extra.image.rva_to_offset(extra.image.entry_rva)
+        raw[off : off + 2] = b"\x6e\xc3"
+    files.append(B.ffs(extra.guid, 0x07, B.sections(B.section(0x10, bytes(raw)), B.ui("VirtioRngDxe"))))
+    p = tmp_path / ("planted.fd" if plant else "stock.fd")
+    p.write_bytes(B.fv(files, size=0x100000))
+    return str(p)
+
+
+def test_baseline_then_check(tmp_path):
+    stock = _image_with_planted_site(tmp_path, plant=False)
+    planted = _image_with_planted_site(tmp_path, plant=True)
+    base = tmp_path / "base.json"
+    r = CliRunner().invoke(main, ["baseline", stock, "-o", str(base)])
+    assert r.exit_code == 0, r.output
+    n_base = len(json.loads(base.read_text())["sites"])
+    assert n_base == len(scan_image(stock, jobs=1).findings) == 12  # PlatformPei and CpuIo2Dxe: six each
+    r = CliRunner().invoke(main, ["check", stock, "--baseline", str(base)])
+    assert r.exit_code == 0 and "check: 0 new" in r.output, r.output
+    r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base)])
+    assert r.exit_code == 1, r.output
+    new = [l for l in r.output.splitlines() if l.startswith("NEW")]
+    assert len(new) == 1 and "VirtioRngDxe" in new[0] and " outsb " in new[0]
+    # the same check on Debian's real image against that baseline: everything outside it is new
+    r = CliRunner().invoke(main, ["check", DEB, "--baseline", str(base)])
+    assert r.exit_code == 1 and f"check: {90 - n_base} new" in r.output
+
+
+def test_waivers(tmp_path):
+    stock = _image_with_planted_site(tmp_path, plant=False)
+    planted = _image_with_planted_site(tmp_path, plant=True)
+    base = tmp_path / "base.json"
+    CliRunner().invoke(main, ["baseline", stock, "-o", str(base)])
+    w = tmp_path / "w.json"
+    w.write_text(json.dumps({"schema_version": "ovmftool.waivers/1", "waivers": [
+        {"module": "VirtioRngDxe", "instruction": "outsb", "reason": "test plant, never runs"},
+        {"module": "Tcg2Dxe", "reason": "not in this image", "expires": "2099-01-01"}]}))
+    r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base), "--waivers", str(w)])
+    assert r.exit_code == 0, r.output
+    assert "waived  VirtioRngDxe" in r.output and "waiver Tcg2Dxe matched no site" in r.output
+    w.write_text(json.dumps({"schema_version": "ovmftool.waivers/1", "waivers": [
+        {"module": "VirtioRngDxe", "reason": "old", "expires": "2020-01-01"}]}))
+    r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base), "--waivers", str(w)])
+    assert r.exit_code == 1 and "expired on 2020-01-01" in r.output
+    w.write_text("{not json")
+    r = CliRunner().invoke(main, ["check", planted, "--waivers", str(w)])
+    assert r.exit_code == 2 and "not JSON" in r.output
+
+
+def test_diff_self_is_empty():
+    r = CliRunner().invoke(main, ["diff", DEB, DEB])
+    assert r.exit_code == 0 and "diff: 0 added, 0 removed, 90 unchanged" in r.output
+
+
+@pytest.mark.build
+def test_diff_stock_against_c_loop_build_removes_every_site():
+    stock = str(build_dir("2025.02-X64-DEBUG") / "FV" / "OVMF_CODE.fd")
+    cloop = str(build_dir("2025.02-X64-DEBUG-cloop") / "FV" / "OVMF_CODE.fd")
+    n = len(scan_image(stock, jobs=2).findings)
+    assert n > 500
+    r = CliRunner().invoke(main, ["scan", cloop])
+    assert r.exit_code == 0 and "summary: 0 sites" in r.output  # C loops: nothing to report
+    r = CliRunner().invoke(main, ["diff", "--format", "json", stock, cloop])
+    assert r.exit_code == 0
+    doc = json.loads(r.output)
+    assert len(doc["removed"]) == n and doc["added"] == [] and doc["unchanged"] == 0
+
+
+@pytest.mark.parametrize("text,mnem", [(CRASH_1, "rep outsb"), (CRASH_2, "rep outsb"), (CRASH_1168, "rep insb")])
+def test_decode_names_the_faulting_instruction(text, mnem):
+    r = CliRunner().invoke(main, ["decode", "--format", "json", text])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["instructions"][0]["mnemonic"] == mnem
+    assert "DecodeAssist" in doc["explanation"] and "InstEmul" in doc["explanation"]
+
+
+@pytest.mark.parametrize("text,routine", [(CRASH_1, "SevIoWriteFifo8"), (CRASH_1168, "SevIoReadFifo8")])
+def test_decode_finds_the_sev_routine_in_debian_image(text, routine):
+    r = CliRunner().invoke(main, ["decode", "--format", "json", "--image", DEB, text])
+    doc = json.loads(r.output)
+    best = doc["matches"][0]
+    assert best["function"] == routine and best["is_site"] and best["matched"] == len(doc["bytes"]) // 2
+    assert {m["module"] for m in doc["matches"] if m["function"] == routine} >= {"PlatformDxe"} or len(doc["matches"]) > 5
+
+
+@pytest.mark.build
+def test_decode_finds_iofifo_routine_in_non_sev_build():
+    img = str(build_dir("2022.11-X64-DEBUG-nonsev") / "FV" / "OVMF_CODE.fd")
+    r = CliRunner().invoke(main, ["decode", "--format", "json", "--image", img, CRASH_2])
+    doc = json.loads(r.output)
+    best = doc["matches"][0]
+    assert best["function"] == "IoWriteFifo8" and best["matched"] == 15
+    res = scan_image(img, jobs=2)
+    f = next(f for f in res.findings if f.rva == best["rva"] and f.guid == best["guid"])
+    assert f.signature["library"] == "BaseIoLibIntrinsic" and f.signature["source"] == "X64/IoFifo.nasm"
+
+
+def test_decode_bad_input_is_one_line_error():
+    r = CliRunner().invoke(main, ["decode", "not bytes at all"])
+    assert r.exit_code == 2 and r.output.startswith("ovmftool: error:") and r.output.count("\n") == 1
