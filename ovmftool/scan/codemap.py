@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from ovmftool.scan.disasm import K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs
 
 DECODE_INSNS = 32
+SWEEP_INSNS = 1024
 PROBE_INSNS = 8  # first decode of an unproven pointer target: most are data and fail early  # instructions decoded per capstone call; decoded instructions are cached
 MAX_GAP = 4096  # larger holes are data (strings, tables), not routines linked beside others
 _PAD = frozenset(b"\x90\xcc\x00")
@@ -101,6 +102,7 @@ class Discoverer:
         self.raw = RawDecoder(mem, bits)
         self.size_of: dict[int, int] = {}  # decoded instructions: rva -> size
         self.special: dict[int, tuple[int, object]] = {}  # rva -> (kind, aux) for branches, LEAs, INS/OUTS
+        self._sweep()
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -140,6 +142,26 @@ class Discoverer:
         return k >= 3 and m[a + 2 * k : a + 2 * k + 2] == b"\0\0"
 
     # --- the walk ------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Decode every executable range linearly once, in large batches, into the caches.
+
+        This is not a verdict on what is code: it only primes the caches, so that the descent,
+        which decides, finds most instructions decoded already (decoding from an address always
+        yields the same instruction). Targets that fall between these boundaries (code after
+        data) are decoded on demand.
+        """
+        size_of, special, raw = self.size_of, self.special, self.raw
+        for lo, hi in self.ranges:
+            a = lo
+            while a < hi:
+                addrs, sizes, sp = raw.decode(a, hi, SWEEP_INSNS)
+                if not addrs:
+                    a += 1
+                    continue
+                size_of.update(zip(addrs, sizes))
+                special.update(sp)
+                a = addrs[-1] + sizes[-1]
 
     def _decode(self, a: int, count: int = 0) -> bool:
         """Decode linearly from `a` into the caches. Decoding from an address always yields the
