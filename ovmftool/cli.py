@@ -282,3 +282,140 @@ def decode(text: tuple[str, ...], bits: str, image: str | None, fmt: str) -> Non
             click.echo(f"match {m.matched}/{len(t.data)} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}, "
                        f"{m.volume}) in {m.function or '?'}" + (f" [{m.function_source}]" if m.function else "")
                        + ("" if m.is_site else " (not at a scanned site)"))
+
+
+@main.command()
+@click.option("--edk2", "tree", required=True, type=click.Path(file_okay=False, exists=True), help="EDK II tree.")
+@click.option("--dsc", required=True, help="Platform DSC, relative to the tree (e.g. OvmfPkg/OvmfPkgX64.dsc).")
+@click.option("-D", "defines", multiple=True, metavar="NAME=VALUE", help="As for build -D.")
+@click.option("--arch", "arches", multiple=True, type=click.Choice(["IA32", "X64"], case_sensitive=False),
+              help="Architectures (default: the DSC's SUPPORTED_ARCHITECTURES).")
+@click.option("--strategy", type=click.Choice(["auto", "dsc-inf", "unroll"]), default="auto", show_default=True)
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory for the series, plan.json and SUMMARY.md (must not exist, or be empty).")
+@click.option("--author", default="ovmftool <ovmftool@users.noreply.invalid>", show_default=True)
+@click.option("--signoff", default=None, help="Signed-off-by line value (default: the author).")
+@click.option("--verify", is_flag=True, help="Apply to a scratch copy, build, scan: fail unless 0 sites remain.")
+@click.option("--target", default="DEBUG", show_default=True, help="Build target for --verify.")
+@click.option("--before", "before_image", type=click.Path(dir_okay=False, exists=True),
+              help="The unpatched build's image for the before count (otherwise --verify builds it).")
+@click.option("--scratch", type=click.Path(file_okay=False), help="Where --verify copies the tree (default: TMPDIR).")
+def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify, target, before_image, scratch):
+    """Write an EDK II patch series that removes every string port-I/O instruction the tree and DSC build."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from ovmftool.edk2.plan import make_plan
+    from ovmftool.edk2.series import check_applies, write_series
+
+    defs = {}
+    for d in defines:
+        if "=" not in d:
+            _fail(f"-D {d}: expected NAME=VALUE")
+        k, v = d.split("=", 1)
+        defs[k] = v
+    tree_p = Path(tree).resolve()
+    out = Path(out_dir).resolve()
+    if out.exists() and any(out.iterdir()):
+        _fail(f"output directory {out} exists and is not empty")
+    p = make_plan(tree_p, dsc, defs, list(arches) or None, strategy)
+    tmp = Path(tempfile.mkdtemp(prefix=".ovmftool-plan-", dir=out.parent if out.parent.is_dir() else None))
+    try:
+        series = write_series(p.patches, tmp, author, signoff or author)
+        check_applies(series, tree_p)
+        doc = p.as_dict()
+        doc["series"] = [s.name for s in series]
+        doc["command"] = _plan_command(tree, dsc, defs, arches, strategy, author, signoff)
+        if verify:
+            doc["verification"] = _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp)
+        (tmp / "plan.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        (tmp / "SUMMARY.md").write_text(_summary(doc))
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    click.echo((out / "SUMMARY.md").read_text())
+
+
+def _plan_command(tree, dsc, defs, arches, strategy, author, signoff) -> str:
+    parts = ["ovmftool plan --edk2 TREE", f"--dsc {dsc}"] + [f"-D {k}={v}" for k, v in sorted(defs.items())]
+    parts += [f"--arch {a.upper()}" for a in arches] + [f"--strategy {strategy}"]
+    return " ".join(parts) + " -o DIR"
+
+
+def _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp) -> dict:
+    from pathlib import Path
+
+    from ovmftool.edk2 import verify as V
+    from ovmftool.scan.scanner import scan_image
+
+    V.check_toolchain()
+    base = Path(scratch).resolve() if scratch else Path(tempfile_dir())
+    base.mkdir(parents=True, exist_ok=True)
+    out = {}
+    if before_image:
+        before = scan_image(before_image, jobs=2)
+        out["before"] = {"image": before_image, "sites": len(before.findings)}
+    else:
+        work = V.scratch_copy(tree_p, base)
+        try:
+            b = V.build(work, dsc, target, p.arches, defs, tmp / "build-before.log")
+            before = scan_image(str(b.fd), jobs=2)
+            out["before"] = {"sites": len(before.findings), "build_seconds": round(b.seconds)}
+        finally:
+            shutil_rmtree(work)
+    work = V.scratch_copy(tree_p, base)
+    try:
+        V.apply_series(work, series)
+        b = V.build(work, dsc, target, p.arches, defs, tmp / "build-after.log")
+        after = scan_image(str(b.fd), jobs=2)
+        import shutil as _sh
+
+        _sh.copyfile(b.fd, tmp / f"{b.fd.stem}.patched.fd")
+        out["after"] = {"sites": len(after.findings), "build_seconds": round(b.seconds),
+                        "image": f"{b.fd.stem}.patched.fd", "sha256": after.sha256}
+    finally:
+        shutil_rmtree(work)
+    out["target"] = target
+    click.echo(f"verify: {out['before']['sites']} sites before, {out['after']['sites']} after", err=True)
+    if out["after"]["sites"]:
+        raise OvmfToolError(f"verification failed: {out['after']['sites']} string I/O sites remain after the series")
+    return out
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def shutil_rmtree(path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _summary(doc: dict) -> str:
+    lines = [f"# ovmftool plan: {doc['dsc']} ({', '.join(doc['arches'])})", "",
+             f"Strategy: **{doc['strategy']}**", ""]
+    lines += [f"- {r}" for r in doc["reasons"]] + [""]
+    lines += ["## Series", ""] + [f"- `{s}`" for s in doc["series"]] + [""]
+    lines += ["## Modules affected", "",
+              f"{len(doc['modules_affected'])} components resolve IoLib to an instance with REP string I/O; each that "
+              "links IoLib (directly or through a library) carries the six FIFO routines, one string I/O instruction each.", ""]
+    for m in doc["modules_affected"][:200]:
+        lines.append(f"- {m['inf']} ({m['arch']}, {m['module_type']}): {m['iolib'].rsplit('/', 1)[-1]} {m['fifo']}")
+    lines += ["", "Sites expected to remain: 0", ""]
+    if doc.get("other_string_io_sources"):
+        lines += ["## Other string I/O in sources", ""] + [f"- {h}" for h in doc["other_string_io_sources"]] + [""]
+    lines += ["## Trade-offs", ""] + [f"- {t}" for t in doc["tradeoffs"]] + [""]
+    if doc.get("verification"):
+        v = doc["verification"]
+        lines += ["## Verification", "", f"- target {v['target']}: {v['before']['sites']} sites before, "
+                  f"{v['after']['sites']} after (image sha256 {v['after']['sha256']})", ""]
+    lines += ["Regenerate with:", "", f"    {doc['command']}", ""]
+    return "\n".join(lines)
