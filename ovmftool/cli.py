@@ -363,7 +363,7 @@ def _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp) ->
     else:
         work = V.scratch_copy(tree_p, base)
         try:
-            b = V.build(work, dsc, target, p.arches, defs, tmp / "build-before.log")
+            b = V.build(work, dsc, target, p.arches, defs, base / f"{work.name}-build-before.log")
             before = scan_image(str(b.fd), jobs=2)
             out["before"] = {"sites": len(before.findings), "build_seconds": round(b.seconds)}
         finally:
@@ -371,7 +371,7 @@ def _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp) ->
     work = V.scratch_copy(tree_p, base)
     try:
         V.apply_series(work, series)
-        b = V.build(work, dsc, target, p.arches, defs, tmp / "build-after.log")
+        b = V.build(work, dsc, target, p.arches, defs, base / f"{work.name}-build-after.log")
         after = scan_image(str(b.fd), jobs=2)
         import shutil as _sh
 

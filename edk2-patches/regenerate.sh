@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Regenerate the verified patch series in this directory from Debian's edk2 source trees.
+#   edk2-patches/regenerate.sh [--verify] [CONFIG...]
+# CONFIG is VERSION:DSC, e.g. 2022.11:OvmfPkg/OvmfPkgX64.dsc; default: the four below.
+# --verify builds each patched tree (DEBUG, -D SECURE_BOOT_ENABLE=TRUE, as Debian's Shell patch needs)
+# and scans it; the unpatched build from corpus/scripts/build-ovmf.sh gives the "before" count.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+scripts=$here/../corpus/scripts
+verify=0
+if [ "${1:-}" = "--verify" ]; then verify=1; shift; fi
+configs=("$@")
+[ ${#configs[@]} -gt 0 ] || configs=(2022.11:OvmfPkg/OvmfPkgX64.dsc 2022.11:OvmfPkg/OvmfPkgIa32X64.dsc
+                                     2025.02:OvmfPkg/OvmfPkgX64.dsc 2025.02:OvmfPkg/OvmfPkgIa32X64.dsc)
+for c in "${configs[@]}"; do
+  ver=${c%%:*}; dsc=${c#*:}
+  tree=$(bash "$scripts/edk2-source.sh" "$ver")
+  out=$here/debian-$ver/$(basename "$dsc" .dsc)
+  rm -rf "$out"; mkdir -p "$(dirname "$out")"
+  args=(plan --edk2 "$tree" --dsc "$dsc" -D SECURE_BOOT_ENABLE=TRUE -o "$out")
+  if [ "$verify" = 1 ]; then
+    before=$(bash "$scripts/build-ovmf.sh" "$ver" "$dsc" DEBUG -D SECURE_BOOT_ENABLE=TRUE)/FV/OVMF_CODE.fd
+    args+=(--verify --before "$before" --target DEBUG)
+  fi
+  python3 -m ovmftool "${args[@]}" > /dev/null
+  # the patched image is evidence, not source: keep its hash (in plan.json), not the file
+  rm -f "$out"/*.patched.fd
+  echo "$out"
+done

@@ -1,0 +1,87 @@
+"""The EDK II patch planner on Debian's edk2 trees."""
+
+import json
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+
+from ovmftool.cli import main
+from ovmftool.edk2.dsc import read_dsc
+from ovmftool.edk2 import strategy as S
+
+from conftest import CORPUS, build_dir
+
+pytestmark = pytest.mark.build
+
+
+def tree(ver: str):
+    from pathlib import Path
+
+    out = subprocess.run(["bash", str(CORPUS / "scripts" / "edk2-source.sh"), ver], capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()[-1]
+    return Path(out)
+
+
+@pytest.mark.parametrize("ver,expected", [("2022.11", "unroll"), ("2025.02", "dsc-inf")])
+@pytest.mark.parametrize("dsc", ["OvmfPkg/OvmfPkgX64.dsc", "OvmfPkg/OvmfPkgIa32X64.dsc", "OvmfPkg/OvmfPkgIa32.dsc",
+                                 "OvmfPkg/Bhyve/BhyveX64.dsc", "OvmfPkg/AmdSev/AmdSevX64.dsc"])
+def test_plan_writes_a_series_that_applies(tmp_path, ver, expected, dsc):
+    t = tree(ver)
+    out = tmp_path / "p"
+    r = CliRunner().invoke(main, ["plan", "--edk2", str(t), "--dsc", dsc, "-D", "SECURE_BOOT_ENABLE=TRUE",
+                                  "-o", str(out), "--author", "A U Thor <a@example.org>"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "plan.json").read_text())
+    assert doc["strategy"] == expected and doc["reasons"]
+    series = sorted(out.glob("0*.patch"))
+    assert [p.name for p in series] == doc["series"] and series
+    for p in series:
+        text = p.read_text()
+        assert text.startswith("From 0000000000000000000000000000000000000000 ")
+        assert "Signed-off-by: A U Thor <a@example.org>" in text
+        subj = next(l for l in text.splitlines() if l.startswith("Subject: "))
+        assert "MdePkg/BaseIoLibIntrinsic:" in subj or "OvmfPkg:" in subj
+    # git am on a git checkout of the tree's touched files, and git apply --check on the tree itself
+    for p in series:
+        subprocess.run(["git", "apply", "--check", "-p1", str(p)], cwd=t, check=True)
+    # no REP string I/O left in any FIFO source the DSC builds, once applied
+    scratch = tmp_path / "t"
+    files = {l.split(" b/")[-1] for p in series for l in p.read_text().splitlines() if l.startswith("diff --git")}
+    for f in files:
+        (scratch / f).parent.mkdir(parents=True, exist_ok=True)
+        if (t / f).is_file():
+            (scratch / f).write_bytes((t / f).read_bytes())
+    for p in series:
+        subprocess.run(["git", "apply", "-p1", str(p)], cwd=scratch, check=True)
+    for f in files:
+        if f.endswith(".nasm"):
+            assert not S._REP_IO.search((scratch / f).read_text()), f
+
+
+def test_plan_is_deterministic(tmp_path):
+    t = tree("2022.11")
+    outs = []
+    for i in range(2):
+        o = tmp_path / f"p{i}"
+        CliRunner().invoke(main, ["plan", "--edk2", str(t), "--dsc", "OvmfPkg/OvmfPkgX64.dsc", "-o", str(o)])
+        outs.append({p.name: p.read_bytes() for p in o.iterdir()})
+    assert outs[0] == outs[1]
+
+
+def test_dsc_resolution_matches_the_build_report():
+    """IoLib as the build resolved it (build -Y LIBRARY) equals what read_dsc resolves."""
+    b = build_dir("2022.11-X64-DEBUG")
+    report = (b / "build-report.txt").read_text(errors="replace")
+    assert "BaseIoLibIntrinsicSev.inf" in report
+    d = read_dsc(tree("2022.11"), "OvmfPkg/OvmfPkgX64.dsc", {"SECURE_BOOT_ENABLE": "TRUE"})
+    assert d.resolve("IoLib", "X64", "DXE_DRIVER") == S.SEV_INF
+    assert "BaseIoLibIntrinsic.inf" not in report.replace("BaseIoLibIntrinsicSev.inf", "")
+
+
+def test_plan_errors(tmp_path):
+    r = CliRunner().invoke(main, ["plan", "--edk2", str(tmp_path), "--dsc", "X.dsc", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "not an EDK II tree" in r.output
+    r = CliRunner().invoke(main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", "Nope.dsc", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "Nope.dsc not found" in r.output
+    assert not (tmp_path / "o").exists()
