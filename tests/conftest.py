@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
 CORPUS_IMAGES = {e["path"]: CORPUS / e["path"] for e in MANIFEST["images"]}
+CODE_IMAGES = {k: v for k, v in CORPUS_IMAGES.items() if "_CODE" in k}  # firmware, not variable stores
 
 # (edk2 version, DSC, target, defines): the builds tests use. Debian's Shell patch needs secure boot.
 BUILDS = {
@@ -59,10 +60,10 @@ def build_dir(key: str) -> Path:
     return _built[key]
 
 
-@pytest.fixture(params=sorted(CORPUS_IMAGES), ids=lambda p: p.split("/", 1)[1])
+@pytest.fixture(params=sorted(CODE_IMAGES), ids=lambda p: p.split("/", 1)[1])
 def corpus_image(request) -> Path:
-    """Each real image in corpus/ in turn."""
-    return CORPUS_IMAGES[request.param]
+    """Each real firmware (code) image in corpus/ in turn."""
+    return CODE_IMAGES[request.param]
 
 
 @pytest.fixture(params=sorted(BUILDS))

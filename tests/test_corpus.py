@@ -10,6 +10,7 @@ def test_manifest_lists_required_images():
     assert "images/debian-2022.11/OVMF_CODE.fd" in paths
     assert "images/debian-2022.11/OVMF_CODE_4M.fd" in paths
     assert "images/debian-2025.02/OVMF_CODE_4M.fd" in paths
+    assert "images/debian-2025.02/OVMF_VARS_4M.fd" in paths  # boot-check's variable store
 
 
 def test_images_match_recorded_sha256_and_have_license():

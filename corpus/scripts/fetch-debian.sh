@@ -8,8 +8,8 @@ corpus=$(dirname "$here")
 bash "$here/apt-sources.sh"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 declare -A files=(
-  [2022.11]="OVMF_CODE.fd OVMF_CODE_4M.fd"
-  [2025.02]="OVMF_CODE_4M.fd"
+  [2022.11]="OVMF_CODE.fd OVMF_VARS.fd OVMF_CODE_4M.fd OVMF_VARS_4M.fd"
+  [2025.02]="OVMF_CODE_4M.fd OVMF_VARS_4M.fd"
 )
 declare -A suite=([2022.11]=bookworm [2025.02]=trixie)
 entries=()
