@@ -14,14 +14,11 @@ was translated was about to run. Executed INS/OUTS are mapped back to modules:
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ovmftool.boot.qemu import SHELL_MARKERS, qemu_binary
+from ovmftool.boot.qemu import launch, wait
 from ovmftool.model.parser import FlashImage
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan.scanner import ScanResult
@@ -71,45 +68,19 @@ class BootCheck:
 def run_boot(code: Path, vars_file: Path, machine: str, timeout: float, fail_fast: bool, work: Path,
              progress=None) -> tuple[str, float]:
     """Boot with the translation log on; stop at the shell, the timeout, or (fail_fast) the first string I/O."""
-    exe = qemu_binary()
-    vars_copy = work / "vars.fd"
-    shutil.copyfile(vars_file, vars_copy)
-    serial, debug, trace = work / "serial.log", work / "debug.log", work / "trace.log"
-    for f in (serial, debug, trace):
-        f.write_bytes(b"")
-    cmd = [exe, "-machine", f"{machine},accel=tcg", "-m", "512", "-nodefaults", "-display", "none",
-           "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-           "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-           "-serial", f"file:{serial}", "-debugcon", f"file:{debug}", "-global", "isa-debugcon.iobase=0x402",
-           "-net", "none", "-no-reboot", "-d", "in_asm,nochain", "-D", str(trace)]
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ended = "timeout"
-    pos = 0
-    try:
-        while time.monotonic() - start < timeout:
-            time.sleep(0.5)
-            if progress:
-                progress(time.monotonic() - start)
-            if any(m in serial.read_bytes() for m in SHELL_MARKERS):
-                ended = "shell"
-                break
-            if fail_fast:
-                with open(trace, "rb") as fh:
-                    fh.seek(pos)
-                    chunk = fh.read()
-                if _SIO.search(chunk.decode(errors="replace")):
-                    ended = "stopped at the first string I/O (--fail-fast)"
-                    break
-                pos += max(0, len(chunk) - 200)
-            if proc.poll() is not None:
-                ended = f"exit {proc.returncode}"
-                break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    return ended, time.monotonic() - start
+    proc, serial, _debug, trace = launch(code, vars_file, work, machine, trace=True)
+    pos = [0]
+
+    def first_string_io() -> str | None:
+        if not fail_fast:
+            return None
+        with open(trace, "rb") as fh:
+            fh.seek(pos[0])
+            chunk = fh.read()
+        pos[0] += max(0, len(chunk) - 200)
+        return "stopped at the first string I/O (--fail-fast)" if _SIO.search(chunk.decode(errors="replace")) else None
+
+    return wait(proc, serial, timeout, first_string_io, progress)
 
 
 def executed_string_io(trace: Path) -> list[Executed]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -34,30 +33,44 @@ def qemu_binary() -> str:
     return exe
 
 
-def boot_to_shell(code: Path, vars_template: Path, timeout: float = 240.0, machine: str = "q35",
-                  workdir: Path | None = None) -> BootResult:
-    """Boot `code` with a fresh copy of `vars_template` until the shell prompt or `timeout`."""
+def launch(code: Path, vars_template: Path, work: Path, machine: str = "q35", trace: bool = False):
+    """Start QEMU (TCG) on `code` with a fresh copy of the variable store, serial and the ISA debug
+    console (port 0x402, as propolis has) logged to files in `work`; with `trace`, QEMU's translation
+    log too. Returns the process and the log paths (serial, debug, trace)."""
     exe = qemu_binary()
-    work = Path(workdir or tempfile.mkdtemp(prefix="ovmftool-boot-"))
     work.mkdir(parents=True, exist_ok=True)
     vars_copy = work / "vars.fd"
     shutil.copyfile(vars_template, vars_copy)
-    serial, debug = work / "serial.log", work / "debug.log"
-    for f in (serial, debug):
+    serial, debug, trace_log = work / "serial.log", work / "debug.log", work / "trace.log"
+    for f in (serial, debug, trace_log):
         f.write_bytes(b"")
     cmd = [exe, "-machine", f"{machine},accel=tcg", "-m", "512", "-nodefaults", "-display", "none",
            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
            "-serial", f"file:{serial}", "-debugcon", f"file:{debug}", "-global", "isa-debugcon.iobase=0x402",
            "-net", "none", "-no-reboot"]
+    if trace:
+        cmd += ["-d", "in_asm,nochain", "-D", str(trace_log)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, serial, debug, trace_log
+
+
+def wait(proc, serial: Path, timeout: float, stop=None, progress=None) -> tuple[str, float]:
+    """Wait for the shell prompt on serial, the process to exit, `stop()` to say why, or the
+    timeout; then kill QEMU. Returns how it ended and the seconds it took."""
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ended = "timeout"
     try:
         while time.monotonic() - start < timeout:
             time.sleep(0.5)
+            if progress:
+                progress(time.monotonic() - start)
             if any(m in serial.read_bytes() for m in SHELL_MARKERS):
                 ended = "shell"
+                break
+            why = stop() if stop else None
+            if why:
+                ended = why
                 break
             if proc.poll() is not None:
                 ended = f"exit {proc.returncode}"
@@ -66,4 +79,13 @@ def boot_to_shell(code: Path, vars_template: Path, timeout: float = 240.0, machi
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    return BootResult(ended == "shell", time.monotonic() - start, ended, str(serial), str(debug))
+    return ended, time.monotonic() - start
+
+
+def boot_to_shell(code: Path, vars_template: Path, timeout: float = 240.0, machine: str = "q35",
+                  workdir: Path | None = None) -> BootResult:
+    """Boot `code` with a fresh copy of `vars_template` until the shell prompt or `timeout`."""
+    work = Path(workdir or tempfile.mkdtemp(prefix="ovmftool-boot-"))
+    proc, serial, debug, _ = launch(code, vars_template, work, machine)
+    ended, secs = wait(proc, serial, timeout)
+    return BootResult(ended == "shell", secs, ended, str(serial), str(debug))
