@@ -31,7 +31,7 @@ class Plan:
     def as_dict(self) -> dict:
         return {
             "schema_version": "ovmftool.plan/1",
-            "tree": self.tree, "dsc": self.dsc, "defines": self.defines, "arches": self.arches,
+            "tree": Path(self.tree).name, "tree_version": _tree_version(Path(self.tree)), "dsc": self.dsc, "defines": self.defines, "arches": self.arches,
             "strategy": self.strategy, "reasons": self.reasons, "tradeoffs": self.tradeoffs,
             "iolib_fifo": self.facts.fifo, "dropped_library_classes": self.facts.dropped_classes,
             "other_string_io_sources": self.facts.other_sources,
@@ -39,6 +39,12 @@ class Plan:
             "modules_affected": self.modules,
             "sites_expected_to_remain": 0,
         }
+
+
+def _tree_version(tree: Path) -> str | None:
+    """Debian's package version of a tree unpacked by corpus/scripts, if known."""
+    marker = tree / ".ovmftool-ready"
+    return marker.read_text().strip() if marker.is_file() else None
 
 
 def default_arches(dsc: Dsc) -> list[str]:
