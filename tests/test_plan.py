@@ -85,3 +85,26 @@ def test_plan_errors(tmp_path):
     r = CliRunner().invoke(main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", "Nope.dsc", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "Nope.dsc not found" in r.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("ver", ["2022.11", "2025.02"])
+def test_series_applies_with_git_am(tmp_path, ver):
+    """The committed series for OvmfPkgX64 goes through `git am --keep-cr` (EDK II files are CRLF; EDK II's
+    SetupGit.py sets am.keepcr) on a git checkout of the files."""
+    from conftest import ROOT
+
+    t = tree(ver)
+    series = sorted((ROOT / "edk2-patches" / f"debian-{ver}" / "OvmfPkgX64").glob("0*.patch"))
+    files = {l.split(" b/")[-1] for p in series for l in p.read_text().splitlines() if l.startswith("diff --git")}
+    repo = tmp_path / "repo"
+    for f in files:
+        if (t / f).is_file():
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            (repo / f).write_bytes((t / f).read_bytes())
+    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org", "PATH": "/usr/bin:/bin"}
+    for cmd in (["git", "init", "-q"], ["git", "config", "core.autocrlf", "false"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "stock"], ["git", "am", "-q", "--keep-cr", *map(str, series)]):
+        subprocess.run(cmd, cwd=repo, check=True, env=env, capture_output=True)
+    log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, env=env, capture_output=True, text=True).stdout
+    assert len(log.splitlines()) == len(series) + 1
