@@ -37,6 +37,7 @@ class Dsc:
     mappings: list[Mapping] = field(default_factory=list)
     components: list[tuple[str, str]] = field(default_factory=list)  # (arch, inf path)
     files: list[str] = field(default_factory=list)  # DSC and included files, workspace-relative
+    fdf_infs: list[str] = field(default_factory=list)  # INF files the FDF places in flash (empty: no FDF)
 
     def instances(self, library_class: str) -> list[Mapping]:
         return [m for m in self.mappings if m.library_class == library_class]
@@ -93,6 +94,11 @@ def read_dsc(workspace: Path, dsc: str, defines: dict[str, str] | None = None) -
     out = Dsc(path, dict(defines or {}))
     out.defines.setdefault("WORKSPACE", str(workspace))
     _read(workspace, path, out, out.defines, state={"sections": [], "component": None}, depth=0)
+    fdf = out.defines.get("FLASH_DEFINITION")
+    if fdf and (workspace / fdf).is_file():
+        files = out.files
+        _read(workspace, workspace / fdf, out, out.defines, state={"sections": [], "component": None}, depth=0)
+        out.files = files  # only DSC files are candidates for IoLib edits
     return out
 
 
@@ -163,6 +169,14 @@ def _read(ws: Path, path: Path, out: Dsc, defines: dict[str, str], state: dict, 
             state["component"] = None
             continue
         kinds = {s[0] for s in state["sections"]}
+        if "fv" in kinds:
+            if line.upper().startswith("INF "):
+                # options (RuleOverride=..., FILE_GUID = ...) come before the path
+                parts = _expand(line[4:], defines).split()
+                inf_path = next((w for w in reversed(parts) if w.lower().endswith(".inf")), None)
+                if inf_path:
+                    out.fdf_infs.append(inf_path)
+            continue
         if "libraryclasses" in kinds and "|" in line:
             cls, inst = (x.strip() for x in line.split("|", 1))
             for sec, arch, mtype in state["sections"]:

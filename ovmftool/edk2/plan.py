@@ -95,10 +95,13 @@ def make_plan(tree: Path, dsc_rel: str, defines: dict[str, str], arches: list[st
     if not patches:
         raise OvmfToolError("nothing to change: the IoLib instances this DSC uses carry no string I/O")
     mods = []
+    in_flash = set(dsc.fdf_infs)
     for arch, inf in dsc.components:
         a = arch.upper()
         if a != "COMMON" and a not in arches:
             continue
+        if in_flash and inf not in in_flash:
+            continue  # built but not placed in the image by the FDF
         p = tree / inf
         mtype = read_inf(p).defines.get("MODULE_TYPE", "BASE") if p.is_file() else "BASE"
         for arch_use in ([a] if a != "COMMON" else arches):
