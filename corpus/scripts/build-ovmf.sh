@@ -27,7 +27,7 @@ if [ ${#patches[@]} -gt 0 ]; then
   ptree=$cache/src/edk2-$ver-p$phash
   if [ ! -f "$ptree/.ovmftool-patched" ]; then
     rm -rf "$ptree.tmp"; mkdir -p "$ptree.tmp"
-    tar -C "$tree" --exclude=./Build -cf - . | tar -C "$ptree.tmp" -xf -
+    tar -C "$tree" --exclude=./Build --exclude=./Conf/BuildEnv.sh -cf - . | tar -C "$ptree.tmp" -xf -
     for p in "${patches[@]}"; do
       patch -d "$ptree.tmp" -p1 --batch --forward -s < "$p" >&2 || { echo "build-ovmf.sh: $p does not apply to edk2 $ver" >&2; exit 2; }
     done

@@ -38,7 +38,8 @@ def check_toolchain() -> None:
 def scratch_copy(tree: Path, parent: Path) -> Path:
     """Copy the tree (without its Build directory) for a verification build."""
     dest = Path(tempfile.mkdtemp(prefix="edk2-", dir=parent))
-    tar = subprocess.Popen(["tar", "-C", str(tree), "--exclude=./Build", "-cf", "-", "."], stdout=subprocess.PIPE)
+    tar = subprocess.Popen(["tar", "-C", str(tree), "--exclude=./Build", "--exclude=./Conf/BuildEnv.sh", "-cf", "-", "."],
+                           stdout=subprocess.PIPE)
     r = subprocess.run(["tar", "-C", str(dest), "-xf", "-"], stdin=tar.stdout, capture_output=True)
     tar.wait()
     if tar.returncode or r.returncode:
@@ -66,7 +67,9 @@ def build(tree: Path, dsc: str, target: str, arches: list[str], defines: dict[st
         args += ["-a", a]
     for k, v in defines.items():
         args += ["-D", f"{k}={v}"]
-    cmd = "set -e; . ./edksetup.sh >/dev/null; " + " ".join(_q(a) for a in args)
+    # The copy's own BaseTools and Conf, whatever the tree's Conf/BuildEnv.sh remembered.
+    cmd = ("set -e; unset WORKSPACE PACKAGES_PATH CONF_PATH; export EDK_TOOLS_PATH=\"$PWD/BaseTools\"; "
+           ". ./edksetup.sh >/dev/null; " + " ".join(_q(a) for a in args))
     start = time.monotonic()
     with open(log, "w") as fh:
         r = subprocess.run(["bash", "-c", cmd], cwd=tree, stdout=fh, stderr=subprocess.STDOUT)
