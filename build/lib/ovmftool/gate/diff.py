@@ -1,0 +1,35 @@
+"""`diff`: sites added, removed and unchanged between two images, matched by stable identity
+(module, function, instruction) so that a rebuild that only moves code shows no change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ovmftool.report.identity import site_keys
+from ovmftool.scan.scanner import Finding, ScanResult
+
+
+@dataclass
+class DiffResult:
+    """The difference between two scans."""
+
+    added: list[Finding] = field(default_factory=list)
+    removed: list[Finding] = field(default_factory=list)
+    unchanged: list[tuple[Finding, Finding]] = field(default_factory=list)
+    modules_added: list[str] = field(default_factory=list)
+    modules_removed: list[str] = field(default_factory=list)
+
+
+def diff(old: ScanResult, new: ScanResult) -> DiffResult:
+    """Match the findings of two scans."""
+    ok = dict(zip(site_keys(old.findings), old.findings))
+    nk = dict(zip(site_keys(new.findings), new.findings))
+    out = DiffResult()
+    out.added = [f for k, f in nk.items() if k not in ok]
+    out.removed = [f for k, f in ok.items() if k not in nk]
+    out.unchanged = [(ok[k], f) for k, f in nk.items() if k in ok]
+    om = {(m.guid, m.arch): m.name for m in old.modules}
+    nm = {(m.guid, m.arch): m.name for m in new.modules}
+    out.modules_added = sorted(f"{nm[k]} {k[0]} {k[1]}" for k in nm.keys() - om.keys())
+    out.modules_removed = sorted(f"{om[k]} {k[0]} {k[1]}" for k in om.keys() - nm.keys())
+    return out

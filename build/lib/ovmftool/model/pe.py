@@ -1,0 +1,258 @@
+"""PE32/PE32+ and TE images as EDK II's GenFw writes them: headers, sections, base relocations,
+the debug directory (CodeView path naming the build directory and INF), exports.
+
+Only headers are read at parse time; relocations, exports and the memory image are decoded
+lazily on first use.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from ovmftool.model import structs as S
+from ovmftool.model.node import Node, Space
+
+
+@dataclass(frozen=True)
+class PeSection:
+    """One section header of a PE/TE image. `raw_offset` is relative to the image's bytes."""
+
+    name: str
+    rva: int
+    virtual_size: int
+    raw_offset: int
+    raw_size: int
+    characteristics: int
+
+    @property
+    def executable(self) -> bool:
+        """Contains code or is mapped executable."""
+        return bool(self.characteristics & (S.IMAGE_SCN_CNT_CODE | S.IMAGE_SCN_MEM_EXECUTE))
+
+
+@dataclass(eq=False)
+class PeImage(Node):
+    """A PE32/PE32+ or TE image inside a PE32/TE/PIC section."""
+
+    format: str = ""  # PE32, PE32+, TE
+    machine_code: int = 0
+    image_base: int = 0
+    entry_rva: int = 0
+    size_of_image: int = 0
+    section_alignment: int = 0
+    file_alignment: int = 0
+    subsystem: int = 0
+    size_of_headers: int = 0
+    te_adjust: int = 0  # TE: StrippedSize - sizeof(TE header); file offset = rva - te_adjust
+    sections: list[PeSection] = field(default_factory=list)
+    directories: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    kind = "image"
+
+    @property
+    def machine(self) -> str:
+        """IA32, X64, ... from the COFF/TE machine field."""
+        return S.MACHINES.get(self.machine_code, f"0x{self.machine_code:04X}")
+
+    @property
+    def bits(self) -> int:
+        """Code width the image runs in."""
+        return 64 if self.machine == "X64" else 32
+
+    @property
+    def raw(self) -> bytes:
+        """The image file bytes."""
+        return self.data
+
+    def label(self) -> str:
+        return f"{self.format} {self.machine}"
+
+    def rva_to_offset(self, rva: int) -> int | None:
+        """Offset within the image bytes of the byte at `rva`, or None if it has no file data."""
+        for s in self.sections:
+            if s.rva <= rva < s.rva + max(s.raw_size, s.virtual_size):
+                d = rva - s.rva
+                return s.raw_offset + d if d < s.raw_size else None
+        if self.format == "TE":
+            off = rva - self.te_adjust
+            return off if 0 <= off < S.TE_HEADER.size + 40 * len(self.sections) else None
+        return rva if rva < self.size_of_headers else None
+
+    def section_at(self, rva: int) -> PeSection | None:
+        """The section that holds `rva` in memory."""
+        for s in self.sections:
+            if s.rva <= rva < s.rva + max(s.virtual_size, s.raw_size):
+                return s
+        return None
+
+    @cached_property
+    def memory(self) -> bytes:
+        """The image as loaded: sections placed at their RVAs, zero-filled, base not applied."""
+        raw = self.raw
+        size = max([self.size_of_image] + [s.rva + max(s.virtual_size, s.raw_size) for s in self.sections])
+        buf = bytearray(size)
+        if self.format != "TE":
+            buf[: self.size_of_headers] = raw[: self.size_of_headers]
+        for s in self.sections:
+            chunk = raw[s.raw_offset : s.raw_offset + min(s.raw_size, s.virtual_size or s.raw_size)]
+            buf[s.rva : s.rva + len(chunk)] = chunk
+        return bytes(buf)
+
+    @cached_property
+    def relocations(self) -> list[tuple[int, int]]:
+        """Base relocations as (rva, type), ABSOLUTE padding entries dropped."""
+        rva, size = self.directories.get(S.DIR_BASERELOC, (0, 0))
+        if not rva or not size:
+            return []
+        mem = self.memory
+        out: list[tuple[int, int]] = []
+        p, end = rva, min(rva + size, len(mem))
+        while p + 8 <= end:
+            page, bsize = struct.unpack_from("<II", mem, p)
+            if bsize < 8 or p + bsize > end:
+                self.damage(f"base relocation block size 0x{bsize:X} is out of range", self.offset)
+                break
+            n = (bsize - 8) // 2
+            for e in struct.unpack_from(f"<{n}H", mem, p + 8):
+                t = e >> 12
+                if t != S.REL_BASED_ABSOLUTE:
+                    out.append((page + (e & 0xFFF), t))
+            p += bsize
+        return out
+
+    @cached_property
+    def debug_path(self) -> str | None:
+        """The CodeView PDB/DLL path from the debug directory (names the build dir and INF)."""
+        rva, size = self.directories.get(S.DIR_DEBUG, (0, 0))
+        if not rva or size < S.DEBUG_DIRECTORY.size:
+            return None
+        mem = self.memory
+        for i in range(size // S.DEBUG_DIRECTORY.size):
+            q = rva + i * S.DEBUG_DIRECTORY.size
+            if q + S.DEBUG_DIRECTORY.size > len(mem):
+                return None
+            ent = S.DEBUG_DIRECTORY.unpack_from(mem, q)
+            dtype, dsize, daddr = ent[4], ent[5], ent[6]
+            if dtype != S.IMAGE_DEBUG_TYPE_CODEVIEW or not daddr or daddr + dsize > len(mem):
+                continue
+            cv = mem[daddr : daddr + dsize]
+            sig = cv[:4]
+            skip = {b"RSDS": 24, b"NB10": 16, b"MTOC": 20}.get(sig)
+            if skip is None:
+                continue
+            return cv[skip:].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+        return None
+
+    @cached_property
+    def exports(self) -> dict[int, str]:
+        """Exported functions: rva -> name (EDK II images rarely have any)."""
+        rva, size = self.directories.get(S.DIR_EXPORT, (0, 0))
+        mem = self.memory
+        if not rva or rva + 40 > len(mem):
+            return {}
+        n_funcs, n_names, a_funcs, a_names, a_ords = struct.unpack_from("<IIIII", mem, rva + 20)
+        out: dict[int, str] = {}
+        try:
+            funcs = struct.unpack_from(f"<{n_funcs}I", mem, a_funcs)
+            names = struct.unpack_from(f"<{n_names}I", mem, a_names)
+            ords = struct.unpack_from(f"<{n_names}H", mem, a_ords)
+        except struct.error:
+            return {}
+        for nrva, o in zip(names, ords):
+            if o < len(funcs):
+                out[funcs[o]] = mem[nrva : mem.find(b"\0", nrva)].decode("ascii", "replace")
+        return out
+
+    def summary(self) -> dict:
+        return {
+            "format": self.format,
+            "machine": self.machine,
+            "image_base": self.image_base,
+            "entry_rva": self.entry_rva,
+            "size_of_image": self.size_of_image,
+            "sections": [
+                {"name": s.name, "rva": s.rva, "virtual_size": s.virtual_size, "raw_size": s.raw_size,
+                 "characteristics": f"0x{s.characteristics:08X}"}
+                for s in self.sections
+            ],
+            "relocations": len(self.relocations),
+            "debug_path": self.debug_path,
+        }
+
+
+def parse_image(space: Space, off: int, end: int, parent: Node) -> PeImage:
+    """Parse the PE or TE headers of the image at `space.data[off:end]`."""
+    img = PeImage(space, off, end - off, parent)
+    raw = space.data[off:end]
+    try:
+        if raw[:2] == S.TE_MAGIC:
+            _parse_te(img, raw)
+        elif raw[:2] == S.DOS_MAGIC:
+            _parse_pe(img, raw)
+        else:
+            img.damage("image has neither an MZ nor a VZ signature")
+    except struct.error:
+        img.damage("image headers are truncated")
+    for s in img.sections:
+        if s.raw_offset + s.raw_size > len(raw):
+            img.damage(f"section {s.name} raw data runs past the end of the image")
+    return img
+
+
+def _parse_pe(img: PeImage, raw: bytes) -> None:
+    lfanew = struct.unpack_from("<I", raw, 0x3C)[0]
+    if raw[lfanew : lfanew + 4] != S.PE_MAGIC:
+        img.damage(f"no PE signature at e_lfanew 0x{lfanew:X}")
+        return
+    coff = lfanew + 4
+    machine, nsec, _td, _ps, _ns, optsize, _ch = S.COFF_HEADER.unpack_from(raw, coff)
+    opt = coff + S.COFF_HEADER.size
+    magic = struct.unpack_from("<H", raw, opt)[0]
+    img.machine_code = machine
+    img.entry_rva = struct.unpack_from("<I", raw, opt + 16)[0]
+    if magic == S.OPT_MAGIC_PE32:
+        img.format = "PE32"
+        img.image_base = struct.unpack_from("<I", raw, opt + 28)[0]
+        ndir_off = opt + 92
+    elif magic == S.OPT_MAGIC_PE32_PLUS:
+        img.format = "PE32+"
+        img.image_base = struct.unpack_from("<Q", raw, opt + 24)[0]
+        ndir_off = opt + 108
+    else:
+        img.damage(f"unknown optional header magic 0x{magic:X}")
+        return
+    img.section_alignment, img.file_alignment = struct.unpack_from("<II", raw, opt + 32)
+    img.size_of_image, img.size_of_headers = struct.unpack_from("<II", raw, opt + 56)
+    img.subsystem = struct.unpack_from("<H", raw, opt + 68)[0]
+    ndir = struct.unpack_from("<I", raw, ndir_off)[0]
+    for i in range(min(ndir, 16)):
+        va, sz = S.DATA_DIR.unpack_from(raw, ndir_off + 4 + 8 * i)
+        if va or sz:
+            img.directories[i] = (va, sz)
+    sec_off = opt + optsize
+    for i in range(nsec):
+        name, vsize, va, rsize, rptr, *_rest, chars = S.PE_SECTION.unpack_from(raw, sec_off + 40 * i)
+        img.sections.append(PeSection(name.rstrip(b"\0").decode("ascii", "replace"), va, vsize, rptr, rsize, chars))
+
+
+def _parse_te(img: PeImage, raw: bytes) -> None:
+    (_sig, machine, nsec, subsys, stripped, entry, _boc, base, rel_va, rel_sz, dbg_va, dbg_sz) = (
+        S.TE_HEADER.unpack_from(raw, 0)
+    )
+    img.format = "TE"
+    img.machine_code, img.subsystem, img.entry_rva, img.image_base = machine, subsys, entry, base
+    img.te_adjust = stripped - S.TE_HEADER.size
+    if rel_va or rel_sz:
+        img.directories[S.DIR_BASERELOC] = (rel_va, rel_sz)
+    if dbg_va or dbg_sz:
+        img.directories[S.DIR_DEBUG] = (dbg_va, dbg_sz)
+    img.size_of_headers = stripped
+    top = 0
+    for i in range(nsec):
+        name, vsize, va, rsize, rptr, *_rest, chars = S.PE_SECTION.unpack_from(raw, S.TE_HEADER.size + 40 * i)
+        sec = PeSection(name.rstrip(b"\0").decode("ascii", "replace"), va, vsize, rptr - img.te_adjust, rsize, chars)
+        img.sections.append(sec)
+        top = max(top, va + max(vsize, rsize))
+    img.size_of_image = top

@@ -1,0 +1,201 @@
+"""Sections (PI vol. 3, 2.2.4): leaf sections and encapsulations (compression, GUID-defined,
+firmware volume images), nested to any depth within the parse limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ovmftool.errors import ImageError
+from ovmftool.model import codecs
+from ovmftool.model import structs as S
+from ovmftool.model.node import Node, Space
+
+if TYPE_CHECKING:
+    from ovmftool.model.parser import ParseContext
+
+
+@dataclass(eq=False)
+class Section(Node):
+    """One section. `header_size` covers the common and the type-specific header.
+
+    Encapsulating sections have children: sections (or a volume for FV image sections) that
+    live either in the same space (no compression, CRC32) or in a space of decoded bytes.
+    """
+
+    type: int = 0
+    header_size: int = 0
+    # type-specific
+    guid: str | None = None  # GUID_DEFINED definition GUID, FREEFORM_SUBTYPE_GUID subtype
+    guided_attributes: int = 0
+    compression: str | None = None  # NONE, EFI, LZMA, LZMAF86, TIANO, BROTLI, CRC32 or a GUID
+    decoded: Space | None = None  # the space children live in when the data was decoded
+    text: str | None = None  # UI name or version string
+    build_number: int | None = None
+    crc_ok: bool | None = None
+
+    kind = "section"
+
+    @property
+    def type_name(self) -> str:
+        """Spec name of the section type."""
+        return S.SECTION_TYPES.get(self.type, f"0x{self.type:02X}")
+
+    @property
+    def data_offset(self) -> int:
+        """Offset of the section body in the space."""
+        return self.offset + self.header_size
+
+    @property
+    def body(self) -> bytes:
+        """Section data without its header(s)."""
+        return self.space.data[self.data_offset : self.end]
+
+    def label(self) -> str:
+        extra = ""
+        if self.compression:
+            extra = f" {self.compression}"
+        elif self.text is not None:
+            extra = f" {self.text!r}"
+        elif self.guid:
+            extra = f" {self.guid}"
+        return f"section {self.type_name}{extra}"
+
+    def summary(self) -> dict:
+        d: dict = {"type": self.type_name, "header_size": self.header_size}
+        if self.guid:
+            d["guid"] = self.guid
+        if self.compression:
+            d["compression"] = self.compression
+        if self.decoded is not None:
+            d["decoded_size"] = len(self.decoded.data)
+        if self.text is not None:
+            d["text"] = self.text
+        if self.build_number is not None:
+            d["build_number"] = self.build_number
+        if self.crc_ok is not None:
+            d["crc_ok"] = self.crc_ok
+        return d
+
+
+def parse_sections(ctx: "ParseContext", parent: Node, space: Space, start: int, end: int) -> None:
+    """Parse the sections in `space[start:end]` as children of `parent`."""
+    data = space.data
+    ctx.enter(parent, space, start)
+    try:
+        pos = start
+        while pos + S.SECTION_HEADER.size <= end:
+            size3, stype = S.SECTION_HEADER.unpack_from(data, pos)
+            size, hsize = S.u24(size3), S.SECTION_HEADER.size
+            sec = Section(space, pos, 0, parent)
+            sec.type = stype
+            parent.children.append(sec)
+            ctx.limits.charge_node(ctx.where(space, pos))
+            if size == 0xFFFFFF:
+                if pos + 8 > end:
+                    sec.damage("extended section header runs past its container")
+                    return
+                size, hsize = S.SECTION_HEADER2_EXTRA.unpack_from(data, pos + 4)[0], 8
+            if size < hsize:
+                sec.damage(f"section size 0x{size:X} is smaller than its header")
+                return
+            if pos + size > end:
+                sec.damage(f"section size 0x{size:X} runs past its container (0x{end - pos:X} bytes left)")
+                return
+            sec.size, sec.header_size = size, hsize
+            _parse_body(ctx, sec)
+            pos += size
+            pos += (-(pos - start)) % S.SECTION_ALIGNMENT
+        # fewer than 4 bytes can remain: alignment padding of the container
+    finally:
+        ctx.leave()
+
+
+def _parse_body(ctx: "ParseContext", sec: Section) -> None:
+    data, space = sec.space.data, sec.space
+    t = sec.type
+    hs = sec.offset + sec.header_size
+    if t == 0x01:  # COMPRESSION
+        if sec.size < sec.header_size + S.SECTION_COMPRESSION.size:
+            sec.damage("compression section shorter than its header")
+            return
+        ulen, ctype = S.SECTION_COMPRESSION.unpack_from(data, hs)
+        sec.header_size += S.SECTION_COMPRESSION.size
+        sec.compression = S.COMPRESSION_TYPES.get(ctype, f"0x{ctype:02X}")
+        if ctype == 0:
+            parse_sections(ctx, sec, space, sec.data_offset, sec.end)
+        elif ctype in codecs.COMPRESSION_DECODERS:
+            _decode_into(ctx, sec, codecs.COMPRESSION_DECODERS[ctype], expect=ulen)
+        else:
+            sec.damage(f"unknown compression type 0x{ctype:02X}")
+    elif t == 0x02:  # GUID_DEFINED
+        if sec.size < sec.header_size + S.SECTION_GUID_DEFINED.size:
+            sec.damage("GUID-defined section shorter than its header")
+            return
+        g, doff, attrs = S.SECTION_GUID_DEFINED.unpack_from(data, hs)
+        sec.guid, sec.guided_attributes = S.guid_str(g), attrs
+        min_hdr = sec.header_size + S.SECTION_GUID_DEFINED.size
+        if doff < min_hdr or doff > sec.size:
+            sec.damage(f"GUID-defined data offset 0x{doff:X} is out of range")
+            return
+        sec.header_size = doff
+        sec.compression = S.GUIDED_NAMES.get(sec.guid, sec.guid)
+        if sec.guid == S.CRC32_GUID:
+            c = sec.offset + min_hdr
+            stored = int.from_bytes(data[c : c + 4], "little") if doff >= min_hdr + 4 else None
+            sec.crc_ok = stored is not None and stored == codecs.crc32(sec.body)
+            if not sec.crc_ok:
+                sec.damage("CRC32 of GUID-defined section data does not match")
+            parse_sections(ctx, sec, space, sec.data_offset, sec.end)
+        elif sec.guid in codecs.GUIDED_DECODERS:
+            _decode_into(ctx, sec, codecs.GUIDED_DECODERS[sec.guid])
+        elif not attrs & S.EFI_GUIDED_SECTION_PROCESSING_REQUIRED:
+            parse_sections(ctx, sec, space, sec.data_offset, sec.end)
+        # else: an unknown transformation; the data stays opaque
+    elif t == 0x17:  # FIRMWARE_VOLUME_IMAGE
+        from ovmftool.model.volume import looks_like_volume, parse_volume
+
+        if looks_like_volume(data, hs):
+            ctx.enter(sec, space, hs)
+            try:
+                sec.children.append(parse_volume(ctx, space, hs, sec.end, sec))
+            finally:
+                ctx.leave()
+        else:
+            sec.damage("firmware volume image section holds no volume header", hs)
+    elif t in (0x10, 0x11, 0x12):  # PE32, PIC, TE
+        from ovmftool.model.pe import parse_image
+
+        sec.children.append(parse_image(space, hs, sec.end, sec))
+    elif t == 0x15:  # USER_INTERFACE
+        sec.text = _ucs2(data[hs : sec.end])
+    elif t == 0x14:  # VERSION
+        if sec.size >= sec.header_size + 2:
+            sec.build_number = S.SECTION_VERSION.unpack_from(data, hs)[0]
+            sec.text = _ucs2(data[hs + 2 : sec.end])
+    elif t == 0x18:  # FREEFORM_SUBTYPE_GUID
+        if sec.size >= sec.header_size + 16:
+            sec.guid = S.guid_str(data[hs : hs + 16])
+            sec.header_size += 16
+
+
+def _decode_into(ctx: "ParseContext", sec: Section, decoder, expect: int | None = None) -> None:
+    where = ctx.where(sec.space, sec.offset)
+    try:
+        out = decoder(sec.body, ctx.limits, where)
+    except codecs.DecodeError as e:
+        sec.damage(str(e).removesuffix(f" at {where}"))
+        return
+    except ImageError:
+        raise  # limits: the whole parse stops
+    if expect is not None and expect != len(out):
+        sec.damage(f"decoded {len(out)} bytes, section header says {expect}")
+    label = f"{ctx.space_label(sec)}"
+    sec.decoded = Space(out, None, label, sec)
+    parse_sections(ctx, sec, sec.decoded, 0, len(out))
+
+
+def _ucs2(raw: bytes) -> str:
+    n = len(raw) & ~1
+    s = raw[:n].decode("utf-16-le", errors="replace")
+    return s.split("\0", 1)[0]

@@ -1,0 +1,346 @@
+"""Telling code from data in one module: recursive-descent disassembly.
+
+GCC-built EDK II modules keep string constants inside `.text`, so a linear sweep decodes text
+as instructions (0x6C..0x6F are `l m n o` and INS/OUTS). Code here is only what one of these
+reaches, following direct calls, jumps and fall-through:
+
+- strong roots: the entry point, exported functions, and routines matched by a built-in
+  signature (byte-exact EDK II routines);
+- weak roots, accepted only when their code decodes cleanly, does not overlap code already
+  found, does not start like a NUL-terminated ASCII or UCS-2 string, and contains no bare
+  (REP-less) INS/OUTS: targets of base relocations and RIP-relative LEAs that point into an
+  executable section (function pointers, or string pointers), and
+- gap fill: a hole between two pieces of code that decodes, instruction by instruction, exactly
+  up to the code after it and ends in a terminator (unreferenced routines linked beside used
+  ones, as NASM objects are).
+
+Each instruction is attributed to the function (root or call target) that reached it first.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from ovmftool.scan.disasm import K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs
+
+DECODE_INSNS = 32
+SWEEP_INSNS = 1024
+PROBE_INSNS = 8  # first decode of an unproven pointer target: most are data and fail early  # instructions decoded per capstone call; decoded instructions are cached
+MAX_GAP = 4096  # larger holes are data (strings, tables), not routines linked beside others
+_PAD = frozenset(b"\x90\xcc\x00")
+
+
+@dataclass
+class Site:
+    """A string I/O instruction found in code."""
+
+    rva: int
+    size: int
+    mnemonic: str
+    function: int  # start rva of the function that reached it
+
+
+@dataclass
+class CodeMap:
+    """Result of code discovery in one module."""
+
+    starts: dict[int, int] = field(default_factory=dict)  # instruction rva -> size
+    functions: set[int] = field(default_factory=set)
+    calls: list[tuple[int, int, int]] = field(default_factory=list)  # (caller fn, call rva, target)
+    tails: list[tuple[int, int, int]] = field(default_factory=list)  # (fn, jmp rva, target fn)
+    sites: list[Site] = field(default_factory=list)
+    root_kinds: dict[int, str] = field(default_factory=dict)
+
+    def reachable_from(self, entry: int) -> set[int]:
+        """Functions reachable from `entry` by direct calls and tail jumps."""
+        edges: dict[int, set[int]] = {}
+        for f, _site, t in self.calls:
+            edges.setdefault(f, set()).add(t)
+        for f, _site, t in self.tails:
+            edges.setdefault(f, set()).add(t)
+        seen, todo = {entry}, [entry]
+        while todo:
+            f = todo.pop()
+            for t in edges.get(f, ()):
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+        return seen
+
+    def callers_of(self, fn: int) -> list[tuple[int, int, str]]:
+        """(caller function start, instruction rva, "call" or "jmp") for direct transfers to `fn`."""
+        out = {(f, s, "call") for f, s, t in self.calls if t == fn}
+        out |= {(f, s, "jmp") for f, s, t in self.tails if t == fn and f != fn}
+        return sorted(out)
+
+
+class _Trial:
+    """Code found from one root, kept apart until the root is accepted."""
+
+    def __init__(self) -> None:
+        self.starts: dict[int, int] = {}
+        self.functions: set[int] = set()
+        self.calls: list[tuple[int, int, int]] = []
+        self.tails: list[tuple[int, int, int]] = []
+        self.sites: list[Site] = []
+        self.leas: list[int] = []
+        self.bare_string_io = False
+        self.ok = True
+
+
+class Discoverer:
+    """Recursive descent over one module's memory image."""
+
+    def __init__(self, mem: bytes, bits: int, exec_ranges: list[tuple[int, int]]) -> None:
+        self.mem = mem
+        self.bits = bits
+        self.md = cs(bits)
+        self.ranges = sorted(exec_ranges)
+        self.map = CodeMap()
+        self._lo = [r[0] for r in self.ranges]
+        self.raw = RawDecoder(mem, bits)
+        self.size_of: dict[int, int] = {}  # decoded instructions: rva -> size
+        self.special: dict[int, tuple[int, object]] = {}  # rva -> (kind, aux) for branches, LEAs, INS/OUTS
+        self._sweep()
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def in_exec(self, a: int) -> bool:
+        i = bisect.bisect_right(self._lo, a) - 1
+        return i >= 0 and a < self.ranges[i][1]
+
+    def _range_end(self, a: int) -> int:
+        i = bisect.bisect_right(self._lo, a) - 1
+        return self.ranges[i][1]
+
+    def _inside_other(self, a: int, trial: _Trial) -> bool:
+        """True when `a` falls inside (not at the start of) an instruction already decoded."""
+        known, mine = self.map.starts, trial.starts
+        for back in range(1, 15):
+            sz = known.get(a - back) or mine.get(a - back)
+            if sz is not None and sz > back:
+                return True
+        return False
+
+    def looks_like_string(self, a: int) -> bool:
+        """ASCII (>= 4 printable then NUL) or UCS-2 (>= 3 chars then NUL NUL) at `a`."""
+        m = self.mem
+        n = 0
+        while a + n < len(m) and (0x20 <= m[a + n] < 0x7F or m[a + n] in (9, 10, 13)):
+            n += 1
+            if n > 256:
+                break
+        if n >= 4 and a + n < len(m) and m[a + n] == 0:
+            return True
+        k = 0
+        while a + 2 * k + 1 < len(m) and (0x20 <= m[a + 2 * k] < 0x7F or m[a + 2 * k] in (9, 10, 13)) \
+                and m[a + 2 * k + 1] == 0:
+            k += 1
+            if k > 128:
+                break
+        return k >= 3 and m[a + 2 * k : a + 2 * k + 2] == b"\0\0"
+
+    # --- the walk ------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Decode every executable range linearly once, in large batches, into the caches.
+
+        This is not a verdict on what is code: it only primes the caches, so that the descent,
+        which decides, finds most instructions decoded already (decoding from an address always
+        yields the same instruction). Targets that fall between these boundaries (code after
+        data) are decoded on demand.
+        """
+        size_of, special, raw = self.size_of, self.special, self.raw
+        for lo, hi in self.ranges:
+            a = lo
+            while a < hi:
+                addrs, sizes, sp = raw.decode(a, hi, SWEEP_INSNS)
+                if not addrs:
+                    a += 1
+                    continue
+                size_of.update(zip(addrs, sizes))
+                special.update(sp)
+                a = addrs[-1] + sizes[-1]
+
+    def _decode(self, a: int, count: int = 0) -> bool:
+        """Decode linearly from `a` into the caches. Decoding from an address always yields the
+        same instructions, so overlapping decodes agree and simply refresh the same entries."""
+        addrs, sizes, special = self.raw.decode(a, self._range_end(a), count or DECODE_INSNS)
+        if not addrs:
+            return False
+        self.size_of.update(zip(addrs, sizes))
+        self.special.update(special)
+        return True
+
+    def _walk(self, root: int, trial: _Trial, strict: bool) -> None:
+        """Explore the function at `root` and everything it calls into `trial`."""
+        known, size_of, special, functions = self.map.starts, self.size_of, self.special, self.map.functions
+        tstarts = trial.starts
+        fn_todo = [root]
+        trial.functions.add(root)
+        while fn_todo and trial.ok:
+            fn = fn_todo.pop()
+            blocks = [fn]
+            while blocks and trial.ok:
+                a = blocks.pop()
+                if a in known or a in tstarts:
+                    continue
+                if not self.in_exec(a) or (strict and self._inside_other(a, trial)):
+                    if strict:
+                        trial.ok = False
+                    continue
+                end = self._range_end(a)
+                probe = PROBE_INSNS if strict and len(tstarts) < PROBE_INSNS else 0
+                while a < end and a not in known and a not in tstarts:
+                    size = size_of.get(a)
+                    if size is None:
+                        if not self._decode(a, probe):
+                            if strict:
+                                trial.ok = False
+                            break
+                        size = size_of[a]
+                    tstarts[a] = size
+                    sp = special.get(a)
+                    addr = a
+                    a += size
+                    if sp is not None:
+                        kind, aux = sp
+                        if kind == K_COND:
+                            if aux is not None:
+                                blocks.append(aux)
+                        elif kind == K_CALL:
+                            if aux is not None:
+                                trial.calls.append((fn, addr, aux))
+                                if aux not in trial.functions and aux not in functions:
+                                    trial.functions.add(aux)
+                                    fn_todo.append(aux)
+                        elif kind == K_JMP:
+                            if aux is not None:
+                                if aux in functions or aux in trial.functions:
+                                    trial.tails.append((fn, addr, aux))
+                                else:
+                                    blocks.append(aux)
+                            break
+                        elif kind == K_END:
+                            break
+                        elif kind == K_LEA:
+                            trial.leas.append(aux)
+                        elif kind == K_SIO:
+                            trial.sites.append(Site(addr, size, aux, fn))
+                            if " " not in aux:
+                                trial.bare_string_io = True
+                                if strict:
+                                    trial.ok = False
+                                    break
+                        elif kind == K_ODD and strict:
+                            trial.ok = False
+                            break
+
+    def _merge(self, trial: _Trial, kind: str, root: int) -> None:
+        m = self.map
+        m.starts.update(trial.starts)
+        m.functions |= trial.functions
+        m.calls.extend(trial.calls)
+        m.tails.extend(trial.tails)
+        m.sites.extend(trial.sites)
+        m.root_kinds.setdefault(root, kind)
+
+    def add_root(self, root: int, kind: str, weak: bool) -> list[int]:
+        """Explore from `root`. Weak roots are validated; returns LEA targets found (for more roots)."""
+        if root in self.map.starts or root in self.map.functions or not self.in_exec(root):
+            return []
+        if weak and self.looks_like_string(root):
+            return []
+        trial = _Trial()
+        self._walk(root, trial, strict=weak)
+        if weak and (not trial.ok or trial.bare_string_io or not trial.starts):
+            return []
+        self._merge(trial, kind, root)
+        return trial.leas
+
+    # --- gap fill ------------------------------------------------------------------------
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """[end of code, start of next code) holes between decoded instructions."""
+        starts = self.map.starts
+        keys = sorted(starts)
+        ends = [a + starts[a] for a in keys]
+        return [(e, b) for e, b in zip(ends, keys[1:]) if b > e]
+
+    def _skip_pad(self, a: int, end: int) -> int:
+        mem = self.mem
+        while a < end:
+            b = mem[a]
+            if b in _PAD:
+                a += 1
+                continue
+            # multi-byte NOPs: [66 ...] [2e] 0f 1f /0
+            p = a
+            while p < end and mem[p] in (0x66, 0x2E):
+                p += 1
+            if p + 1 < end and mem[p] == 0x0F and mem[p + 1] == 0x1F:
+                for addr, size, mnem, _op in self.md.disasm_lite(mem[a : a + 16], a):
+                    if mnem == "nop":
+                        a += size
+                    break
+                else:
+                    return a
+                continue
+            return a
+        return a
+
+    def fill_gaps(self) -> None:
+        """Accept holes between code that decode exactly up to the code after them."""
+        for _ in range(2):
+            added = False
+            for e0, a1 in self.gaps():
+                if a1 - e0 > MAX_GAP or not self.in_exec(e0) or self._range_end(e0) < a1:
+                    continue
+                p = self._skip_pad(e0, a1)
+                if p >= a1 or self.looks_like_string(p):
+                    continue
+                if self._decodes_exactly(p, a1):
+                    before = len(self.map.starts)
+                    self.add_root(p, "gap", weak=True)
+                    added |= len(self.map.starts) > before
+            if not added:
+                break
+
+    def _decodes_exactly(self, p: int, end: int) -> bool:
+        last_kind = None
+        a = p
+        while a < end:
+            addrs, sizes, special = self.raw.decode(a, end, 256)
+            if not addrs:
+                return False
+            for addr, size in zip(addrs, sizes):
+                kind, aux = special.get(addr, (0, None))
+                if (kind == K_SIO and " " not in aux) or kind == K_ODD:
+                    return False
+                a = addr + size
+                last_kind = kind
+                if a >= end:
+                    break
+                if kind in (K_JMP, K_END) and self._skip_pad(a, end) >= end:
+                    return True
+        return a == end and last_kind in (K_JMP, K_END)
+
+
+def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: list[tuple[int, str]],
+             weak: list[int]) -> CodeMap:
+    """Find the code of a module: strong roots first, then validated weak roots, then gaps."""
+    d = Discoverer(mem, bits, exec_ranges)
+    pending: list[int] = []
+    for r, kind in strong:
+        pending += d.add_root(r, kind, weak=False)
+    seen: set[int] = set()
+    queue = list(weak) + pending
+    while queue:
+        t = queue.pop(0)
+        if t in seen:
+            continue
+        seen.add(t)
+        queue += d.add_root(t, "pointer", weak=True)
+    d.fill_gaps()
+    return d.map
