@@ -51,7 +51,7 @@ class BootCheck:
     """The outcome of one boot."""
 
     image: str
-    ended: str  # shell, timeout, exit N, stopped-at-first (--fail-fast)
+    ended: str  # shell, boot-manager (BDS fallback), timeout, exit N, stopped at the first (--fail-fast)
     seconds: float
     executed: list[Executed]
     serial_log: str

@@ -12,6 +12,10 @@ from pathlib import Path
 from ovmftool.errors import OvmfToolError
 
 SHELL_MARKERS = (b"Shell>", b"UEFI Interactive Shell")
+# Where BDS ends when there is no shell boot option (e.g. a build without the shell in its boot
+# options) or nothing to boot: the boot manager fallback counts as a completed boot.
+FALLBACK_MARKERS = (b"No bootable option or device was found", b"Press any key to enter the Boot Manager Menu",
+                    b">>Start PXE")
 
 
 @dataclass
@@ -20,7 +24,7 @@ class BootResult:
 
     reached_shell: bool
     seconds: float
-    ended: str  # "shell", "timeout", "exit <code>"
+    ended: str  # "shell", "boot-manager", "timeout", "exit <code>"
     serial: str
     debug: str
 
@@ -65,8 +69,12 @@ def wait(proc, serial: Path, timeout: float, stop=None, progress=None) -> tuple[
             time.sleep(0.5)
             if progress:
                 progress(time.monotonic() - start)
-            if any(m in serial.read_bytes() for m in SHELL_MARKERS):
+            out = serial.read_bytes()
+            if any(m in out for m in SHELL_MARKERS):
                 ended = "shell"
+                break
+            if any(m in out for m in FALLBACK_MARKERS):
+                ended = "boot-manager"
                 break
             why = stop() if stop else None
             if why:
