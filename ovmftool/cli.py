@@ -321,7 +321,8 @@ def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify,
     if out.exists() and any(out.iterdir()):
         _fail(f"output directory {out} exists and is not empty")
     p = make_plan(tree_p, dsc, defs, list(arches) or None, strategy)
-    tmp = Path(tempfile.mkdtemp(prefix=".ovmftool-plan-", dir=out.parent if out.parent.is_dir() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ovmftool-plan-", dir=out.parent))
     try:
         series = write_series(p.patches, tmp, author, signoff or author)
         check_applies(series, tree_p)
