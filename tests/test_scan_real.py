@@ -3,7 +3,6 @@
 import json
 
 import capstone
-import pytest
 from click.testing import CliRunner
 
 import fvbuild as B
