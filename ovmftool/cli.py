@@ -321,6 +321,10 @@ def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify,
     if out.exists() and any(out.iterdir()):
         _fail(f"output directory {out} exists and is not empty")
     p = make_plan(tree_p, dsc, defs, list(arches) or None, strategy)
+    if verify:
+        from ovmftool.edk2.verify import check_toolchain
+
+        check_toolchain()  # before anything is written or copied
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ovmftool-plan-", dir=out.parent))
     try:

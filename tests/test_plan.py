@@ -108,3 +108,13 @@ def test_series_applies_with_git_am(tmp_path, ver):
         subprocess.run(cmd, cwd=repo, check=True, env=env, capture_output=True)
     log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, env=env, capture_output=True, text=True).stdout
     assert len(log.splitlines()) == len(series) + 1
+
+
+def test_verify_names_missing_toolchain_packages(tmp_path, monkeypatch):
+    """--verify without nasm/iasl on PATH says which apt packages to install, before any build."""
+    t = tree("2022.11")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    r = CliRunner().invoke(main, ["plan", "--edk2", str(t), "--dsc", "OvmfPkg/OvmfPkgX64.dsc", "-o",
+                                  str(tmp_path / "o"), "--verify"])
+    assert r.exit_code == 2 and "apt-get install" in r.output and "nasm" in r.output and "acpica-tools" in r.output
+    assert not (tmp_path / "o").exists()
