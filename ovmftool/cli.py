@@ -359,7 +359,10 @@ def _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp) ->
     from ovmftool.scan.scanner import scan_image
 
     V.check_toolchain()
-    base = Path(scratch).resolve() if scratch else Path(tempfile_dir())
+    import shutil
+    import tempfile
+
+    base = Path(scratch).resolve() if scratch else Path(tempfile.gettempdir())
     base.mkdir(parents=True, exist_ok=True)
     out = {}
     if before_image:
@@ -372,36 +375,22 @@ def _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp) ->
             before = scan_image(str(b.fd), jobs=2)
             out["before"] = {"sites": len(before.findings), "build_seconds": round(b.seconds)}
         finally:
-            shutil_rmtree(work)
+            shutil.rmtree(work, ignore_errors=True)
     work = V.scratch_copy(tree_p, base)
     try:
         V.apply_series(work, series)
         b = V.build(work, dsc, target, p.arches, defs, base / f"{work.name}-build-after.log")
         after = scan_image(str(b.fd), jobs=2)
-        import shutil as _sh
-
-        _sh.copyfile(b.fd, tmp / f"{b.fd.stem}.patched.fd")
+        shutil.copyfile(b.fd, tmp / f"{b.fd.stem}.patched.fd")
         out["after"] = {"sites": len(after.findings), "build_seconds": round(b.seconds),
                         "image": f"{b.fd.stem}.patched.fd", "sha256": after.sha256}
     finally:
-        shutil_rmtree(work)
+        shutil.rmtree(work, ignore_errors=True)
     out["target"] = target
     click.echo(f"verify: {out['before']['sites']} sites before, {out['after']['sites']} after", err=True)
     if out["after"]["sites"]:
         raise OvmfToolError(f"verification failed: {out['after']['sites']} string I/O sites remain after the series")
     return out
-
-
-def tempfile_dir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
-
-
-def shutil_rmtree(path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _summary(doc: dict) -> str:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from ovmftool.errors import OvmfToolError
@@ -16,17 +14,6 @@ SHELL_MARKERS = (b"Shell>", b"UEFI Interactive Shell")
 # options) or nothing to boot: the boot manager fallback counts as a completed boot.
 FALLBACK_MARKERS = (b"No bootable option or device was found", b"Press any key to enter the Boot Manager Menu",
                     b">>Start PXE")
-
-
-@dataclass
-class BootResult:
-    """How a boot ended."""
-
-    reached_shell: bool
-    seconds: float
-    ended: str  # "shell", "boot-manager", "timeout", "exit <code>"
-    serial: str
-    debug: str
 
 
 def qemu_binary() -> str:
@@ -88,12 +75,3 @@ def wait(proc, serial: Path, timeout: float, stop=None, progress=None) -> tuple[
             proc.kill()
         proc.wait()
     return ended, time.monotonic() - start
-
-
-def boot_to_shell(code: Path, vars_template: Path, timeout: float = 240.0, machine: str = "q35",
-                  workdir: Path | None = None) -> BootResult:
-    """Boot `code` with a fresh copy of `vars_template` until the shell prompt or `timeout`."""
-    work = Path(workdir or tempfile.mkdtemp(prefix="ovmftool-boot-"))
-    proc, serial, debug, _ = launch(code, vars_template, work, machine)
-    ended, secs = wait(proc, serial, timeout)
-    return BootResult(ended == "shell", secs, ended, str(serial), str(debug))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ovmftool.errors import ImageError
 from ovmftool.model.limits import Limits
-from ovmftool.model.node import Node, Space, all_problems
+from ovmftool.model.node import Node, Space
 from ovmftool.model.volume import Volume, looks_like_volume, parse_volume
 from ovmftool.model import structs as S
 
@@ -35,11 +35,6 @@ class FlashImage(Node):
 
     def summary(self) -> dict:
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
-
-    @property
-    def problems_all(self):
-        """Every problem found anywhere in the image."""
-        return all_problems(self)
 
 
 @dataclass(eq=False)
