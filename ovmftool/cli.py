@@ -467,3 +467,47 @@ def _sibling_vars(image: str):
         if c.is_file() and c != p:
             return c
     _fail(f"no variable store beside {image} (looked for {', '.join(dict.fromkeys(names))}); give --vars")
+
+
+@main.command("patch")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Patched image to write (never IMAGE itself).")
+@click.option("--dry-run", is_flag=True, help="List every planned rewrite; assemble and write nothing.")
+@click.option("--allow-unknown", is_flag=True,
+              help="Leave sites of unknown shape in place (listed) instead of refusing to write.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, help="Scan worker processes.")
+def patch_cmd(image, output, dry_run, allow_unknown, fmt, jobs):
+    """Rewrite every string port-I/O instruction of IMAGE into equivalent code, prove it, write OUTPUT.
+
+    Each rewrite is checked by emulation; the output is re-parsed and rescanned before it is
+    written (atomically). Exit 0: written (or, with --dry-run, every site has a rewrite) and no
+    sites remain; 1: sites refused (nothing written) or left in place by --allow-unknown; 2: error.
+    """
+    from ovmftool.patch.patcher import patch
+    from ovmftool.report.io import write_atomic
+    from ovmftool.report.patch_report import patch_text
+    from ovmftool.scan.scanner import default_jobs
+
+    if not dry_run and not output:
+        _fail("give -o OUTPUT (or --dry-run)")
+    if output and os.path.exists(output) and os.path.exists(image) and os.path.samefile(output, image):
+        _fail(f"{output} is the input image; patch never modifies its input")
+    if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        _fail(f"directory {os.path.dirname(os.path.abspath(output))} does not exist")
+    root = _load(image)
+    res = patch(image, root, jobs or default_jobs(), allow_unknown, dry_run)
+    if res.output is not None and output:
+        write_atomic(output, res.output)
+    if fmt == "json":
+        doc = res.as_dict()
+        doc["written"] = output if res.output is not None and output else None
+        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        text = patch_text(res, dry_run)
+        if res.output is not None and output:
+            text += f"wrote {output} (sha256 {res.output_sha256})\n"
+        elif not dry_run:
+            text += "nothing written: refused sites (see above; --allow-unknown leaves them in place)\n"
+        click.echo(text, nl=False)
+    sys.exit(1 if res.refusals else 0)

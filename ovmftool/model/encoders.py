@@ -1,0 +1,90 @@
+"""Encoders for encapsulated section data: the inverse of `codecs`, used when a patched module
+has to go back into a compressed section.
+
+EDK II's LZMA sections use the ".lzma alone" header LzmaCompress writes: 5 property bytes
+(lc/lp/pb and dictionary size), then the u64 decoded size. The re-encoded stream keeps the
+original stream's properties (read from its header), so the firmware's decoder sees the same
+parameters; the encoder's effort (match finder, nice length) is not part of the format and is
+chosen for speed first, with EDK II's own level-5 effort as the fallback when space is tight.
+"""
+
+from __future__ import annotations
+
+import lzma
+import struct
+from typing import Callable
+
+from ovmftool.errors import OvmfToolError
+from ovmftool.model import structs as S
+from ovmftool.model.codecs import x86_convert
+
+# Encoder effort levels, fastest first. "edk2" is what LzmaEncProps_Init's level 5 selects
+# (normal mode, fb 32, bt4, mc 32), the level EDK II's LzmaCompress uses.
+LZMA_EFFORTS = {
+    "fast": {"mode": lzma.MODE_FAST, "nice_len": 32, "mf": lzma.MF_HC4, "depth": 0},
+    "edk2": {"mode": lzma.MODE_NORMAL, "nice_len": 32, "mf": lzma.MF_BT4, "depth": 32},
+}
+
+
+class EncodeError(OvmfToolError):
+    """Section data could not be re-encoded."""
+
+
+def lzma_props(old_stream: bytes) -> dict:
+    """lc, lp, pb and dictionary size from an ".lzma alone" header."""
+    if len(old_stream) < 13:
+        raise EncodeError("LZMA stream shorter than its header")
+    p = old_stream[0]
+    if p >= 9 * 5 * 5:
+        raise EncodeError(f"LZMA properties byte 0x{p:02X} is invalid")
+    lc, rest = p % 9, p // 9
+    lp, pb = rest % 5, rest // 5
+    dict_size = struct.unpack_from("<I", old_stream, 1)[0]
+    return {"lc": lc, "lp": lp, "pb": pb, "dict_size": max(dict_size, 4096)}
+
+
+def encode_lzma(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
+    """LZMA-compress `data` with the properties of `old_stream`, in EDK II's header format."""
+    f = dict(lzma_props(old_stream), id=lzma.FILTER_LZMA1, **LZMA_EFFORTS[effort])
+    out = bytearray(lzma.compress(data, format=lzma.FORMAT_ALONE, filters=[f]))
+    # liblzma writes "size unknown" (all ones) and an end marker; EDK II's decoder reads the size
+    # from the header (and accepts the end marker), so write the real size.
+    struct.pack_into("<Q", out, 5, len(data))
+    out[0:5] = old_stream[0:5]
+    return bytes(out)
+
+
+def encode_lzma_f86(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
+    """LZMA with the x86 BCJ filter applied first (EDK II's LZMA-F86 sections)."""
+    return encode_lzma(bytes(x86_convert(bytearray(data), encoding=True)), old_stream, effort)
+
+
+def _efi(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
+    from uefi_firmware import efi_compressor
+
+    return bytes(efi_compressor.EfiCompress(data, len(data)))
+
+
+def _tiano(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
+    from uefi_firmware import efi_compressor
+
+    return bytes(efi_compressor.TianoCompress(data, len(data)))
+
+
+def _brotli(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
+    import brotli
+
+    scratch = struct.unpack_from("<Q", old_stream, 8)[0] if len(old_stream) >= 16 else 0
+    return struct.pack("<QQ", len(data), scratch) + brotli.compress(data, quality=9, lgwin=22)
+
+
+Encoder = Callable[..., bytes]
+GUIDED_ENCODERS: dict[str, Encoder] = {
+    S.LZMA_GUID: encode_lzma,
+    S.LZMA_F86_GUID: encode_lzma_f86,
+    S.TIANO_GUID: _tiano,
+    S.BROTLI_GUID: _brotli,
+}
+COMPRESSION_ENCODERS: dict[int, Encoder] = {1: _efi}
+
+

@@ -1,0 +1,256 @@
+"""Assemble a flash image from the model, with byte edits applied to modules.
+
+Only what an edit touches is rebuilt: the edited image, the sections and files that hold it
+(sizes, CRC32, header and data checksums), the compressed sections above it (re-encoded), and
+the volumes whose files changed size (files after the changed one are laid out again, a pad
+file absorbs the difference where one follows, free space shrinks or grows). Every other node
+is copied byte for byte, so assembling with no edits reproduces the input exactly.
+
+`force=True` rebuilds every container from its children even without edits (compressed
+sections keep their stream when the decoded bytes come out unchanged): a self-check of the
+layout rules against the input.
+
+Execute-in-place modules (SEC, PEI core, PEIMs) carry their load address: if one would move,
+assembly fails rather than write an image that runs at the wrong address.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ovmftool.errors import OvmfToolError
+from ovmftool.model import codecs, encoders
+from ovmftool.model import structs as S
+from ovmftool.model.ffs import FfsFile
+from ovmftool.model.node import Node, walk
+from ovmftool.model.parser import FlashImage
+from ovmftool.model.pe import PeImage
+from ovmftool.model.section import Section
+from ovmftool.model.volume import Volume
+
+XIP_FILE_TYPES = frozenset({0x03, 0x04, 0x06, 0x08})  # SECURITY_CORE, PEI_CORE, PEIM, COMBINED_PEIM_DRIVER
+
+
+class AssemblyError(OvmfToolError):
+    """The edited image cannot be assembled (no room, a module that must not move...)."""
+
+
+class VolumeFull(AssemblyError):
+    """A volume's files no longer fit."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace `old` with `new` (same length) at `offset` within `image`'s bytes."""
+
+    image: PeImage
+    offset: int
+    old: bytes
+    new: bytes
+
+
+def _align(n: int, a: int) -> int:
+    return n + (-n) % a
+
+
+class Assembler:
+    """One assembly of `root` with `edits`; `effort` picks the LZMA encoder effort."""
+
+    def __init__(self, root: FlashImage, edits: list[Edit], effort: str = "fast", force: bool = False) -> None:
+        self.root = root
+        self.effort = effort
+        self.force = force
+        self.by_image: dict[int, list[Edit]] = {}
+        self.dirty: set[int] = set()
+        self.reencoded: list[tuple[Section, int, int]] = []  # (section, old size, new size)
+        for e in edits:
+            if len(e.old) != len(e.new):
+                raise AssemblyError("an in-place edit must keep its length")
+            cur = e.image.data[e.offset : e.offset + len(e.old)]
+            if cur != e.old:
+                raise AssemblyError(f"edit at image offset 0x{e.offset:X} does not match the image's bytes")
+            self.by_image.setdefault(id(e.image), []).append(e)
+            n: Node | None = e.image
+            while n is not None:
+                self.dirty.add(id(n))
+                n = n.parent if n.parent is not None else getattr(n.space, "origin", None)
+        if force:
+            self.dirty |= {id(n) for n in walk(root)}
+
+    # --- entry ---------------------------------------------------------------------------
+
+    def build(self) -> bytes:
+        """The assembled image (same size as the input)."""
+        out = self._render(self.root)
+        if len(out) != self.root.size:
+            raise AssemblyError(f"assembled image is {len(out)} bytes, input is {self.root.size}")
+        return out
+
+    # --- rendering -----------------------------------------------------------------------
+
+    def _render(self, n: Node) -> bytes:
+        if id(n) not in self.dirty:
+            return n.data
+        if isinstance(n, PeImage):
+            return self._image(n)
+        if isinstance(n, Section):
+            return self._section(n)
+        if isinstance(n, FfsFile):
+            return self._file(n)
+        if isinstance(n, Volume):
+            return self._volume(n)
+        if isinstance(n, FlashImage):
+            return b"".join(self._render(c) for c in n.children)
+        return n.data  # gaps, code blobs: never edited
+
+    def _image(self, img: PeImage) -> bytes:
+        b = bytearray(img.data)
+        for e in self.by_image.get(id(img), ()):
+            b[e.offset : e.offset + len(e.new)] = e.new
+        return bytes(b)
+
+    def _sequence(self, parent: Node, children: list[Node], start: int, end: int, data: bytes) -> bytes:
+        """Children laid out from `start`, each 4-aligned relative to `start`; original padding
+        bytes are kept where the layout did not move."""
+        out = bytearray()
+        for c in children:
+            pad = (-len(out)) % S.SECTION_ALIGNMENT
+            orig_gap = data[start + len(out) : c.offset] if start + len(out) + pad == c.offset else None
+            out += orig_gap if orig_gap is not None else b"\0" * pad
+            out += self._render(c)
+        last_end = children[-1].end if children else start
+        if start + len(out) == last_end:
+            out += data[last_end:end]  # trailing bytes of the container, unmoved
+        return bytes(out)
+
+    def _section(self, sec: Section) -> bytes:
+        data = sec.space.data
+        header = bytearray(data[sec.offset : sec.data_offset])
+        if sec.decoded is not None:
+            dec = sec.decoded
+            new_dec = self._sequence(sec, sec.children, 0, len(dec.data), dec.data)
+            if new_dec == dec.data:
+                body = sec.body
+            else:
+                body = self._encode(sec, new_dec)
+                if sec.type == 0x01:  # COMPRESSION: UncompressedLength
+                    struct.pack_into("<I", header, 4 if sec.header_size < 13 else 8, len(new_dec))
+        elif sec.type == 0x17 and sec.children:  # FIRMWARE_VOLUME_IMAGE
+            vol = sec.children[0]
+            body = self._render(vol) + data[vol.end : sec.end]
+        elif sec.type in (0x10, 0x11, 0x12) and sec.children:  # PE32, PIC, TE
+            img = sec.children[0]
+            body = self._render(img) + data[img.end : sec.end]
+        elif sec.children:  # COMPRESSION(none), CRC32, GUIDed without processing
+            body = self._sequence(sec, sec.children, sec.data_offset, sec.end, data)
+        else:
+            body = sec.body
+        extended = data[sec.offset : sec.offset + 3] == b"\xff\xff\xff"
+        if sec.guid == S.CRC32_GUID and sec.type == 0x02:  # CRC32 follows the GUIDed header
+            struct.pack_into("<I", header, (8 if extended else 4) + 20, codecs.crc32(body))
+        size = len(header) + len(body)
+        if extended:
+            struct.pack_into("<I", header, 4, size)
+        elif size >= 0xFFFFFF:
+            raise AssemblyError(f"section at {sec.space.label}+0x{sec.offset:X} grows past 16 MiB")
+        else:
+            header[0:3] = size.to_bytes(3, "little")
+        return bytes(header) + body
+
+    def _encode(self, sec: Section, decoded: bytes) -> bytes:
+        old = sec.body
+        if sec.type == 0x01:
+            enc = encoders.COMPRESSION_ENCODERS.get(1)
+        else:
+            enc = encoders.GUIDED_ENCODERS.get(sec.guid or "")
+        if enc is None:
+            raise AssemblyError(f"cannot re-encode {sec.compression} section at {sec.space.label}+0x{sec.offset:X}")
+        body = enc(decoded, old, self.effort)
+        self.reencoded.append((sec, len(old), len(body)))
+        return body
+
+    def _file(self, f: FfsFile) -> bytes:
+        data = f.space.data
+        header = bytearray(data[f.offset : f.data_offset])
+        if f.children and isinstance(f.children[0], Section):
+            body = self._sequence(f, f.children, f.data_offset, f.end, data)
+        else:
+            body = f.body
+        return _file_bytes(f, header, body)
+
+    def _volume(self, vol: Volume) -> bytes:
+        data, erase = vol.space.data, vol.erase_byte
+        files = [c for c in vol.children if isinstance(c, FfsFile)]
+        first = files[0].offset if files else (vol.free.offset if vol.free else vol.end)
+        out = bytearray(data[vol.offset : first])
+        for i, f in enumerate(files):
+            pos = _align(len(out), S.FFS_FILE_ALIGNMENT)
+            out += bytes([erase]) * (pos - len(out))
+            new = self._render(f)
+            moved = vol.offset + pos != f.offset
+            if f.is_pad and (moved or len(new) != f.size):
+                new = self._pad(f, pos, files[i + 1 :], new)
+                if new is None:
+                    continue
+            elif moved:
+                self._check_move(vol, f, pos)
+            out += new
+        end = _align(len(out), S.FFS_FILE_ALIGNMENT) if files else len(out)
+        if end > vol.size:
+            raise VolumeFull(f"volume {vol.name or hex(vol.offset)} needs 0x{end - vol.size:X} more bytes than it has "
+                             f"(0x{vol.size:X})")
+        out += bytes([erase]) * (vol.size - len(out))
+        return bytes(out)
+
+    def _pad(self, pad: FfsFile, pos: int, rest: list[FfsFile], rendered: bytes) -> bytes | None:
+        """Resize a pad file so the next file stays where it was; None drops the pad."""
+        nxt = next((f for f in rest if not f.is_pad), None)
+        if nxt is None:
+            return rendered
+        want = (nxt.offset - pad.parent.offset) - pos
+        if want == 0:
+            return None
+        if want < pad.header_size:
+            self._check_move(pad.parent, nxt, pos)
+            return None
+        fill = pad.body[:1] or bytes([pad.parent.erase_byte])
+        header = bytearray(pad.space.data[pad.offset : pad.data_offset])
+        return _file_bytes(pad, header, fill * (want - pad.header_size))
+
+    def _check_move(self, vol: Volume, f: FfsFile, pos: int) -> None:
+        where = f.ui_name or f.guid
+        if f.alignment > S.FFS_FILE_ALIGNMENT and (pos + f.header_size) % f.alignment:
+            raise AssemblyError(f"file {where} would lose its 0x{f.alignment:X} alignment in volume "
+                                f"{vol.name or hex(vol.offset)}")
+        if f.type in XIP_FILE_TYPES and any(isinstance(n, PeImage) and n.image_base for n in walk(f)):
+            raise AssemblyError(f"execute-in-place module {where} would move in volume {vol.name or hex(vol.offset)} "
+                                "(rebasing is not implemented)")
+
+
+def _file_bytes(f: FfsFile, header: bytearray, body: bytes) -> bytes:
+    """An FFS file's bytes with its size and both checksums made right."""
+    size = len(header) + len(body)
+    if f.header_size == 32:
+        struct.pack_into("<Q", header, 24, size)
+    elif size > 0xFFFFFF:
+        raise AssemblyError(f"file {f.ui_name or f.guid} grows past 16 MiB")
+    else:
+        header[20:23] = size.to_bytes(3, "little")
+    state = header[23]
+    header[16] = 0  # header checksum
+    if f.attributes & S.FFS_ATTRIB_CHECKSUM:
+        header[17] = (-sum(body)) & 0xFF
+    fsum = header[17]
+    header[16] = (-(sum(header) - state - fsum)) & 0xFF
+    return bytes(header) + body
+
+
+def assemble(root: FlashImage, edits: list[Edit], force: bool = False) -> tuple[bytes, Assembler]:
+    """Assemble with the fast encoder; if a volume overflows, again with EDK II's effort."""
+    try:
+        a = Assembler(root, edits, "fast", force)
+        return a.build(), a
+    except VolumeFull:
+        a = Assembler(root, edits, "edk2", force)
+        return a.build(), a

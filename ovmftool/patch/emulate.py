@@ -1,0 +1,217 @@
+"""Prove a rewrite by emulation: run the original and the rewritten routine under unicorn and
+compare everything a caller can observe.
+
+The routine is called as its C prototype says, `IoReadFifoN (Port, Count, Buffer)` /
+`IoWriteFifoN (Port, Count, Buffer)` (MS x64 in registers for X64, cdecl on the stack for IA32),
+with counts 0, 1, 2 and many, from the module's own memory image (so calls it makes, such as
+SevNoRepIo, run too). Port I/O is hooked: every IN returns the next value of a fixed sequence,
+every OUT is recorded. Compared: the sequence of port accesses (direction, port, width, value),
+the buffer and the caller's stack frame, the non-volatile registers and the stack pointer, the
+direction flag, and that the routine returned to its caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COUNTS = (0, 1, 2, 37)
+PORT = 0x510
+_BASE = 0x01000000
+_STACK, _STACK_SIZE = 0x00200000, 0x10000
+_BUF, _BUF_SIZE = 0x00300000, 0x1000
+_RET = 0x00500000
+_MAX_INSNS = 200_000
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one call observably did."""
+
+    ports: tuple
+    buffer: bytes
+    frame: bytes
+    regs: tuple
+    df: int
+    returned: bool
+    error: str | None
+    touched: frozenset = frozenset()  # module offsets executed, read or written
+
+
+def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
+    """Call the routine at `entry` of the code `mem` (mapped at _BASE) with `count`."""
+    from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MODE_32,
+                         UC_MODE_64, Uc, UcError)
+    from unicorn import x86_const as X
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_64 if bits == 64 else UC_MODE_32)
+    size = (len(mem) + 0xFFF) & ~0xFFF
+    uc.mem_map(_BASE, max(size, 0x1000))
+    uc.mem_write(_BASE, mem)
+    uc.mem_map(_STACK, _STACK_SIZE)
+    uc.mem_map(_BUF, _BUF_SIZE)
+    uc.mem_map(_RET, 0x1000)
+    uc.mem_write(_RET, b"\xf4")  # hlt, never reached: emulation stops at _RET
+    uc.mem_write(_BUF, bytes((i * 7 + 3) & 0xFF for i in range(_BUF_SIZE)))
+    ports: list[tuple] = []
+
+    def on_in(_uc, port, size, _ud):
+        v = (0x5A + 0x11 * len(ports)) & ((1 << (8 * size)) - 1)
+        ports.append(("in", port, size, v))
+        return v
+
+    def on_out(_uc, port, size, value, _ud):
+        ports.append(("out", port, size, value))
+
+    touched: set[int] = set()
+
+    def on_code(_uc, addr, size, _ud):
+        touched.update(range(addr - _BASE, addr - _BASE + size))
+
+    def on_mem(_uc, _access, addr, size, _value, _ud):
+        touched.update(range(addr - _BASE, addr - _BASE + size))
+
+    hi = _BASE + max(size, 0x1000) - 1
+    uc.hook_add(UC_HOOK_CODE, on_code, None, _BASE, hi)
+    uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, on_mem, None, _BASE, hi)
+    uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
+    uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
+    buf = _BUF + 0x100
+    top = _STACK + _STACK_SIZE - 0x100
+    if bits == 64:
+        nonvol = [X.UC_X86_REG_RBX, X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R12,
+                  X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15, X.UC_X86_REG_RSP]
+        for i, r in enumerate(nonvol[:-1]):
+            uc.reg_write(r, 0x1111111111111111 * (i + 1) & 0xFFFFFFFFFFFFFFFF)
+        sp = top - 0x28  # shadow space above the return address
+        uc.mem_write(sp, _RET.to_bytes(8, "little"))
+        uc.reg_write(X.UC_X86_REG_RSP, sp)
+        uc.reg_write(X.UC_X86_REG_RCX, PORT)
+        uc.reg_write(X.UC_X86_REG_RDX, count)
+        uc.reg_write(X.UC_X86_REG_R8, buf)
+        flags_reg = X.UC_X86_REG_EFLAGS
+    else:
+        nonvol = [X.UC_X86_REG_EBX, X.UC_X86_REG_EBP, X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_ESP]
+        for i, r in enumerate(nonvol[:-1]):
+            uc.reg_write(r, 0x11111111 * (i + 1))
+        sp = top - 0x10
+        frame = b"".join(v.to_bytes(4, "little") for v in (_RET, PORT, count, buf))
+        uc.mem_write(sp, frame)
+        uc.reg_write(X.UC_X86_REG_ESP, sp)
+        flags_reg = X.UC_X86_REG_EFLAGS
+    error = None
+    try:
+        uc.emu_start(_BASE + entry, _RET, count=_MAX_INSNS)
+    except UcError as e:
+        error = str(e)
+    pc = uc.reg_read(X.UC_X86_REG_RIP if bits == 64 else X.UC_X86_REG_EIP)
+    return Run(
+        ports=tuple(ports),
+        buffer=bytes(uc.mem_read(_BUF, _BUF_SIZE)),
+        frame=bytes(uc.mem_read(top - 0x40, 0x100)),
+        regs=tuple(uc.reg_read(r) for r in nonvol),
+        df=(uc.reg_read(flags_reg) >> 10) & 1,
+        returned=pc == _RET and error is None,
+        error=error,
+        touched=frozenset(touched),
+    )
+
+
+def _routine_io(name: str) -> tuple[str, int] | None:
+    """("in"|"out", width) from a FIFO routine's name (IoReadFifo16, SevIoWriteFifo8, ...)."""
+    for d, tag in (("in", "ReadFifo"), ("out", "WriteFifo")):
+        if tag in name:
+            w = name.split(tag, 1)[1]
+            if w in ("8", "16", "32"):
+                return d, int(w)
+    return None
+
+
+def _routine_io(name: str) -> tuple[str, int] | None:
+    """("in"|"out", width) from a FIFO routine's name (IoReadFifo16, SevIoWriteFifo8, ...)."""
+    for d, tag in (("in", "ReadFifo"), ("out", "WriteFifo")):
+        if tag in name:
+            w = name.split(tag, 1)[1]
+            if w in ("8", "16", "32"):
+                return d, int(w)
+    return None
+
+
+_WINDOW = 0x800  # bytes either side of the entry mapped in a windowed run
+_cache: dict[tuple, list[str]] = {}
+stats = {"runs": 0, "memoised": 0}  # emulator runs made, comparisons answered from the memo
+
+
+def _pair(original: bytes, rewritten: bytes, bits: int, entry: int, count: int) -> tuple[Run, Run, bool]:
+    """Both runs for one count. First in a window of the module around the routine (only those
+    bytes mapped, so any access outside faults); if either run leaves the window, again with
+    the whole module mapped."""
+    lo, hi = entry - _WINDOW, entry + _WINDOW
+    if lo >= 0 and hi <= len(original):
+        a = _run(original[lo:hi], bits, _WINDOW, count)
+        b = _run(rewritten[lo:hi], bits, _WINDOW, count)
+        stats["runs"] += 2
+        if not (_unmapped(a) or _unmapped(b)):
+            return a, b, True
+    stats["runs"] += 2
+    return _run(original, bits, entry, count), _run(rewritten, bits, entry, count), False
+
+
+def _unmapped(r: Run) -> bool:
+    return r.error is not None and "UNMAPPED" in r.error.upper()
+
+
+_memo: dict[tuple, list[tuple[tuple[int, ...], bytes, bytes, list[str]]]] = {}
+stats = {"runs": 0, "memoised": 0}  # emulator runs made, comparisons answered from the memo
+
+
+def compare(original: bytes, rewritten: bytes, bits: int, entry: int, routine: str) -> list[str]:
+    """Differences between the two memory images' routine at `entry`, over every count; empty
+    when they behave the same. A routine whose calls did not return is a difference too.
+
+    Memoised: every run records the module bytes it executed, read or wrote; a later routine
+    whose bytes at those same entry-relative offsets are identical (original and rewritten)
+    would run identically, so it gets the recorded answer. The same routine linked into a
+    hundred modules is emulated once."""
+    io = _routine_io(routine)
+    if io is None:
+        return [f"no calling convention known for {routine}"]
+    key = (bits, routine, original[entry : entry + 16], rewritten[entry : entry + 16])
+    for rel, old, new, problems in _memo.get(key, ()):
+        if _at(original, entry, rel) == old and _at(rewritten, entry, rel) == new:
+            stats["memoised"] += 1
+            return list(problems)
+    problems, touched = _compare(original, rewritten, bits, entry, io[1])
+    rel = tuple(sorted(t - entry for t in touched))
+    _memo.setdefault(key, []).append((rel, _at(original, entry, rel), _at(rewritten, entry, rel), list(problems)))
+    return problems
+
+
+def _at(mem: bytes, entry: int, rel: tuple[int, ...]) -> bytes | None:
+    out = bytearray()
+    for r in rel:
+        a = entry + r
+        if not 0 <= a < len(mem):
+            return None
+        out.append(mem[a])
+    return bytes(out)
+
+
+def _compare(original: bytes, rewritten: bytes, bits: int, entry: int, width: int) -> tuple[list[str], set[int]]:
+    problems: list[str] = []
+    touched: set[int] = set()
+    for count in COUNTS:
+        a = _run(original, bits, entry, count)
+        b = _run(rewritten, bits, entry, count)
+        stats["runs"] += 2
+        touched |= a.touched | b.touched
+        if not a.returned:
+            problems.append(f"count {count}: the original routine did not return ({a.error or 'no return'})")
+            continue
+        expect = count * (width // 8)
+        if sum(p[2] for p in a.ports) != expect:
+            problems.append(f"count {count}: the original moved {sum(p[2] for p in a.ports)} bytes, "
+                            f"expected {expect}")
+        for what in ("returned", "ports", "buffer", "frame", "regs", "df"):
+            if getattr(a, what) != getattr(b, what):
+                problems.append(f"count {count}: {what} differ" + (f" ({b.error})" if what == "returned" else ""))
+    return problems, touched

@@ -1,0 +1,210 @@
+"""`patch`: remove every string port-I/O instruction from a built image, and prove it.
+
+1. Parse and scan the input (a damaged input is refused).
+2. Match each site to a routine shape (`shapes`); unknown shapes are refused unless allowed.
+3. Check every rewrite by emulation (`emulate`): original and rewritten routine must agree.
+4. Assemble the output (`ops.assemble`): edited modules, re-encoded sections, checksums.
+5. Re-parse the output (no damage allowed) and rescan it: no sites may remain but the ones
+   explicitly left in place. Modules byte-identical to an input module that scanned clean are
+   not scanned again (the scan is a function of a module's bytes); every other one is.
+
+Nothing is written unless every step holds; the caller writes the bytes atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+from ovmftool.errors import OvmfToolError
+from ovmftool.model.node import all_problems
+from ovmftool.model.parser import FlashImage, parse_flash
+from ovmftool.ops.assemble import Edit, assemble
+from ovmftool.ops.modules import Module, iter_modules
+from ovmftool.patch import emulate, shapes
+from ovmftool.scan.scanner import Finding, _scan_blobs, scan_image, scan_module
+
+
+@dataclass
+class PlannedRewrite:
+    """One site's rewrite."""
+
+    module: str
+    guid: str
+    arch: str
+    volume: str
+    function: str | None
+    function_rva: int | None
+    rva: int
+    fd_offset: int | None
+    mnemonic: str
+    shape: str
+    old: str
+    new: str
+    note: str
+
+
+@dataclass
+class Refusal:
+    """A site no rewrite is known for (or whose rewrite failed its check)."""
+
+    module: str
+    guid: str
+    arch: str
+    volume: str
+    function: str | None
+    rva: int
+    fd_offset: int | None
+    mnemonic: str
+    bytes: str
+    shape: str
+    reason: str
+
+
+@dataclass
+class PatchResult:
+    """Everything `patch` decided and proved."""
+
+    input_path: str
+    input_sha256: str
+    sites_before: int
+    rewrites: list[PlannedRewrite]
+    refusals: list[Refusal]
+    emulated_functions: int = 0
+    emulation_runs: int = 0
+    output: bytes | None = None
+    output_sha256: str | None = None
+    sites_after: int | None = None
+    modules_rescanned: int = 0
+    reencoded: list[dict] = field(default_factory=list)
+    lzma_effort: str | None = None
+    clean_modules: set[bytes] = field(default_factory=set, repr=False)  # digests of input modules without sites
+
+    def as_dict(self) -> dict:
+        return {
+            "schema_version": "ovmftool.patch/1",
+            "input": {"path": self.input_path, "sha256": self.input_sha256},
+            "output": {"sha256": self.output_sha256} if self.output_sha256 else None,
+            "sites_before": self.sites_before,
+            "sites_after": self.sites_after,
+            "emulation": {"functions": self.emulated_functions, "runs": self.emulation_runs},
+            "modules_rescanned": self.modules_rescanned,
+            "reencoded_sections": self.reencoded,
+            "lzma_effort": self.lzma_effort,
+            "rewrites": [asdict(r) for r in self.rewrites],
+            "refusals": [asdict(r) for r in self.refusals],
+        }
+
+
+class PatchFailed(OvmfToolError):
+    """The patched image did not pass its proof; nothing was written."""
+
+
+def _key(m: Module) -> tuple[str, str, str]:
+    return (m.volume, m.guid, m.arch)
+
+
+def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]]) -> tuple[list[str], int]:
+    """Emulate each rewritten function of `m` against the original; (problems, functions checked)."""
+    orig = bytes(m.image.memory)
+    new = bytearray(orig)
+    for _f, rw in plans:
+        new[rw.rva : rw.rva + len(rw.new)] = rw.new
+    problems, runs = [], 0
+    done: set[int] = set()
+    for f, _rw in plans:
+        if f.function_rva is None or f.function_rva in done:
+            continue
+        done.add(f.function_rva)
+        diff = emulate.compare(orig, bytes(new), m.image.bits, f.function_rva, f.function or "")
+        runs += 1
+        problems += [f"{m.name} {f.function}: {d}" for d in diff]
+    return problems, runs
+
+
+def plan_patch(path: str, root: FlashImage, jobs: int = 1) -> tuple[PatchResult, list[Edit]]:
+    """Scan, classify and emulate: the rewrites and refusals, and the edits to apply."""
+    bad = all_problems(root)
+    if bad:
+        raise OvmfToolError(f"{path}: image is damaged ({bad[0]}); refusing to patch")
+    scan = scan_image(path, jobs=jobs, root=root)
+    mods = {_key(m): m for m in iter_modules(root)}
+    res = PatchResult(path, root.sha256, len(scan.findings), [], [])
+    with_sites = {(f.volume, f.guid, f.arch) for f in scan.findings}
+    res.clean_modules = {_digest(m) for k, m in mods.items() if k not in with_sites}
+    per_module: dict[tuple, list[tuple[Finding, shapes.Rewrite]]] = {}
+    for f in scan.findings:
+        m = mods.get((f.volume, f.guid, f.arch))
+        size = len(bytes.fromhex(f.bytes))
+        v = shapes.classify(m.image, f.rva, size) if m is not None else \
+            shapes.Verdict("unknown", None, "not inside a PE/TE module (raw code)")
+        if v.rewrite is None:
+            res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
+                                        f.mnemonic, f.bytes, v.shape, v.reason or ""))
+            continue
+        per_module.setdefault((f.volume, f.guid, f.arch), []).append((f, v.rewrite))
+    edits: list[Edit] = []
+    runs0 = emulate.stats["runs"]
+    for key, plans in per_module.items():
+        m = mods[key]
+        problems, checked = _emulate_module(m, plans)
+        res.emulated_functions += checked
+        if problems:
+            for f, rw in plans:
+                res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
+                                            f.mnemonic, f.bytes, rw.shape, "emulation: " + "; ".join(problems[:3])))
+            continue
+        for f, rw in plans:
+            off = m.image.rva_to_offset(rw.rva)
+            if off is None:
+                res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
+                                            f.mnemonic, f.bytes, rw.shape, "site has no file bytes"))
+                continue
+            edits.append(Edit(m.image, off, rw.old, rw.new))
+            res.rewrites.append(PlannedRewrite(f.module, f.guid, f.arch, f.volume, f.function, f.function_rva,
+                                               f.rva, f.fd_offset, f.mnemonic, rw.shape, rw.old.hex(), rw.new.hex(),
+                                               rw.note))
+    res.emulation_runs = emulate.stats["runs"] - runs0
+    res.rewrites.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
+    res.refusals.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
+    return res, edits
+
+
+def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = False, dry_run: bool = False) -> PatchResult:
+    """Plan, assemble and prove. `result.output` holds the bytes to write (None for a dry run
+    or when sites were refused and not allowed)."""
+    res, edits = plan_patch(path, root, jobs)
+    if dry_run or (res.refusals and not allow_unknown):
+        return res
+    out, asm = assemble(root, edits)
+    res.lzma_effort = asm.effort if asm.reencoded else None
+    res.reencoded = [{"space": s.space.label, "offset": s.offset, "compression": s.compression, "old_size": a,
+                      "new_size": b} for s, a, b in asm.reencoded]
+    new_root = parse_flash(out, path)
+    bad = all_problems(new_root)
+    if bad:
+        raise PatchFailed(f"the assembled image does not parse cleanly ({bad[0]}); nothing written")
+    res.sites_after, res.modules_rescanned = _rescan(res.clean_modules, new_root)
+    if res.sites_after != len(res.refusals):
+        raise PatchFailed(f"rescan of the patched image found {res.sites_after} string I/O sites, expected "
+                          f"{len(res.refusals)}; nothing written")
+    res.output = out
+    res.output_sha256 = hashlib.sha256(out).hexdigest()
+    return res
+
+
+def _digest(m: Module) -> bytes:
+    return hashlib.sha1(m.arch.encode() + m.image.data).digest()
+
+
+def _rescan(clean: set[bytes], new: FlashImage) -> tuple[int, int]:
+    """(sites, modules scanned) in `new`; modules whose bytes equal an input module that
+    scanned clean count 0 without a second scan."""
+    sites = scanned = 0
+    for m in iter_modules(new):
+        if _digest(m) in clean:
+            continue
+        scanned += 1
+        sites += len(scan_module(m).findings)
+    sites += len(_scan_blobs(new))
+    return sites, scanned

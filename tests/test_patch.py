@@ -1,0 +1,269 @@
+"""patch: rewrite string I/O in built images, reassemble, prove (rescan, emulation, boot)."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from ovmftool.cli import main
+from ovmftool.model.node import all_problems
+from ovmftool.model.parser import parse_flash, read_image
+from ovmftool.ops.assemble import Edit, assemble
+from ovmftool.ops.modules import iter_modules
+from ovmftool.patch import emulate, shapes
+from ovmftool.patch.patcher import patch
+from ovmftool.scan.scanner import scan_image
+
+from conftest import BUILDS, CODE_IMAGES, CORPUS_IMAGES, build_dir
+
+DEB_4M = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]
+
+
+def _mods(root):
+    return {(m.volume, m.guid, m.arch): m for m in iter_modules(root)}
+
+
+def _check_patched(path, out: bytes, res):
+    """Independent proof of a patched image: full parse and full scan, and every byte that
+    differs inside a module is one of the planned rewrites."""
+    new = parse_flash(out, "patched")
+    assert all_problems(new) == []
+    assert scan_image("patched", jobs=2, root=new).findings == []
+    old = read_image(str(path))
+    om, nm = _mods(old), _mods(new)
+    assert om.keys() == nm.keys()
+    planned = {}
+    for r in res.rewrites:
+        planned.setdefault((r.volume, r.guid, r.arch), []).append(r)
+    for k, m in om.items():
+        a, b = m.image.memory, nm[k].image.memory
+        if k not in planned:
+            assert a == b, k
+            continue
+        assert len(a) == len(b)
+        diff = bytearray(a)
+        for r in planned[k]:
+            old_b, new_b = bytes.fromhex(r.old), bytes.fromhex(r.new)
+            assert a[r.rva : r.rva + len(old_b)] == old_b
+            diff[r.rva : r.rva + len(new_b)] = new_b
+        assert bytes(diff) == b, k  # nothing else changed
+    # untouched volumes stay byte-identical (e.g. SECFV when SecMain has no sites)
+    touched_tops = {r.volume.split("/")[0] for r in res.rewrites}
+    for ov, nv in zip(old.children, new.children):
+        if getattr(ov, "name", None) and ov.name not in touched_tops:
+            assert ov.data == nv.data, ov.name
+
+
+# --- assembling ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CODE_IMAGES))
+def test_rebuild_of_unmodified_image_is_byte_identical(name):
+    data = CODE_IMAGES[name].read_bytes()
+    root = parse_flash(data, name)
+    out, _ = assemble(root, [])
+    assert out == data
+    out, asm = assemble(root, [], force=True)  # every container re-laid out from its children
+    assert out == data and asm.reencoded == []
+
+
+@pytest.mark.parametrize("key", sorted(BUILDS))
+def test_rebuild_of_unmodified_build_is_byte_identical(key):
+    for fd in ("OVMF_CODE.fd", "OVMF.fd"):
+        data = (build_dir(key) / "FV" / fd).read_bytes()
+        out, _ = assemble(parse_flash(data, fd), [], force=True)
+        assert out == data
+
+
+def test_edit_that_does_not_match_the_image_is_refused():
+    root = read_image(str(DEB_4M))
+    m = next(iter_modules(root))
+    with pytest.raises(Exception, match="does not match"):
+        assemble(root, [Edit(m.image, 0, b"XX", b"YY")])
+
+
+def test_recompressed_volume_that_no_longer_fits_fails_clearly():
+    root = read_image(str(DEB_4M))
+    m = next(m for m in iter_modules(root) if m.image.abs_offset is None)
+    # Incompressible bytes in place of a whole module: the LZMA stream grows past the volume.
+    import os
+    from ovmftool.ops import assemble as A
+
+    edits = []
+    for mm in iter_modules(root):
+        if mm.image.abs_offset is None and mm.image.size > 0x8000:
+            edits.append(Edit(mm.image, 0x400, mm.image.data[0x400 : mm.image.size], os.urandom(mm.image.size - 0x400)))
+    assert m is not None and edits
+    with pytest.raises(A.VolumeFull, match="needs 0x[0-9A-F]+ more bytes"):
+        A.Assembler(root, edits, "fast").build()
+
+
+# --- shapes and emulation --------------------------------------------------------------------
+
+def _sev_site(root):
+    scan = scan_image("x", jobs=1, root=root)
+    mods = _mods(root)
+    f = next(f for f in scan.findings if f.function and "ReadFifo8" in f.function and f.arch == "X64")
+    return f, mods[(f.volume, f.guid, f.arch)]
+
+
+def test_sev_rewrite_is_proved_and_a_wrong_one_is_caught():
+    root = read_image(str(DEB_4M))
+    f, m = _sev_site(root)
+    v = shapes.classify(m.image, f.rva, len(bytes.fromhex(f.bytes)))
+    assert v.shape == "sev-fifo" and v.rewrite is not None
+    orig = bytes(m.image.memory)
+
+    def with_bytes(at, new):
+        b = bytearray(orig)
+        b[at : at + len(new)] = new
+        return bytes(b)
+
+    good = with_bytes(v.rewrite.rva, v.rewrite.new)
+    assert emulate.compare(orig, good, 64, f.function_rva, f.function) == []
+    # Skipping the transfer altogether (jmp Done) must be caught: no port reads, buffer untouched.
+    n = len(v.rewrite.old)
+    jmp = bytes([0xEB, (orig[f.rva + n - 1] + n - 2) & 0xFF]) + shapes.NOPS[n - 2]
+    bad = emulate.compare(orig, with_bytes(f.rva, jmp), 64, f.function_rva, f.function)
+    assert any("ports differ" in p for p in bad) and any("buffer differ" in p for p in bad)
+    # Reading the wrong width in the loop (in ax,dx instead of in al,dx) must be caught too.
+    loop_in = orig.index(b"\xec", f.rva)
+    bad = emulate.compare(orig, with_bytes(f.rva, v.rewrite.new)[:loop_in] + b"\xed" + orig[loop_in + 1 :], 64,
+                          f.function_rva, f.function)
+    assert bad
+
+
+def test_ia32_sev_routines_are_emulated_in_32_bit_mode():
+    root = read_image(str(DEB_4M))
+    scan = scan_image("x", jobs=1, root=root)
+    ia32 = [f for f in scan.findings if f.arch == "IA32"]
+    assert ia32
+    mods = _mods(root)
+    for f in ia32[:6]:
+        m = mods[(f.volume, f.guid, f.arch)]
+        v = shapes.classify(m.image, f.rva, len(bytes.fromhex(f.bytes)))
+        new = bytearray(m.image.memory)
+        new[v.rewrite.rva : v.rewrite.rva + len(v.rewrite.new)] = v.rewrite.new
+        assert emulate.compare(bytes(m.image.memory), bytes(new), 32, f.function_rva, f.function) == []
+
+
+# --- whole images ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CODE_IMAGES))
+def test_patch_debian_images(name):
+    path = CODE_IMAGES[name]
+    root = read_image(str(path))
+    res = patch(str(path), root, jobs=2)
+    assert res.sites_before > 0 and res.refusals == [] and len(res.rewrites) == res.sites_before
+    assert res.sites_after == 0 and res.output is not None
+    assert {r.shape for r in res.rewrites} == {"sev-fifo"}
+    _check_patched(path, res.output, res)
+
+
+@pytest.mark.parametrize("key", sorted(BUILDS))
+def test_patch_builds(key):
+    path = build_dir(key) / "FV" / "OVMF_CODE.fd"
+    res = patch(str(path), read_image(str(path)), jobs=2)
+    assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 0
+    _check_patched(path, res.output, res)
+
+
+def test_non_sev_build_is_refused_with_the_reason():
+    path = build_dir("2022.11-X64-DEBUG-nonsev") / "FV" / "OVMF_CODE.fd"
+    res = patch(str(path), read_image(str(path)), jobs=2)
+    assert res.output is None and res.rewrites == []
+    assert len(res.refusals) == res.sites_before > 0
+    assert {r.shape for r in res.refusals} == {"rep-fifo"}
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def test_cli_dry_run_writes_nothing_and_lists_every_rewrite(tmp_path):
+    out = tmp_path / "out.fd"
+    r = CliRunner().invoke(main, ["patch", "--dry-run", "--format", "json", "-o", str(out), str(DEB_4M)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["schema_version"] == "ovmftool.patch/1" and doc["written"] is None
+    assert len(doc["rewrites"]) == doc["sites_before"] > 0 and doc["sites_after"] is None
+    assert all(set(x) >= {"module", "function", "rva", "old", "new"} for x in doc["rewrites"])
+    assert not out.exists()
+
+
+def test_cli_patch_writes_a_clean_image_and_leaves_the_input(tmp_path):
+    before = hashlib.sha256(DEB_4M.read_bytes()).hexdigest()
+    out = tmp_path / "OVMF_CODE_4M.fd"
+    r = CliRunner().invoke(main, ["patch", "-o", str(out), str(DEB_4M)])
+    assert r.exit_code == 0, r.output
+    assert "rescan finds 0 site(s)" in r.output and "wrote" in r.output
+    assert hashlib.sha256(DEB_4M.read_bytes()).hexdigest() == before
+    r = CliRunner().invoke(main, ["scan", str(out)])
+    assert r.exit_code == 0, r.output
+    # patching a clean image changes nothing
+    again = tmp_path / "again.fd"
+    r = CliRunner().invoke(main, ["patch", "-o", str(again), str(out)])
+    assert r.exit_code == 0 and again.read_bytes() == out.read_bytes()
+
+
+def test_cli_refusals_write_nothing_unless_allowed(tmp_path):
+    path = build_dir("2022.11-X64-DEBUG-nonsev") / "FV" / "OVMF_CODE.fd"
+    out = tmp_path / "o.fd"
+    r = CliRunner().invoke(main, ["patch", "-o", str(out), str(path)])
+    assert r.exit_code == 1 and "nothing written" in r.output and not out.exists()
+    assert "rep-fifo" in r.output and "IoWriteFifo8" in r.output
+    r = CliRunner().invoke(main, ["patch", "--allow-unknown", "--format", "json", "-o", str(out), str(path)])
+    assert r.exit_code == 1
+    doc = json.loads(r.output)
+    assert out.exists() and doc["sites_after"] == len(doc["refusals"]) > 0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["-o", "{input}"], "is the input image"),
+    ([], "give -o OUTPUT"),
+    (["-o", "{tmp}/missing/out.fd"], "does not exist"),
+])
+def test_cli_errors_are_one_line(tmp_path, args, msg):
+    args = [a.format(input=DEB_4M, tmp=tmp_path) for a in args]
+    r = CliRunner().invoke(main, ["patch", *args, str(DEB_4M)])
+    assert r.exit_code == 2 and msg in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "missing").exists()
+
+
+def test_cli_damaged_input_is_refused(tmp_path):
+    data = bytearray(DEB_4M.read_bytes())
+    data[0x78 + 16] ^= 0xFF  # header checksum of the FVMAIN_COMPACT file
+    bad = tmp_path / "bad.fd"
+    bad.write_bytes(bytes(data))
+    r = CliRunner().invoke(main, ["patch", "-o", str(tmp_path / "o.fd"), str(bad)])
+    assert r.exit_code == 2 and "damaged" in r.output and not (tmp_path / "o.fd").exists()
+
+
+# --- boots ---------------------------------------------------------------------------------------
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 from .ci/run")
+
+
+def _boot(image, vars_file):
+    r = CliRunner().invoke(main, ["boot-check", "--format", "json", "--timeout", "240", "--vars", str(vars_file),
+                                  str(image)])
+    assert r.exit_code in (0, 1), r.output
+    return r.exit_code, json.loads(r.output)
+
+
+@needs_qemu
+@pytest.mark.parametrize("ver", ["2022.11", "2025.02"])
+def test_patched_debian_image_boots_to_the_shell_without_string_io(ver, tmp_path):
+    src = CORPUS_IMAGES[f"images/debian-{ver}/OVMF_CODE_4M.fd"]
+    out = tmp_path / "OVMF_CODE_4M.fd"
+    assert CliRunner().invoke(main, ["patch", "-o", str(out), str(src)]).exit_code == 0
+    code, doc = _boot(out, src.with_name("OVMF_VARS_4M.fd"))
+    assert code == 0 and doc["ended"] == "shell" and doc["executed"] == []
+
+
+@needs_qemu
+def test_patched_debug_build_boots_to_the_shell_without_string_io(tmp_path):
+    b = build_dir("2022.11-X64-DEBUG") / "FV"
+    out = tmp_path / "OVMF_CODE.fd"
+    assert CliRunner().invoke(main, ["patch", "-o", str(out), str(b / "OVMF_CODE.fd")]).exit_code == 0
+    code, doc = _boot(out, b / "OVMF_VARS.fd")
+    assert code == 0 and doc["ended"] == "shell" and doc["executed"] == []
