@@ -424,10 +424,13 @@ def _summary(doc: dict) -> str:
 @click.option("--fail-fast", is_flag=True, help="Stop at the first executed string I/O, as propolis does.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--keep", type=click.Path(file_okay=False), help="Keep QEMU's logs in this directory.")
-def boot_check_cmd(image, vars_file, machine, timeout, fail_fast, fmt, keep):
+@click.option("--no-count", is_flag=True,
+              help="Skip the second boot that counts executions and reads I/O ports.")
+def boot_check_cmd(image, vars_file, machine, timeout, fail_fast, fmt, keep, no_count):
     """Boot IMAGE under QEMU (TCG) and report every string port-I/O instruction that executed.
 
-    Exit 0: none executed; 1: some did; 2: error.
+    When some did, a second boot logs just the blocks holding them: how often each ran, the
+    count it was given and the I/O port. Exit 0: none executed; 1: some did; 2: error.
     """
     from pathlib import Path
 
@@ -440,7 +443,8 @@ def boot_check_cmd(image, vars_file, machine, timeout, fail_fast, fmt, keep):
     if fmt == "text" and sys.stderr.isatty():
         def progress(t):
             click.echo(f"\rbooting... {t:5.0f} s", nl=False, err=True)
-    bc = boot_check(image, root, res_scan, vf, machine, timeout, fail_fast, Path(keep) if keep else None, progress)
+    bc = boot_check(image, root, res_scan, vf, machine, timeout, fail_fast, Path(keep) if keep else None, progress,
+                    count=not no_count)
     if progress:
         click.echo("", err=True)
     if fmt == "json":
@@ -451,8 +455,16 @@ def boot_check_cmd(image, vars_file, machine, timeout, fail_fast, fmt, keep):
             where = (f"{e.module} rva 0x{e.rva:X} in {e.function or '?'} ({e.mapped_by})" if e.module
                      else ("candidates: " + ", ".join(e.candidates) if e.candidates else "unmapped"))
             first = "  <= first: propolis without DecodeAssist stops here" if e.order == 0 else ""
-            click.echo(f"  0x{e.address:X}  {e.mnemonic:<10} {e.bytes:<8} {where}{first}")
-        click.echo(f"boot-check: {len(bc.executed)} string I/O instruction(s) executed")
+            runs = ""
+            if e.executions is not None:
+                port = f"port 0x{e.port:X}" if e.port is not None else (
+                    "ports " + ",".join(f"0x{p:X}" for p in e.ports) if e.ports else "port ?")
+                units = f", {e.units} units" if e.units is not None else ""
+                runs = f"  [{port}, {e.executions}x{units}]"
+            click.echo(f"  0x{e.address:X}  {e.mnemonic:<10} {e.bytes:<8} {where}{runs}{first}")
+        click.echo(f"boot-check: {len(bc.executed)} string I/O instruction(s) executed"
+                   + ("" if bc.counted or not bc.executed else " (not counted: the second boot was skipped or "
+                                                                  "ran differently)"))
     sys.exit(1 if bc.executed else 0)
 
 

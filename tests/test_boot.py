@@ -44,6 +44,12 @@ def test_debian_release_reads_fw_cfg_with_rep_insb(ver, tmp_path):
     assert first["function"] in ("IoReadFifo8", "SevIoReadFifo8")
     mods = {e["module"] for e in doc["executed"] if e["module"]}
     assert {"PlatformPei", "QemuFwCfgAcpiPlatform"} <= mods  # QemuFwCfgLib's callers
+    # the second boot: every one ran, on the fw_cfg data port, and moved whole reads
+    assert doc["counted"]
+    for e in doc["executed"]:
+        assert e["port"] == 0x511 and e["executions"] >= 1 and e["units"] >= e["executions"], e
+    # every site is attributed to one module (ambiguous page offsets resolved by matching code)
+    assert all(e["module"] for e in doc["executed"]), [e["candidates"] for e in doc["executed"]]
     sites = _scan_sites(image)
     for e in doc["executed"]:  # the static scan is a superset of what runs
         if e["module"]:
@@ -58,6 +64,10 @@ def test_debug_build_writes_its_log_with_rep_outsb():
     assert code == 1 and doc["ended"] == "shell"
     outsb = [e for e in doc["executed"] if e["mnemonic"] == "rep outsb"]
     assert len(outsb) > 20 and doc["first"]["mnemonic"] == "rep outsb"
+    assert {e["port"] for e in outsb} == {0x402}
+    # counts are exact: the bytes REP OUTSB sent to the debug port are the debug log, byte for byte
+    log = open(doc["logs"]["count_debug"], "rb").read()
+    assert sum(e["units"] for e in outsb) == sum(e["iterations"] for e in outsb) == len(log) > 10000
     assert {e["mapped_by"] for e in doc["executed"]} <= {"debug-log", "xip"}  # the DEBUG log maps every one
     sites = _scan_sites(b / "OVMF_CODE.fd")
     assert all((e["guid"], e["rva"]) in sites for e in doc["executed"])

@@ -24,10 +24,12 @@ def qemu_binary() -> str:
     return exe
 
 
-def launch(code: Path, vars_template: Path, work: Path, machine: str = "q35", trace: bool = False):
+def launch(code: Path, vars_template: Path, work: Path, machine: str = "q35", trace: bool = False,
+           extra: list[str] | None = None):
     """Start QEMU (TCG) on `code` with a fresh copy of the variable store, serial and the ISA debug
     console (port 0x402, as propolis has) logged to files in `work`; with `trace`, QEMU's translation
-    log too. Returns the process and the log paths (serial, debug, trace)."""
+    log too (or the log QEMU options in `extra` ask for). Returns the process and the log paths
+    (serial, debug, trace)."""
     exe = qemu_binary()
     work.mkdir(parents=True, exist_ok=True)
     vars_copy = work / "vars.fd"
@@ -42,6 +44,8 @@ def launch(code: Path, vars_template: Path, work: Path, machine: str = "q35", tr
            "-net", "none", "-no-reboot"]
     if trace:
         cmd += ["-d", "in_asm,nochain", "-D", str(trace_log)]
+    elif extra:
+        cmd += [*extra, "-D", str(trace_log)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc, serial, debug, trace_log
 
