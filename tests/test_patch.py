@@ -169,12 +169,64 @@ def test_patch_builds(key):
     _check_patched(path, res.output, res)
 
 
-def test_non_sev_build_is_refused_with_the_reason():
+def _xip_bases(root):
+    """For every execute-in-place PE module: image base minus its offset in its volume (the
+    volume's load address: one value per volume when every module is placed right)."""
+    out = {}
+    for m in iter_modules(root):
+        img = m.image
+        if m.phase in ("PEI", "SEC") and img.image_base:
+            vol = m.file.parent
+            out.setdefault(m.volume, set()).add(img.image_base - (img.offset - vol.offset))
+    return out
+
+
+def test_non_sev_build_is_patched_by_growing_modules(tmp_path):
+    """IoFifo.nasm (pure REP): modules grow (new section, or the last section extended where the
+    header has no room), volumes are laid out again, moved PEIMs rebased."""
     path = build_dir("2022.11-X64-DEBUG-nonsev") / "FV" / "OVMF_CODE.fd"
-    res = patch(str(path), read_image(str(path)), jobs=2)
-    assert res.output is None and res.rewrites == []
-    assert len(res.refusals) == res.sites_before > 0
-    assert {r.shape for r in res.refusals} == {"rep-fifo"}
+    root = read_image(str(path))
+    res = patch(str(path), root, jobs=2)
+    assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 600
+    assert {r.shape for r in res.rewrites} == {"rep-fifo"}
+    notes = {r.note.split("(")[1].split(")")[0] for r in res.rewrites}
+    assert notes == {"new-section", "last-section"}
+    assert res.rebased and all(r["delta"] % 8 == 0 for r in res.rebased)
+    new = parse_flash(res.output, "patched")
+    assert all_problems(new) == []
+    assert scan_image("patched", jobs=2, root=new).findings == []
+    before, after = _xip_bases(root), _xip_bases(new)
+    assert before == after and all(len(v) == 1 for v in after.values())  # every XIP module at its address
+    out = tmp_path / "OVMF_CODE.fd"
+    out.write_bytes(res.output)
+    if shutil.which("qemu-system-x86_64"):
+        code, doc = _boot(out, path.with_name("OVMF_VARS.fd"))
+        assert code == 0 and doc["ended"] == "shell" and doc["executed"] == []
+
+
+@pytest.mark.parametrize("arch", ["X64", "IA32"])
+def test_grown_loops_match_every_iofifo_routine(arch):
+    """Each IoFifo.nasm routine (from the built-in signatures: assembled from the real sources)
+    against its loop, under emulation, as the patcher would lay them out."""
+    from ovmftool.patch import grow
+    from ovmftool.scan import signatures as sigs
+
+    bits = 64 if arch == "X64" else 32
+    routines = [s for s in sigs.load() if s.arch == arch and s.source.endswith("IoFifo.nasm")]
+    assert len(routines) == 6
+    for s in routines:
+        d, w = emulate.routine_io(s.routine)
+        orig = bytearray(0x200)
+        orig[0x10 : 0x10 + len(s.code)] = s.code
+        loop = grow.loop_code(arch, d, w)
+        new = bytearray(orig)
+        new[0x10 : 0x10 + len(s.code)] = b"\xe9" + (0x100 - 0x15).to_bytes(4, "little") + b"\xcc" * (len(s.code) - 5)
+        new[0x100 : 0x100 + len(loop)] = loop
+        assert emulate.compare(bytes(orig), bytes(new), bits, 0x10, s.routine) == [], s.routine
+        # and a loop that moves one unit too few is caught
+        bad = bytearray(new)
+        bad[0x100 : 0x100 + len(loop)] = loop.replace(b"\xe2", b"\x90\x90", 1)[: len(loop)]
+        assert emulate.compare(bytes(orig), bytes(bad), bits, 0x10, s.routine)
 
 
 # --- command line ------------------------------------------------------------------------------
@@ -205,12 +257,20 @@ def test_cli_patch_writes_a_clean_image_and_leaves_the_input(tmp_path):
     assert r.exit_code == 0 and again.read_bytes() == out.read_bytes()
 
 
-def test_cli_refusals_write_nothing_unless_allowed(tmp_path):
-    path = build_dir("2022.11-X64-DEBUG-nonsev") / "FV" / "OVMF_CODE.fd"
+def test_cli_refusals_write_nothing_unless_allowed(tmp_path, monkeypatch):
+    # Sites in PlatformPei treated as an unknown shape: the plumbing of refusals on a real image.
+    real = shapes.classify
+
+    def classify(img, rva, size):
+        v = real(img, rva, size)
+        return shapes.Verdict("unknown", None, "test: treated as unknown") if img.machine == "IA32" else v
+
+    monkeypatch.setattr(shapes, "classify", classify)
+    path = DEB_4M
     out = tmp_path / "o.fd"
     r = CliRunner().invoke(main, ["patch", "-o", str(out), str(path)])
     assert r.exit_code == 1 and "nothing written" in r.output and not out.exists()
-    assert "rep-fifo" in r.output and "IoWriteFifo8" in r.output
+    assert "treated as unknown" in r.output and "PlatformPei" in r.output
     r = CliRunner().invoke(main, ["patch", "--allow-unknown", "--format", "json", "-o", str(out), str(path)])
     assert r.exit_code == 1
     doc = json.loads(r.output)

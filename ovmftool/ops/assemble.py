@@ -1,17 +1,19 @@
 """Assemble a flash image from the model, with byte edits applied to modules.
 
-Only what an edit touches is rebuilt: the edited image, the sections and files that hold it
-(sizes, CRC32, header and data checksums), the compressed sections above it (re-encoded), and
-the volumes whose files changed size (files after the changed one are laid out again, a pad
-file absorbs the difference where one follows, free space shrinks or grows). Every other node
-is copied byte for byte, so assembling with no edits reproduces the input exactly.
+Only what an edit touches is rebuilt: the edited (or replaced, e.g. grown) image, the sections
+and files that hold it (sizes, CRC32, header and data checksums), the compressed sections above
+it (re-encoded), and the volumes whose files changed size (files keep their places where they
+can, otherwise move to the next aligned slot; filler pad files are made anew; free space shrinks
+or grows). Every other node is copied byte for byte, so assembling with no edits reproduces the
+input exactly.
 
 `force=True` rebuilds every container from its children even without edits (compressed
 sections keep their stream when the decoded bytes come out unchanged): a self-check of the
 layout rules against the input.
 
-Execute-in-place modules (SEC, PEI core, PEIMs) carry their load address: if one would move,
-assembly fails rather than write an image that runs at the wrong address.
+Execute-in-place modules (SEC, PEI core, PEIMs) carry their load address: one that moves is
+rebased (relocations and ImageBase shifted by the move, as GenFv does). The volume top file
+(reset vector) must end its volume: if it would move, assembly fails.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
 
 XIP_FILE_TYPES = frozenset({0x03, 0x04, 0x06, 0x08})  # SECURITY_CORE, PEI_CORE, PEIM, COMBINED_PEIM_DRIVER
+VTF_GUID = "1ba0062e-c779-4582-8566-336ae8f78f09"  # the volume top file (reset vector): ends the volume
 
 
 class AssemblyError(OvmfToolError):
@@ -50,6 +53,14 @@ class Edit:
     new: bytes
 
 
+@dataclass(frozen=True)
+class Replace:
+    """Replace the whole of `image` with `data` (any length: a grown module)."""
+
+    image: PeImage
+    data: bytes
+
+
 def _align(n: int, a: int) -> int:
     return n + (-n) % a
 
@@ -57,20 +68,27 @@ def _align(n: int, a: int) -> int:
 class Assembler:
     """One assembly of `root` with `edits`; `effort` picks the LZMA encoder effort."""
 
-    def __init__(self, root: FlashImage, edits: list[Edit], effort: str = "fast", force: bool = False) -> None:
+    def __init__(self, root: FlashImage, edits: list[Edit | Replace], effort: str = "fast",
+                 force: bool = False) -> None:
         self.root = root
         self.effort = effort
         self.force = force
         self.by_image: dict[int, list[Edit]] = {}
+        self.replaced: dict[int, bytes] = {}
         self.dirty: set[int] = set()
         self.reencoded: list[tuple[Section, int, int]] = []  # (section, old size, new size)
+        self.moved: list[tuple[str, int, int]] = []  # (file, old offset, new offset) within its volume
+        self.rebased: list[tuple[str, int]] = []  # (module, delta)
         for e in edits:
-            if len(e.old) != len(e.new):
-                raise AssemblyError("an in-place edit must keep its length")
-            cur = e.image.data[e.offset : e.offset + len(e.old)]
-            if cur != e.old:
-                raise AssemblyError(f"edit at image offset 0x{e.offset:X} does not match the image's bytes")
-            self.by_image.setdefault(id(e.image), []).append(e)
+            if isinstance(e, Replace):
+                self.replaced[id(e.image)] = e.data
+            else:
+                if len(e.old) != len(e.new):
+                    raise AssemblyError("an in-place edit must keep its length")
+                cur = e.image.data[e.offset : e.offset + len(e.old)]
+                if cur != e.old:
+                    raise AssemblyError(f"edit at image offset 0x{e.offset:X} does not match the image's bytes")
+                self.by_image.setdefault(id(e.image), []).append(e)
             n: Node | None = e.image
             while n is not None:
                 self.dirty.add(id(n))
@@ -105,7 +123,7 @@ class Assembler:
         return n.data  # gaps, code blobs: never edited
 
     def _image(self, img: PeImage) -> bytes:
-        b = bytearray(img.data)
+        b = bytearray(self.replaced.get(id(img), img.data))
         for e in self.by_image.get(id(img), ()):
             b[e.offset : e.offset + len(e.new)] = e.new
         return bytes(b)
@@ -177,24 +195,40 @@ class Assembler:
             body = self._sequence(f, f.children, f.data_offset, f.end, data)
         else:
             body = f.body
-        return _file_bytes(f, header, body)
+        return _file_bytes(header, body, f.attributes, f.ui_name or f.guid)
 
     def _volume(self, vol: Volume) -> bytes:
+        """Files in order. A file stays where it was when the files before it leave room (so
+        execute-in-place modules and the volume top file keep their addresses); otherwise it
+        moves to the first slot that keeps its data alignment. Gaps become pad files (the
+        original pad's bytes where the gap is unchanged). Moved XIP modules are rebased."""
         data, erase = vol.space.data, vol.erase_byte
         files = [c for c in vol.children if isinstance(c, FfsFile)]
         first = files[0].offset if files else (vol.free.offset if vol.free else vol.end)
         out = bytearray(data[vol.offset : first])
-        for i, f in enumerate(files):
-            pos = _align(len(out), S.FFS_FILE_ALIGNMENT)
-            out += bytes([erase]) * (pos - len(out))
+        # pad files that only fill space are made anew where needed; pads that hold data (the
+        # volume's extended header lives in one) are files like any other
+        filler = {id(f) for f in files if f.is_pad and f.body.count(erase) == len(f.body)}
+        pads = {f.offset - vol.offset: f for f in files if id(f) in filler}
+        pad_state = next((f.state_raw for f in files if f.is_pad), None)
+        for f in (f for f in files if id(f) not in filler):
             new = self._render(f)
-            moved = vol.offset + pos != f.offset
-            if f.is_pad and (moved or len(new) != f.size):
-                new = self._pad(f, pos, files[i + 1 :], new)
-                if new is None:
-                    continue
-            elif moved:
-                self._check_move(vol, f, pos)
+            cur = _align(len(out), S.FFS_FILE_ALIGNMENT)
+            orig = f.offset - vol.offset
+            gap = orig - cur
+            if gap == 0 or (gap >= S.FFS_HEADER.size and orig % S.FFS_FILE_ALIGNMENT == 0):
+                pos = orig
+            else:
+                pos = self._slot(f, cur)
+            out += bytes([erase]) * (cur - len(out))
+            if pos > cur:
+                old_pad = pads.get(cur)
+                if old_pad is not None and old_pad.size == pos - cur and not self.force:
+                    out += old_pad.data
+                else:
+                    out += _pad_file(pos - cur, erase, pad_state)
+            if pos != orig:
+                new = self._moved(vol, f, new, pos - orig)
             out += new
         end = _align(len(out), S.FFS_FILE_ALIGNMENT) if files else len(out)
         if end > vol.size:
@@ -203,50 +237,68 @@ class Assembler:
         out += bytes([erase]) * (vol.size - len(out))
         return bytes(out)
 
-    def _pad(self, pad: FfsFile, pos: int, rest: list[FfsFile], rendered: bytes) -> bytes | None:
-        """Resize a pad file so the next file stays where it was; None drops the pad."""
-        nxt = next((f for f in rest if not f.is_pad), None)
-        if nxt is None:
-            return rendered
-        want = (nxt.offset - pad.parent.offset) - pos
-        if want == 0:
-            return None
-        if want < pad.header_size:
-            self._check_move(pad.parent, nxt, pos)
-            return None
-        fill = pad.body[:1] or bytes([pad.parent.erase_byte])
-        header = bytearray(pad.space.data[pad.offset : pad.data_offset])
-        return _file_bytes(pad, header, fill * (want - pad.header_size))
+    def _slot(self, f: FfsFile, cur: int) -> int:
+        """The first position at or after `cur` where `f`'s data is aligned and the gap before it
+        is empty or can hold a pad file."""
+        a = max(f.alignment, S.FFS_FILE_ALIGNMENT)
+        pos = cur
+        while True:
+            if (pos + f.header_size) % a == 0 and (pos == cur or pos - cur >= S.FFS_HEADER.size):
+                return pos
+            pos += S.FFS_FILE_ALIGNMENT
 
-    def _check_move(self, vol: Volume, f: FfsFile, pos: int) -> None:
+    def _moved(self, vol: Volume, f: FfsFile, rendered: bytes, delta: int) -> bytes:
+        """A file that moves by `delta`: execute-in-place images inside it are rebased."""
         where = f.ui_name or f.guid
-        if f.alignment > S.FFS_FILE_ALIGNMENT and (pos + f.header_size) % f.alignment:
-            raise AssemblyError(f"file {where} would lose its 0x{f.alignment:X} alignment in volume "
-                                f"{vol.name or hex(vol.offset)}")
-        if f.type in XIP_FILE_TYPES and any(isinstance(n, PeImage) and n.image_base for n in walk(f)):
-            raise AssemblyError(f"execute-in-place module {where} would move in volume {vol.name or hex(vol.offset)} "
-                                "(rebasing is not implemented)")
+        self.moved.append((where, f.offset - vol.offset, f.offset - vol.offset + delta))
+        if f.guid == VTF_GUID:
+            raise AssemblyError(f"the volume top file would move in volume {vol.name or hex(vol.offset)}")
+        if f.type not in XIP_FILE_TYPES:
+            return rendered
+        from ovmftool.patch.grow import CannotGrow, rebase
+
+        body = bytearray(rendered)
+        for img in (n for n in walk(f) if isinstance(n, PeImage) and n.space is f.space and n.image_base):
+            rel = img.offset - f.offset
+            cur = bytes(body[rel : rel + 2])
+            if cur not in (S.DOS_MAGIC, S.TE_MAGIC):
+                raise AssemblyError(f"cannot locate execute-in-place module {where} to rebase it")
+            size = len(self._render(img))
+            try:
+                body[rel : rel + size] = rebase(bytes(body[rel : rel + size]), img, delta)
+            except CannotGrow as e:
+                raise AssemblyError(f"cannot rebase {where}: {e}") from None
+            self.rebased.append((where, delta))
+        hs = f.header_size
+        return _file_bytes(bytearray(body[:hs]), bytes(body[hs:]), f.attributes, where)
 
 
-def _file_bytes(f: FfsFile, header: bytearray, body: bytes) -> bytes:
+def _pad_file(size: int, erase: int, state: int | None) -> bytes:
+    """A pad file of `size` bytes (header included), as GenFv writes them."""
+    header = bytearray(b"\xff" * 16 + bytes([0, S.FFS_FIXED_CHECKSUM, 0xF0, 0]) + size.to_bytes(3, "little")
+                       + bytes([state if state is not None else (0xF8 if erase == 0xFF else 0x07)]))
+    return _file_bytes(header, bytes([erase]) * (size - S.FFS_HEADER.size), 0, "pad file")
+
+
+def _file_bytes(header: bytearray, body: bytes, attributes: int, name: str) -> bytes:
     """An FFS file's bytes with its size and both checksums made right."""
     size = len(header) + len(body)
-    if f.header_size == 32:
+    if len(header) == 32:
         struct.pack_into("<Q", header, 24, size)
     elif size > 0xFFFFFF:
-        raise AssemblyError(f"file {f.ui_name or f.guid} grows past 16 MiB")
+        raise AssemblyError(f"file {name} grows past 16 MiB")
     else:
         header[20:23] = size.to_bytes(3, "little")
     state = header[23]
     header[16] = 0  # header checksum
-    if f.attributes & S.FFS_ATTRIB_CHECKSUM:
+    if attributes & S.FFS_ATTRIB_CHECKSUM:
         header[17] = (-sum(body)) & 0xFF
     fsum = header[17]
     header[16] = (-(sum(header) - state - fsum)) & 0xFF
     return bytes(header) + body
 
 
-def assemble(root: FlashImage, edits: list[Edit], force: bool = False) -> tuple[bytes, Assembler]:
+def assemble(root: FlashImage, edits: list[Edit | Replace], force: bool = False) -> tuple[bytes, Assembler]:
     """Assemble with the fast encoder; if a volume overflows, again with EDK II's effort."""
     try:
         a = Assembler(root, edits, "fast", force)

@@ -116,17 +116,7 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
     )
 
 
-def _routine_io(name: str) -> tuple[str, int] | None:
-    """("in"|"out", width) from a FIFO routine's name (IoReadFifo16, SevIoWriteFifo8, ...)."""
-    for d, tag in (("in", "ReadFifo"), ("out", "WriteFifo")):
-        if tag in name:
-            w = name.split(tag, 1)[1]
-            if w in ("8", "16", "32"):
-                return d, int(w)
-    return None
-
-
-def _routine_io(name: str) -> tuple[str, int] | None:
+def routine_io(name: str) -> tuple[str, int] | None:
     """("in"|"out", width) from a FIFO routine's name (IoReadFifo16, SevIoWriteFifo8, ...)."""
     for d, tag in (("in", "ReadFifo"), ("out", "WriteFifo")):
         if tag in name:
@@ -172,7 +162,7 @@ def compare(original: bytes, rewritten: bytes, bits: int, entry: int, routine: s
     whose bytes at those same entry-relative offsets are identical (original and rewritten)
     would run identically, so it gets the recorded answer. The same routine linked into a
     hundred modules is emulated once."""
-    io = _routine_io(routine)
+    io = routine_io(routine)
     if io is None:
         return [f"no calling convention known for {routine}"]
     key = (bits, routine, original[entry : entry + 16], rewritten[entry : entry + 16])

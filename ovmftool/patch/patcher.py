@@ -1,7 +1,9 @@
 """`patch`: remove every string port-I/O instruction from a built image, and prove it.
 
 1. Parse and scan the input (a damaged input is refused).
-2. Match each site to a routine shape (`shapes`); unknown shapes are refused unless allowed.
+2. Match each site to a routine shape (`shapes`): IoFifoSev routines are rewritten in place,
+   IoFifo.nasm routines by growing their module (`grow`); unknown shapes are refused unless
+   allowed.
 3. Check every rewrite by emulation (`emulate`): original and rewritten routine must agree.
 4. Assemble the output (`ops.assemble`): edited modules, re-encoded sections, checksums.
 5. Re-parse the output (no damage allowed) and rescan it: no sites may remain but the ones
@@ -19,9 +21,12 @@ from dataclasses import asdict, dataclass, field
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.node import all_problems
 from ovmftool.model.parser import FlashImage, parse_flash
-from ovmftool.ops.assemble import Edit, assemble
+from ovmftool.model.node import Space
+from ovmftool.model.pe import parse_image
+from ovmftool.ops.assemble import Edit, Replace, assemble
 from ovmftool.ops.modules import Module, iter_modules
-from ovmftool.patch import emulate, shapes
+from ovmftool.patch import emulate, grow, shapes
+from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import Finding, _scan_blobs, scan_image, scan_module
 
 
@@ -78,6 +83,8 @@ class PatchResult:
     modules_rescanned: int = 0
     reencoded: list[dict] = field(default_factory=list)
     lzma_effort: str | None = None
+    moved: list[dict] = field(default_factory=list)  # files laid out anew (volume-relative offsets)
+    rebased: list[dict] = field(default_factory=list)  # execute-in-place modules rebased by delta
     clean_modules: set[bytes] = field(default_factory=set, repr=False)  # digests of input modules without sites
 
     def as_dict(self) -> dict:
@@ -91,6 +98,8 @@ class PatchResult:
             "modules_rescanned": self.modules_rescanned,
             "reencoded_sections": self.reencoded,
             "lzma_effort": self.lzma_effort,
+            "moved_files": self.moved,
+            "rebased_modules": self.rebased,
             "rewrites": [asdict(r) for r in self.rewrites],
             "refusals": [asdict(r) for r in self.refusals],
         }
@@ -133,18 +142,24 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1) -> tuple[PatchResult,
     with_sites = {(f.volume, f.guid, f.arch) for f in scan.findings}
     res.clean_modules = {_digest(m) for k, m in mods.items() if k not in with_sites}
     per_module: dict[tuple, list[tuple[Finding, shapes.Rewrite]]] = {}
+    to_grow: dict[tuple, list[Finding]] = {}
     for f in scan.findings:
         m = mods.get((f.volume, f.guid, f.arch))
         size = len(bytes.fromhex(f.bytes))
         v = shapes.classify(m.image, f.rva, size) if m is not None else \
             shapes.Verdict("unknown", None, "not inside a PE/TE module (raw code)")
+        if v.shape == "rep-fifo" and v.reason is None:
+            to_grow.setdefault((f.volume, f.guid, f.arch), []).append(f)
+            continue
         if v.rewrite is None:
             res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
                                         f.mnemonic, f.bytes, v.shape, v.reason or ""))
             continue
         per_module.setdefault((f.volume, f.guid, f.arch), []).append((f, v.rewrite))
-    edits: list[Edit] = []
+    edits: list[Edit | Replace] = []
     runs0 = emulate.stats["runs"]
+    for key, finds in to_grow.items():
+        _grow_module(mods[key], finds, res, edits)
     for key, plans in per_module.items():
         m = mods[key]
         problems, checked = _emulate_module(m, plans)
@@ -180,6 +195,8 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
     res.lzma_effort = asm.effort if asm.reencoded else None
     res.reencoded = [{"space": s.space.label, "offset": s.offset, "compression": s.compression, "old_size": a,
                       "new_size": b} for s, a, b in asm.reencoded]
+    res.moved = [{"file": n, "old_offset": a, "new_offset": b} for n, a, b in asm.moved]
+    res.rebased = [{"module": n, "delta": d} for n, d in asm.rebased]
     new_root = parse_flash(out, path)
     bad = all_problems(new_root)
     if bad:
@@ -191,6 +208,63 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
     res.output = out
     res.output_sha256 = hashlib.sha256(out).hexdigest()
     return res
+
+
+def _routine(m: Module, f: Finding) -> grow.Routine | None:
+    """The IoFifo.nasm routine a rep-fifo site belongs to (from the signature match)."""
+    img = m.image
+    ranges = [(s.rva, s.rva + (s.virtual_size or s.raw_size)) for s in img.sections if s.executable]
+    for mt in sigs.find(img.memory, m.arch, ranges):
+        if mt.rva <= f.rva < mt.end and mt.signature.source.endswith("IoFifo.nasm"):
+            io = emulate.routine_io(mt.signature.routine)
+            if io is not None:
+                return grow.Routine(mt.rva, len(mt.signature.code), mt.signature.routine, io[0], io[1])
+    return None
+
+
+def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list) -> None:
+    """Grow `m` with IN/OUT loops for its IoFifo.nasm routines; prove each by emulation."""
+    routines = {}
+    for f in finds:
+        rt = _routine(m, f)
+        if rt is not None:
+            routines[rt.rva] = rt
+
+    def refuse(reason: str, only=None) -> None:
+        for f in finds if only is None else only:
+            res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
+                                        f.mnemonic, f.bytes, "rep-fifo", reason))
+
+    unmatched = [f for f in finds if _routine(m, f) is None]
+    if unmatched:
+        refuse("no IoFifo.nasm signature matches the routine", unmatched)
+        finds = [f for f in finds if f not in unmatched]
+        if not finds:
+            return
+    try:
+        g = grow.grow(m.image, m.arch, sorted(routines.values(), key=lambda r: r.rva))
+    except grow.CannotGrow as e:
+        refuse(f"cannot grow the module: {e}")
+        return
+    new_img = parse_image(Space(g.data, None, "grown"), 0, len(g.data), None)
+    orig, new = bytes(m.image.memory), bytes(new_img.memory)
+    problems = []
+    for rt in routines.values():
+        problems += emulate.compare(orig, new, m.image.bits, rt.rva, rt.name)
+        res.emulated_functions += 1
+    if problems:
+        refuse("emulation: " + "; ".join(problems[:3]))
+        return
+    edits.append(Replace(m.image, g.data))
+    loops = {rva: (old, new_b, target) for rva, old, new_b, target in g.entries}
+    for f in finds:
+        rt = next(r for r in routines.values() if r.rva <= f.rva < r.rva + r.length)
+        old, new_b, target = loops[rt.rva]
+        res.rewrites.append(PlannedRewrite(
+            f.module, f.guid, f.arch, f.volume, f.function, f.function_rva, rt.rva, f.fd_offset, f.mnemonic,
+            "rep-fifo", old.hex(), new_b.hex(),
+            f"entry jumps to an IN/OUT loop at rva 0x{target:X} ({g.placement}); the module grows by "
+            f"{len(g.data) - m.image.size} bytes"))
 
 
 def _digest(m: Module) -> bytes:

@@ -10,7 +10,7 @@ Known shapes (BaseIoLibIntrinsic, every tree and arch the signatures cover):
   falls into NoRep (whose `jrcxz` keeps count 0 a no-op); where NoRep has no `jrcxz` (older
   trees), the bytes become `jrcxz Done` and a NOP. Nothing moves; `cld` stays.
 - `rep-fifo` — IoFifo.nasm (non-Sev instance before edk2-stable202402): pure REP, no loop, no
-  room for one in place. Recognised, but rewriting needs a grown module (not implemented).
+  room for one in place: the module is grown (`grow`) and the routine's entry jumps to a loop.
 
 Anything else is unknown.
 """
@@ -51,8 +51,8 @@ class Verdict:
     """What can be done about one site: a rewrite, or why not."""
 
     shape: str  # sev-fifo, rep-fifo, unknown
-    rewrite: Rewrite | None
-    reason: str | None
+    rewrite: Rewrite | None  # the in-place rewrite (sev-fifo)
+    reason: str | None  # why not, when there is no way (None for rep-fifo: the module is grown)
 
 
 def _s8(b: int) -> int:
@@ -95,6 +95,5 @@ def classify(img: PeImage, rva: int, size: int) -> Verdict:
             return Verdict("sev-fifo", Rewrite(rva, bytes(mem[rva:after]), new, "sev-fifo", note), None)
     tail = bytes(mem[j : j + 4])
     if tail[:2] in (b"\x5f\xc3", b"\x5e\xc3") or tail in (b"\x4c\x89\xc7\xc3", b"\x4c\x89\xc6\xc3"):
-        return Verdict("rep-fifo", None, "IoFifo.nasm routine (REP only, no loop): rewriting needs room the "
-                                         "module does not have; growing modules is not implemented")
+        return Verdict("rep-fifo", None, None)
     return Verdict("unknown", None, "not a known string I/O routine shape")

@@ -1,0 +1,187 @@
+"""Grow a module to rewrite IoFifo.nasm routines (REP only, no room for a loop in place).
+
+The IN/OUT loops go into new code at the end of the image, and each routine's entry becomes
+`jmp rel32` to its loop (the rest of the routine's bytes become INT3). The code lives in a new
+section `.sioloop` when the section table has room for one more header, otherwise at the end
+of the last section, which is then marked executable. The new code sits at file offset ==
+RVA (EDK II images execute in place that way), it carries no absolute addresses, and nothing
+covered by a base relocation is touched.
+
+Loops keep the routines' contract (IoReadFifoN/IoWriteFifoN (Port, Count, Buffer)): DF cleared as
+the original `cld` does, count 0 moves nothing, non-volatile registers untouched (X64: the loop
+uses only RCX, RDX, R8 and RAX; IA32: EDI/ESI saved and restored as the original does).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ovmftool.model import structs as S
+from ovmftool.model.pe import PeImage
+
+SECTION_NAME = b".sioloop"
+_CODE = S.IMAGE_SCN_CNT_CODE | S.IMAGE_SCN_MEM_EXECUTE | 0x40000000  # MEM_READ
+_DISCARDABLE = 0x02000000
+_WRITE = 0x80000000
+
+
+def _x64(direction: str, width: int) -> bytes:
+    """cld; xchg rdx, rcx; jrcxz done; L: <move one unit>; add r8, w; loop L; done: ret."""
+    o16 = b"\x66" if width == 16 else b""
+    if direction == "in":
+        unit = o16 + (b"\xec" if width == 8 else b"\xed") + o16 + (b"\x41\x88\x00" if width == 8 else b"\x41\x89\x00")
+    else:
+        unit = o16 + (b"\x41\x8a\x00" if width == 8 else b"\x41\x8b\x00") + o16 + (b"\xee" if width == 8 else b"\xef")
+    body = unit + b"\x49\x83\xc0" + bytes([width // 8])
+    loop = bytes([0xE2, (-(len(body) + 2)) & 0xFF])
+    return b"\xfc\x48\x87\xca" + bytes([0xE3, len(body) + 2]) + body + loop + b"\xc3"
+
+
+def _ia32(direction: str, width: int) -> bytes:
+    """push edi|esi; cld; mov dx,[esp+8]; mov ecx,[esp+12]; mov edi|esi,[esp+16]; jecxz done;
+    L: <move one unit>; add edi|esi, w; loop L; done: pop edi|esi; ret."""
+    o16 = b"\x66" if width == 16 else b""
+    if direction == "in":
+        save, load_buf, step = b"\x57", b"\x8b\x7c\x24\x10", b"\x83\xc7"
+        unit = o16 + (b"\xec" if width == 8 else b"\xed") + o16 + (b"\x88\x07" if width == 8 else b"\x89\x07")
+    else:
+        save, load_buf, step = b"\x56", b"\x8b\x74\x24\x10", b"\x83\xc6"
+        unit = o16 + (b"\x8a\x06" if width == 8 else b"\x8b\x06") + o16 + (b"\xee" if width == 8 else b"\xef")
+    body = unit + step + bytes([width // 8])
+    loop = bytes([0xE2, (-(len(body) + 2)) & 0xFF])
+    pop = bytes([save[0] + 8])
+    return (save + b"\xfc\x66\x8b\x54\x24\x08\x8b\x4c\x24\x0c" + load_buf + bytes([0xE3, len(body) + 2]) + body
+            + loop + pop + b"\xc3")
+
+
+def loop_code(arch: str, direction: str, width: int) -> bytes:
+    """The IN/OUT loop equivalent to a REP INS/OUTS FIFO routine."""
+    return (_x64 if arch == "X64" else _ia32)(direction, width)
+
+
+@dataclass(frozen=True)
+class Routine:
+    """One IoFifo.nasm routine to redirect: entry RVA, length, name, direction, width."""
+
+    rva: int
+    length: int
+    name: str
+    direction: str
+    width: int
+
+
+@dataclass(frozen=True)
+class Grown:
+    """A grown image: its new bytes and, per routine, (entry rva, old bytes, new bytes, loop rva)."""
+
+    data: bytes
+    entries: tuple[tuple[int, bytes, bytes, int], ...]
+    placement: str  # "new-section" or "last-section"
+
+
+class CannotGrow(Exception):
+    """The image's layout leaves no way to add code."""
+
+
+def _align(n: int, a: int) -> int:
+    return n + (-n) % max(a, 1)
+
+
+def grow(img: PeImage, arch: str, routines: list[Routine]) -> Grown:
+    """Add the loops for `routines` to `img` and redirect each routine's entry to its loop."""
+    if img.format == "TE":
+        raise CannotGrow("TE images have no room for another section header")
+    raw = bytearray(img.data)
+    lfanew = struct.unpack_from("<I", raw, 0x3C)[0]
+    coff = lfanew + 4
+    nsec = struct.unpack_from("<H", raw, coff + 2)[0]
+    optsize = struct.unpack_from("<H", raw, coff + 16)[0]
+    opt = coff + S.COFF_HEADER.size
+    table = opt + optsize
+    if any(s.rva != s.raw_offset for s in img.sections if s.raw_size):
+        raise CannotGrow("sections are not placed at file offset == RVA")
+    first_raw = min((s.raw_offset for s in img.sections if s.raw_size), default=len(raw))
+    relocs = [(r, 8 if t == S.REL_BASED_DIR64 else 4) for r, t in img.relocations]
+    for rt in routines:
+        if any(r < rt.rva + rt.length and r + w > rt.rva for r, w in relocs):
+            raise CannotGrow(f"{rt.name} has bytes covered by a base relocation")
+    # the new code, 16-byte aligned pieces
+    code = bytearray()
+    offsets = []
+    for rt in routines:
+        code += b"\xcc" * ((-len(code)) % 16)
+        offsets.append(len(code))
+        code += loop_code(arch, rt.direction, rt.width)
+    salign, falign = img.section_alignment or 0x20, img.file_alignment or 0x20
+    new_header = table + 40 * (nsec + 1) <= min(first_raw, img.size_of_headers)
+    last = max(img.sections, key=lambda s: s.rva)
+    if new_header:
+        start = _align(max(img.size_of_image, len(raw)), max(salign, falign))
+        placement = "new-section"
+    else:
+        start = _align(last.rva + max(last.virtual_size, last.raw_size), 16)
+        if start < len(raw) and any(raw[start:]):
+            raise CannotGrow("data follows the last section")
+        placement = "last-section"
+    raw_size = _align(len(code), falign)
+    if len(raw) < start:
+        raw += b"\0" * (start - len(raw))
+    raw[start:] = b""
+    raw += code + b"\0" * (raw_size - len(code) if new_header else (-len(code)) % falign)
+    if new_header:
+        hdr = struct.pack("<8sIIIIIIHHI", SECTION_NAME, len(code), start, raw_size, start, 0, 0, 0, 0, _CODE)
+        raw[table + 40 * nsec : table + 40 * (nsec + 1)] = hdr
+        struct.pack_into("<H", raw, coff + 2, nsec + 1)
+        image_end = start + _align(len(code), salign)
+    else:
+        i = img.sections.index(last)
+        h = table + 40 * i
+        new_vsize = start + len(code) - last.rva
+        new_rsize = len(raw) - last.raw_offset
+        chars = (last.characteristics | _CODE) & ~_DISCARDABLE
+        struct.pack_into("<II", raw, h + 8, new_vsize, last.rva)
+        struct.pack_into("<II", raw, h + 16, new_rsize, last.raw_offset)
+        struct.pack_into("<I", raw, h + 36, chars)
+        image_end = _align(last.rva + new_vsize, salign)
+    struct.pack_into("<I", raw, opt + 56, max(img.size_of_image, image_end))  # SizeOfImage
+    size_of_code = struct.unpack_from("<I", raw, opt + 4)[0]
+    struct.pack_into("<I", raw, opt + 4, size_of_code + _align(len(code), falign))
+    entries = []
+    for rt, off in zip(routines, offsets):
+        target = start + off
+        jmp = b"\xe9" + struct.pack("<i", target - (rt.rva + 5))
+        new = jmp + b"\xcc" * (rt.length - 5)
+        fo = img.rva_to_offset(rt.rva)
+        old = bytes(raw[fo : fo + rt.length])
+        raw[fo : fo + rt.length] = new
+        entries.append((rt.rva, old, new, target))
+    return Grown(bytes(raw), tuple(entries), placement)
+
+
+def rebase(data: bytes, img: PeImage, delta: int) -> bytes:
+    """`data` (the image's bytes, possibly grown) moved by `delta`: relocations applied and
+    ImageBase updated, as GenFv does for execute-in-place modules."""
+    raw = bytearray(data)
+    for rva, t in img.relocations:
+        off = img.rva_to_offset(rva)
+        if off is None:
+            continue
+        if t == S.REL_BASED_DIR64:
+            v = struct.unpack_from("<Q", raw, off)[0]
+            struct.pack_into("<Q", raw, off, (v + delta) & 0xFFFFFFFFFFFFFFFF)
+        elif t == S.REL_BASED_HIGHLOW:
+            v = struct.unpack_from("<I", raw, off)[0]
+            struct.pack_into("<I", raw, off, (v + delta) & 0xFFFFFFFF)
+        else:
+            raise CannotGrow(f"relocation type {t} cannot be rebased")
+    if img.format == "TE":
+        struct.pack_into("<Q", raw, 16, (img.image_base + delta) & 0xFFFFFFFFFFFFFFFF)
+    else:
+        lfanew = struct.unpack_from("<I", raw, 0x3C)[0]
+        opt = lfanew + 4 + S.COFF_HEADER.size
+        if img.format == "PE32+":
+            struct.pack_into("<Q", raw, opt + 24, (img.image_base + delta) & 0xFFFFFFFFFFFFFFFF)
+        else:
+            struct.pack_into("<I", raw, opt + 28, (img.image_base + delta) & 0xFFFFFFFF)
+    return bytes(raw)
