@@ -26,8 +26,8 @@ if __name__ == "__main__":
     ap.add_argument("--runs", type=int, default=3)
     a = ap.parse_args()
     print(f"machine: {machine()}")
-    print("| image | median s to shell | runs | ended | executed string I/O | first |")
-    print("|---|---|---|---|---|---|")
+    print("| image | median s (both boots) | runs | ended | executed string I/O | executions | units | ports | first |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for spec in a.images:
         img, _, vars_file = spec.partition(":")
         times, doc = [], None
@@ -41,5 +41,9 @@ if __name__ == "__main__":
             doc = json.loads(r.stdout)
         first = doc["first"]
         f = f"{first['mnemonic']} {first['module']}!{first['function']}" if first else "-"
+        ex = doc["executed"]
+        execs = sum(e["executions"] or 0 for e in ex)
+        units = sum(e["units"] or 0 for e in ex)
+        ports = ",".join(sorted({f"0x{e['port']:X}" for e in ex if e["port"] is not None})) or "-"
         print(f"| {Path(img).parent.name}/{Path(img).name} | {statistics.median(times):.1f} | {a.runs} | "
-              f"{doc['ended']} | {len(doc['executed'])} | {f} |")
+              f"{doc['ended']} | {len(ex)} | {execs} | {units} | {ports} | {f} |")

@@ -5,20 +5,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import report, run  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
+from harness import image_args, report, run  # noqa: E402
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("image", nargs="?", default=str(ROOT / "corpus/images/debian-2022.11/OVMF_CODE_4M.fd"))
-    ap.add_argument("--runs", type=int, default=11)
-    a = ap.parse_args()
+    image, runs = image_args(11)
     for fmt in ("text", "json"):
-        cmd = [sys.executable, "-m", "ovmftool", "info", "--format", fmt, a.image]
-        report(f"info --format {fmt}", cmd, run(cmd, a.runs), "median <= 0.3 s, RSS <= 150 MB")
+        cmd = [sys.executable, "-m", "ovmftool", "info", "--format", fmt, image]
+        report(f"info --format {fmt}", cmd, run(cmd, runs), "median <= 0.3 s, RSS <= 150 MB")

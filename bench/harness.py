@@ -48,3 +48,18 @@ def report(title: str, cmd: list[str], res: dict, target: str) -> None:
     print(f"runs: {res['runs']}  median {res['median_s']:.3f} s  min {res['min_s']:.3f} s  max {res['max_s']:.3f} s"
           f"  peak RSS {res['peak_rss_mb']:.0f} MB  exit {res['exit_codes']}  (target: {target})")
     sys.stdout.flush()
+
+
+DEFAULT_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "corpus", "images", "debian-2022.11", "OVMF_CODE_4M.fd")
+
+
+def image_args(runs: int) -> tuple[str, int]:
+    """(IMAGE, --runs) from the command line of a single-image benchmark."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("image", nargs="?", default=DEFAULT_IMAGE)
+    ap.add_argument("--runs", type=int, default=runs)
+    a = ap.parse_args()
+    return a.image, a.runs

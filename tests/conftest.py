@@ -38,6 +38,9 @@ VARIANT_BUILDS = {
     # 2022.11 switched to the non-Sev IoLib: it builds IoFifo.nasm, pure REP string I/O.
     "2022.11-X64-DEBUG-nonsev": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"],
                                  ["edk2-2022.11-non-sev-iolib.patch"]),
+    # The same for OvmfPkgIa32X64: IA32 PEI modules carry Ia32/IoFifo.nasm (the patcher grows them).
+    "2022.11-Ia32X64-RELEASE-nonsev": ("2022.11", "OvmfPkg/OvmfPkgIa32X64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"],
+                                       ["edk2-2022.11-ia32x64-non-sev-iolib.patch"]),
 }
 _built: dict[str, Path] = {}
 

@@ -181,16 +181,20 @@ def _xip_bases(root):
     return out
 
 
-def test_non_sev_build_is_patched_by_growing_modules(tmp_path):
+@pytest.mark.parametrize("key", ["2022.11-X64-DEBUG-nonsev", "2022.11-Ia32X64-RELEASE-nonsev"])
+def test_non_sev_build_is_patched_by_growing_modules(key, tmp_path):
     """IoFifo.nasm (pure REP): modules grow (new section, or the last section extended where the
     header has no room), volumes are laid out again, moved PEIMs rebased."""
-    path = build_dir("2022.11-X64-DEBUG-nonsev") / "FV" / "OVMF_CODE.fd"
+    path = build_dir(key) / "FV" / "OVMF_CODE.fd"
     root = read_image(str(path))
     res = patch(str(path), root, jobs=2)
-    assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 600
+    assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 0
     assert {r.shape for r in res.rewrites} == {"rep-fifo"}
     notes = {r.note.split("(")[1].split(")")[0] for r in res.rewrites}
-    assert notes == {"new-section", "last-section"}
+    if "DEBUG" in key:  # 104 modules get a new section, 4 with full section tables the extended last one
+        assert notes == {"new-section", "last-section"}
+    if "Ia32X64" in key:  # IA32 PEIMs grown, and their loops are 32-bit code
+        assert any(r.arch == "IA32" for r in res.rewrites) and any(r.arch == "X64" for r in res.rewrites)
     assert res.rebased and all(r["delta"] % 8 == 0 for r in res.rebased)
     new = parse_flash(res.output, "patched")
     assert all_problems(new) == []
