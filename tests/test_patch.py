@@ -258,6 +258,10 @@ def test_grown_loops_match_every_iofifo_routine(arch):
         bad = bytearray(new)
         bad[0x100 : 0x100 + len(loop)] = loop.replace(b"\xe2", b"\x90\x90", 1)[: len(loop)]
         assert emulate.compare(bytes(orig), bytes(bad), bits, 0x10, s.routine)
+        # the canonical-placement path the patcher uses agrees, both ways
+        n = len(s.code)
+        assert emulate.compare_redirected(bytes(orig), bytes(new), bits, 0x10, n, 0x100, len(loop), s.routine) == []
+        assert emulate.compare_redirected(bytes(orig), bytes(bad), bits, 0x10, n, 0x100, len(loop), s.routine)
 
 
 # --- command line ------------------------------------------------------------------------------

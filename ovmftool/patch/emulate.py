@@ -162,18 +162,51 @@ def compare(original: bytes, rewritten: bytes, bits: int, entry: int, routine: s
     whose bytes at those same entry-relative offsets are identical (original and rewritten)
     would run identically, so it gets the recorded answer. The same routine linked into a
     hundred modules is emulated once."""
+    return _compare_memo(original, rewritten, bits, entry, routine)[0]
+
+
+def _compare_memo(original: bytes, rewritten: bytes, bits: int, entry: int,
+                  routine: str) -> tuple[list[str], tuple[int, ...]]:
+    """`compare`, also returning the entry-relative offsets the runs touched."""
     io = routine_io(routine)
     if io is None:
-        return [f"no calling convention known for {routine}"]
+        return [f"no calling convention known for {routine}"], ()
     key = (bits, routine, original[entry : entry + 16], rewritten[entry : entry + 16])
     for rel, old, new, problems in _memo.get(key, ()):
         if _at(original, entry, rel) == old and _at(rewritten, entry, rel) == new:
             stats["memoised"] += 1
-            return list(problems)
+            return list(problems), rel
     problems, touched = _compare(original, rewritten, bits, entry, io[1])
     rel = tuple(sorted(t - entry for t in touched))
     _memo.setdefault(key, []).append((rel, _at(original, entry, rel), _at(rewritten, entry, rel), list(problems)))
-    return problems
+    return problems, rel
+
+
+_C_ENTRY, _C_LOOP = 0x100, 0x800  # canonical placement of a redirected routine and its loop
+
+
+def compare_redirected(original: bytes, rewritten: bytes, bits: int, entry: int, length: int, loop: int,
+                       loop_len: int, routine: str) -> list[str]:
+    """`compare` for a routine whose entry was turned into `jmp rel32` to a loop elsewhere.
+
+    Both are position-independent, so they are emulated once in a canonical placement (routine
+    at one offset, loop at another); the answer holds for this module when the runs touched
+    nothing but the routine's and the loop's bytes, and the module's jmp really goes to its loop.
+    Otherwise the module's own memory images are emulated."""
+    jmp = rewritten[entry : entry + 5]
+    if jmp[:1] == b"\xe9" and entry + 5 + int.from_bytes(jmp[1:5], "little", signed=True) == loop \
+            and length <= _C_LOOP - _C_ENTRY and loop_len <= 0x400:
+        size = _C_LOOP + 0x400
+        a, b = bytearray(size), bytearray(size)
+        a[_C_ENTRY : _C_ENTRY + length] = original[entry : entry + length]
+        b[_C_ENTRY : _C_ENTRY + length] = b"\xe9" + (_C_LOOP - _C_ENTRY - 5).to_bytes(4, "little", signed=True) \
+            + rewritten[entry + 5 : entry + length]
+        b[_C_LOOP : _C_LOOP + loop_len] = rewritten[loop : loop + loop_len]
+        problems, rel = _compare_memo(bytes(a), bytes(b), bits, _C_ENTRY, routine)
+        inside = set(range(0, length)) | set(range(_C_LOOP - _C_ENTRY, _C_LOOP - _C_ENTRY + loop_len))
+        if set(rel) <= inside:
+            return problems
+    return compare(original, rewritten, bits, entry, routine)
 
 
 def _at(mem: bytes, entry: int, rel: tuple[int, ...]) -> bytes | None:

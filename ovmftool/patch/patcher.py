@@ -249,8 +249,11 @@ def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list)
     new_img = parse_image(Space(g.data, None, "grown"), 0, len(g.data), None)
     orig, new = bytes(m.image.memory), bytes(new_img.memory)
     problems = []
+    loop_at = {rva: target for rva, _old, _new, target in g.entries}
     for rt in routines.values():
-        problems += emulate.compare(orig, new, m.image.bits, rt.rva, rt.name)
+        loop_len = len(grow.loop_code(m.arch, rt.direction, rt.width))
+        problems += emulate.compare_redirected(orig, new, m.image.bits, rt.rva, rt.length, loop_at[rt.rva], loop_len,
+                                               rt.name)
         res.emulated_functions += 1
     if problems:
         refuse("emulation: " + "; ".join(problems[:3]))
