@@ -3,12 +3,16 @@
 import json
 import shutil
 
+import jsonschema
+
 import pytest
 from click.testing import CliRunner
 
 from ovmftool.cli import main
 
-from conftest import CORPUS_IMAGES, build_dir
+from conftest import CORPUS_IMAGES, ROOT, build_dir
+
+SCHEMA = json.loads((ROOT / "docs" / "schema" / "boot-check-1.json").read_text())
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
                                 reason="qemu-system-x86 is installed by .ci/run")
@@ -25,7 +29,9 @@ def _boot(image, vars_file=None):
         args += ["--vars", str(vars_file)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code in (0, 1), r.output
-    return r.exit_code, json.loads(r.output)
+    doc = json.loads(r.output)
+    jsonschema.validate(doc, SCHEMA)
+    return r.exit_code, doc
 
 
 def _scan_sites(image):

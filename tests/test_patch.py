@@ -271,6 +271,11 @@ def test_cli_dry_run_writes_nothing_and_lists_every_rewrite(tmp_path):
     r = CliRunner().invoke(main, ["patch", "--dry-run", "--format", "json", "-o", str(out), str(DEB_4M)])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
+    import jsonschema
+
+    from conftest import ROOT
+
+    jsonschema.validate(doc, json.loads((ROOT / "docs" / "schema" / "patch-1.json").read_text()))
     assert doc["schema_version"] == "ovmftool.patch/1" and doc["written"] is None
     assert len(doc["rewrites"]) == doc["sites_before"] > 0 and doc["sites_after"] is None
     assert all(set(x) >= {"module", "function", "rva", "old", "new"} for x in doc["rewrites"])
@@ -309,6 +314,11 @@ def test_cli_refusals_write_nothing_unless_allowed(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["patch", "--allow-unknown", "--format", "json", "-o", str(out), str(path)])
     assert r.exit_code == 1
     doc = json.loads(r.output)
+    import jsonschema
+
+    from conftest import ROOT
+
+    jsonschema.validate(doc, json.loads((ROOT / "docs" / "schema" / "patch-1.json").read_text()))
     assert out.exists() and doc["sites_after"] == len(doc["refusals"]) > 0
 
 
