@@ -109,6 +109,11 @@ class PatchFailed(OvmfToolError):
     """The patched image did not pass its proof; nothing was written."""
 
 
+def _refusal(f: Finding, shape: str, reason: str) -> Refusal:
+    return Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset, f.mnemonic, f.bytes, shape,
+                   reason)
+
+
 def _key(m: Module) -> tuple[str, str, str]:
     return (m.volume, m.guid, m.arch)
 
@@ -152,8 +157,7 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1) -> tuple[PatchResult,
             to_grow.setdefault((f.volume, f.guid, f.arch), []).append(f)
             continue
         if v.rewrite is None:
-            res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
-                                        f.mnemonic, f.bytes, v.shape, v.reason or ""))
+            res.refusals.append(_refusal(f, v.shape, v.reason or ""))
             continue
         per_module.setdefault((f.volume, f.guid, f.arch), []).append((f, v.rewrite))
     edits: list[Edit | Replace] = []
@@ -166,14 +170,12 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1) -> tuple[PatchResult,
         res.emulated_functions += checked
         if problems:
             for f, rw in plans:
-                res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
-                                            f.mnemonic, f.bytes, rw.shape, "emulation: " + "; ".join(problems[:3])))
+                res.refusals.append(_refusal(f, rw.shape, "emulation: " + "; ".join(problems[:3])))
             continue
         for f, rw in plans:
             off = m.image.rva_to_offset(rw.rva)
             if off is None:
-                res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
-                                            f.mnemonic, f.bytes, rw.shape, "site has no file bytes"))
+                res.refusals.append(_refusal(f, rw.shape, "site has no file bytes"))
                 continue
             edits.append(Edit(m.image, off, rw.old, rw.new))
             res.rewrites.append(PlannedRewrite(f.module, f.guid, f.arch, f.volume, f.function, f.function_rva,
@@ -232,8 +234,7 @@ def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list)
 
     def refuse(reason: str, only=None) -> None:
         for f in finds if only is None else only:
-            res.refusals.append(Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset,
-                                        f.mnemonic, f.bytes, "rep-fifo", reason))
+            res.refusals.append(_refusal(f, "rep-fifo", reason))
 
     unmatched = [f for f in finds if _routine(m, f) is None]
     if unmatched:
