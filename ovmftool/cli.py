@@ -116,12 +116,12 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
     click.echo(f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {out_dir}")
 
 
-def _scan_one(image: str, symbols_dir: str | None = None, jobs: int | None = None):
-    """Parse and scan one image; damaged images are errors."""
+def _scan_one(image: str, symbols_dir: str | None = None, jobs: int | None = None, root=None):
+    """Parse (unless `root` is the parsed image) and scan one image; damaged images are errors."""
     from ovmftool.model.node import all_problems
     from ovmftool.scan.scanner import default_jobs, scan_image
 
-    root = _load(image)
+    root = _load(image) if root is None else root
     probs = all_problems(root)
     if probs:
         raise OvmfToolError(f"{image}: damaged image: {probs[0]}")
@@ -436,8 +436,8 @@ def boot_check_cmd(image, vars_file, machine, timeout, fail_fast, fmt, keep, no_
 
     from ovmftool.boot.check import boot_check
 
-    res_scan = _scan_one(image)
     root = _load(image)
+    res_scan = _scan_one(image, root=root)
     vf = Path(vars_file) if vars_file else _sibling_vars(image)
     progress = None
     if fmt == "text" and sys.stderr.isatty():

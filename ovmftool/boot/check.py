@@ -144,7 +144,7 @@ def map_to_modules(execd: list[Executed], root: FlashImage, scan: ScanResult, de
                    trace: Path | None = None) -> None:
     """Attach module, RVA and function to each executed site (see the module docstring)."""
     mods = list(iter_modules(root))
-    code = translated_code(trace) if trace is not None and trace.is_file() else None
+    code: dict[int, bytes] | None = None  # the whole translation log, read only if a mapping is ambiguous
     by_name: dict[str, list] = {}
     for m in mods:
         by_name.setdefault(m.name, []).append(m)
@@ -182,7 +182,8 @@ def map_to_modules(execd: list[Executed], root: FlashImage, scan: ScanResult, de
         cands = [f for f in scan.findings if f.rva % 0x1000 == e.address % 0x1000 and f.bytes == e.bytes]
         e.candidates = sorted({f"{f.module}:{f.function}:0x{f.rva:x}" for f in cands})
         how = "page-offset"
-        if len({(f.guid, f.rva) for f in cands}) > 1 and code is not None:
+        if len({(f.guid, f.rva) for f in cands}) > 1 and trace is not None and trace.is_file():
+            code = translated_code(trace) if code is None else code
             best = _code_match(e, cands, mods, code)
             cands, how = ([best], "code-match") if best is not None else (cands, how)
         if len({(f.guid, f.rva) for f in cands}) == 1:

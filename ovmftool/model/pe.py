@@ -122,6 +122,14 @@ class PeImage(Node):
             p += bsize
         return out
 
+    def relocated_in(self, lo: int, hi: int) -> bool:
+        """True when a base relocation covers any byte of [lo, hi) (RVAs)."""
+        for rva, t in self.relocations:
+            width = 8 if t == S.REL_BASED_DIR64 else 4 if t == S.REL_BASED_HIGHLOW else 2
+            if rva < hi and rva + width > lo:
+                return True
+        return False
+
     @cached_property
     def debug_path(self) -> str | None:
         """The CodeView PDB/DLL path from the debug directory (names the build dir and INF)."""

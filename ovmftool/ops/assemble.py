@@ -30,6 +30,7 @@ from ovmftool.model.parser import FlashImage
 from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
+from ovmftool.ops.rebase import rebase
 
 XIP_FILE_TYPES = frozenset({0x03, 0x04, 0x06, 0x08})  # SECURITY_CORE, PEI_CORE, PEIM, COMBINED_PEIM_DRIVER
 VTF_GUID = "1ba0062e-c779-4582-8566-336ae8f78f09"  # the volume top file (reset vector): ends the volume
@@ -128,7 +129,7 @@ class Assembler:
             b[e.offset : e.offset + len(e.new)] = e.new
         return bytes(b)
 
-    def _sequence(self, parent: Node, children: list[Node], start: int, end: int, data: bytes) -> bytes:
+    def _sequence(self, children: list[Node], start: int, end: int, data: bytes) -> bytes:
         """Children laid out from `start`, each 4-aligned relative to `start`; original padding
         bytes are kept where the layout did not move."""
         out = bytearray()
@@ -145,15 +146,16 @@ class Assembler:
     def _section(self, sec: Section) -> bytes:
         data = sec.space.data
         header = bytearray(data[sec.offset : sec.data_offset])
+        extended = data[sec.offset : sec.offset + 3] == b"\xff\xff\xff"
         if sec.decoded is not None:
             dec = sec.decoded
-            new_dec = self._sequence(sec, sec.children, 0, len(dec.data), dec.data)
+            new_dec = self._sequence(sec.children, 0, len(dec.data), dec.data)
             if new_dec == dec.data:
                 body = sec.body
             else:
                 body = self._encode(sec, new_dec)
                 if sec.type == 0x01:  # COMPRESSION: UncompressedLength
-                    struct.pack_into("<I", header, 4 if sec.header_size < 13 else 8, len(new_dec))
+                    struct.pack_into("<I", header, 8 if extended else 4, len(new_dec))
         elif sec.type == 0x17 and sec.children:  # FIRMWARE_VOLUME_IMAGE
             vol = sec.children[0]
             body = self._render(vol) + data[vol.end : sec.end]
@@ -161,10 +163,9 @@ class Assembler:
             img = sec.children[0]
             body = self._render(img) + data[img.end : sec.end]
         elif sec.children:  # COMPRESSION(none), CRC32, GUIDed without processing
-            body = self._sequence(sec, sec.children, sec.data_offset, sec.end, data)
+            body = self._sequence(sec.children, sec.data_offset, sec.end, data)
         else:
             body = sec.body
-        extended = data[sec.offset : sec.offset + 3] == b"\xff\xff\xff"
         if sec.guid == S.CRC32_GUID and sec.type == 0x02:  # CRC32 follows the GUIDed header
             struct.pack_into("<I", header, (8 if extended else 4) + 20, codecs.crc32(body))
         size = len(header) + len(body)
@@ -192,7 +193,7 @@ class Assembler:
         data = f.space.data
         header = bytearray(data[f.offset : f.data_offset])
         if f.children and isinstance(f.children[0], Section):
-            body = self._sequence(f, f.children, f.data_offset, f.end, data)
+            body = self._sequence(f.children, f.data_offset, f.end, data)
         else:
             body = f.body
         return _file_bytes(header, body, f.attributes, f.ui_name or f.guid)
@@ -255,18 +256,16 @@ class Assembler:
             raise AssemblyError(f"the volume top file would move in volume {vol.name or hex(vol.offset)}")
         if f.type not in XIP_FILE_TYPES:
             return rendered
-        from ovmftool.patch.grow import CannotGrow, rebase
-
         body = bytearray(rendered)
         for img in (n for n in walk(f) if isinstance(n, PeImage) and n.space is f.space and n.image_base):
             rel = img.offset - f.offset
             cur = bytes(body[rel : rel + 2])
             if cur not in (S.DOS_MAGIC, S.TE_MAGIC):
                 raise AssemblyError(f"cannot locate execute-in-place module {where} to rebase it")
-            size = len(self._render(img))
+            size = len(self.replaced.get(id(img), img.data))  # edits keep the length
             try:
                 body[rel : rel + size] = rebase(bytes(body[rel : rel + size]), img, delta)
-            except CannotGrow as e:
+            except OvmfToolError as e:
                 raise AssemblyError(f"cannot rebase {where}: {e}") from None
             self.rebased.append((where, delta))
         hs = f.header_size

@@ -102,9 +102,8 @@ def grow(img: PeImage, arch: str, routines: list[Routine]) -> Grown:
     if any(s.rva != s.raw_offset for s in img.sections if s.raw_size):
         raise CannotGrow("sections are not placed at file offset == RVA")
     first_raw = min((s.raw_offset for s in img.sections if s.raw_size), default=len(raw))
-    relocs = [(r, 8 if t == S.REL_BASED_DIR64 else 4) for r, t in img.relocations]
     for rt in routines:
-        if any(r < rt.rva + rt.length and r + w > rt.rva for r, w in relocs):
+        if img.relocated_in(rt.rva, rt.rva + rt.length):
             raise CannotGrow(f"{rt.name} has bytes covered by a base relocation")
     # the new code, 16-byte aligned pieces
     code = bytearray()
@@ -157,31 +156,3 @@ def grow(img: PeImage, arch: str, routines: list[Routine]) -> Grown:
         raw[fo : fo + rt.length] = new
         entries.append((rt.rva, old, new, target))
     return Grown(bytes(raw), tuple(entries), placement)
-
-
-def rebase(data: bytes, img: PeImage, delta: int) -> bytes:
-    """`data` (the image's bytes, possibly grown) moved by `delta`: relocations applied and
-    ImageBase updated, as GenFv does for execute-in-place modules."""
-    raw = bytearray(data)
-    for rva, t in img.relocations:
-        off = img.rva_to_offset(rva)
-        if off is None:
-            continue
-        if t == S.REL_BASED_DIR64:
-            v = struct.unpack_from("<Q", raw, off)[0]
-            struct.pack_into("<Q", raw, off, (v + delta) & 0xFFFFFFFFFFFFFFFF)
-        elif t == S.REL_BASED_HIGHLOW:
-            v = struct.unpack_from("<I", raw, off)[0]
-            struct.pack_into("<I", raw, off, (v + delta) & 0xFFFFFFFF)
-        else:
-            raise CannotGrow(f"relocation type {t} cannot be rebased")
-    if img.format == "TE":
-        struct.pack_into("<Q", raw, 16, (img.image_base + delta) & 0xFFFFFFFFFFFFFFFF)
-    else:
-        lfanew = struct.unpack_from("<I", raw, 0x3C)[0]
-        opt = lfanew + 4 + S.COFF_HEADER.size
-        if img.format == "PE32+":
-            struct.pack_into("<Q", raw, opt + 24, (img.image_base + delta) & 0xFFFFFFFFFFFFFFFF)
-        else:
-            struct.pack_into("<I", raw, opt + 28, (img.image_base + delta) & 0xFFFFFFFF)
-    return bytes(raw)

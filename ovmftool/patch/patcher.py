@@ -27,7 +27,7 @@ from ovmftool.ops.assemble import Edit, Replace, assemble
 from ovmftool.ops.modules import Module, iter_modules
 from ovmftool.patch import emulate, grow, shapes
 from ovmftool.scan import signatures as sigs
-from ovmftool.scan.scanner import Finding, _scan_blobs, scan_image, scan_module
+from ovmftool.scan.scanner import Finding, scan_blobs, exec_ranges, scan_image, scan_module
 
 
 @dataclass
@@ -212,58 +212,51 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
     return res
 
 
-def _routine(m: Module, f: Finding) -> grow.Routine | None:
-    """The IoFifo.nasm routine a rep-fifo site belongs to (from the signature match)."""
+def _iofifo_routines(m: Module) -> list[grow.Routine]:
+    """The module's IoFifo.nasm routines (signature matches), in address order."""
     img = m.image
-    ranges = [(s.rva, s.rva + (s.virtual_size or s.raw_size)) for s in img.sections if s.executable]
-    for mt in sigs.find(img.memory, m.arch, ranges):
-        if mt.rva <= f.rva < mt.end and mt.signature.source.endswith("IoFifo.nasm"):
-            io = emulate.routine_io(mt.signature.routine)
-            if io is not None:
-                return grow.Routine(mt.rva, len(mt.signature.code), mt.signature.routine, io[0], io[1])
-    return None
+    out = []
+    for mt in sigs.find(img.memory, m.arch, exec_ranges(img)):
+        io = emulate.routine_io(mt.signature.routine)
+        if mt.signature.source.endswith("IoFifo.nasm") and io is not None:
+            out.append(grow.Routine(mt.rva, len(mt.signature.code), mt.signature.routine, io[0], io[1]))
+    return out
 
 
 def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list) -> None:
     """Grow `m` with IN/OUT loops for its IoFifo.nasm routines; prove each by emulation."""
-    routines = {}
-    for f in finds:
-        rt = _routine(m, f)
-        if rt is not None:
-            routines[rt.rva] = rt
+    known = _iofifo_routines(m)
+    owner = {id(f): next((r for r in known if r.rva <= f.rva < r.rva + r.length), None) for f in finds}
 
-    def refuse(reason: str, only=None) -> None:
-        for f in finds if only is None else only:
-            res.refusals.append(_refusal(f, "rep-fifo", reason))
+    def refuse(reason: str, only: list[Finding]) -> None:
+        res.refusals.extend(_refusal(f, "rep-fifo", reason) for f in only)
 
-    unmatched = [f for f in finds if _routine(m, f) is None]
-    if unmatched:
-        refuse("no IoFifo.nasm signature matches the routine", unmatched)
-        finds = [f for f in finds if f not in unmatched]
-        if not finds:
-            return
+    refuse("no IoFifo.nasm signature matches the routine", [f for f in finds if owner[id(f)] is None])
+    finds = [f for f in finds if owner[id(f)] is not None]
+    if not finds:
+        return
+    routines = sorted({owner[id(f)] for f in finds}, key=lambda r: r.rva)
     try:
-        g = grow.grow(m.image, m.arch, sorted(routines.values(), key=lambda r: r.rva))
+        g = grow.grow(m.image, m.arch, routines)
     except grow.CannotGrow as e:
-        refuse(f"cannot grow the module: {e}")
+        refuse(f"cannot grow the module: {e}", finds)
         return
     new_img = parse_image(Space(g.data, None, "grown"), 0, len(g.data), None)
     orig, new = bytes(m.image.memory), bytes(new_img.memory)
+    entries = {rva: (old, new_b, target) for rva, old, new_b, target in g.entries}
     problems = []
-    loop_at = {rva: target for rva, _old, _new, target in g.entries}
-    for rt in routines.values():
+    for rt in routines:
         loop_len = len(grow.loop_code(m.arch, rt.direction, rt.width))
-        problems += emulate.compare_redirected(orig, new, m.image.bits, rt.rva, rt.length, loop_at[rt.rva], loop_len,
-                                               rt.name)
+        problems += emulate.compare_redirected(orig, new, m.image.bits, rt.rva, rt.length, entries[rt.rva][2],
+                                               loop_len, rt.name)
         res.emulated_functions += 1
     if problems:
-        refuse("emulation: " + "; ".join(problems[:3]))
+        refuse("emulation: " + "; ".join(problems[:3]), finds)
         return
     edits.append(Replace(m.image, g.data))
-    loops = {rva: (old, new_b, target) for rva, old, new_b, target in g.entries}
     for f in finds:
-        rt = next(r for r in routines.values() if r.rva <= f.rva < r.rva + r.length)
-        old, new_b, target = loops[rt.rva]
+        rt = owner[id(f)]
+        old, new_b, target = entries[rt.rva]
         res.rewrites.append(PlannedRewrite(
             f.module, f.guid, f.arch, f.volume, f.function, f.function_rva, rt.rva, f.fd_offset, f.mnemonic,
             "rep-fifo", old.hex(), new_b.hex(),
@@ -284,5 +277,5 @@ def _rescan(clean: set[bytes], new: FlashImage) -> tuple[int, int]:
             continue
         scanned += 1
         sites += len(scan_module(m).findings)
-    sites += len(_scan_blobs(new))
+    sites += len(scan_blobs(new))
     return sites, scanned

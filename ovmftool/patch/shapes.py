@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovmftool.model import structs as S
 from ovmftool.model.pe import PeImage
 
 NOPS = {
@@ -59,14 +58,6 @@ def _s8(b: int) -> int:
     return b - 256 if b >= 128 else b
 
 
-def _relocated(img: PeImage, lo: int, hi: int) -> bool:
-    for rva, t in img.relocations:
-        width = 8 if t == S.REL_BASED_DIR64 else 4 if t == S.REL_BASED_HIGHLOW else 2
-        if rva < hi and rva + width > lo:
-            return True
-    return False
-
-
 def classify(img: PeImage, rva: int, size: int) -> Verdict:
     """Match the string I/O instruction at `rva` (`size` bytes) to a known routine shape."""
     mem = img.memory
@@ -90,7 +81,7 @@ def classify(img: PeImage, rva: int, size: int) -> Verdict:
                 note = "REP path becomes jrcxz Done, then falls into the loop"
             else:
                 return Verdict("sev-fifo", None, "Done label out of jrcxz range")
-            if _relocated(img, rva, after):
+            if img.relocated_in(rva, after):
                 return Verdict("sev-fifo", None, "bytes covered by a base relocation")
             return Verdict("sev-fifo", Rewrite(rva, bytes(mem[rva:after]), new, "sev-fifo", note), None)
     tail = bytes(mem[j : j + 4])

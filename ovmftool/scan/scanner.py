@@ -92,7 +92,8 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _exec_ranges(img: PeImage) -> list[tuple[int, int]]:
+def exec_ranges(img: PeImage) -> list[tuple[int, int]]:
+    """[start, end) RVAs of the image's executable sections."""
     return [(s.rva, s.rva + (s.virtual_size or s.raw_size)) for s in img.sections if s.executable]
 
 
@@ -124,7 +125,7 @@ def scan_module(m: Module, symbols: BuildSymbols | None = None) -> _ModuleScan:
     img = m.image
     mem = img.memory
     bits = img.bits
-    ranges = _exec_ranges(img)
+    ranges = exec_ranges(img)
     matches = sigs.find(mem, m.arch, ranges)
     strong = [(img.entry_rva, "entry")] + [(r, "export") for r in sorted(img.exports)]
     strong = [(mt.rva, "signature") for mt in matches] + strong
@@ -222,11 +223,11 @@ def scan_image(path: str, symbols_dir: str | None = None, jobs: int = 1, root: F
     if blobs:
         notes.append(f"{len(blobs)} raw code blob(s) (reset vector) checked by recursive descent from the "
                      "16-bit entry")
-        findings += _scan_blobs(root)
+        findings += scan_blobs(root)
     return ScanResult(path, root.sha256, root.size, [r.summary for r in results], findings, notes)
 
 
-def _scan_blobs(root: FlashImage) -> list[Finding]:
+def scan_blobs(root: FlashImage) -> list[Finding]:
     """The reset vector: recursive descent in real mode from its 16-byte entry."""
     out = []
     for b in iter_code_blobs(root):
