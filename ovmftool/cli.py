@@ -135,7 +135,7 @@ def _scan_one(image: str, symbols_dir: str | None = None, jobs: int | None = Non
 @click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False),
               help="EDK II build directory whose <ARCH>/*.debug (or .map) files name functions.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
-              help="Worker processes (default: CPU count, at most 4).")
+              help="Worker processes (default: 1 with the native walk, else CPU count, at most 4).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
 def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int | None, output: str | None) -> None:
     """Find every string port-I/O instruction (INS/OUTS) in the code of each IMAGE.
@@ -356,7 +356,7 @@ def _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp) ->
     from pathlib import Path
 
     from ovmftool.edk2 import verify as V
-    from ovmftool.scan.scanner import scan_image
+    from ovmftool.scan.scanner import default_jobs, scan_image
 
     V.check_toolchain()
     import shutil
@@ -366,13 +366,13 @@ def _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp) ->
     base.mkdir(parents=True, exist_ok=True)
     out = {}
     if before_image:
-        before = scan_image(before_image, jobs=2)
+        before = scan_image(before_image, jobs=default_jobs())
         out["before"] = {"image": before_image, "sites": len(before.findings)}
     else:
         work = V.scratch_copy(tree_p, base)
         try:
             b = V.build(work, dsc, target, p.arches, defs, base / f"{work.name}-build-before.log")
-            before = scan_image(str(b.fd), jobs=2)
+            before = scan_image(str(b.fd), jobs=default_jobs())
             out["before"] = {"sites": len(before.findings), "build_seconds": round(b.seconds)}
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -380,7 +380,7 @@ def _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp) ->
     try:
         V.apply_series(work, series)
         b = V.build(work, dsc, target, p.arches, defs, base / f"{work.name}-build-after.log")
-        after = scan_image(str(b.fd), jobs=2)
+        after = scan_image(str(b.fd), jobs=default_jobs())
         shutil.copyfile(b.fd, tmp / f"{b.fd.stem}.patched.fd")
         out["after"] = {"sites": len(after.findings), "build_seconds": round(b.seconds),
                         "image": f"{b.fd.stem}.patched.fd", "sha256": after.sha256}
@@ -488,8 +488,11 @@ def _sibling_vars(image: str):
 @click.option("--allow-unknown", is_flag=True,
               help="Leave sites of unknown shape in place (listed) instead of refusing to write.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False),
+              help="The image's EDK II build directory: names functions, and shows where each module's .text "
+                   "ends so IoFifo loops can go into the slack after it instead of growing the module.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, help="Scan worker processes.")
-def patch_cmd(image, output, dry_run, allow_unknown, fmt, jobs):
+def patch_cmd(image, output, dry_run, allow_unknown, fmt, symbols_dir, jobs):
     """Rewrite every string port-I/O instruction of IMAGE into equivalent code, prove it, write OUTPUT.
 
     Each rewrite is checked by emulation; the output is re-parsed and rescanned before it is
@@ -508,7 +511,7 @@ def patch_cmd(image, output, dry_run, allow_unknown, fmt, jobs):
     if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         _fail(f"directory {os.path.dirname(os.path.abspath(output))} does not exist")
     root = _load(image)
-    res = patch(image, root, jobs or default_jobs(), allow_unknown, dry_run)
+    res = patch(image, root, jobs or default_jobs(), allow_unknown, dry_run, symbols_dir)
     if res.output is not None and output:
         write_atomic(output, res.output)
     if fmt == "json":

@@ -235,6 +235,83 @@ def test_non_sev_build_is_patched_by_growing_modules(key, tmp_path):
         assert code == 0 and doc["ended"] == "shell" and doc["executed"] == []
 
 
+def _elf_text_end(build, m) -> int:
+    """Where the linker's .text output section of module `m` ends, read straight from its .debug."""
+    from elftools.elf.elffile import ELFFile
+
+    cands = [build / m.arch / f"{m.name}.debug"] + list((build / m.arch).glob(f"{m.name}_*.debug"))
+    hit = next(p for p in cands if p.exists() and (p.stem == m.name or p.stem.split("_", 1)[1].lower() == m.guid))
+    with open(hit, "rb") as fh:
+        text = ELFFile(fh).get_section_by_name(".text")
+        return text["sh_addr"] + text["sh_size"]
+
+
+def test_slack_after_text_is_used_when_the_build_symbols_prove_it(tmp_path):
+    """With --symbols, IoFifo loops go into the zero bytes after the linker's .text (GenFw's
+    padding up to the section alignment) where they fit: those modules keep their size and
+    layout; the others still grow. Without symbols nothing is placed there (see the test above)."""
+    from ovmftool.patch import grow
+    from ovmftool.scan.symbols import BuildSymbols
+
+    build = build_dir("2022.11-X64-DEBUG-nonsev")
+    path = build / "FV" / "OVMF_CODE.fd"
+    root = read_image(str(path))
+    res = patch(str(path), root, symbols_dir=str(build))
+    assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 0
+    placed = {}
+    for r in res.rewrites:
+        placed.setdefault((r.volume, r.guid, r.arch), set()).add(r.note.split("(")[1].split(")")[0])
+    old, new = _mods(root), _mods(parse_flash(res.output, "patched"))
+    expected = set()
+    for k in placed:
+        m = old[k]
+        text = next(s for s in m.image.sections if s.name == ".text")
+        end = _elf_text_end(build, m)
+        pe_end = text.rva + min(text.virtual_size, text.raw_size)
+        need = 0
+        for r in sorted({(r.rva, r.function) for r in res.rewrites if (r.volume, r.guid, r.arch) == k}):
+            io = emulate.routine_io(r[1])
+            need += (-need) % 16
+            need += len(grow.loop_code(m.arch, *io))
+        start = end + (-end) % 16
+        if start + need <= pe_end and not any(m.image.memory[end:pe_end]):
+            expected.add(k)
+    assert len(expected) >= 5  # the 4 KiB-aligned runtime drivers of this build
+    assert {k for k, p in placed.items() if p == {"slack"}} == expected
+    assert all(p != {"slack"} for k, p in placed.items() if k not in expected)
+    for k in expected:
+        a, b = old[k].image, new[k].image
+        assert a.size == b.size and len(a.memory) == len(b.memory)
+        end = _elf_text_end(build, old[k])
+        entries = [r for r in res.rewrites if (r.volume, r.guid, r.arch) == k]
+        diff = [i for i in range(len(a.memory)) if a.memory[i] != b.memory[i]]
+        in_entries = lambda i: any(r.rva <= i < r.rva + len(bytes.fromhex(r.new)) for r in entries)  # noqa: E731
+        assert diff and all(in_entries(i) or i >= end for i in diff)  # entries, and loops after .text only
+    # the .map gives the same end of .text as the ELF
+    sym = BuildSymbols(str(build))
+    m = old[next(iter(expected))]
+    from ovmftool.scan.symbols import _read_map
+
+    assert _read_map(build / m.arch / f"{m.name}.map").code_end == _elf_text_end(build, m)
+    assert sym.lookup(m.name, m.guid, m.arch, None, m.image.entry_rva).code_end == _elf_text_end(build, m)
+    # a nonzero byte in the slack (data the symbols do not describe) means no slack
+    k = next(iter(expected))
+    img = old[k].image
+    end = _elf_text_end(build, old[k])
+    assert grow.slack_room(img, end) is not None
+    from ovmftool.model.node import Space
+    from ovmftool.model.pe import parse_image
+
+    data = bytearray(img.data)
+    data[img.rva_to_offset(end) + 40] = 0x90
+    assert grow.slack_room(parse_image(Space(bytes(data), None, "t"), 0, len(data), None), end) is None
+    out = tmp_path / "OVMF_CODE.fd"
+    out.write_bytes(res.output)
+    if shutil.which("qemu-system-x86_64"):
+        code, doc = _boot(out, path.with_name("OVMF_VARS.fd"))
+        assert code == 0 and doc["ended"] == "shell" and doc["executed"] == []
+
+
 @pytest.mark.parametrize("arch", ["X64", "IA32"])
 def test_grown_loops_match_every_iofifo_routine(arch):
     """Each IoFifo.nasm routine (from the built-in signatures: assembled from the real sources)

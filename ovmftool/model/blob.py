@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ovmftool.model.node import Node, Space
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class CodeBlob(Node):
     """Flat code with the mode the CPU runs its entry in.
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 RESET_VECTOR_GUID = "1ba0062e-c779-4582-8566-336ae8f78f09"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class FfsFile(Node):
     """One FFS file. Children are its sections, or a code blob for the raw reset vector."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Space:
     """A byte buffer nodes live in.
 
@@ -30,6 +30,9 @@ class Space:
     def abs(self, offset: int) -> int | None:
         """The absolute file offset of `offset` in this space, or None inside decoded data."""
         return None if self.abs_base is None else self.abs_base + offset
+
+    def __repr__(self) -> str:  # compact: a space holds megabytes
+        return f"Space({self.label!r}, {len(self.data)} bytes, abs_base={self.abs_base})"
 
 
 @dataclass
@@ -52,7 +55,7 @@ class Problem:
         return f"{self.message} at {self.where}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Node:
     """Base of every model object (volume, file, section, image, blob)."""
 
@@ -64,6 +67,10 @@ class Node:
     problems: list[Problem] = field(default_factory=list, init=False)
 
     kind = "node"
+
+    def __repr__(self) -> str:  # compact: no bytes, no tree (parents and children link everything)
+        return (f"<{type(self).__name__} {self.kind} at {self.space.label}+0x{self.offset:X} size 0x{self.size:X}"
+                f"{'' if self.abs_offset is None else f' (file 0x{self.abs_offset:X})'}>")
 
     @property
     def abs_offset(self) -> int | None:

@@ -21,7 +21,7 @@ MAX_IMAGE_SIZE = 256 << 20
 FLASH_BLOCK = 0x1000
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class FlashImage(Node):
     """The root: a flash device image. Children are its volumes and the gaps between them."""
 
@@ -37,7 +37,7 @@ class FlashImage(Node):
         return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Gap(Node):
     """Bytes between volumes that belong to no volume."""
 

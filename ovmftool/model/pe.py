@@ -32,7 +32,7 @@ class PeSection:
         return bool(self.characteristics & (S.IMAGE_SCN_CNT_CODE | S.IMAGE_SCN_MEM_EXECUTE))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class PeImage(Node):
     """A PE32/PE32+ or TE image inside a PE32/TE/PIC section."""
 

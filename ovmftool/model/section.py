@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ovmftool.model.parser import ParseContext
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Section(Node):
     """One section. `header_size` covers the common and the type-specific header.
 

@@ -29,7 +29,7 @@ class FreeSpace:
     clean: bool  # every byte is the erase value
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Volume(Node):
     """One firmware volume. Children are its FFS files, in order."""
 

@@ -1,9 +1,15 @@
 """Grow a module to rewrite IoFifo.nasm routines (REP only, no room for a loop in place).
 
-The IN/OUT loops go into new code at the end of the image, and each routine's entry becomes
-`jmp rel32` to its loop (the rest of the routine's bytes become INT3). The code lives in a new
-section `.sioloop` when the section table has room for one more header, otherwise at the end
-of the last section, which is then marked executable. The new code sits at file offset ==
+The IN/OUT loops go into new code, and each routine's entry becomes `jmp rel32` to its loop
+(the rest of the routine's bytes become INT3). The code lives, in this order of preference:
+
+- in slack: the zero bytes between the end of the linker's `.text` output section and the end
+  of the PE section holding it (GenFw pads to the section alignment). Only a build's symbols can
+  prove where `.text` ends (EDK II's GccBase.lds merges constants into `.text`, so trailing
+  zeros may be the tail of a zero-filled table), so this is used only when the caller passes
+  that end (`patch --symbols`). Nothing moves: the image keeps its size;
+- in a new section `.sioloop` when the section table has room for one more header;
+- otherwise at the end of the last section, which is then marked executable. The new code sits at file offset ==
 RVA (EDK II images execute in place that way), it carries no absolute addresses, and nothing
 covered by a base relocation is touched.
 
@@ -77,7 +83,7 @@ class Grown:
 
     data: bytes
     entries: tuple[tuple[int, bytes, bytes, int], ...]
-    placement: str  # "new-section" or "last-section"
+    placement: str  # "slack", "new-section" or "last-section"
 
 
 class CannotGrow(Exception):
@@ -88,8 +94,50 @@ def _align(n: int, a: int) -> int:
     return n + (-n) % max(a, 1)
 
 
-def grow(img: PeImage, arch: str, routines: list[Routine]) -> Grown:
-    """Add the loops for `routines` to `img` and redirect each routine's entry to its loop."""
+def _pieces(arch: str, routines: list[Routine]) -> tuple[bytes, list[int]]:
+    """The loops for `routines`, each 16-byte aligned: (code, offset of each loop)."""
+    code = bytearray()
+    offsets = []
+    for rt in routines:
+        code += b"\xcc" * ((-len(code)) % 16)
+        offsets.append(len(code))
+        code += loop_code(arch, rt.direction, rt.width)
+    return bytes(code), offsets
+
+
+def slack_room(img: PeImage, code_end: int) -> tuple[int, int] | None:
+    """[start, end) RVAs of usable slack after `code_end` (where the build's .text ends): inside
+    the executable section holding the code, file offset == RVA, all zero, no relocations."""
+    sec = next((s for s in img.sections if s.executable and s.rva < code_end <= s.rva + min(s.virtual_size,
+                                                                                            s.raw_size)), None)
+    if sec is None or sec.rva != sec.raw_offset:
+        return None
+    start, end = _align(code_end, 16), sec.rva + min(sec.virtual_size, sec.raw_size)
+    if start >= end or any(img.data[code_end:end]) or img.relocated_in(code_end, end):
+        return None
+    return start, end
+
+
+def _redirect(img: PeImage, raw: bytearray, routines: list[Routine], start: int,
+              offsets: list[int]) -> list[tuple[int, bytes, bytes, int]]:
+    """Turn each routine's entry into `jmp rel32` to its loop at start + offset; INT3 the rest."""
+    entries = []
+    for rt, off in zip(routines, offsets):
+        target = start + off
+        jmp = b"\xe9" + struct.pack("<i", target - (rt.rva + 5))
+        new = jmp + b"\xcc" * (rt.length - 5)
+        fo = img.rva_to_offset(rt.rva)
+        old = bytes(raw[fo : fo + rt.length])
+        raw[fo : fo + rt.length] = new
+        entries.append((rt.rva, old, new, target))
+    return entries
+
+
+def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None = None) -> Grown:
+    """Add the loops for `routines` to `img` and redirect each routine's entry to its loop.
+
+    `code_end`: where the build's `.text` output section ends (from its symbols); the slack after
+    it is used when the loops fit there."""
     if img.format == "TE":
         raise CannotGrow("TE images have no room for another section header")
     raw = bytearray(img.data)
@@ -105,13 +153,12 @@ def grow(img: PeImage, arch: str, routines: list[Routine]) -> Grown:
     for rt in routines:
         if img.relocated_in(rt.rva, rt.rva + rt.length):
             raise CannotGrow(f"{rt.name} has bytes covered by a base relocation")
-    # the new code, 16-byte aligned pieces
-    code = bytearray()
-    offsets = []
-    for rt in routines:
-        code += b"\xcc" * ((-len(code)) % 16)
-        offsets.append(len(code))
-        code += loop_code(arch, rt.direction, rt.width)
+    code, offsets = _pieces(arch, routines)
+    room = slack_room(img, code_end) if code_end is not None else None
+    if room is not None and room[0] + len(code) <= room[1]:
+        raw[room[0] : room[0] + len(code)] = code
+        entries = _redirect(img, raw, routines, room[0], offsets)
+        return Grown(bytes(raw), tuple(entries), "slack")
     salign, falign = img.section_alignment or 0x20, img.file_alignment or 0x20
     new_header = table + 40 * (nsec + 1) <= min(first_raw, img.size_of_headers)
     last = max(img.sections, key=lambda s: s.rva)
@@ -146,13 +193,5 @@ def grow(img: PeImage, arch: str, routines: list[Routine]) -> Grown:
     struct.pack_into("<I", raw, opt + 56, max(img.size_of_image, image_end))  # SizeOfImage
     size_of_code = struct.unpack_from("<I", raw, opt + 4)[0]
     struct.pack_into("<I", raw, opt + 4, size_of_code + _align(len(code), falign))
-    entries = []
-    for rt, off in zip(routines, offsets):
-        target = start + off
-        jmp = b"\xe9" + struct.pack("<i", target - (rt.rva + 5))
-        new = jmp + b"\xcc" * (rt.length - 5)
-        fo = img.rva_to_offset(rt.rva)
-        old = bytes(raw[fo : fo + rt.length])
-        raw[fo : fo + rt.length] = new
-        entries.append((rt.rva, old, new, target))
+    entries = _redirect(img, raw, routines, start, offsets)
     return Grown(bytes(raw), tuple(entries), placement)

@@ -28,6 +28,7 @@ from ovmftool.ops.modules import Module, iter_modules
 from ovmftool.patch import emulate, grow, shapes
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import Finding, scan_blobs, exec_ranges, scan_image, scan_module
+from ovmftool.scan.symbols import BuildSymbols
 
 
 @dataclass
@@ -136,12 +137,17 @@ def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]]) -> t
     return problems, runs
 
 
-def plan_patch(path: str, root: FlashImage, jobs: int = 1) -> tuple[PatchResult, list[Edit]]:
-    """Scan, classify and emulate: the rewrites and refusals, and the edits to apply."""
+def plan_patch(path: str, root: FlashImage, jobs: int = 1,
+               symbols_dir: str | None = None) -> tuple[PatchResult, list[Edit]]:
+    """Scan, classify and emulate: the rewrites and refusals, and the edits to apply.
+
+    `symbols_dir`: the image's build directory; its symbols name functions and show where each
+    module's `.text` ends, so that IoFifo loops can go into the slack after it."""
     bad = all_problems(root)
     if bad:
         raise OvmfToolError(f"{path}: image is damaged ({bad[0]}); refusing to patch")
-    scan = scan_image(path, jobs=jobs, root=root)
+    symbols = BuildSymbols(symbols_dir) if symbols_dir else None
+    scan = scan_image(path, symbols_dir, jobs=jobs, root=root)
     mods = {_key(m): m for m in iter_modules(root)}
     res = PatchResult(path, root.sha256, len(scan.findings), [], [])
     with_sites = {(f.volume, f.guid, f.arch) for f in scan.findings}
@@ -163,7 +169,7 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1) -> tuple[PatchResult,
     edits: list[Edit | Replace] = []
     runs0 = emulate.stats["runs"]
     for key, finds in to_grow.items():
-        _grow_module(mods[key], finds, res, edits)
+        _grow_module(mods[key], finds, res, edits, symbols)
     for key, plans in per_module.items():
         m = mods[key]
         problems, checked = _emulate_module(m, plans)
@@ -187,10 +193,11 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1) -> tuple[PatchResult,
     return res, edits
 
 
-def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = False, dry_run: bool = False) -> PatchResult:
+def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = False, dry_run: bool = False,
+          symbols_dir: str | None = None) -> PatchResult:
     """Plan, assemble and prove. `result.output` holds the bytes to write (None for a dry run
     or when sites were refused and not allowed)."""
-    res, edits = plan_patch(path, root, jobs)
+    res, edits = plan_patch(path, root, jobs, symbols_dir)
     if dry_run or (res.refusals and not allow_unknown):
         return res
     out, asm = assemble(root, edits)
@@ -223,8 +230,19 @@ def _iofifo_routines(m: Module) -> list[grow.Routine]:
     return out
 
 
-def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list) -> None:
-    """Grow `m` with IN/OUT loops for its IoFifo.nasm routines; prove each by emulation."""
+def _code_end(m: Module, symbols: BuildSymbols | None) -> int | None:
+    """Where the build's `.text` output section of `m` ends, when its symbols are at hand."""
+    if symbols is None:
+        return None
+    text = next((s for s in m.image.sections if s.name == ".text"), None)
+    table = symbols.lookup(m.name, m.guid, m.arch, text.rva if text else None, m.image.entry_rva)
+    return table.code_end if table is not None else None
+
+
+def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list,
+                 symbols: BuildSymbols | None = None) -> None:
+    """Grow `m` with IN/OUT loops for its IoFifo.nasm routines (in its slack when the build's
+    symbols prove there is room); prove each by emulation."""
     known = _iofifo_routines(m)
     owner = {id(f): next((r for r in known if r.rva <= f.rva < r.rva + r.length), None) for f in finds}
 
@@ -237,7 +255,7 @@ def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list)
         return
     routines = sorted({owner[id(f)] for f in finds}, key=lambda r: r.rva)
     try:
-        g = grow.grow(m.image, m.arch, routines)
+        g = grow.grow(m.image, m.arch, routines, _code_end(m, symbols))
     except grow.CannotGrow as e:
         refuse(f"cannot grow the module: {e}", finds)
         return
@@ -260,8 +278,9 @@ def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list)
         res.rewrites.append(PlannedRewrite(
             f.module, f.guid, f.arch, f.volume, f.function, f.function_rva, rt.rva, f.fd_offset, f.mnemonic,
             "rep-fifo", old.hex(), new_b.hex(),
-            f"entry jumps to an IN/OUT loop at rva 0x{target:X} ({g.placement}); the module grows by "
-            f"{len(g.data) - m.image.size} bytes"))
+            f"entry jumps to an IN/OUT loop at rva 0x{target:X} ({g.placement}); " + (
+                "in the slack after the build's .text, the module keeps its size" if g.placement == "slack" else
+                f"the module grows by {len(g.data) - m.image.size} bytes")))
 
 
 def _digest(m: Module) -> bytes:

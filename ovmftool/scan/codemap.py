@@ -15,14 +15,19 @@ reaches, following direct calls, jumps and fall-through:
   ones, as NASM objects are).
 
 Each instruction is attributed to the function (root or call target) that reached it first.
+
+`discover` runs the same walk in C (`_walk.c`, built at install time) when it is available and
+falls back to the `Discoverer` below otherwise; the two give equal code maps
+(tests/test_scan_native.py). Set OVMFTOOL_PURE_PYTHON=1 to force the Python walk.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 from dataclasses import dataclass, field
 
-from ovmftool.scan.disasm import K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs
+from ovmftool.scan.disasm import K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs, native_decoder
 
 DECODE_INSNS = 32
 SWEEP_INSNS = 1024
@@ -50,7 +55,18 @@ class CodeMap:
     calls: list[tuple[int, int, int]] = field(default_factory=list)  # (caller fn, call rva, target)
     tails: list[tuple[int, int, int]] = field(default_factory=list)  # (fn, jmp rva, target fn)
     sites: list[Site] = field(default_factory=list)
-    root_kinds: dict[int, str] = field(default_factory=dict)
+    sizes: bytes | None = None  # the native walk's instruction starts: size per rva, 0 where none
+    native_code_bytes: int = 0
+
+    def code_bytes(self) -> int:
+        """Bytes of code found (sum of instruction sizes)."""
+        return self.native_code_bytes if self.sizes is not None else sum(self.starts.values())
+
+    def instruction_starts(self) -> dict[int, int]:
+        """Instruction rva -> size, whichever walk made the map."""
+        if self.sizes is None:
+            return self.starts
+        return {a: n for a, n in enumerate(self.sizes) if n}
 
     def reachable_from(self, entry: int) -> set[int]:
         """Functions reachable from `entry` by direct calls and tail jumps."""
@@ -237,14 +253,13 @@ class Discoverer:
                             trial.ok = False
                             break
 
-    def _merge(self, trial: _Trial, kind: str, root: int) -> None:
+    def _merge(self, trial: _Trial) -> None:
         m = self.map
         m.starts.update(trial.starts)
         m.functions |= trial.functions
         m.calls.extend(trial.calls)
         m.tails.extend(trial.tails)
         m.sites.extend(trial.sites)
-        m.root_kinds.setdefault(root, kind)
 
     def add_root(self, root: int, kind: str, weak: bool) -> list[int]:
         """Explore from `root`. Weak roots are validated; returns LEA targets found (for more roots)."""
@@ -256,7 +271,7 @@ class Discoverer:
         self._walk(root, trial, strict=weak)
         if weak and (not trial.ok or trial.bare_string_io or not trial.starts):
             return []
-        self._merge(trial, kind, root)
+        self._merge(trial)
         return trial.leas
 
     # --- gap fill ------------------------------------------------------------------------
@@ -280,12 +295,10 @@ class Discoverer:
             while p < end and mem[p] in (0x66, 0x2E):
                 p += 1
             if p + 1 < end and mem[p] == 0x0F and mem[p + 1] == 0x1F:
-                for addr, size, mnem, _op in self.md.disasm_lite(mem[a : a + 16], a):
-                    if mnem == "nop":
-                        a += size
-                    break
-                else:
+                first = next(self.md.disasm_lite(mem[a : a + 16], a), None)
+                if first is None or first[2] != "nop":
                     return a
+                a += first[1]
                 continue
             return a
         return a
@@ -327,9 +340,31 @@ class Discoverer:
         return a == end and last_kind in (K_JMP, K_END)
 
 
+def native_available() -> bool:
+    """True when `discover` will use the C walk."""
+    return not os.environ.get("OVMFTOOL_PURE_PYTHON") and native_decoder(64) is not None
+
+
 def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: list[tuple[int, str]],
-             weak: list[int]) -> CodeMap:
-    """Find the code of a module: strong roots first, then validated weak roots, then gaps."""
+             weak: list[int], native: bool | None = None) -> CodeMap:
+    """Find the code of a module: strong roots first, then validated weak roots, then gaps.
+
+    `native` None: the C walk when built (and OVMFTOOL_PURE_PYTHON is unset), else Python.
+    """
+    if native is None:
+        native = not os.environ.get("OVMFTOOL_PURE_PYTHON")
+    walker = native_decoder(bits) if native else None
+    if walker is not None:
+        fn, args = walker
+        sizes, functions, calls, tails, sites, code_bytes = fn(mem, bits, sorted(exec_ranges), strong, weak, *args)
+        return CodeMap(functions=set(functions), calls=calls, tails=tails,
+                       sites=[Site(a, n, mn, f) for a, n, mn, f in sites], sizes=sizes, native_code_bytes=code_bytes)
+    return discover_python(mem, bits, exec_ranges, strong, weak)
+
+
+def discover_python(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: list[tuple[int, str]],
+                    weak: list[int]) -> CodeMap:
+    """The reference walk in Python (see `discover`)."""
     d = Discoverer(mem, bits, exec_ranges)
     pending: list[int] = []
     for r, kind in strong:

@@ -172,3 +172,29 @@ class RawDecoder:
                     aux = int(op, 16)
             special[addr] = (k, aux)
         return addrs, sizes, special
+
+
+@lru_cache(maxsize=None)
+def native_decoder(bits: int):
+    """(ovmftool.scan._walk.discover, its capstone arguments) or None when the C walk is not built.
+
+    The C walk decodes with the capstone library the Python package loaded, called through
+    function pointers; it assumes capstone 5's `cs_insn` layout, as `RawDecoder` does.
+    """
+    try:
+        from ovmftool.scan import _walk
+    except ImportError:
+        return None
+    import ctypes
+
+    import capstone
+
+    if not capstone.__version__.startswith("5."):
+        return None
+    lib = capstone._cs
+    ptr = [ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in ("cs_malloc", "cs_disasm_iter", "cs_free")]
+    kinds = _kinds()
+    table = bytearray(max(kinds) + 1)
+    for iid, k in kinds.items():
+        table[iid] = k
+    return _walk.discover, (cs(bits).csh.value, *ptr, bytes(table))

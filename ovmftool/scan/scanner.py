@@ -135,7 +135,7 @@ def scan_module(m: Module, symbols: BuildSymbols | None = None) -> _ModuleScan:
     table: SymbolTable | None = None
     if symbols is not None:
         table = symbols.lookup(m.name, m.guid, m.arch, text.rva if text else None, img.entry_rva)
-    reach = cmap.reachable_from(img.entry_rva)
+    reach = cmap.reachable_from(img.entry_rva) if cmap.sites else set()
     findings = []
     seen = set()
     for site in sorted(cmap.sites, key=lambda s: s.rva):
@@ -143,7 +143,7 @@ def scan_module(m: Module, symbols: BuildSymbols | None = None) -> _ModuleScan:
             continue
         seen.add(site.rva)
         findings.append(_finding(m, img, mem, site, cmap, matches, table, reach))
-    code_bytes = sum(cmap.starts.values())
+    code_bytes = cmap.code_bytes()
     summary = ModuleSummary(m.name, m.guid, m.file_type, m.arch, m.volume, m.fd_offset, code_bytes,
                             len(cmap.functions), len(findings), table.source if table else None)
     return _ModuleScan(summary, findings)
@@ -247,5 +247,9 @@ def scan_blobs(root: FlashImage) -> list[Finding]:
 
 
 def default_jobs() -> int:
-    """Worker processes to use by default."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Worker processes to use by default: 1 with the native walk (starting workers costs more
+    than it saves: measured 0.35 s vs 0.38 s on OVMF_CODE_4M.fd, 0.47 s vs 0.54 s on a DEBUG
+    build), else the CPU count, at most 4."""
+    from ovmftool.scan.codemap import native_available
+
+    return 1 if native_available() else max(1, min(4, os.cpu_count() or 1))

@@ -24,6 +24,7 @@ class SymbolTable:
     source: str
     addrs: list[int]
     names: list[str]
+    code_end: int | None = None  # RVA where the linker's .text output section ends (code and constants)
 
     def function_at(self, rva: int) -> tuple[int, str] | None:
         """The nearest symbol at or before `rva`."""
@@ -86,6 +87,7 @@ def _read_elf(path: Path, text_rva: int | None) -> SymbolTable | None:
             shift = 0
             if text is not None and text_rva is not None:
                 shift = text_rva - text["sh_addr"]
+            code_end = text["sh_addr"] + text["sh_size"] + shift if text is not None else None
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None:
                 return None
@@ -104,13 +106,14 @@ def _read_elf(path: Path, text_rva: int | None) -> SymbolTable | None:
     except (OSError, ELFError):
         return None
     items = sorted(pairs.items())
-    return SymbolTable(str(path), [a for a, _ in items], [n for _, n in items])
+    return SymbolTable(str(path), [a for a, _ in items], [n for _, n in items], code_end)
 
 
 def _read_map(path: Path) -> SymbolTable | None:
     """Global code symbols of the `.text` output section of a GNU ld map file (symbols of
     constants that EDK II's linker script merges into `.text` are left out)."""
     pairs: dict[int, str] = {}
+    code_end = None
     in_map = False
     section = None
     input_section = ""
@@ -121,7 +124,13 @@ def _read_map(path: Path) -> SymbolTable | None:
                     in_map = line.startswith("Linker script and memory map")
                     continue
                 if line[:1] == ".":  # an output section starts: ".text  0x240  0x5356"
-                    section = line.split()[0]
+                    parts = line.split()
+                    section = parts[0]
+                    if section == ".text" and len(parts) >= 3 and code_end is None:
+                        try:
+                            code_end = int(parts[1], 16) + int(parts[2], 16)
+                        except ValueError:
+                            pass
                     continue
                 if line.startswith(" .") or line.startswith(" *("):
                     # an input section: ".text.Foo", ".rodata.str1.1" (constants merged into .text)
@@ -136,4 +145,4 @@ def _read_map(path: Path) -> SymbolTable | None:
     if not pairs:
         return None
     items = sorted(pairs.items())
-    return SymbolTable(str(path), [a for a, _ in items], [n for _, n in items])
+    return SymbolTable(str(path), [a for a, _ in items], [n for _, n in items], code_end)

@@ -1,0 +1,933 @@
+/*
+ * Native recursive-descent code discovery: the same walk as codemap.Discoverer, in C.
+ *
+ * codemap.py holds the reference implementation and the rules (strong and weak roots, trials,
+ * gap fill). This file does exactly the same steps in the same order, so its results are equal
+ * to the Python walk's (tests/test_scan_native.py compares them on real modules). Instructions
+ * are decoded by capstone, called through the function pointers the Python side passes in
+ * (the capstone Python package's own libcapstone, so both walks decode identically); nothing is
+ * linked at build time.
+ *
+ * One entry point: discover(mem, bits, ranges, strong, weak, handle, fn_malloc, fn_iter,
+ * fn_free, kinds[, fast]) -> (sizes, functions, calls, tails, sites, code_bytes).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* capstone 5's cs_insn (detail off); layout checked below and by the Python side's version check. */
+typedef struct {
+    unsigned int id;
+    uint64_t address;
+    uint16_t size;
+    uint8_t bytes[24];
+    char mnemonic[32];
+    char op_str[160];
+    void *detail;
+} cs_insn5;
+
+_Static_assert(sizeof(cs_insn5) == 248, "capstone 5 cs_insn layout");
+_Static_assert(offsetof(cs_insn5, mnemonic) == 42, "capstone 5 cs_insn layout");
+
+typedef cs_insn5 *(*cs_malloc_t)(size_t);
+typedef bool (*cs_disasm_iter_t)(size_t, const uint8_t **, size_t *, uint64_t *, cs_insn5 *);
+typedef void (*cs_free_t)(cs_insn5 *, size_t);
+
+enum { K_PLAIN, K_COND, K_JMP, K_CALL, K_END, K_SIO, K_LEA, K_ODD };
+#define MAX_GAP 4096
+#define D_UNKNOWN 0
+#define D_BAD 0xFF
+
+typedef struct { uint64_t *v; size_t n, cap; } vec64;
+
+static int vpush(vec64 *v, uint64_t x) {
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        uint64_t *nv = realloc(v->v, cap * sizeof(uint64_t));
+        if (!nv) return -1;
+        v->v = nv;
+        v->cap = cap;
+    }
+    v->v[v->n++] = x;
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *mem;
+    uint64_t n;
+    int bits;
+    size_t nranges;
+    uint64_t *lo, *hi;
+    /* decode cache: size (D_UNKNOWN / D_BAD / 1..15), kind, aux (has_aux flags it) */
+    uint8_t *dsize, *dkind, *dhas;
+    int64_t *daux;
+    /* the code map so far, and the current trial */
+    uint8_t *gsize, *tsize;   /* instruction starts: size, 0 = none */
+    uint8_t *fflag;           /* bit 0: known function, bit 1: trial function */
+    vec64 gfx, tfx;           /* function starts outside [0, n) */
+    vec64 tstarts;            /* trial's starts (to merge or undo) */
+    vec64 tfuncs;             /* trial's in-range functions (to merge or undo) */
+    vec64 gcalls, tcalls, gtails, ttails;   /* triples fn, rva, target */
+    vec64 gsites, tsites;     /* triples rva, size, fn */
+    vec64 leas;
+    vec64 fn_todo, blocks;
+    size_t nstarts;
+    bool ok, bare;
+    cs_insn5 *insn;
+    size_t handle;
+    cs_disasm_iter_t iter;
+    const uint8_t *kinds;
+    size_t nkinds;
+    int oom;
+    bool fast;                /* use fast_decode before capstone */
+} W;
+
+/* --- ranges ----------------------------------------------------------------------------- */
+
+static long range_index(W *w, uint64_t a) {
+    /* last range whose start is <= a (bisect_right - 1) */
+    size_t lo = 0, hi = w->nranges;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (a < w->lo[mid]) hi = mid; else lo = mid + 1;
+    }
+    return (long)lo - 1;
+}
+
+static bool in_exec(W *w, int64_t a) {
+    if (a < 0) return false;
+    long i = range_index(w, (uint64_t)a);
+    return i >= 0 && (uint64_t)a < w->hi[i];
+}
+
+static uint64_t range_end(W *w, uint64_t a) { return w->hi[range_index(w, a)]; }
+
+/* --- decoding --------------------------------------------------------------------------- */
+
+static bool parse_rip(const char *op, int64_t next, int64_t *out) {
+    /* first match of  \[rip ([+-]) 0x([0-9a-f]+)\]  */
+    const char *p = op;
+    while ((p = strstr(p, "[rip ")) != NULL) {
+        const char *q = p + 5;
+        p += 1;
+        if ((q[0] != '+' && q[0] != '-') || q[1] != ' ' || q[2] != '0' || q[3] != 'x') continue;
+        const char *h = q + 4, *e = h;
+        uint64_t d = 0;
+        while ((*e >= '0' && *e <= '9') || (*e >= 'a' && *e <= 'f')) {
+            d = d * 16 + (uint64_t)(*e <= '9' ? *e - '0' : *e - 'a' + 10);
+            e++;
+        }
+        if (e == h || *e != ']') continue;
+        *out = q[0] == '+' ? next + (int64_t)d : next - (int64_t)d;
+        return true;
+    }
+    return false;
+}
+
+/* capstone: one instruction at a, bytes up to end. Returns its size or 0 when undecodable;
+ * w->insn holds it (mnemonic, operands). */
+static int cs_decode(W *w, uint64_t a, uint64_t end, int *kind, int64_t *aux, bool *has) {
+    if (a >= end || a >= w->n) return 0;
+    if (end > w->n) end = w->n;
+    const uint8_t *code = w->mem + a;
+    size_t size = (size_t)(end - a);
+    uint64_t addr = a;
+    if (!w->iter(w->handle, &code, &size, &addr, w->insn)) return 0;
+    cs_insn5 *i = w->insn;
+    int k = i->id < w->nkinds ? w->kinds[i->id] : K_PLAIN;
+    *has = false;
+    if (k == K_LEA) {
+        int64_t t;
+        if (parse_rip(i->op_str, (int64_t)(a + i->size), &t)) {
+            *aux = t;
+            *has = true;
+        } else {
+            k = K_PLAIN;
+        }
+    } else if ((k == K_COND || k == K_JMP || k == K_CALL) && i->op_str[0] == '0' && i->op_str[1] == 'x'
+               && strchr(i->op_str, ':') == NULL) {
+        *aux = (int64_t)strtoull(i->op_str + 2, NULL, 16);
+        *has = true;
+    }
+    *kind = k;
+    return i->size;
+}
+
+/*
+ * The fast path: lengths and kinds of the common, unambiguous encodings compilers emit in
+ * 32- and 64-bit code, without capstone's text formatting. Anything else returns -1 and goes
+ * to capstone: other prefixes (segment, LOCK, REP, 67, repeated 66), x87, SSE/VEX, system
+ * instructions, string instructions (INS/OUTS among them), far transfers, the opcodes the scanner
+ * counts as odd, and group encodings whose validity varies. tests/test_scan_native.py checks
+ * every offset of real modules and random bytes against capstone.
+ */
+enum { IMM_NONE = 0, IMM8 = 1, IMMZ = 2 /* 16 or 32 by operand size */, IMM16 = 3 };
+
+static int fast_decode(W *w, uint64_t a, uint64_t end, int *kind, int64_t *aux, bool *has) {
+    const uint8_t *m = w->mem;
+    bool x64 = w->bits == 64;
+    if (w->bits == 16) return -1;
+    uint64_t p = a;
+    bool o16 = false, rexw = false;
+    if (p < end && m[p] == 0x66) {
+        o16 = true;
+        p++;
+    }
+    if (x64 && p < end && (m[p] & 0xF0) == 0x40) {
+        rexw = (m[p] & 8) != 0;
+        p++;
+    }
+    if (p >= end) return -1;
+    uint8_t op = m[p++];
+    bool modrm = false, two = false;
+    int imm = IMM_NONE, k = K_PLAIN;
+    int rel = 0; /* size of a relative branch displacement */
+    if (op == 0x0F) {
+        if (p >= end) return -1;
+        two = true;
+        op = m[p++];
+        if ((op >= 0x40 && op <= 0x4F) || op == 0xA3 || op == 0xAB || op == 0xB3 || op == 0xBB || op == 0xA5
+            || op == 0xAD || op == 0xAF || op == 0xB0 || op == 0xB1 || op == 0xB6 || op == 0xB7 || op == 0xBE
+            || op == 0xBF) {
+            modrm = true;
+        } else if (op == 0xA4 || op == 0xAC) {
+            modrm = true;
+            imm = IMM8;
+        } else if (op >= 0x80 && op <= 0x8F) {
+            if (o16) return -1;
+            rel = 4;
+            k = K_COND;
+        } else if (op == 0x1F || (op >= 0x90 && op <= 0x9F)) {
+            modrm = true; /* reg must be 0: checked below */
+        } else if (op == 0xBA) {
+            modrm = true; /* reg 4..7: checked below */
+            imm = IMM8;
+        } else if (op == 0xA2 || op == 0x31 || op == 0x30 || op == 0x32) {
+            /* cpuid, rdtsc, wrmsr, rdmsr */
+        } else {
+            return -1;
+        }
+    } else if (op < 0x40 && (op & 7) < 6) {
+        /* ALU: 00-05, 08-0D, ... 38-3D */
+        if ((op & 7) < 4) modrm = true;
+        else imm = (op & 7) == 4 ? IMM8 : IMMZ;
+    } else if (op >= 0x40 && op <= 0x4F) {
+        if (x64) return -1; /* a REX not directly before the opcode */
+    } else if (op >= 0x50 && op <= 0x5F) {
+    } else if (op == 0x63) {
+        if (!x64) return -1;
+        modrm = true;
+    } else if (op == 0x68) {
+        imm = IMMZ;
+    } else if (op == 0x69) {
+        modrm = true;
+        imm = IMMZ;
+    } else if (op == 0x6A) {
+        imm = IMM8;
+    } else if (op == 0x6B) {
+        modrm = true;
+        imm = IMM8;
+    } else if (op >= 0x70 && op <= 0x7F) {
+        rel = 1;
+        k = K_COND;
+    } else if (op == 0x80 || op == 0x83) {
+        modrm = true;
+        imm = IMM8;
+    } else if (op == 0x81) {
+        modrm = true;
+        imm = IMMZ;
+    } else if ((op >= 0x84 && op <= 0x8B) || op == 0x8D || op == 0x8F) {
+        modrm = true;
+    } else if (op >= 0x90 && op <= 0x99) {
+    } else if (op == 0x9C || op == 0x9D || op == 0xC9 || op == 0xF4 || (op >= 0xF8 && op <= 0xFD) ||
+               (op >= 0xEC && op <= 0xEF)) {
+    } else if (op == 0xA8) {
+        imm = IMM8;
+    } else if (op == 0xA9) {
+        imm = IMMZ;
+    } else if (op >= 0xB0 && op <= 0xB7) {
+        imm = IMM8;
+    } else if (op >= 0xB8 && op <= 0xBF) {
+        imm = IMMZ; /* imm64 with REX.W: below */
+    } else if (op == 0xC0 || op == 0xC1) {
+        modrm = true;
+        imm = IMM8;
+    } else if (op == 0xC2) {
+        if (o16) return -1;
+        imm = IMM16;
+        k = K_END;
+    } else if (op == 0xC3 || op == 0xCC) {
+        if (o16) return -1;
+        k = K_END;
+    } else if (op == 0xC6) {
+        modrm = true;
+        imm = IMM8;
+    } else if (op == 0xC7) {
+        modrm = true;
+        imm = IMMZ;
+    } else if (op >= 0xD0 && op <= 0xD3) {
+        modrm = true;
+    } else if (op >= 0xE4 && op <= 0xE7) {
+        imm = IMM8;
+    } else if (op == 0xE8 || op == 0xE9) {
+        if (o16) return -1;
+        rel = 4;
+        k = op == 0xE8 ? K_CALL : K_JMP;
+    } else if (op == 0xEB) {
+        if (o16) return -1;
+        rel = 1;
+        k = K_JMP;
+    } else if (op == 0xF6 || op == 0xF7 || op == 0xFE || op == 0xFF) {
+        modrm = true; /* group: by reg below */
+    } else {
+        return -1;
+    }
+    uint64_t next;
+    if (modrm) {
+        if (p >= end) return -1;
+        uint8_t mr = m[p++];
+        int mod = mr >> 6, reg = (mr >> 3) & 7, rm = mr & 7;
+        if (two) {
+            if ((op == 0x1F || (op >= 0x90 && op <= 0x9F)) && reg != 0) return -1;
+            if (op == 0xBA && reg < 4) return -1;
+        } else if (op == 0x8D) {
+            if (mod == 3) return -1;
+            k = K_LEA;
+        } else if (op == 0x8F || op == 0xC6 || op == 0xC7) {
+            if (reg != 0) return -1;
+        } else if (op == 0xC0 || op == 0xC1 || (op >= 0xD0 && op <= 0xD3)) {
+            if (reg == 6) return -1;
+        } else if (op == 0xF6 || op == 0xF7) {
+            if (reg == 1) return -1;
+            if (reg == 0) imm = op == 0xF6 ? IMM8 : IMMZ;
+        } else if (op == 0xFE) {
+            if (reg > 1) return -1;
+        } else if (op == 0xFF) {
+            if (reg == 3 || reg == 5 || reg == 7) return -1;
+            if (reg == 2 || reg == 4) {
+                if (o16) return -1;
+                k = reg == 2 ? K_CALL : K_JMP;
+            }
+        }
+        bool rip = false;
+        if (mod != 3) {
+            if (rm == 4) {
+                if (p >= end) return -1;
+                uint8_t sib = m[p++];
+                if (mod == 0 && (sib & 7) == 5) p += 4;
+            } else if (mod == 0 && rm == 5) {
+                rip = x64;
+                p += 4;
+            }
+            if (mod == 1) p += 1;
+            else if (mod == 2) p += 4;
+        }
+        if (k == K_LEA) {
+            if (p > end) return 0;
+            int32_t d = 0;
+            if (rip) memcpy(&d, m + p - 4, 4);
+            /* capstone prints a displacement of -9..9 in decimal ("[rip + 8]", "[rip]"), which
+             * the walk does not read as a target (codemap.RawDecoder): such an LEA is plain */
+            if (rip && (d > 9 || d < -9)) {
+                *aux = (int64_t)p + d;
+                *has = true;
+            } else {
+                k = K_PLAIN;
+            }
+        }
+    }
+    switch (imm) {
+    case IMM8: p += 1; break;
+    case IMM16: p += 2; break;
+    case IMMZ:
+        if (!two && op >= 0xB8 && op <= 0xBF && rexw) p += 8;
+        else p += (o16 && !rexw) ? 2 : 4;
+        break;
+    default: break;
+    }
+    if (rel) {
+        p += (uint64_t)rel;
+        if (p > end) return 0;
+        int64_t d;
+        if (rel == 1) d = (int8_t)m[p - 1];
+        else {
+            int32_t d32;
+            memcpy(&d32, m + p - 4, 4);
+            d = d32;
+        }
+        uint64_t t = p + (uint64_t)d;
+        if (!x64) t &= 0xFFFFFFFFu;
+        /* capstone prints targets below 10 in decimal; the walk reads only "0x..." targets */
+        if (t > 9) {
+            *aux = (int64_t)t;
+            *has = true;
+        }
+    }
+    next = p;
+    if (next > end) return 0; /* runs past the bytes available: undecodable, as in capstone */
+    if (next - a > 15) return -1;
+    *kind = k;
+    return (int)(next - a);
+}
+
+/* One instruction at a, bytes up to end: the fast path, else capstone. Size or 0. */
+static int decode_raw(W *w, uint64_t a, uint64_t end, int *kind, int64_t *aux, bool *has) {
+    if (a >= end || a >= w->n) return 0;
+    if (end > w->n) end = w->n;
+    if (w->fast) {
+        bool h = false;
+        int size = fast_decode(w, a, end, kind, aux, &h);
+        if (size >= 0) {
+            *has = h;
+            return size;
+        }
+    }
+    return cs_decode(w, a, end, kind, aux, has);
+}
+
+/* Cached decode at a (limit: the end of a's executable range, as the Python walk decodes). */
+static int decode_at(W *w, uint64_t a, int *kind, int64_t *aux, bool *has) {
+    uint8_t s = w->dsize[a];
+    if (s == D_UNKNOWN) {
+        int k = 0;
+        int64_t x = 0;
+        bool h = false;
+        int size = decode_raw(w, a, range_end(w, a), &k, &x, &h);
+        if (size == 0) {
+            w->dsize[a] = D_BAD;
+            return 0;
+        }
+        w->dsize[a] = (uint8_t)size;
+        w->dkind[a] = (uint8_t)k;
+        w->daux[a] = x;
+        w->dhas[a] = h;
+        s = (uint8_t)size;
+    }
+    if (s == D_BAD) return 0;
+    *kind = w->dkind[a];
+    *aux = w->daux[a];
+    *has = w->dhas[a];
+    return s;
+}
+
+/* The mnemonic of the instruction at a (for string I/O sites; decoded again, rarely needed). */
+static const char *mnemonic_at(W *w, uint64_t a, uint64_t end) {
+    int k;
+    int64_t x;
+    bool h;
+    if (!cs_decode(w, a, end, &k, &x, &h)) return "";
+    return w->insn->mnemonic;
+}
+
+/* --- sets ------------------------------------------------------------------------------- */
+
+static bool vhas(const vec64 *v, uint64_t x) {
+    for (size_t i = 0; i < v->n; i++)
+        if (v->v[i] == x) return true;
+    return false;
+}
+
+static bool is_fn(W *w, uint64_t a, int bit) {
+    if (a < w->n) return (w->fflag[a] & bit) != 0;
+    return vhas(bit == 1 ? &w->gfx : &w->tfx, a);
+}
+
+static void add_tfn(W *w, uint64_t a) {
+    if (a < w->n) {
+        if (!(w->fflag[a] & 2)) {
+            w->fflag[a] |= 2;
+            if (vpush(&w->tfuncs, a)) w->oom = 1;
+        }
+    } else if (!vhas(&w->tfx, a)) {
+        if (vpush(&w->tfx, a)) w->oom = 1;
+    }
+}
+
+static bool is_start(W *w, uint64_t a) { return a < w->n && (w->gsize[a] || w->tsize[a]); }
+
+/* --- heuristics (codemap.Discoverer's helpers) ------------------------------------------ */
+
+static bool printable(uint8_t c) { return (c >= 0x20 && c < 0x7F) || c == 9 || c == 10 || c == 13; }
+
+static bool looks_like_string(W *w, uint64_t a) {
+    const uint8_t *m = w->mem;
+    uint64_t len = w->n, n = 0, k = 0;
+    while (a + n < len && printable(m[a + n])) {
+        n++;
+        if (n > 256) break;
+    }
+    if (n >= 4 && a + n < len && m[a + n] == 0) return true;
+    while (a + 2 * k + 1 < len && printable(m[a + 2 * k]) && m[a + 2 * k + 1] == 0) {
+        k++;
+        if (k > 128) break;
+    }
+    return k >= 3 && a + 2 * k + 2 <= len && m[a + 2 * k] == 0 && m[a + 2 * k + 1] == 0;
+}
+
+static bool inside_other(W *w, uint64_t a) {
+    for (uint64_t back = 1; back < 15; back++) {
+        if (back > a) break;
+        uint64_t x = a - back;
+        if (x >= w->n) continue;
+        uint8_t sz = w->gsize[x] ? w->gsize[x] : w->tsize[x];
+        if (sz && sz > back) return true;
+    }
+    return false;
+}
+
+static uint64_t skip_pad(W *w, uint64_t a, uint64_t end) {
+    const uint8_t *m = w->mem;
+    if (end > w->n) end = w->n;
+    while (a < end) {
+        uint8_t b = m[a];
+        if (b == 0x90 || b == 0xCC || b == 0) {
+            a++;
+            continue;
+        }
+        uint64_t p = a;
+        while (p < end && (m[p] == 0x66 || m[p] == 0x2E)) p++;
+        if (p + 1 < end && m[p] == 0x0F && m[p + 1] == 0x1F) {
+            int k;
+            int64_t x;
+            bool h;
+            uint64_t lim = a + 16 < w->n ? a + 16 : w->n;
+            int size = cs_decode(w, a, lim, &k, &x, &h);
+            if (size && strcmp(w->insn->mnemonic, "nop") == 0) {
+                a += (uint64_t)size;
+                continue;
+            }
+            return a;
+        }
+        return a;
+    }
+    return a;
+}
+
+/* --- the walk --------------------------------------------------------------------------- */
+
+static void trial_reset(W *w) {
+    for (size_t i = 0; i < w->tstarts.n; i++) w->tsize[w->tstarts.v[i]] = 0;
+    for (size_t i = 0; i < w->tfuncs.n; i++) w->fflag[w->tfuncs.v[i]] &= (uint8_t)~2;
+    w->tstarts.n = w->tfuncs.n = w->tfx.n = 0;
+    w->tcalls.n = w->ttails.n = w->tsites.n = w->leas.n = 0;
+    w->ok = true;
+    w->bare = false;
+}
+
+static void push3(W *w, vec64 *v, uint64_t a, uint64_t b, uint64_t c) {
+    if (vpush(v, a) || vpush(v, b) || vpush(v, c)) w->oom = 1;
+}
+
+static void walk(W *w, uint64_t root, bool strict) {
+    w->fn_todo.n = 0;
+    if (vpush(&w->fn_todo, root)) w->oom = 1;
+    add_tfn(w, root);
+    while (w->fn_todo.n && w->ok && !w->oom) {
+        uint64_t fn = w->fn_todo.v[--w->fn_todo.n];
+        w->blocks.n = 0;
+        if (vpush(&w->blocks, fn)) w->oom = 1;
+        while (w->blocks.n && w->ok && !w->oom) {
+            uint64_t a = w->blocks.v[--w->blocks.n];
+            if (is_start(w, a)) continue;
+            if (!in_exec(w, (int64_t)a) || (strict && inside_other(w, a))) {
+                if (strict) w->ok = false;
+                continue;
+            }
+            uint64_t end = range_end(w, a);
+            while (a < end && !is_start(w, a)) {
+                int kind = 0;
+                int64_t aux = 0;
+                bool has = false;
+                int size = decode_at(w, a, &kind, &aux, &has);
+                if (!size) {
+                    if (strict) w->ok = false;
+                    break;
+                }
+                w->tsize[a] = (uint8_t)size;
+                if (vpush(&w->tstarts, a)) w->oom = 1;
+                uint64_t addr = a;
+                a += (uint64_t)size;
+                if (kind == K_PLAIN) continue;
+                if (kind == K_COND) {
+                    if (has && vpush(&w->blocks, (uint64_t)aux)) w->oom = 1;
+                } else if (kind == K_CALL) {
+                    if (has) {
+                        uint64_t t = (uint64_t)aux;
+                        push3(w, &w->tcalls, fn, addr, t);
+                        if (!is_fn(w, t, 2) && !is_fn(w, t, 1)) {
+                            add_tfn(w, t);
+                            if (vpush(&w->fn_todo, t)) w->oom = 1;
+                        }
+                    }
+                } else if (kind == K_JMP) {
+                    if (has) {
+                        uint64_t t = (uint64_t)aux;
+                        if (is_fn(w, t, 1) || is_fn(w, t, 2)) push3(w, &w->ttails, fn, addr, t);
+                        else if (vpush(&w->blocks, t)) w->oom = 1;
+                    }
+                    break;
+                } else if (kind == K_END) {
+                    break;
+                } else if (kind == K_LEA) {
+                    if (vpush(&w->leas, (uint64_t)aux)) w->oom = 1;
+                } else if (kind == K_SIO) {
+                    push3(w, &w->tsites, addr, (uint64_t)size, fn);
+                    if (!strchr(mnemonic_at(w, addr, end), ' ')) {
+                        w->bare = true;
+                        if (strict) {
+                            w->ok = false;
+                            break;
+                        }
+                    }
+                } else if (kind == K_ODD && strict) {
+                    w->ok = false;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+static void append(W *w, vec64 *dst, const vec64 *src) {
+    for (size_t i = 0; i < src->n; i++)
+        if (vpush(dst, src->v[i])) w->oom = 1;
+}
+
+static void merge(W *w) {
+    for (size_t i = 0; i < w->tstarts.n; i++) {
+        uint64_t a = w->tstarts.v[i];
+        w->gsize[a] = w->tsize[a];
+        w->tsize[a] = 0;
+    }
+    w->nstarts += w->tstarts.n;
+    w->tstarts.n = 0;
+    for (size_t i = 0; i < w->tfuncs.n; i++) w->fflag[w->tfuncs.v[i]] = 1;
+    w->tfuncs.n = 0;
+    for (size_t i = 0; i < w->tfx.n; i++)
+        if (!vhas(&w->gfx, w->tfx.v[i]) && vpush(&w->gfx, w->tfx.v[i])) w->oom = 1;
+    w->tfx.n = 0;
+    append(w, &w->gcalls, &w->tcalls);
+    append(w, &w->gtails, &w->ttails);
+    append(w, &w->gsites, &w->tsites);
+}
+
+/* Explore from root; on acceptance the trial's LEA targets are left in w->leas. */
+static bool add_root(W *w, int64_t root, bool weak) {
+    w->leas.n = 0;
+    if (!in_exec(w, root)) return false;
+    uint64_t r = (uint64_t)root;
+    if (w->gsize[r] || (w->fflag[r] & 1)) return false;
+    if (weak && looks_like_string(w, r)) return false;
+    trial_reset(w);
+    walk(w, r, weak);
+    if (weak && (!w->ok || w->bare || w->tstarts.n == 0)) {
+        trial_reset(w);
+        return false;
+    }
+    merge(w);
+    return true;
+}
+
+/* --- gap fill --------------------------------------------------------------------------- */
+
+static bool decodes_exactly(W *w, uint64_t p, uint64_t end) {
+    int last = -1;
+    uint64_t a = p;
+    while (a < end) {
+        int kind = 0;
+        int64_t aux;
+        bool has;
+        int size = decode_raw(w, a, end, &kind, &aux, &has);
+        if (!size) return false;
+        if ((kind == K_SIO && !strchr(w->insn->mnemonic, ' ')) || kind == K_ODD) return false;
+        a += (uint64_t)size;
+        last = kind;
+        if (a >= end) break;
+        if ((kind == K_JMP || kind == K_END) && skip_pad(w, a, end) >= end) return true;
+    }
+    return a == end && (last == K_JMP || last == K_END);
+}
+
+static int fill_gaps(W *w) {
+    vec64 gaps = {0};
+    for (int pass = 0; pass < 2; pass++) {
+        bool added = false;
+        gaps.n = 0;
+        bool have = false;
+        uint64_t prev_end = 0;
+        for (uint64_t a = 0; a < w->n; a++) {
+            if (!w->gsize[a]) continue;
+            if (have && a > prev_end && (vpush(&gaps, prev_end) || vpush(&gaps, a))) {
+                free(gaps.v);
+                return -1;
+            }
+            prev_end = a + w->gsize[a];
+            have = true;
+        }
+        for (size_t i = 0; i < gaps.n; i += 2) {
+            uint64_t e0 = gaps.v[i], a1 = gaps.v[i + 1];
+            if (a1 - e0 > MAX_GAP || !in_exec(w, (int64_t)e0) || range_end(w, e0) < a1) continue;
+            uint64_t p = skip_pad(w, e0, a1);
+            if (p >= a1 || looks_like_string(w, p)) continue;
+            if (decodes_exactly(w, p, a1)) {
+                size_t before = w->nstarts;
+                add_root(w, (int64_t)p, true);
+                added |= w->nstarts > before;
+            }
+        }
+        if (!added) break;
+    }
+    free(gaps.v);
+    return w->oom ? -1 : 0;
+}
+
+/* --- Python glue ------------------------------------------------------------------------ */
+
+static PyObject *triples(const vec64 *v) {
+    PyObject *out = PyList_New((Py_ssize_t)(v->n / 3));
+    if (!out) return NULL;
+    for (size_t i = 0; i < v->n / 3; i++) {
+        PyObject *t = Py_BuildValue("(KKK)", (unsigned long long)v->v[3 * i], (unsigned long long)v->v[3 * i + 1],
+                                    (unsigned long long)v->v[3 * i + 2]);
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, t);
+    }
+    return out;
+}
+
+static void w_free(W *w) {
+    free(w->lo);
+    free(w->hi);
+    free(w->dsize);
+    free(w->dkind);
+    free(w->dhas);
+    free(w->daux);
+    free(w->gsize);
+    free(w->tsize);
+    free(w->fflag);
+    vec64 *vs[] = {&w->gfx, &w->tfx, &w->tstarts, &w->tfuncs, &w->gcalls, &w->tcalls, &w->gtails, &w->ttails,
+                   &w->gsites, &w->tsites, &w->leas, &w->fn_todo, &w->blocks};
+    for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++) free(vs[i]->v);
+}
+
+static int int64_of(PyObject *o, int64_t *out) {
+    /* Python ints of any size: values outside int64 can never be in an executable range. */
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    *out = overflow ? -1 : (int64_t)v;
+    return 0;
+}
+
+static PyObject *py_discover(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer mem, kinds;
+    int bits;
+    PyObject *ranges, *strong, *weak;
+    unsigned long long handle, p_malloc, p_iter, p_free;
+    int fast = 1;
+    if (!PyArg_ParseTuple(args, "y*iOOOKKKKy*|p", &mem, &bits, &ranges, &strong, &weak, &handle, &p_malloc, &p_iter,
+                          &p_free, &kinds, &fast))
+        return NULL;
+    W w;
+    memset(&w, 0, sizeof w);
+    w.fast = fast != 0;
+    PyObject *result = NULL;
+    w.mem = mem.buf;
+    w.n = (uint64_t)mem.len;
+    w.bits = bits;
+    w.handle = (size_t)handle;
+    w.iter = (cs_disasm_iter_t)(uintptr_t)p_iter;
+    w.kinds = kinds.buf;
+    w.nkinds = (size_t)kinds.len;
+    cs_malloc_t cs_malloc = (cs_malloc_t)(uintptr_t)p_malloc;
+    cs_free_t cs_free = (cs_free_t)(uintptr_t)p_free;
+    size_t n = mem.len ? (size_t)mem.len : 1;
+    w.insn = cs_malloc(w.handle);
+    Py_ssize_t nr = PySequence_Length(ranges);
+    if (nr < 0 || !w.insn) goto done;
+    w.lo = calloc((size_t)nr + 1, sizeof(uint64_t));
+    w.hi = calloc((size_t)nr + 1, sizeof(uint64_t));
+    w.dsize = calloc(n, 1);
+    w.dkind = calloc(n, 1);
+    w.dhas = calloc(n, 1);
+    w.daux = calloc(n, sizeof(int64_t));
+    w.gsize = calloc(n, 1);
+    w.tsize = calloc(n, 1);
+    w.fflag = calloc(n, 1);
+    if (!w.lo || !w.hi || !w.dsize || !w.dkind || !w.dhas || !w.daux || !w.gsize || !w.tsize || !w.fflag) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    /* ranges arrive sorted ([start, end) pairs); ends are clamped to the memory image */
+    for (Py_ssize_t i = 0; i < nr; i++) {
+        PyObject *t = PySequence_GetItem(ranges, i);
+        unsigned long long lo, hi;
+        if (!t) goto done;
+        int okp = PyArg_ParseTuple(t, "KK", &lo, &hi);
+        Py_DECREF(t);
+        if (!okp) goto done;
+        w.lo[i] = lo;
+        w.hi[i] = hi < w.n ? hi : w.n;
+    }
+    w.nranges = (size_t)nr;
+
+    vec64 pending = {0}, queue = {0};
+    uint8_t *seen = calloc(n, 1);
+    if (!seen) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t ns = PySequence_Length(strong);
+    for (Py_ssize_t i = 0; i < ns && !w.oom; i++) {
+        PyObject *t = PySequence_GetItem(strong, i), *r;
+        int64_t root;
+        if (!t) goto fail;
+        r = PyTuple_Check(t) ? PyTuple_GetItem(t, 0) : NULL;
+        if (!r || int64_of(r, &root)) {
+            Py_DECREF(t);
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "strong roots are (rva, kind) tuples");
+            goto fail;
+        }
+        Py_DECREF(t);
+        if (add_root(&w, root, false)) append(&w, &pending, &w.leas);
+    }
+    Py_ssize_t nw = PySequence_Length(weak);
+    for (Py_ssize_t i = 0; i < nw; i++) {
+        PyObject *t = PySequence_GetItem(weak, i);
+        int64_t v;
+        if (!t) goto fail;
+        int bad = int64_of(t, &v);
+        Py_DECREF(t);
+        if (bad) goto fail;
+        if (vpush(&queue, (uint64_t)v)) w.oom = 1;
+    }
+    append(&w, &queue, &pending);
+    /* FIFO queue; targets outside code have no effect, so "seen" is only kept for code */
+    for (size_t qi = 0; qi < queue.n && !w.oom; qi++) {
+        int64_t t = (int64_t)queue.v[qi];
+        if (!in_exec(&w, t) || seen[t]) continue;
+        seen[t] = 1;
+        if (add_root(&w, t, true)) append(&w, &queue, &w.leas);
+    }
+    if (fill_gaps(&w) || w.oom) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    {
+        PyObject *sizes = PyBytes_FromStringAndSize((const char *)w.gsize, (Py_ssize_t)w.n);
+        PyObject *funcs = PyList_New(0);
+        PyObject *calls = triples(&w.gcalls), *tails = triples(&w.gtails);
+        PyObject *sites = PyList_New((Py_ssize_t)(w.gsites.n / 3));
+        if (sizes && funcs && sites) {
+            for (uint64_t a = 0; a < w.n && funcs; a++)
+                if (w.fflag[a] & 1) {
+                    PyObject *x = PyLong_FromUnsignedLongLong(a);
+                    if (!x || PyList_Append(funcs, x)) Py_CLEAR(funcs);
+                    Py_XDECREF(x);
+                }
+            for (size_t i = 0; funcs && i < w.gfx.n; i++) {
+                PyObject *x = PyLong_FromUnsignedLongLong(w.gfx.v[i]);
+                if (!x || PyList_Append(funcs, x)) Py_CLEAR(funcs);
+                Py_XDECREF(x);
+            }
+            for (size_t i = 0; sites && i < w.gsites.n / 3; i++) {
+                uint64_t a = w.gsites.v[3 * i];
+                const char *mn = mnemonic_at(&w, a, range_end(&w, a));
+                PyObject *t = Py_BuildValue("(KKsK)", (unsigned long long)a, (unsigned long long)w.gsites.v[3 * i + 1],
+                                            mn, (unsigned long long)w.gsites.v[3 * i + 2]);
+                if (!t) {
+                    Py_CLEAR(sites);
+                    break;
+                }
+                PyList_SET_ITEM(sites, (Py_ssize_t)i, t);
+            }
+        }
+        unsigned long long code_bytes = 0;
+        for (uint64_t a = 0; a < w.n; a++) code_bytes += w.gsize[a];
+        if (sizes && funcs && calls && tails && sites)
+            result = Py_BuildValue("(NNNNNK)", sizes, funcs, calls, tails, sites, code_bytes);
+        else {
+            Py_XDECREF(sizes);
+            Py_XDECREF(funcs);
+            Py_XDECREF(calls);
+            Py_XDECREF(tails);
+            Py_XDECREF(sites);
+        }
+    }
+fail:
+    free(seen);
+    free(pending.v);
+    free(queue.v);
+done:
+    if (w.insn) cs_free(w.insn, 1);
+    w_free(&w);
+    PyBuffer_Release(&mem);
+    PyBuffer_Release(&kinds);
+    if (!result && !PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "native walk failed");
+    return result;
+}
+
+/* Test hook: the fast path against capstone at every offset of mem (bytes up to the end). */
+static PyObject *py_check_fast(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer mem, kinds;
+    int bits;
+    unsigned long long handle, p_malloc, p_iter, p_free;
+    if (!PyArg_ParseTuple(args, "y*iKKKKy*", &mem, &bits, &handle, &p_malloc, &p_iter, &p_free, &kinds)) return NULL;
+    W w;
+    memset(&w, 0, sizeof w);
+    w.mem = mem.buf;
+    w.n = (uint64_t)mem.len;
+    w.bits = bits;
+    w.handle = (size_t)handle;
+    w.iter = (cs_disasm_iter_t)(uintptr_t)p_iter;
+    w.kinds = kinds.buf;
+    w.nkinds = (size_t)kinds.len;
+    cs_free_t cs_free = (cs_free_t)(uintptr_t)p_free;
+    w.insn = ((cs_malloc_t)(uintptr_t)p_malloc)(w.handle);
+    PyObject *bad = PyList_New(0);
+    unsigned long long handled = 0;
+    for (uint64_t a = 0; bad && w.insn && a < w.n; a++) {
+        int fk = 0, ck = 0;
+        int64_t fx = 0, cx = 0;
+        bool fh = false, ch = false;
+        int fs = fast_decode(&w, a, w.n, &fk, &fx, &fh);
+        if (fs < 0) continue;
+        handled++;
+        int cs = cs_decode(&w, a, w.n, &ck, &cx, &ch);
+        bool same = fs == cs && (fs == 0 || (fk == ck && fh == ch && (!fh || fx == cx)));
+        if (!same && PyList_GET_SIZE(bad) < 100) {
+            PyObject *t = Py_BuildValue("(KiiiiLL)", (unsigned long long)a, fs, cs, fk, ck, (long long)(fh ? fx : -1),
+                                        (long long)(ch ? cx : -1));
+            if (!t || PyList_Append(bad, t)) Py_CLEAR(bad);
+            Py_XDECREF(t);
+        }
+    }
+    if (w.insn) cs_free(w.insn, 1);
+    PyBuffer_Release(&mem);
+    PyBuffer_Release(&kinds);
+    if (!bad) return NULL;
+    return Py_BuildValue("(KN)", handled, bad);
+}
+
+static PyMethodDef methods[] = {
+    {"check_fast", py_check_fast, METH_VARARGS,
+     "check_fast(mem, bits, handle, cs_malloc, cs_disasm_iter, cs_free, kinds) -> (handled, mismatches)"},
+    {"discover", py_discover, METH_VARARGS,
+     "discover(mem, bits, ranges, strong, weak, handle, cs_malloc, cs_disasm_iter, cs_free, kinds)\n"
+     "-> (sizes, functions, calls, tails, sites, code_bytes): codemap.discover's walk in C."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_walk", "Native recursive-descent code discovery.", -1,
+                                    methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__walk(void) { return PyModule_Create(&module); }
