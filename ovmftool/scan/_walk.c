@@ -726,6 +726,20 @@ static int int64_of(PyObject *o, int64_t *out) {
     return 0;
 }
 
+/* The fields both entry points set from their arguments; allocates the capstone instruction. */
+static void w_init(W *w, const Py_buffer *mem, int bits, unsigned long long handle, unsigned long long p_malloc,
+                   unsigned long long p_iter, const Py_buffer *kinds) {
+    memset(w, 0, sizeof *w);
+    w->mem = mem->buf;
+    w->n = (uint64_t)mem->len;
+    w->bits = bits;
+    w->handle = (size_t)handle;
+    w->iter = (cs_disasm_iter_t)(uintptr_t)p_iter;
+    w->kinds = kinds->buf;
+    w->nkinds = (size_t)kinds->len;
+    w->insn = ((cs_malloc_t)(uintptr_t)p_malloc)(w->handle);
+}
+
 static PyObject *py_discover(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer mem, kinds;
@@ -737,20 +751,11 @@ static PyObject *py_discover(PyObject *self, PyObject *args) {
                           &p_free, &kinds, &fast))
         return NULL;
     W w;
-    memset(&w, 0, sizeof w);
+    w_init(&w, &mem, bits, handle, p_malloc, p_iter, &kinds);
     w.fast = fast != 0;
     PyObject *result = NULL;
-    w.mem = mem.buf;
-    w.n = (uint64_t)mem.len;
-    w.bits = bits;
-    w.handle = (size_t)handle;
-    w.iter = (cs_disasm_iter_t)(uintptr_t)p_iter;
-    w.kinds = kinds.buf;
-    w.nkinds = (size_t)kinds.len;
-    cs_malloc_t cs_malloc = (cs_malloc_t)(uintptr_t)p_malloc;
     cs_free_t cs_free = (cs_free_t)(uintptr_t)p_free;
     size_t n = mem.len ? (size_t)mem.len : 1;
-    w.insn = cs_malloc(w.handle);
     Py_ssize_t nr = PySequence_Length(ranges);
     if (nr < 0 || !w.insn) goto done;
     w.lo = calloc((size_t)nr + 1, sizeof(uint64_t));
@@ -883,16 +888,9 @@ static PyObject *py_check_fast(PyObject *self, PyObject *args) {
     unsigned long long handle, p_malloc, p_iter, p_free;
     if (!PyArg_ParseTuple(args, "y*iKKKKy*", &mem, &bits, &handle, &p_malloc, &p_iter, &p_free, &kinds)) return NULL;
     W w;
-    memset(&w, 0, sizeof w);
-    w.mem = mem.buf;
-    w.n = (uint64_t)mem.len;
-    w.bits = bits;
-    w.handle = (size_t)handle;
-    w.iter = (cs_disasm_iter_t)(uintptr_t)p_iter;
-    w.kinds = kinds.buf;
-    w.nkinds = (size_t)kinds.len;
+    w_init(&w, &mem, bits, handle, p_malloc, p_iter, &kinds);
+    w.fast = true;
     cs_free_t cs_free = (cs_free_t)(uintptr_t)p_free;
-    w.insn = ((cs_malloc_t)(uintptr_t)p_malloc)(w.handle);
     PyObject *bad = PyList_New(0);
     unsigned long long handled = 0;
     for (uint64_t a = 0; bad && w.insn && a < w.n; a++) {
