@@ -1,6 +1,8 @@
 """Damaged and hostile inputs: one line naming what and where, exit code 2, no traceback, no hang."""
 
+import json
 import os
+import stat
 import struct
 import subprocess
 import sys
@@ -209,3 +211,30 @@ def test_subprocess_error_is_one_line_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ovmftool", "info", str(p)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("ovmftool: error:")
+
+
+def test_output_to_a_device_or_fifo_is_written_in_place_not_replaced(tmp_path):
+    """`-o /dev/null` (or a FIFO) must stay what it is: an atomic rename over it would replace the
+    device with a regular file. A symlinked output replaces the link's target and keeps the link."""
+    import threading
+
+    from ovmftool.report.io import write_atomic
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, "rb").read()))
+    reader.start()
+    img = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]
+    r = CliRunner().invoke(main, ["scan", "--format", "json", "-o", str(fifo), str(img)])
+    reader.join(30)
+    assert r.exit_code == 1 and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert json.loads(got[0])["findings"]
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_atomic(str(link), b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    with pytest.raises(Exception, match="is a directory"):
+        write_atomic(str(tmp_path), b"x")
