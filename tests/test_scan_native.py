@@ -49,8 +49,8 @@ def _same_maps(path) -> tuple[int, int, list[str]]:
         a = discover(mem, bits, ranges, strong, weak, native=True)
         b = discover(mem, bits, ranges, strong, weak, native=False)
         assert a.sizes is not None and b.sizes is None  # really one of each
-        if (a.instruction_starts(), a.functions, sorted(a.calls), sorted(a.tails), a.sites, a.code_bytes()) != \
-                (b.starts, b.functions, sorted(b.calls), sorted(b.tails), b.sites, b.code_bytes()):
+        if (a.instruction_starts(), a.functions, sorted(a.calls), sorted(a.tails), a.sites, a.code_bytes) != \
+                (b.starts, b.functions, sorted(b.calls), sorted(b.tails), b.sites, b.code_bytes):
             diff.append(name)
         modules += 1
         sites += len(a.sites)

@@ -9,9 +9,10 @@ The IN/OUT loops go into new code, and each routine's entry becomes `jmp rel32` 
   zeros may be the tail of a zero-filled table), so this is used only when the caller passes
   that end (`patch --symbols`). Nothing moves: the image keeps its size;
 - in a new section `.sioloop` when the section table has room for one more header;
-- otherwise at the end of the last section, which is then marked executable. The new code sits at file offset ==
-RVA (EDK II images execute in place that way), it carries no absolute addresses, and nothing
-covered by a base relocation is touched.
+- otherwise at the end of the last section, which is then marked executable.
+
+The new code sits at file offset == RVA (EDK II images execute in place that way), it carries
+no absolute addresses, and nothing covered by a base relocation is touched.
 
 Loops keep the routines' contract (IoReadFifoN/IoWriteFifoN (Port, Count, Buffer)): DF cleared as
 the original `cld` does, count 0 moves nothing, non-volatile registers untouched (X64: the loop

@@ -147,7 +147,7 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1,
     if bad:
         raise OvmfToolError(f"{path}: image is damaged ({bad[0]}); refusing to patch")
     symbols = BuildSymbols(symbols_dir) if symbols_dir else None
-    scan = scan_image(path, symbols_dir, jobs=jobs, root=root)
+    scan = scan_image(path, symbols, jobs=jobs, root=root)
     mods = {_key(m): m for m in iter_modules(root)}
     res = PatchResult(path, root.sha256, len(scan.findings), [], [])
     with_sites = {(f.volume, f.guid, f.arch) for f in scan.findings}

@@ -9,7 +9,7 @@
  * linked at build time.
  *
  * One entry point: discover(mem, bits, ranges, strong, weak, handle, fn_malloc, fn_iter,
- * fn_free, kinds[, fast]) -> (sizes, functions, calls, tails, sites, code_bytes).
+ * fn_free, kinds) -> (sizes, functions, calls, tails, sites, code_bytes).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -83,7 +83,6 @@ typedef struct {
     const uint8_t *kinds;
     size_t nkinds;
     int oom;
-    bool fast;                /* use fast_decode before capstone */
 } W;
 
 /* --- ranges ----------------------------------------------------------------------------- */
@@ -378,13 +377,11 @@ static int fast_decode(W *w, uint64_t a, uint64_t end, int *kind, int64_t *aux, 
 static int decode_raw(W *w, uint64_t a, uint64_t end, int *kind, int64_t *aux, bool *has) {
     if (a >= end || a >= w->n) return 0;
     if (end > w->n) end = w->n;
-    if (w->fast) {
-        bool h = false;
-        int size = fast_decode(w, a, end, kind, aux, &h);
-        if (size >= 0) {
-            *has = h;
-            return size;
-        }
+    bool h = false;
+    int size = fast_decode(w, a, end, kind, aux, &h);
+    if (size >= 0) {
+        *has = h;
+        return size;
     }
     return cs_decode(w, a, end, kind, aux, has);
 }
@@ -746,13 +743,11 @@ static PyObject *py_discover(PyObject *self, PyObject *args) {
     int bits;
     PyObject *ranges, *strong, *weak;
     unsigned long long handle, p_malloc, p_iter, p_free;
-    int fast = 1;
-    if (!PyArg_ParseTuple(args, "y*iOOOKKKKy*|p", &mem, &bits, &ranges, &strong, &weak, &handle, &p_malloc, &p_iter,
-                          &p_free, &kinds, &fast))
+    if (!PyArg_ParseTuple(args, "y*iOOOKKKKy*", &mem, &bits, &ranges, &strong, &weak, &handle, &p_malloc, &p_iter,
+                          &p_free, &kinds))
         return NULL;
     W w;
     w_init(&w, &mem, bits, handle, p_malloc, p_iter, &kinds);
-    w.fast = fast != 0;
     PyObject *result = NULL;
     cs_free_t cs_free = (cs_free_t)(uintptr_t)p_free;
     size_t n = mem.len ? (size_t)mem.len : 1;
@@ -889,7 +884,6 @@ static PyObject *py_check_fast(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*iKKKKy*", &mem, &bits, &handle, &p_malloc, &p_iter, &p_free, &kinds)) return NULL;
     W w;
     w_init(&w, &mem, bits, handle, p_malloc, p_iter, &kinds);
-    w.fast = true;
     cs_free_t cs_free = (cs_free_t)(uintptr_t)p_free;
     PyObject *bad = PyList_New(0);
     unsigned long long handled = 0;

@@ -56,11 +56,7 @@ class CodeMap:
     tails: list[tuple[int, int, int]] = field(default_factory=list)  # (fn, jmp rva, target fn)
     sites: list[Site] = field(default_factory=list)
     sizes: bytes | None = None  # the native walk's instruction starts: size per rva, 0 where none
-    native_code_bytes: int = 0
-
-    def code_bytes(self) -> int:
-        """Bytes of code found (sum of instruction sizes)."""
-        return self.native_code_bytes if self.sizes is not None else sum(self.starts.values())
+    code_bytes: int = 0  # sum of instruction sizes
 
     def instruction_starts(self) -> dict[int, int]:
         """Instruction rva -> size, whichever walk made the map."""
@@ -352,13 +348,13 @@ def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: 
     `native` None: the C walk when built (and OVMFTOOL_PURE_PYTHON is unset), else Python.
     """
     if native is None:
-        native = not os.environ.get("OVMFTOOL_PURE_PYTHON")
+        native = native_available()
     walker = native_decoder(bits) if native else None
     if walker is not None:
         fn, args = walker
         sizes, functions, calls, tails, sites, code_bytes = fn(mem, bits, sorted(exec_ranges), strong, weak, *args)
         return CodeMap(functions=set(functions), calls=calls, tails=tails,
-                       sites=[Site(a, n, mn, f) for a, n, mn, f in sites], sizes=sizes, native_code_bytes=code_bytes)
+                       sites=[Site(a, n, mn, f) for a, n, mn, f in sites], sizes=sizes, code_bytes=code_bytes)
     return discover_python(mem, bits, exec_ranges, strong, weak)
 
 
@@ -378,4 +374,5 @@ def discover_python(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], s
         seen.add(t)
         queue += d.add_root(t, "pointer", weak=True)
     d.fill_gaps()
+    d.map.code_bytes = sum(d.map.starts.values())
     return d.map

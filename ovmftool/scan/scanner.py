@@ -143,8 +143,7 @@ def scan_module(m: Module, symbols: BuildSymbols | None = None) -> _ModuleScan:
             continue
         seen.add(site.rva)
         findings.append(_finding(m, img, mem, site, cmap, matches, table, reach))
-    code_bytes = cmap.code_bytes()
-    summary = ModuleSummary(m.name, m.guid, m.file_type, m.arch, m.volume, m.fd_offset, code_bytes,
+    summary = ModuleSummary(m.name, m.guid, m.file_type, m.arch, m.volume, m.fd_offset, cmap.code_bytes,
                             len(cmap.functions), len(findings), table.source if table else None)
     return _ModuleScan(summary, findings)
 
@@ -202,10 +201,14 @@ def _work(i: int) -> _ModuleScan:
     return scan_module(_WORK["modules"][i], _WORK["symbols"])
 
 
-def scan_image(path: str, symbols_dir: str | None = None, jobs: int = 1, root: FlashImage | None = None) -> ScanResult:
-    """Scan every module of the image at `path` (parsed here unless `root` is given)."""
+def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: int = 1,
+               root: FlashImage | None = None) -> ScanResult:
+    """Scan every module of the image at `path` (parsed here unless `root` is given).
+
+    `symbols_dir`: a build directory, or its already-opened `BuildSymbols` (so a caller that
+    needs the symbols too reads each symbol file once)."""
     root = root if root is not None else read_image(path)
-    symbols = BuildSymbols(symbols_dir) if symbols_dir else None
+    symbols = BuildSymbols(symbols_dir) if isinstance(symbols_dir, str) else symbols_dir
     modules = list(iter_modules(root))
     if jobs > 1 and len(modules) > 8:
         _WORK.update(modules=modules, symbols=symbols)
