@@ -13,10 +13,42 @@ import sys
 import click
 
 from ovmftool import __version__
-from ovmftool.errors import OvmfToolError
+from ovmftool.errors import OvmfToolError, one_line
+
+
+class _Command(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:  # click leaves some parser errors (option needs a value) without a context
+            if e.ctx is None:
+                e.ctx = ctx
+            raise
 
 
 class _Group(click.Group):
+    command_class = _Command
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's entry point, with every usage error as one line (`ovmftool: error: CMD: ...`)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except _NO_ARGS_HELP as e:  # bare `ovmftool`: the help, as click shows it
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            click.echo(_usage_line(e), err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            click.echo(f"ovmftool: error: {' '.join(e.format_message().split())}", err=True)
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("ovmftool: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -36,8 +68,23 @@ class _Group(click.Group):
 
 
 def _fail(msg: str) -> None:
-    click.echo(f"ovmftool: error: {msg}", err=True)
+    """The one line every error ends in (`errors.one_line`: no input can add a second line)."""
+    click.echo(f"ovmftool: error: {one_line(msg)}", err=True)
     sys.exit(2)
+
+
+_NO_ARGS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+def _usage_line(e: click.UsageError) -> str:
+    """`ovmftool: error: scan: Missing argument 'IMAGES...'. (see ovmftool scan --help)`"""
+    names, c = [], e.ctx
+    while c is not None and c.parent is not None:  # not the root's name: `python -m ovmftool` has spaces
+        names.append(c.info_name or "")
+        c = c.parent
+    sub = " ".join(reversed(names))
+    msg = " ".join(e.format_message().split())
+    return f"ovmftool: error: {sub + ': ' if sub else ''}{msg} (see ovmftool {sub + ' ' if sub else ''}--help)"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +97,34 @@ def _load(image: str):
     from ovmftool.model.parser import read_image
 
     return read_image(image)
+
+
+def _out_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """-o FILE: checked before any work starts (one line naming it and why it cannot be written)."""
+    if value is not None and not ctx.resilient_parsing:
+        from ovmftool.report.io import check_output_file
+
+        check_output_file(value)
+    return value
+
+
+def _out_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """-o FILE|-: as _out_path; `-` is stdout."""
+    return value if value == "-" else _out_path(ctx, param, value)
+
+
+def _out_dir(ctx: click.Context, param: click.Parameter, value: str | None, parents: bool = False) -> str | None:
+    """-o DIR: absent or empty, and creatable in an existing parent, checked before any work."""
+    if value is not None and not ctx.resilient_parsing:
+        from ovmftool.report.io import check_output_dir
+
+        check_output_dir(value, parents=parents)
+    return value
+
+
+def _out_dir_parents(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """-o DIR whose missing parents are created (once the work is done)."""
+    return _out_dir(ctx, param, value, parents=True)
 
 
 def _emit(text: str, output: str | None) -> None:
@@ -66,7 +141,8 @@ def _emit(text: str, output: str | None) -> None:
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--modules", "modules_only", is_flag=True, help="List only the module table.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+@click.option("-o", "--output", metavar="FILE|-", callback=_out_file,
+              help="Write to FILE (atomically; checked before any work) instead of stdout.")
 def info(image: str, fmt: str, modules_only: bool, output: str | None) -> None:
     """Print the structure of IMAGE: volumes, files, sections, modules, damage.
 
@@ -100,11 +176,15 @@ def info(image: str, fmt: str, modules_only: bool, output: str | None) -> None:
 
 @main.command()
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory to create (must not exist, or be empty).")
+@click.option("-o", "--output", "out_dir", required=True, metavar="DIR", callback=_out_dir,
+              help="Directory to create (must not exist, or be empty; its parent must exist).")
 @click.option("--allow-damaged", is_flag=True, help="Extract what parsed even if the image is damaged.")
 def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
-    """Write every module of IMAGE as NAME_GUID.efi|.te plus manifest.json into a directory."""
+    """Write every module of IMAGE as NAME_GUID.efi|.te plus manifest.json into a directory.
+
+    Exit 0: written, image undamaged. With --allow-damaged a damaged image still exits 2, after
+    writing what parsed and listing (here and in manifest.json's `skipped`) what could not be.
+    """
     from ovmftool.model.node import all_problems
     from ovmftool.ops.extract import extract as do_extract
 
@@ -113,19 +193,24 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
     if probs and not allow_damaged:
         _fail(f"{image}: damaged image: {probs[0]} (use --allow-damaged to extract anyway)")
     manifest = do_extract(root, out_dir)
-    click.echo(f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {out_dir}")
+    for s in manifest["skipped"]:
+        click.echo(f"skipped {s['kind']} {s['name'] or s['guid'] or '?'} in {s['volume'] or 'the image'} "
+                   f"at {s['where']}: {s['reason']}")
+    click.echo(f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {out_dir}"
+               + (f"; skipped {len(manifest['skipped'])}" if manifest["skipped"] else ""))
+    if probs:
+        more = f" (and {len(probs) - 1} more)" if len(probs) > 1 else ""
+        _fail(f"{image}: damaged image: {probs[0]}{more}; extracted what parsed, "
+              f"{len(manifest['skipped'])} part(s) skipped")
 
 
 def _scan_one(image: str, symbols_dir: str | None = None, jobs: int | None = None, root=None):
-    """Parse (unless `root` is the parsed image) and scan one image; damaged images are errors."""
-    from ovmftool.model.node import all_problems
-    from ovmftool.scan.scanner import default_jobs, scan_image
+    """Parse (unless `root` is the parsed image) and scan one image; damaged images (damage the
+    scan comes upon included) and inputs without code are errors."""
+    from ovmftool.scan.scanner import default_jobs, scan_checked
 
     root = _load(image) if root is None else root
-    probs = all_problems(root)
-    if probs:
-        raise OvmfToolError(f"{image}: damaged image: {probs[0]}")
-    return scan_image(image, symbols_dir, jobs or default_jobs(), root=root)
+    return scan_checked(image, symbols_dir, jobs or default_jobs(), root=root)
 
 
 @main.command()
@@ -136,44 +221,35 @@ def _scan_one(image: str, symbols_dir: str | None = None, jobs: int | None = Non
               help="EDK II build directory whose <ARCH>/*.debug (or .map) files name functions.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
               help="Worker processes (default: 1 with the native walk, else CPU count, at most 4).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
-def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int | None, output: str | None) -> None:
+@click.option("-o", "--output", metavar="FILE|-", callback=_out_file,
+              help="Write to FILE (atomically; checked before any work) instead of stdout.")
+@click.option("--sarif-root", type=click.Path(file_okay=False),
+              help="SARIF: image URIs are relative to this directory (%SRCROOT%; default: the working directory).")
+def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int | None, output: str | None,
+         sarif_root: str | None) -> None:
     """Find every string port-I/O instruction (INS/OUTS) in the code of each IMAGE.
 
-    Exit 0: no sites; 1: sites found; 2: error (an image could not be read or is damaged).
+    Exit 0: checked, no sites; 1: sites found; 2: error (an input could not be read, is damaged,
+    or holds no code, e.g. a variable store). With several images: the worst of theirs; each
+    keeps its place in the output, errors included.
     """
-    from ovmftool.report.scan_report import scan_json, scan_text
+    from ovmftool.report.scan_report import render
+    from ovmftool.scan.scanner import default_jobs, scan_paths, worst_exit
 
-    results, errors = [], []
-    for image in images:
-        try:
-            results.append(_scan_one(image, symbols_dir, jobs))
-        except OvmfToolError as e:
-            errors.append(str(e))
-    if results:
-        if fmt == "json":
-            docs = [scan_json(r) for r in results]
-            text = json.dumps(docs[0] if len(images) == 1 else docs, indent=2, sort_keys=True) + "\n"
-        elif fmt == "sarif":
-            from ovmftool.report.sarif import sarif_log
-
-            text = json.dumps(sarif_log(results), indent=2, sort_keys=True) + "\n"
-        elif fmt == "junit":
-            from ovmftool.report.junit import junit_xml
-
-            text = junit_xml(results)
-        else:
-            text = "".join(scan_text(r) for r in results)
+    outcomes = scan_paths(images, symbols_dir, jobs or default_jobs())
+    text = render(outcomes, fmt, sarif_root)
+    if text:
         _emit(text, output)
-    for e in errors:
-        click.echo(f"ovmftool: error: {e}", err=True)
-    sites = sum(len(r.findings) for r in results)
-    sys.exit(2 if errors else (1 if sites else 0))
+    for o in outcomes:
+        if o.exit_code == 2:
+            click.echo(f"ovmftool: error: {o.message}", err=True)
+    sys.exit(worst_exit(outcomes))
 
 
 @main.command()
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Baseline file to write.")
+@click.option("-o", "--output", required=True, metavar="FILE|-", callback=_out_file,
+              help="Baseline file to write (`-`: stdout).")
 @click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False))
 def baseline(image: str, output: str, symbols_dir: str | None) -> None:
     """Record today's string I/O sites of IMAGE as the accepted baseline."""
@@ -219,21 +295,12 @@ def check(image: str, baseline_file: str | None, waivers_file: str | None, symbo
 @click.option("--symbols-new", type=click.Path(file_okay=False))
 def diff(old: str, new: str, fmt: str, symbols_old: str | None, symbols_new: str | None) -> None:
     """Sites added, removed and unchanged from OLD to NEW (exit 1 if any were added)."""
-    from ovmftool.gate.diff import diff as do_diff
+    from ovmftool.gate.diff import diff as do_diff, diff_json
 
     a, b = _scan_one(old, symbols_old), _scan_one(new, symbols_new)
     d = do_diff(a, b)
-
-    def row(f):
-        return {"module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
-                "mnemonic": f.mnemonic, "bytes": f.bytes, "rva": f.rva, "volume": f.volume}
-
     if fmt == "json":
-        doc = {"schema_version": "ovmftool.diff/1", "old": {"path": old, "sha256": a.sha256},
-               "new": {"path": new, "sha256": b.sha256}, "added": [row(f) for f in d.added],
-               "removed": [row(f) for f in d.removed], "unchanged": len(d.unchanged),
-               "modules_added": d.modules_added, "modules_removed": d.modules_removed}
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
+        click.echo(json.dumps(diff_json(a, b, d), indent=2, sort_keys=True))
     else:
         for tag, fs in (("+", d.added), ("-", d.removed)):
             for f in fs:
@@ -253,35 +320,22 @@ def diff(old: str, new: str, fmt: str, symbols_old: str | None, symbols_new: str
 @click.option("--image", type=click.Path(dir_okay=False), help="Find where these bytes sit in this image.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def decode(text: tuple[str, ...], bits: str, image: str | None, fmt: str) -> None:
-    """Decode propolis' InstEmul bytes (the panic line, [243, 110, ...], or hex) and explain them."""
-    from dataclasses import asdict
+    """Decode propolis' InstEmul bytes (the panic line, [243, 110, ...], or hex) and name the routine.
 
+    The first line is the verdict: instruction, routine, source file and library instance from
+    the built-in signatures. IMAGE (a flash image or a standalone PE32/TE module) is searched too;
+    a damaged IMAGE is an error (exit 2).
+    """
+    from ovmftool.report.decode_report import decode_json, decode_text
     from ovmftool.triage.decode import decode as do_decode, find_in_image, parse_bytes
 
     t = do_decode(parse_bytes(" ".join(text)), int(bits))
     if image:
-        t.matches = find_in_image(t, _load(image))
+        find_in_image(t, _load(image))
     if fmt == "json":
-        doc = {"schema_version": "ovmftool.decode/1", "bytes": t.data.hex(), "bits": t.bits,
-               "instructions": [asdict(i) for i in t.instructions], "explanation": t.explanation,
-               "matches": [asdict(m) for m in t.matches] if image else None}
-        click.echo(json.dumps(doc, indent=2, sort_keys=True))
-        return
-    click.echo(f"bytes ({len(t.data)}): {t.data.hex(' ')}")
-    for i, ins in enumerate(t.instructions):
-        mark = "=>" if i == 0 else "  "
-        click.echo(f"{mark} +{ins.offset:<3} {ins.bytes:<20} {ins.mnemonic} {ins.operands}".rstrip())
-    click.echo("")
-    click.echo(t.explanation)
-    if image:
-        click.echo("")
-        if not t.matches:
-            click.echo(f"no code in {image} matches these bytes")
-        for m in t.matches:
-            where = f"fd 0x{m.fd_offset:X}" if m.fd_offset is not None else "compressed"
-            click.echo(f"match {m.matched}/{len(t.data)} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}, "
-                       f"{m.volume}) in {m.function or '?'}" + (f" [{m.function_source}]" if m.function else "")
-                       + ("" if m.is_site else " (not at a scanned site)"))
+        click.echo(json.dumps(decode_json(t), indent=2, sort_keys=True))
+    else:
+        click.echo(decode_text(t), nl=False)
 
 
 @main.command()
@@ -291,8 +345,9 @@ def decode(text: tuple[str, ...], bits: str, image: str | None, fmt: str) -> Non
 @click.option("--arch", "arches", multiple=True, type=click.Choice(["IA32", "X64"], case_sensitive=False),
               help="Architectures (default: the DSC's SUPPORTED_ARCHITECTURES).")
 @click.option("--strategy", type=click.Choice(["auto", "dsc-inf", "unroll"]), default="auto", show_default=True)
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Directory for the series, plan.json and SUMMARY.md (must not exist, or be empty).")
+@click.option("-o", "--output", "out_dir", required=True, metavar="DIR", callback=_out_dir_parents,
+              help="Directory for the series, plan.json and SUMMARY.md (must not exist, or be empty; "
+                   "missing parents are created).")
 @click.option("--author", default="ovmftool <ovmftool@users.noreply.invalid>", show_default=True)
 @click.option("--signoff", default=None, help="Signed-off-by line value (default: the author).")
 @click.option("--verify", is_flag=True, help="Apply to a scratch copy, build, scan: fail unless 0 sites remain.")
@@ -302,13 +357,11 @@ def decode(text: tuple[str, ...], bits: str, image: str | None, fmt: str) -> Non
 @click.option("--scratch", type=click.Path(file_okay=False), help="Where --verify copies the tree (default: TMPDIR).")
 def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify, target, before_image, scratch):
     """Write an EDK II patch series that removes every string port-I/O instruction the tree and DSC build."""
-    import os
-    import shutil
-    import tempfile
     from pathlib import Path
 
     from ovmftool.edk2.plan import make_plan
     from ovmftool.edk2.series import check_applies, write_series
+    from ovmftool.report.io import commit_output_dir, discard_output_dir, new_output_dir
 
     defs = {}
     for d in defines:
@@ -318,15 +371,12 @@ def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify,
         defs[k] = v
     tree_p = Path(tree).resolve()
     out = Path(out_dir).resolve()
-    if out.exists() and any(out.iterdir()):
-        _fail(f"output directory {out} exists and is not empty")
     p = make_plan(tree_p, dsc, defs, list(arches) or None, strategy)
     if verify:
         from ovmftool.edk2.verify import check_toolchain
 
         check_toolchain()  # before anything is written or copied
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ovmftool-plan-", dir=out.parent))
+    tmp = Path(new_output_dir(out_dir, parents=True))
     try:
         series = write_series(p.patches, tmp, author, signoff or author)
         check_applies(series, tree_p)
@@ -337,11 +387,9 @@ def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify,
             doc["verification"] = _verify(p, series, tree_p, dsc, defs, target, before_image, scratch, tmp)
         (tmp / "plan.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         (tmp / "SUMMARY.md").write_text(_summary(doc))
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
+        commit_output_dir(str(tmp), out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_output_dir(str(tmp))
         raise
     click.echo((out / "SUMMARY.md").read_text())
 
@@ -418,72 +466,57 @@ def _summary(doc: dict) -> str:
 @main.command("boot-check")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--vars", "vars_file", type=click.Path(dir_okay=False, exists=True),
-              help="Variable store template (copied, never written). Default: OVMF_VARS*.fd beside IMAGE.")
+              help="Variable store template (copied, never written). Default: OVMF_VARS*.fd beside IMAGE, "
+                   "else a generated empty store of the size IMAGE's flash layout needs.")
 @click.option("--machine", type=click.Choice(["q35", "pc"]), default="q35", show_default=True)
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=180.0, show_default=True)
+@click.option("--hang-after", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
+              help="Call the boot hung after this many seconds without new serial or debug-console output "
+                   "or newly translated code.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first executed string I/O, as propolis does.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--keep", type=click.Path(file_okay=False), help="Keep QEMU's logs in this directory.")
+@click.option("--keep", type=click.Path(file_okay=False),
+              help="Keep QEMU's logs in this directory (default: a temporary one, removed at the end).")
 @click.option("--no-count", is_flag=True,
               help="Skip the second boot that counts executions and reads I/O ports.")
-def boot_check_cmd(image, vars_file, machine, timeout, fail_fast, fmt, keep, no_count):
+def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fmt, keep, no_count):
     """Boot IMAGE under QEMU (TCG) and report every string port-I/O instruction that executed.
 
     When some did, a second boot logs just the blocks holding them: how often each ran, the
-    count it was given and the I/O port. Exit 0: none executed; 1: some did; 2: error.
+    count it was given and the I/O port. Exit 0: it reached the UEFI shell (or the boot
+    manager) and none executed; 1: some did (or --fail-fast stopped at the first); 2: error,
+    including a boot that did not finish (hang, reset, QEMU exit, timeout).
     """
     from pathlib import Path
 
     from ovmftool.boot.check import boot_check
+    from ovmftool.boot.qemu import qemu_binary
+    from ovmftool.boot.varstore import plan_vars
+    from ovmftool.report.boot_report import boot_failure, boot_text
 
     root = _load(image)
     res_scan = _scan_one(image, root=root)
-    vf = Path(vars_file) if vars_file else _sibling_vars(image)
+    plan = plan_vars(image, vars_file)
+    qemu_binary()
     progress = None
     if fmt == "text" and sys.stderr.isatty():
         def progress(t):
             click.echo(f"\rbooting... {t:5.0f} s", nl=False, err=True)
-    bc = boot_check(image, root, res_scan, vf, machine, timeout, fail_fast, Path(keep) if keep else None, progress,
-                    count=not no_count)
+    bc = boot_check(image, root, res_scan, plan, machine, timeout, fail_fast, Path(keep) if keep else None, progress,
+                    count=not no_count, hang_after=hang_after)
     if progress:
         click.echo("", err=True)
-    if fmt == "json":
-        click.echo(json.dumps(bc.as_dict(), indent=2, sort_keys=True))
-    else:
-        click.echo(f"{image}: boot ended: {bc.ended} after {bc.seconds:.1f} s")
-        for e in bc.executed:
-            where = (f"{e.module} rva 0x{e.rva:X} in {e.function or '?'} ({e.mapped_by})" if e.module
-                     else ("candidates: " + ", ".join(e.candidates) if e.candidates else "unmapped"))
-            first = "  <= first: propolis without DecodeAssist stops here" if e.order == 0 else ""
-            runs = ""
-            if e.executions is not None:
-                port = f"port 0x{e.port:X}" if e.port is not None else (
-                    "ports " + ",".join(f"0x{p:X}" for p in e.ports) if e.ports else "port ?")
-                units = f", {e.units} units" if e.units is not None else ""
-                runs = f"  [{port}, {e.executions}x{units}]"
-            click.echo(f"  0x{e.address:X}  {e.mnemonic:<10} {e.bytes:<8} {where}{runs}{first}")
-        click.echo(f"boot-check: {len(bc.executed)} string I/O instruction(s) executed"
-                   + ("" if bc.counted or not bc.executed else " (not counted: the second boot was skipped or "
-                                                                  "ran differently)"))
+    click.echo(json.dumps(bc.as_dict(), indent=2, sort_keys=True) if fmt == "json" else boot_text(bc), nl=fmt == "json")
+    failure = boot_failure(bc)
+    if failure:
+        _fail(failure)
     sys.exit(1 if bc.executed else 0)
-
-
-def _sibling_vars(image: str):
-    """The variable store that ships beside a code image (OVMF_CODE_4M.fd -> OVMF_VARS_4M.fd)."""
-    from pathlib import Path
-
-    p = Path(image)
-    names = [p.name.replace("CODE", "VARS")] + (["OVMF_VARS_4M.fd"] if "4M" in p.name else []) + ["OVMF_VARS.fd"]
-    for n in names:
-        c = p.with_name(n.split(".secboot")[0].split(".ms")[0] if "VARS" in n else n)
-        if c.is_file() and c != p:
-            return c
-    _fail(f"no variable store beside {image} (looked for {', '.join(dict.fromkeys(names))}); give --vars")
 
 
 @main.command("patch")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Patched image to write (never IMAGE itself).")
+@click.option("-o", "--output", metavar="FILE", callback=_out_path,
+              help="Patched image to write (never IMAGE itself).")
 @click.option("--dry-run", is_flag=True, help="List every planned rewrite; assemble and write nothing.")
 @click.option("--allow-unknown", is_flag=True,
               help="Leave sites of unknown shape in place (listed) instead of refusing to write.")

@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import re
+
+_SPACES = re.compile(r"\s+")
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (controls, line and paragraph
+    separators, bidi overrides, lone surrogates...) written as a backslash escape.
+
+    Names read from an image (UI and version strings, PE section names, debug paths) and decoder
+    messages go through this before they reach any output, so no input can start a new line,
+    move the cursor or reorder what a terminal shows."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable():
+            out.append(c)
+        else:
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
+def one_line(text: str) -> str:
+    """`text` as one printable line: runs of whitespace (newlines included) become one space,
+    anything else unprintable is escaped."""
+    return printable(_SPACES.sub(" ", text).strip())
+
 
 class OvmfToolError(Exception):
     """An error about the user's input or environment, reported as one line with exit code 2."""
 
     exit_code = 2
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class ImageError(OvmfToolError):

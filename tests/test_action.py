@@ -37,6 +37,7 @@ def test_scan_and_gate_steps_run(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out").read_text().strip() == "sites=90"
     assert (tmp_path / "out.sarif").is_file()
+    assert "summary: 90 sites" in r.stdout and "next steps:" in r.stdout
     # no baseline: every site is new and the gate fails
     r = _run(_step("Gate on new sites"), {"IMAGES": img, "BASELINE": "", "WAIVERS": "", "SYMBOLS": ""}, tmp_path)
     assert r.returncode == 1 and "check: 90 new" in r.stdout

@@ -37,7 +37,8 @@ def test_sarif_is_schema_valid_on_real_images(image, tmp_path):
     assert len(run["results"]) == len(scan_image(image, jobs=1).findings) >= 90
     for res in run["results"]:
         assert [l["kind"] for l in res["locations"][0]["logicalLocations"]] == ["module", "function"]
-        assert "physicalLocation" not in res["locations"][0]  # all inside LZMA: volume + offset as properties
+        # all inside LZMA: the region is the compressed section (tests/test_scan_gate.py), volume + offset as properties
+        assert res["locations"][0]["physicalLocation"]["region"]["byteLength"] > 2
         assert res["properties"]["compressed"] and res["properties"]["volume"].startswith("FVMAIN_COMPACT/LZMA")
     fps = [res["partialFingerprints"]["ovmftoolSite/v1"] for res in run["results"]]
     assert len(set(fps)) == len(fps)
@@ -200,3 +201,155 @@ def test_decode_finds_iofifo_routine_in_non_sev_build():
 def test_decode_bad_input_is_one_line_error():
     r = CliRunner().invoke(main, ["decode", "not bytes at all"])
     assert r.exit_code == 2 and r.output.startswith("ovmftool: error:") and r.output.count("\n") == 1
+
+
+# -- schemas of diff, baseline and waivers; the loaders agree with them --------------------------
+
+DEB25 = str(CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"])
+
+
+def _schema(name):
+    return json.loads((ROOT / "docs" / "schema" / f"{name}-1.json").read_text())
+
+
+def _valid(doc, name):
+    return jsonschema.Draft202012Validator(_schema(name), format_checker=jsonschema.FormatChecker()).is_valid(doc)
+
+
+def test_diff_json_validates_on_real_images():
+    """2022.11 -> 2025.02: Debian's two packages differ in modules and sites, matched by identity."""
+    r = CliRunner().invoke(main, ["diff", "--format", "json", DEB, DEB25])
+    doc = json.loads(r.stdout)
+    assert _valid(doc, "diff"), list(jsonschema.Draft202012Validator(_schema("diff")).iter_errors(doc))[:3]
+    assert r.exit_code == (1 if doc["added"] else 0)
+    n_old, n_new = (len(scan_image(p, jobs=1).findings) for p in (DEB, DEB25))
+    assert len(doc["removed"]) + doc["unchanged"] == n_old and len(doc["added"]) + doc["unchanged"] == n_new
+    assert doc["old"]["path"] == DEB and doc["new"]["sha256"] != doc["old"]["sha256"]
+    assert doc["modules_added"] or doc["modules_removed"]
+    r = CliRunner().invoke(main, ["diff", "--format", "json", DEB, DEB])
+    same = json.loads(r.stdout)
+    assert r.exit_code == 0 and _valid(same, "diff") and same["added"] == same["removed"] == [] and same["unchanged"] == n_old
+
+
+@pytest.mark.parametrize("image", [DEB, DEB25])
+def test_baseline_validates_and_loads(tmp_path, image):
+    from ovmftool.gate.baseline import load_baseline
+
+    out = tmp_path / "b.json"
+    r = CliRunner().invoke(main, ["baseline", image, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert _valid(doc, "baseline")
+    assert len(load_baseline(str(out))) == len(doc["sites"]) == len(scan_image(image, jobs=1).findings)
+
+
+def _ci_md_waivers() -> dict:
+    text = (ROOT / "docs" / "ci.md").read_text()
+    block = text.split('```json\n{"schema_version": "ovmftool.waivers/1"', 1)[1].split("```", 1)[0]
+    return json.loads('{"schema_version": "ovmftool.waivers/1"' + block)
+
+
+def test_the_documented_waivers_example_validates_and_loads(tmp_path):
+    from ovmftool.gate.baseline import load_waivers
+
+    doc = _ci_md_waivers()
+    assert _valid(doc, "waivers")
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps(doc))
+    (w,) = load_waivers(str(p))
+    assert w.module == "PlatformPei" and w.function == "IoReadFifo8" and str(w.expires) == "2027-06-30"
+
+
+def _baseline_doc():
+    from ovmftool.gate.baseline import make_baseline
+
+    return make_baseline(scan_image(DEB, jobs=1))
+
+
+# (mutation, the field the one-line error must name)
+BASELINE_BAD = [
+    (lambda d: d.pop("schema_version"), "schema_version: missing"),
+    (lambda d: d.update(schema_version="ovmftool.baseline/2"), "schema_version: 'ovmftool.baseline/2' is not"),
+    (lambda d: d.pop("sites"), "sites: missing"),
+    (lambda d: d.update(sites={}), "sites: {} is not an array"),
+    (lambda d: d["sites"].append(7), "sites[90]: is not an object"),
+    (lambda d: d["sites"][3].pop("key"), "sites[3].key: missing"),
+    (lambda d: d["sites"][3].update(key=""), "sites[3].key: \"\" does not match"),
+    (lambda d: d["sites"][0].update(rva=-1), "sites[0].rva: -1 is below 0"),
+    (lambda d: d["sites"][0].update(rva="0x10"), "sites[0].rva: \"0x10\" is not an integer"),
+    (lambda d: d["sites"][0].update(rva=True), "sites[0].rva: true is not an integer"),
+    (lambda d: d["sites"][1].update(guid="PlatformPei"), "sites[1].guid: \"PlatformPei\" does not match"),
+    (lambda d: d["sites"][1].update(bytes="F36C"), "sites[1].bytes: \"F36C\" does not match"),
+    (lambda d: d["sites"][2].update(function=5), "sites[2].function: 5 is not a string or null"),
+    (lambda d: d["image"].update(sha256="x"), "image.sha256: \"x\" does not match"),
+    (lambda d: d.pop("tool"), "tool: missing"),
+]
+
+
+@pytest.mark.parametrize("mutate,field", BASELINE_BAD, ids=[f for _, f in BASELINE_BAD])
+def test_load_baseline_rejects_what_the_schema_rejects(tmp_path, mutate, field):
+    from ovmftool.errors import OvmfToolError
+    from ovmftool.gate.baseline import load_baseline
+
+    doc = _baseline_doc()
+    assert _valid(doc, "baseline")
+    mutate(doc)
+    assert not _valid(doc, "baseline")
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(OvmfToolError) as e:
+        load_baseline(str(p))
+    assert str(e.value).startswith(f"baseline {p}: {field}") and "\n" not in str(e.value)
+    r = CliRunner().invoke(main, ["check", DEB, "--baseline", str(p)])
+    assert r.exit_code == 2 and r.stderr == f"ovmftool: error: {e.value}\n"
+
+
+WAIVER_OK = {"module": "PlatformPei", "function": "IoReadFifo*", "instruction": "rep insb", "reason": "r",
+             "expires": "2099-12-31"}
+WAIVERS_BAD = [
+    ({"waivers": []}, "schema_version: missing"),
+    ({"schema_version": "ovmftool.waivers/1"}, "waivers: missing"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": {"module": "x"}}, "waivers: {\"module\": \"x\"} is not an array"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": ["PlatformPei"]}, "waivers[0]: is not an object"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": [WAIVER_OK, {"module": "X"}]}, "waivers[1].reason: missing"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"reason": "r"}]}, "waivers[0].module: missing"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": " ", "reason": "r"}]}, "waivers[0].module: \" \" does not match"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expire": "2020-01-01"}]},
+     "waivers[0]: unknown field 'expire'"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expires": "30.06.2027"}]},
+     "waivers[0].expires: \"30.06.2027\" does not match"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expires": "2027-13-01"}]},
+     "waivers[0].expires: '2027-13-01' is not a date (YYYY-MM-DD)"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "function": ["a"]}]},
+     "waivers[0].function: [\"a\"] is not a string or null"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": 3, "reason": "r"}]}, "waivers[0].module: 3 is not a string"),
+]
+
+
+@pytest.mark.parametrize("doc,field", WAIVERS_BAD, ids=[f for _, f in WAIVERS_BAD])
+def test_load_waivers_rejects_what_the_schema_rejects(tmp_path, doc, field):
+    from ovmftool.errors import OvmfToolError
+    from ovmftool.gate.baseline import load_waivers
+
+    assert not _valid(doc, "waivers")
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(OvmfToolError) as e:
+        load_waivers(str(p))
+    assert str(e.value).startswith(f"waivers {p}: {field}") and "\n" not in str(e.value)
+
+
+def test_load_waivers_accepts_what_the_schema_accepts(tmp_path):
+    from ovmftool.gate.baseline import load_waivers
+
+    doc = {"schema_version": "ovmftool.waivers/1", "waivers": [
+        WAIVER_OK, {"module": "222c386d-5abc-4fb4-b124-fbb82488acf4", "reason": "by GUID", "function": None,
+                    "instruction": None, "expires": None}]}
+    assert _valid(doc, "waivers")
+    p = tmp_path / "w.json"
+    p.write_text(json.dumps(doc))
+    ws = load_waivers(str(p))
+    assert [w.module for w in ws] == ["PlatformPei", "222c386d-5abc-4fb4-b124-fbb82488acf4"]
+    assert ws[1].function is None and ws[1].expires is None
+    r = CliRunner().invoke(main, ["check", DEB, "--waivers", str(p)])
+    assert r.exit_code == 1 and "waived  PlatformPei" in r.stdout  # other modules' sites are still new

@@ -410,7 +410,7 @@ def test_cli_refusals_write_nothing_unless_allowed(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args,msg", [
     (["-o", "{input}"], "is the input image"),
     ([], "give -o OUTPUT"),
-    (["-o", "{tmp}/missing/out.fd"], "does not exist"),
+    (["-o", "{tmp}/missing/out.fd"], "No such file or directory"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, msg):
     args = [a.format(input=DEB_4M, tmp=tmp_path) for a in args]

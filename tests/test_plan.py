@@ -118,3 +118,23 @@ def test_verify_names_missing_toolchain_packages(tmp_path, monkeypatch):
                                   str(tmp_path / "o"), "--verify"])
     assert r.exit_code == 2 and "apt-get install" in r.output and "nasm" in r.output and "acpica-tools" in r.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("dsc", ["OvmfPkg/OvmfPkgX64.dsc", "OvmfPkg/OvmfPkgIa32X64.dsc"])
+def test_plan_json_validates_against_the_schema(tmp_path, dsc):
+    import jsonschema
+
+    from conftest import ROOT
+
+    out = tmp_path / "p"
+    r = CliRunner().invoke(main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", dsc, "-D", "SECURE_BOOT_ENABLE=TRUE",
+                                  "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "plan.json").read_text())
+    schema = json.loads((ROOT / "docs" / "schema" / "plan-1.json").read_text())
+    jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(doc)
+    assert doc["strategy"] == "unroll" and doc["modules_affected"] and "verification" not in doc
+    # the committed series for this DSC was made by the same command (plus --verify) on this Debian revision
+    committed = json.loads((ROOT / "edk2-patches" / "debian-2022.11" / dsc.split("/")[1][:-4] / "plan.json").read_text())
+    if committed["tree_version"] == doc["tree_version"]:
+        assert {k: v for k, v in committed.items() if k != "verification"} == doc

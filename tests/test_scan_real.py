@@ -84,6 +84,7 @@ def test_exit_codes_text_json_and_several_images(tmp_path):
     bad.write_bytes(b"\0" * 4096)
     r = CliRunner().invoke(main, ["scan", a, str(bad)])
     assert r.exit_code == 2 and "summary:" in r.output and "no firmware volume" in r.output
+    assert f"{bad}\n  error: " in r.output and "total: 90 sites in 1 of 2 images; 1 error" in r.output
 
 
 def test_scan_json_validates_against_schema():

@@ -2,6 +2,7 @@
 # Build OVMF from Debian's edk2 source and keep the FD with its symbol files.
 #   build-ovmf.sh VERSION DSC TARGET [-D NAME=VALUE]... [-p PATCH]...
 #   e.g. build-ovmf.sh 2022.11 OvmfPkg/OvmfPkgX64.dsc DEBUG -D SECURE_BOOT_ENABLE=TRUE
+#        build-ovmf.sh oxide-202105 OvmfPkg/OvmfPkgX64.dsc DEBUG -D FD_SIZE_2MB -D MPT_SCSI_ENABLE=FALSE
 # -p applies a patch (git format, -p1) to a copy of the tree kept for that set of patches.
 # Output (printed on stdout): ${OVMFTOOL_CACHE:-~/.cache/ovmftool}/builds/<key>/ holding
 #   FV/*.fd FV/*.inf, <ARCH>/*.efi *.debug, <ARCH>/*.map, build-report.txt, build.json
@@ -21,7 +22,11 @@ while [ $# -gt 0 ]; do
 done
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${OVMFTOOL_CACHE:-$HOME/.cache/ovmftool}
-tree=${OVMFTOOL_EDK2_TREE:-$(bash "$here/edk2-source.sh" "$ver")}
+case "$ver" in
+  oxide-*) src_script=oxide-source.sh ;;  # Oxide's fork (propolis' firmware), e.g. oxide-202105
+  *) src_script=edk2-source.sh ;;
+esac
+tree=${OVMFTOOL_EDK2_TREE:-$(bash "$here/$src_script" "$ver")}
 if [ ${#patches[@]} -gt 0 ]; then
   phash=$(cat "${patches[@]}" | sha256sum | cut -c1-12)
   ptree=$cache/src/edk2-$ver-p$phash
@@ -80,7 +85,7 @@ for a in IA32 X64; do
   done
 done
 cat > "$out.tmp/build.json" <<JSON
-{"edk2_version": "$ver", "debian_version": "$(cat "$tree/.ovmftool-ready" 2>/dev/null || echo unknown)",
+{"edk2_version": "$ver", "debian_version": "$(head -n 1 "$tree/.ovmftool-ready" 2>/dev/null || echo unknown)",
  "dsc": "$dsc", "target": "$target", "toolchain": "GCC5", "archs": "${archs[*]}",
  "defines": "${defs[*]:-}", "patches": "${patches[*]:-}", "seconds": $(( $(date +%s) - start ))}
 JSON

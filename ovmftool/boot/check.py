@@ -19,19 +19,29 @@ execution, with RCX = count and DX = port when the block does not change them fi
 each further REP iteration as a block at the instruction itself, so iterations are counted too.
 A block QEMU logged but did not run (an interrupt was taken first: "Stopped execution of TB
 chain") is not counted.
+
+A boot that does not reach the shell (or the boot manager's fallback) is not a pass: a hang (no
+new serial, debug-console output or translated code for a while), a reset (triple fault), QEMU
+exiting or the timeout each get a verdict and `StoppedAt`: the CPU's address (or the last block
+QEMU translated) mapped to module, phase and function (`locate`).
 """
 
 from __future__ import annotations
 
+import bisect
 import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ovmftool.boot.qemu import launch, wait
+from ovmftool.boot.qemu import Ending, Qemu, wait
+from ovmftool.boot.varstore import VarsPlan
 from ovmftool.model.parser import FlashImage
-from ovmftool.ops.modules import iter_modules
-from ovmftool.scan.scanner import ScanResult
+from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
+from ovmftool.scan import signatures as sigs
+from ovmftool.scan.codemap import discover
+from ovmftool.scan.scanner import ScanResult, exec_ranges
 
 _INSN = re.compile(r"^0x([0-9a-f]+):\s+((?:[0-9a-f]{2} )+)\s*(\S.*?)\s*$")
 _LOAD = re.compile(r"Loading (?:PEIM|driver) at 0x([0-9A-Fa-f]+) EntryPoint=0x([0-9A-Fa-f]+) (\S+?)\.efi")
@@ -66,32 +76,90 @@ class Executed:
         return d
 
 
+VERDICTS = ("shell", "boot-manager", "timeout", "hang", "reset", "qemu-exit", "fail-fast")
+
+
+@dataclass
+class StoppedAt:
+    """Where a boot that did not finish was when it ended."""
+
+    address: int | None  # guest address (linear)
+    source: str | None  # cpu (the registers when the guest was stopped), last-translated (QEMU's last new block)
+    module: str | None = None
+    guid: str | None = None
+    phase: str | None = None  # RESET (the reset vector), SEC, PEI, DXE, MM
+    rva: int | None = None  # in the module (for the reset vector: offset in its code)
+    function: str | None = None
+    mapped_by: str | None = None  # debug-log, xip, flash, code-match
+    halted: bool | None = None  # the CPU was in HLT
+    last_serial: str | None = None
+    last_debug: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def where(self) -> str:
+        """`PlatformPei (PEI) at rva 0x1234 in sub_1200`, or `0x… (in no known module)`."""
+        if self.module is None:
+            return f"0x{self.address:X} (in no known module)" if self.address is not None else "an unknown place"
+        s = f"{self.module} ({self.phase})" if self.phase else self.module
+        if self.rva is not None:
+            s += f" at rva 0x{self.rva:X}"
+        if self.function:
+            s += f" in {self.function}"
+        return s
+
+
 @dataclass
 class BootCheck:
     """The outcome of one boot."""
 
     image: str
-    ended: str  # shell, boot-manager (BDS fallback), timeout, exit N, stopped at the first (--fail-fast)
+    verdict: str  # one of VERDICTS
     seconds: float
     executed: list[Executed]
-    serial_log: str
-    debug_log: str
-    trace_log: str
+    vars: dict  # VarsPlan.as_dict()
+    detail: str = ""  # reset: triple fault or not; qemu-exit: status and message
+    quiet: float = 0.0  # seconds without new output or code at the end (a hang: at least --hang-after)
+    hang_after: float | None = None
+    stopped_at: StoppedAt | None = None  # when it did not finish
     counted: bool = False  # the second boot (executions, ports) ran and agreed with the first
-    count_debug_log: str | None = None  # the second boot's debug console output
+    logs: dict = field(default_factory=dict)  # serial, debug, trace, count_debug: paths (None once removed)
+    kept: str | None = None  # the directory the logs are in (--keep), None when it was removed
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.verdict in ("shell", "boot-manager")
+
+    @property
+    def ended(self) -> str:
+        """The `ended` field of earlier versions: the verdict, but the --fail-fast sentence."""
+        if self.verdict == "fail-fast":
+            return "stopped at the first string I/O (--fail-fast)"
+        return self.verdict
 
     def as_dict(self) -> dict:
         return {"schema_version": "ovmftool.boot-check/1", "image": self.image, "ended": self.ended,
-                "seconds": round(self.seconds, 1), "executed": [e.as_dict() for e in self.executed],
+                "verdict": self.verdict, "finished": self.finished, "detail": self.detail,
+                "seconds": round(self.seconds, 1), "quiet_seconds": round(self.quiet, 1),
+                "hang_after": self.hang_after,
+                "stopped_at": self.stopped_at.as_dict() if self.stopped_at else None,
+                "executed": [e.as_dict() for e in self.executed],
                 "first": self.executed[0].as_dict() if self.executed else None, "counted": self.counted,
-                "logs": {"serial": self.serial_log, "debug": self.debug_log, "trace": self.trace_log,
-                         "count_debug": self.count_debug_log}}
+                "vars": self.vars, "kept": self.kept, "notes": self.notes,
+                "logs": {k: self.logs.get(k) for k in ("serial", "debug", "trace", "count_debug")}}
 
 
-def run_boot(code: Path, vars_file: Path, machine: str, timeout: float, fail_fast: bool, work: Path,
-             progress=None) -> tuple[str, float]:
-    """Boot with the translation log on; stop at the shell, the timeout, or (fail_fast) the first string I/O."""
-    proc, serial, _debug, trace = launch(code, vars_file, work, machine, trace=True)
+FIRST_BOOT_LOG = ["-d", "in_asm,nochain,cpu_reset"]  # cpu_reset: QEMU names a triple fault
+
+
+def run_boot(code: Path, vars_file: Path | None, machine: str, timeout: float, fail_fast: bool, work: Path,
+             progress=None, hang_after: float | None = None) -> Ending:
+    """Boot with the translation log on; stop at the shell, the timeout, a hang, or (fail_fast)
+    the first string I/O."""
+    q = Qemu(code, vars_file, work, machine, log=FIRST_BOOT_LOG)
+    trace = q.trace
     pos = [0]
 
     def first_string_io() -> str | None:
@@ -101,9 +169,9 @@ def run_boot(code: Path, vars_file: Path, machine: str, timeout: float, fail_fas
             fh.seek(pos[0])
             chunk = fh.read()
         pos[0] += max(0, len(chunk) - 200)
-        return "stopped at the first string I/O (--fail-fast)" if _SIO.search(chunk.decode(errors="replace")) else None
+        return "fail-fast" if _SIO.search(chunk.decode(errors="replace")) else None
 
-    return wait(proc, serial, timeout, first_string_io, progress)
+    return wait(q, timeout, hang_after, first_string_io, progress)
 
 
 _SETS_DX_CX = re.compile(r"%[er]?[dc]x\s*$|%[dc][lh]\s*$|xchg.*%[er]?[dc]x|\b(call|pop)")
@@ -145,17 +213,7 @@ def map_to_modules(execd: list[Executed], root: FlashImage, scan: ScanResult, de
     """Attach module, RVA and function to each executed site (see the module docstring)."""
     mods = list(iter_modules(root))
     code: dict[int, bytes] | None = None  # the whole translation log, read only if a mapping is ambiguous
-    by_name: dict[str, list] = {}
-    for m in mods:
-        by_name.setdefault(m.name, []).append(m)
-    loads = []
-    if debug_log.is_file():
-        for mm in _LOAD.finditer(debug_log.read_text(errors="replace")):
-            base, entry, name = int(mm.group(1), 16), int(mm.group(2), 16), mm.group(3)
-            for m in by_name.get(name, []):
-                if m.image.entry_rva == entry - base:
-                    loads.append((base, m))
-                    break
+    loads = debug_loads(debug_log, mods)
     sites = {(f.guid, f.volume, f.rva): f for f in scan.findings}
     for e in execd:
         hit = None
@@ -189,6 +247,22 @@ def map_to_modules(execd: list[Executed], root: FlashImage, scan: ScanResult, de
         if len({(f.guid, f.rva) for f in cands}) == 1:
             f = cands[0]
             e.module, e.guid, e.rva, e.function, e.mapped_by = f.module, f.guid, f.rva, f.function, how
+
+
+def debug_loads(debug_log: Path, mods: list[Module]) -> list[tuple[int, Module]]:
+    """(load address, module) from a DEBUG build's `Loading PEIM/driver at ...` lines, in order."""
+    by_name: dict[str, list] = {}
+    for m in mods:
+        by_name.setdefault(m.name, []).append(m)
+    loads = []
+    if debug_log.is_file():
+        for mm in _LOAD.finditer(debug_log.read_text(errors="replace")):
+            base, entry, name = int(mm.group(1), 16), int(mm.group(2), 16), mm.group(3)
+            for m in by_name.get(name, []):
+                if m.image.entry_rva == entry - base:
+                    loads.append((base, m))
+                    break
+    return loads
 
 
 def translated_code(trace: Path) -> dict[int, bytes]:
@@ -235,7 +309,7 @@ _STOPPED = re.compile(r"\[([0-9a-f]+)\]")
 _REGS = re.compile(r"\b[RE]([CD])X=([0-9a-f]+)")
 
 
-def count_executions(code: Path, vars_file: Path, machine: str, timeout: float, execd: list[Executed],
+def count_executions(code: Path, vars_file: Path | None, machine: str, timeout: float, execd: list[Executed],
                      work: Path, progress=None) -> bool:
     """Second boot logging only the blocks that hold executed sites: executions, REP iterations,
     counts and ports. False if that boot did not run the same sites (nothing is attached then)."""
@@ -243,9 +317,9 @@ def count_executions(code: Path, vars_file: Path, machine: str, timeout: float, 
         return True
     ranges = ",".join(f"0x{min(b for b, _ in e.blocks + [(e.address, False)]):x}..0x{e.address:x}"
                       for e in execd)
-    proc, serial, _debug, trace = launch(code, vars_file, work / "count", machine, trace=False,
-                                         extra=["-d", "in_asm,exec,cpu,nochain", "-dfilter", ranges])
-    ended, _ = wait(proc, serial, timeout, None, progress)
+    q = Qemu(code, vars_file, work / "count", machine, log=["-d", "in_asm,exec,cpu,nochain", "-dfilter", ranges])
+    trace = q.trace
+    ended = wait(q, timeout, None, None, progress).verdict
     blocks = {e.address: {b: dirty for b, dirty in e.blocks} for e in execd}
     stats = {e.address: {"entries": 0, "again": 0, "units": 0, "ports": set(), "unknown": False,
                          "rep": e.mnemonic.startswith("rep")} for e in execd}
@@ -327,18 +401,234 @@ def _flush(pc, regs, owner, blocks, stats, valid) -> None:
             st["ports"].add(regs["D"] & 0xFFFF)
 
 
-def boot_check(image: str, root: FlashImage, scan: ScanResult, vars_file: Path, machine: str = "q35",
+# --- where a boot that did not finish stopped ----------------------------------------------------
+
+_FOUR_GIB = 1 << 32
+_RIP = re.compile(r"\b([RE])IP=([0-9a-f]+)")
+_CS_BASE = re.compile(r"^CS =[0-9a-f]{4} ([0-9a-f]+)", re.M)
+_HLT = re.compile(r"\bHLT=([01])")
+_ANSI = re.compile(r"\x1b\[[0-9;?=>]*[A-Za-z]|\x1b[()][A-Za-z0-9]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def cpu_address(regs: str) -> tuple[int, bool] | None:
+    """(linear address of the next instruction, halted) from `info registers`: CS base + RIP/EIP."""
+    m, c = _RIP.search(regs), _CS_BASE.search(regs)
+    if m is None:
+        return None
+    base = int(c.group(1), 16) if c else 0
+    mask = (1 << 64) - 1 if m.group(1) == "R" else 0xFFFFFFFF
+    h = _HLT.search(regs)
+    return (base + int(m.group(2), 16)) & mask, bool(h and h.group(1) == "1")
+
+
+def last_block(trace: Path, tail: int = 1 << 18) -> list[tuple[int, bytes]]:
+    """The instructions of the last block QEMU translated (the last new code the guest ran)."""
+    try:
+        with open(trace, "rb") as fh:
+            fh.seek(max(0, trace.stat().st_size - tail))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return []
+    i = text.rfind("\nIN:")
+    out = []
+    for line in text[i + 1 if i >= 0 else 0 :].splitlines()[1:]:
+        m = _INSN.match(line)
+        if m:
+            out.append((int(m.group(1), 16), bytes.fromhex(m.group(2).replace(" ", ""))))
+        elif out and not line.strip():
+            break
+    return out
+
+
+def _code_near(trace: Path, address: int, span: int = 0x400) -> dict[int, bytes]:
+    """Instructions QEMU translated within `span` bytes of `address` (the latest at each address)."""
+    out: dict[int, bytes] = {}
+    try:
+        fh = open(trace, errors="replace")
+    except OSError:
+        return out
+    with fh:
+        for line in fh:
+            if line.startswith("0x"):
+                m = _INSN.match(line)
+                if m and abs(int(m.group(1), 16) - address) <= span:
+                    out[int(m.group(1), 16)] = bytes.fromhex(m.group(2).replace(" ", ""))
+    return out
+
+
+def _match_code(address: int, code: dict[int, bytes], mods: list[Module]) -> tuple[Module, int] | None:
+    """The module whose code, loaded page-aligned so that it covers `address`, agrees with what
+    QEMU translated around it (no debug log says where DXE drivers were loaded in RELEASE builds)."""
+    if not code:
+        return None
+    scores = []
+    for m in mods:
+        mem = m.image.memory
+        for rva in range(address % 0x1000, len(mem), 0x1000):
+            base = address - rva
+            good = bad = 0
+            for a, b in code.items():
+                off = a - base
+                if 0 <= off and off + len(b) <= len(mem):
+                    if mem[off : off + len(b)] == b:
+                        good += len(b)
+                    else:
+                        bad += len(b)
+            if good:
+                scores.append((good - bad, good, m, rva))
+    scores.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    if not scores or scores[0][1] < 16 or scores[0][0] <= scores[0][1] // 2:
+        return None
+    if len(scores) > 1 and scores[1][0] * 2 > scores[0][0]:
+        return None
+    return scores[0][2], scores[0][3]
+
+
+def _function_name(mem: bytes, bits: int, ranges: list[tuple[int, int]], strong, weak, rva: int,
+                   matches=()) -> str | None:
+    """The routine holding `rva`: a built-in signature's, else the analysis' nearest function start
+    before it (`sub_…`, as scan names them), None when `rva` is not in code the analysis found."""
+    for mt in matches:
+        if mt.rva <= rva < mt.end:
+            return mt.signature.routine
+    if not any(s <= rva < e for s, e in ranges):
+        return None
+    cmap = discover(mem, bits, ranges, strong, weak)
+    starts = cmap.instruction_starts()
+    if not any(a <= rva < a + starts[a] for a in range(max(0, rva - 15), rva + 1) if a in starts):
+        return None
+    fns = sorted(cmap.functions)
+    i = bisect.bisect_right(fns, rva) - 1
+    return f"sub_{fns[i]:x}" if i >= 0 else None
+
+
+def _module_function(m: Module, rva: int) -> str | None:
+    from ovmftool.scan.scanner import _pointer_roots
+
+    img = m.image
+    mem = img.memory
+    ranges = exec_ranges(img)
+    matches = sigs.find(mem, m.arch, ranges)
+    strong = ([(mt.rva, "signature") for mt in matches] + [(img.entry_rva, "entry")]
+              + [(r, "export") for r in sorted(img.exports)])
+    return _function_name(mem, img.bits, ranges, strong, _pointer_roots(img, mem), rva, matches)
+
+
+def locate(address: int, root: FlashImage, debug_log: Path, trace: Path | None = None) -> dict:
+    """Module, phase, RVA and function of a guest address, as map_to_modules maps executed sites:
+    the latest DEBUG-log load over it, else an XIP SEC/PEI module's image, else the flash (the
+    code image ends at 4 GiB: address = 2**32 - image size + file offset: the reset vector, SEC),
+    else the module whose code matches what QEMU translated around it."""
+    mods = list(iter_modules(root))
+    hit: tuple[Module, int, str] | None = None
+    for base, m in reversed(debug_loads(debug_log, mods)):
+        if base <= address < base + m.image.size_of_image:
+            hit = (m, address - base, "debug-log")
+            break
+    if hit is None:
+        for m in mods:
+            b = m.image.image_base
+            if m.phase in ("SEC", "PEI") and b <= address < b + m.image.size_of_image:
+                hit = (m, address - b, "xip")
+                break
+    off = address - (_FOUR_GIB - root.size)
+    if hit is None and 0 <= off < root.size:
+        for blob in iter_code_blobs(root):
+            if blob.abs_offset is not None and blob.abs_offset <= off < blob.abs_offset + blob.size:
+                rva = off - blob.abs_offset
+                fn = _function_name(blob.data, 16, [(0, blob.size)], [(blob.entry_offset, "entry")], [], rva)
+                f = blob.parent
+                return {"module": "ResetVector", "guid": getattr(f, "guid", None), "phase": "RESET", "rva": rva,
+                        "function": fn, "mapped_by": "flash"}
+        for m in mods:
+            a = m.image.abs_offset
+            if a is not None and a <= off < a + m.image.size:
+                rva = _offset_to_rva(m, off - a)
+                if rva is not None:
+                    hit = (m, rva, "flash")
+                    break
+    if hit is None and trace is not None:
+        mc = _match_code(address, _code_near(trace, address), mods)
+        if mc is not None:
+            hit = (mc[0], mc[1], "code-match")
+    if hit is None:
+        return {}
+    m, rva, how = hit
+    return {"module": m.name, "guid": m.guid, "phase": m.phase, "rva": rva, "function": _module_function(m, rva),
+            "mapped_by": how}
+
+
+def _offset_to_rva(m: Module, off: int) -> int | None:
+    for s in m.image.sections:
+        if s.raw_offset <= off < s.raw_offset + s.raw_size:
+            return s.rva + off - s.raw_offset
+    return None  # a header: no code
+
+
+def last_line(path: Path, tail: int = 8192) -> str | None:
+    """The last non-empty line of a console log, without terminal escapes, at most 200 characters."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - tail))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    lines = [x.strip() for x in re.split(r"[\r\n]+", _ANSI.sub(" ", text)) if x.strip()]
+    return lines[-1][:200] if lines else None
+
+
+def stopped_where(end: Ending, root: FlashImage, work: Path) -> StoppedAt:
+    """Where the guest was when a boot that did not finish ended: the CPU's address when QEMU
+    could be asked, else the last block it translated; mapped to module and function."""
+    addr, source, halted = None, None, None
+    if end.registers:
+        ca = cpu_address(end.registers)
+        if ca is not None:
+            (addr, halted), source = ca, "cpu"
+    if addr is None:
+        blk = last_block(work / "trace.log")
+        if blk:
+            addr, source = blk[0][0], "last-translated"
+    st = StoppedAt(addr, source, halted=halted, last_serial=last_line(work / "serial.log"),
+                   last_debug=last_line(work / "debug.log"))
+    if addr is not None:
+        for k, v in locate(addr, root, work / "debug.log", work / "trace.log").items():
+            setattr(st, k, v)
+    return st
+
+
+# --- the whole check ------------------------------------------------------------------------------
+
+
+def boot_check(image: str, root: FlashImage, scan: ScanResult, vars_plan: VarsPlan, machine: str = "q35",
                timeout: float = 180.0, fail_fast: bool = False, keep: Path | None = None, progress=None,
-               count: bool = True) -> BootCheck:
+               count: bool = True, hang_after: float | None = 30.0) -> BootCheck:
     """Boot, collect executed string I/O, map it to modules; then (unless `fail_fast` or not
-    `count`) boot again to count executions and read ports."""
+    `count`) boot again to count executions and read ports. A boot that does not reach the shell
+    (or the boot manager's fallback) says where it stopped. The work directory (logs, the copy of
+    the variable store) is removed at the end unless `keep` names it."""
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ovmftool-bootcheck-"))
-    work.mkdir(parents=True, exist_ok=True)
-    ended, secs = run_boot(Path(image), vars_file, machine, timeout, fail_fast, work, progress)
-    execd = executed_string_io(work / "trace.log")
-    map_to_modules(execd, root, scan, work / "debug.log", work / "trace.log")
-    counted = False
-    if count and not fail_fast and execd and ended in ("shell", "boot-manager"):
-        counted = count_executions(Path(image), vars_file, machine, timeout, execd, work, progress)
-    return BootCheck(image, ended, secs, execd, str(work / "serial.log"), str(work / "debug.log"),
-                     str(work / "trace.log"), counted, str(work / "count" / "debug.log") if counted else None)
+    notes = [n] if (n := vars_plan.note()) else []
+    if hang_after is not None and hang_after >= timeout:
+        notes.append(f"hang detection off: --hang-after {hang_after:g} is not below --timeout {timeout:g}")
+        hang_after = None
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        template = vars_plan.template(work)
+        end = run_boot(Path(image), template, machine, timeout, fail_fast, work, progress, hang_after)
+        execd = executed_string_io(work / "trace.log")
+        map_to_modules(execd, root, scan, work / "debug.log", work / "trace.log")
+        stopped = None if end.finished else stopped_where(end, root, work)
+        counted = False
+        if count and not fail_fast and execd and end.finished:
+            counted = count_executions(Path(image), template, machine, timeout, execd, work, progress)
+        logs = {}
+        if keep:
+            logs = {"serial": str(work / "serial.log"), "debug": str(work / "debug.log"),
+                    "trace": str(work / "trace.log"),
+                    "count_debug": str(work / "count" / "debug.log") if counted else None}
+        return BootCheck(image, end.verdict, end.seconds, execd, vars_plan.as_dict(), end.detail, end.quiet,
+                         hang_after, stopped, counted, logs, str(work) if keep else None, notes)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)

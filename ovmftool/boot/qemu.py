@@ -1,10 +1,21 @@
-"""Boot firmware under QEMU (TCG) and watch the serial console for the UEFI shell."""
+"""Boot firmware under QEMU (TCG) and watch it: the UEFI shell, a hang, a reset, QEMU exiting.
+
+QEMU starts paused with its QMP monitor on stdin/stdout (`-S -qmp stdio`): once the monitor is
+ready the guest is resumed, so no event is missed; the monitor reports how a run ended
+(`SHUTDOWN` with the reason: `guest-reset` for a reset or triple fault, which `-no-reboot` turns
+into an exit) and, when the boot is stopped early, the CPU's registers (`info registers`): where
+the code that never finished was running.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import select
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ovmftool.errors import OvmfToolError
@@ -14,6 +25,8 @@ SHELL_MARKERS = (b"Shell>", b"UEFI Interactive Shell")
 # options) or nothing to boot: the boot manager fallback counts as a completed boot.
 FALLBACK_MARKERS = (b"No bootable option or device was found", b"Press any key to enter the Boot Manager Menu",
                     b">>Start PXE")
+FINISHED = ("shell", "boot-manager")
+POLL = 0.5  # seconds between looks at the logs
 
 
 def qemu_binary() -> str:
@@ -24,58 +37,220 @@ def qemu_binary() -> str:
     return exe
 
 
-def launch(code: Path, vars_template: Path, work: Path, machine: str = "q35", trace: bool = False,
-           extra: list[str] | None = None):
-    """Start QEMU (TCG) on `code` with a fresh copy of the variable store, serial and the ISA debug
-    console (port 0x402, as propolis has) logged to files in `work`; with `trace`, QEMU's translation
-    log too (or the log QEMU options in `extra` ask for). Returns the process and the log paths
-    (serial, debug, trace)."""
-    exe = qemu_binary()
-    work.mkdir(parents=True, exist_ok=True)
-    vars_copy = work / "vars.fd"
-    shutil.copyfile(vars_template, vars_copy)
-    serial, debug, trace_log = work / "serial.log", work / "debug.log", work / "trace.log"
-    for f in (serial, debug, trace_log):
-        f.write_bytes(b"")
-    cmd = [exe, "-machine", f"{machine},accel=tcg", "-m", "512", "-nodefaults", "-display", "none",
-           "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-           "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-           "-serial", f"file:{serial}", "-debugcon", f"file:{debug}", "-global", "isa-debugcon.iobase=0x402",
-           "-net", "none", "-no-reboot"]
-    if trace:
-        cmd += ["-d", "in_asm,nochain", "-D", str(trace_log)]
-    elif extra:
-        cmd += [*extra, "-D", str(trace_log)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, serial, debug, trace_log
+@dataclass
+class Ending:
+    """How a run ended."""
+
+    verdict: str  # shell, boot-manager, timeout, hang, reset, qemu-exit, or what `stop` returned
+    seconds: float
+    detail: str = ""  # reset: "triple fault"/"reset by the guest"; qemu-exit: status and QEMU's last message
+    quiet: float = 0.0  # seconds without new serial, debug-console output or translated code at the end
+    registers: str | None = None  # `info registers` when the guest was stopped while running
+
+    @property
+    def finished(self) -> bool:
+        return self.verdict in FINISHED
 
 
-def wait(proc, serial: Path, timeout: float, stop=None, progress=None) -> tuple[str, float]:
-    """Wait for the shell prompt on serial, the process to exit, `stop()` to say why, or the
-    timeout; then kill QEMU. Returns how it ended and the seconds it took."""
-    start = time.monotonic()
-    ended = "timeout"
+class Qemu:
+    """One QEMU process booting `code` (pflash unit 0, read-only) with a fresh copy of
+    `vars_template` (unit 1); `vars_template` None: `code` is a whole OVMF.fd with its own store,
+    booted from a writable copy. Serial and the ISA debug console (port 0x402, as propolis has)
+    go to files in `work`; `log` are QEMU `-d` options logged to trace.log."""
+
+    def __init__(self, code: Path, vars_template: Path | None, work: Path, machine: str = "q35",
+                 log: list[str] | None = None) -> None:
+        exe = qemu_binary()
+        work.mkdir(parents=True, exist_ok=True)
+        self.work = work
+        self.serial, self.debug, self.trace = work / "serial.log", work / "debug.log", work / "trace.log"
+        self.stderr = work / "qemu-stderr.log"
+        for f in (self.serial, self.debug, self.trace):
+            f.write_bytes(b"")
+        if vars_template is not None:
+            vars_copy = work / "vars.fd"
+            shutil.copyfile(vars_template, vars_copy)
+            drives = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                      "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+        else:
+            flash = work / "flash.fd"
+            shutil.copyfile(code, flash)
+            drives = ["-drive", f"if=pflash,format=raw,unit=0,file={flash}"]
+        cmd = [exe, "-machine", f"{machine},accel=tcg", "-m", "512", "-nodefaults", "-display", "none", *drives,
+               "-serial", f"file:{self.serial}", "-debugcon", f"file:{self.debug}",
+               "-global", "isa-debugcon.iobase=0x402", "-net", "none", "-no-reboot", "-S", "-qmp", "stdio"]
+        if log:
+            cmd += [*log, "-D", str(self.trace)]
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        self._buf = b""
+        self.events: list[dict] = []
+        self.started = False
+        try:
+            greeting = self._message(15.0)
+            if greeting is not None and "QMP" in greeting and self.command("qmp_capabilities") is not None:
+                self.started = self.command("cont") is not None
+        except BaseException:  # interrupted while QEMU starts: never leave it running
+            self.close()
+            raise
+        self.t0 = time.monotonic()
+
+    # --- QMP ---------------------------------------------------------------------------------
+
+    def _fill(self, timeout: float) -> bool:
+        """Read what QEMU wrote to stdout within `timeout`; False at end of file."""
+        out = self.proc.stdout
+        if out is None:
+            return False
+        r, _, _ = select.select([out], [], [], max(0.0, timeout))
+        if not r:
+            return True
+        chunk = os.read(out.fileno(), 65536)
+        self._buf += chunk
+        return bool(chunk)
+
+    def _message(self, timeout: float) -> dict | None:
+        """The next QMP message (events are kept in `events` too), or None."""
+        end = time.monotonic() + timeout
+        while True:
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(msg, dict):
+                    if "event" in msg:
+                        self.events.append(msg)
+                    return msg
+            left = end - time.monotonic()
+            if left <= 0 or not self._fill(left):
+                return None
+
+    def command(self, name: str, args: dict | None = None, timeout: float = 10.0) -> dict | None:
+        """Run a QMP command; its `return` (None on error or when QEMU is gone)."""
+        if self.proc.poll() is not None or self.proc.stdin is None:
+            return None
+        req = {"execute": name, **({"arguments": args} if args else {})}
+        try:
+            self.proc.stdin.write(json.dumps(req).encode() + b"\n")
+            self.proc.stdin.flush()
+        except OSError:
+            return None
+        end = time.monotonic() + timeout
+        while (left := end - time.monotonic()) > 0:
+            msg = self._message(left)
+            if msg is None:
+                return None
+            if "return" in msg:
+                return msg if isinstance(msg["return"], dict) else {"return": msg["return"]}
+            if "error" in msg:
+                return None
+        return None
+
+    def drain(self) -> None:
+        """Collect the events QEMU sent (after it exited: all it wrote)."""
+        for _ in range(1000):
+            before = len(self._buf)
+            if not self._fill(0.05) or len(self._buf) == before:
+                break
+        while b"\n" in self._buf and self._message(0.0) is not None:
+            pass
+
+    def registers(self) -> str | None:
+        """Stop the guest and return `info registers` (None if QEMU does not answer)."""
+        if self.command("stop") is None:
+            return None
+        r = self.command("human-monitor-command", {"command-line": "info registers"})
+        return r["return"] if r and isinstance(r.get("return"), str) else None
+
+    def shutdown_reason(self) -> str | None:
+        self.drain()
+        for e in self.events:
+            if e.get("event") == "SHUTDOWN":
+                return (e.get("data") or {}).get("reason")
+        return None
+
+    def last_stderr(self) -> str:
+        try:
+            lines = [x.strip() for x in self.stderr.read_text(errors="replace").splitlines() if x.strip()]
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+
+    def sizes(self) -> tuple[int, int, int]:
+        return tuple(f.stat().st_size if f.exists() else 0 for f in (self.serial, self.debug, self.trace))
+
+
+def wait(q: Qemu, timeout: float, hang_after: float | None = None, stop=None, progress=None) -> Ending:
+    """Wait for the shell prompt (or the boot manager's fallback) on serial; stop earlier when
+    QEMU exits, `stop()` returns a verdict, or (`hang_after`) nothing new appeared on serial, the
+    debug console or in the translation log for that many seconds; at the timeout at the latest.
+    QEMU is killed before returning (after reading its registers when the guest was running)."""
+    start = q.t0
+    last, changed = q.sizes(), time.monotonic()
     try:
-        while time.monotonic() - start < timeout:
-            time.sleep(0.5)
+        if not q.started:
+            try:
+                q.proc.wait(timeout=5)  # it closed its monitor: it is exiting
+            except subprocess.TimeoutExpired:
+                return Ending("qemu-exit", 0.0, "QEMU's monitor did not answer: " + (q.last_stderr() or "no message"))
+            return _exited(q, 0.0, 0.0)
+        while True:
+            now = time.monotonic()
             if progress:
-                progress(time.monotonic() - start)
-            out = serial.read_bytes()
+                progress(now - start)
+            out = q.serial.read_bytes() if q.serial.exists() else b""
             if any(m in out for m in SHELL_MARKERS):
-                ended = "shell"
-                break
+                return Ending("shell", now - start)
             if any(m in out for m in FALLBACK_MARKERS):
-                ended = "boot-manager"
-                break
+                return Ending("boot-manager", now - start)
+            sizes = q.sizes()
+            if sizes != last:
+                last, changed = sizes, now
+            if q.proc.poll() is not None:
+                return _exited(q, now - start, now - changed)
             why = stop() if stop else None
             if why:
-                ended = why
-                break
-            if proc.poll() is not None:
-                ended = f"exit {proc.returncode}"
-                break
+                return Ending(why, now - start, quiet=now - changed, registers=q.registers())
+            if hang_after is not None and now - changed >= hang_after:
+                return Ending("hang", now - start, quiet=now - changed, registers=q.registers())
+            if now - start >= timeout:
+                return Ending("timeout", now - start, quiet=now - changed, registers=q.registers())
+            time.sleep(POLL)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    return ended, time.monotonic() - start
+        q.close()
+
+
+def _exited(q: Qemu, secs: float, quiet: float) -> Ending:
+    rc = q.proc.returncode
+    reason = q.shutdown_reason()
+    if reason == "guest-reset":
+        return Ending("reset", secs, "triple fault" if _triple_fault(q.trace) else "reset by the guest", quiet)
+    if reason == "guest-shutdown":
+        return Ending("qemu-exit", secs, "the guest powered off", quiet)
+    if reason == "guest-panic":
+        return Ending("qemu-exit", secs, "guest panic", quiet)
+    msg = q.last_stderr()
+    return Ending("qemu-exit", secs, f"status {rc}" + (f": {msg}" if msg else ""), quiet)
+
+
+def _triple_fault(trace: Path) -> bool:
+    """QEMU logs `Triple fault` (with `-d cpu_reset`) before the reset it causes."""
+    try:
+        with open(trace, "rb") as fh:
+            fh.seek(max(0, trace.stat().st_size - 65536))
+            return b"Triple fault" in fh.read()
+    except OSError:
+        return False

@@ -1,12 +1,17 @@
 """Baselines and waivers: accept today's sites, fail CI only on new ones.
 
-Baseline file (schema ovmftool.baseline/1): the image it was taken from and one entry per site
-with its stable key (see report.identity). Waivers file (schema ovmftool.waivers/1):
+Baseline file (schema ovmftool.baseline/1, docs/schema/baseline-1.json): the image it was taken
+from and one entry per site with its stable key (see report.identity). Waivers file (schema
+ovmftool.waivers/1, docs/schema/waivers-1.json):
 
     {"schema_version": "ovmftool.waivers/1",
      "waivers": [{"module": "PlatformPei" | "<guid>", "function": "IoReadFifo8" (glob, optional),
                   "instruction": "rep insb" | "f36c" (optional), "reason": "...",
                   "expires": "2027-06-30" (optional)}]}
+
+Both loaders check a file against what its schema says (the schemas are not installed with the
+package, so the checks are written out here; tests hold the two in agreement) and name the file
+and the field in a one-line error.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import json
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from ovmftool import __version__
 from ovmftool.errors import OvmfToolError
@@ -53,15 +60,78 @@ def _load_json(path: str, what: str) -> dict:
     return doc
 
 
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HEX = re.compile(r"^(?:[0-9a-f]{2})+$")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_TEXT = re.compile(r"\S")
+
+
+class _Fields:
+    """Checks of one JSON document, each failing with `WHAT FILE: FIELD: problem`."""
+
+    _TYPES = {"string": str, "object": dict, "array": list}
+
+    def __init__(self, what: str, path: str) -> None:
+        self.what, self.path = what, path
+
+    def fail(self, field: str, problem: str) -> OvmfToolError:
+        return OvmfToolError(f"{self.what} {self.path}: {field}: {problem}")
+
+    def get(self, obj: dict, key: str, where: str, kind: str, required: bool = True, null: bool = False,
+            pattern: re.Pattern | None = None, minimum: int | None = None) -> Any:
+        name = f"{where}.{key}" if where else key
+        if key not in obj:
+            if required:
+                raise self.fail(name, "missing")
+            return None
+        v = obj[key]
+        if v is None and null:
+            return None
+        if kind == "integer":
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        else:
+            ok = isinstance(v, self._TYPES[kind])
+        if not ok:
+            raise self.fail(name, f"{json.dumps(v)[:60]} is not {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+                            + (" or null" if null else ""))
+        if pattern is not None and not pattern.search(v):
+            raise self.fail(name, f"{json.dumps(v)[:60]} does not match {pattern.pattern}")
+        if minimum is not None and v < minimum:
+            raise self.fail(name, f"{v} is below {minimum}")
+        return v
+
+    def only(self, obj: dict, keys: set[str], where: str) -> None:
+        extra = sorted(set(obj) - keys)
+        if extra:
+            raise self.fail(where, f"unknown field {extra[0]!r} (allowed: {', '.join(sorted(keys))})")
+
+
 def load_baseline(path: str) -> set[str]:
-    """The site keys recorded in a baseline file."""
+    """The site keys recorded in a baseline file (checked against docs/schema/baseline-1.json)."""
     doc = _load_json(path, "baseline")
-    if doc.get("schema_version") != BASELINE_SCHEMA:
-        raise OvmfToolError(f"baseline {path}: schema_version is not {BASELINE_SCHEMA}")
-    try:
-        return {s["key"] for s in doc["sites"]}
-    except (KeyError, TypeError):
-        raise OvmfToolError(f"baseline {path}: every site needs a key") from None
+    c = _Fields("baseline", path)
+    if c.get(doc, "schema_version", "", "string") != BASELINE_SCHEMA:
+        raise c.fail("schema_version", f"{doc['schema_version']!r} is not {BASELINE_SCHEMA!r}")
+    tool = c.get(doc, "tool", "", "object")
+    c.get(tool, "name", "tool", "string")
+    c.get(tool, "version", "tool", "string")
+    image = c.get(doc, "image", "", "object")
+    c.get(image, "path", "image", "string")
+    c.get(image, "sha256", "image", "string", pattern=_SHA256)
+    keys = set()
+    for i, s in enumerate(c.get(doc, "sites", "", "array")):
+        where = f"sites[{i}]"
+        if not isinstance(s, dict):
+            raise c.fail(where, "is not an object")
+        keys.add(c.get(s, "key", where, "string", pattern=_TEXT))
+        for k in ("module", "arch", "mnemonic"):
+            c.get(s, k, where, "string")
+        c.get(s, "guid", where, "string", pattern=_GUID)
+        c.get(s, "function", where, "string", null=True)
+        c.get(s, "bytes", where, "string", pattern=_HEX)
+        c.get(s, "rva", where, "integer", minimum=0)
+    return keys
 
 
 @dataclass
@@ -90,22 +160,36 @@ class Waiver:
         return "/".join(parts)
 
 
+_WAIVER_FIELDS = {"module", "function", "instruction", "reason", "expires"}
+
+
 def load_waivers(path: str) -> list[Waiver]:
-    """Parse and check a waivers file."""
+    """Parse and check a waivers file (against docs/schema/waivers-1.json).
+
+    A waiver's fields are closed: a misspelt `expires` would otherwise make a waiver that never
+    expires."""
     doc = _load_json(path, "waivers")
-    if doc.get("schema_version") != WAIVERS_SCHEMA:
-        raise OvmfToolError(f"waivers {path}: schema_version is not {WAIVERS_SCHEMA}")
+    c = _Fields("waivers", path)
+    if c.get(doc, "schema_version", "", "string") != WAIVERS_SCHEMA:
+        raise c.fail("schema_version", f"{doc['schema_version']!r} is not {WAIVERS_SCHEMA!r}")
     out = []
-    for i, w in enumerate(doc.get("waivers", [])):
-        if not isinstance(w, dict) or not w.get("module") or not w.get("reason"):
-            raise OvmfToolError(f"waivers {path}: waiver {i} needs a module and a reason")
+    for i, w in enumerate(c.get(doc, "waivers", "", "array")):
+        where = f"waivers[{i}]"
+        if not isinstance(w, dict):
+            raise c.fail(where, "is not an object")
+        c.only(w, _WAIVER_FIELDS, where)
+        module = c.get(w, "module", where, "string", pattern=_TEXT)
+        reason = c.get(w, "reason", where, "string", pattern=_TEXT)
+        function = c.get(w, "function", where, "string", required=False, null=True)
+        instruction = c.get(w, "instruction", where, "string", required=False, null=True)
+        expires = c.get(w, "expires", where, "string", required=False, null=True, pattern=_DATE)
         exp = None
-        if w.get("expires"):
+        if expires is not None:
             try:
-                exp = dt.date.fromisoformat(w["expires"])
-            except (TypeError, ValueError):
-                raise OvmfToolError(f"waivers {path}: waiver {i} expires {w['expires']!r} is not YYYY-MM-DD") from None
-        out.append(Waiver(str(w["module"]), str(w["reason"]), w.get("function"), w.get("instruction"), exp))
+                exp = dt.date.fromisoformat(expires)
+            except ValueError:
+                raise c.fail(f"{where}.expires", f"{expires!r} is not a date (YYYY-MM-DD)") from None
+        out.append(Waiver(module, reason, function, instruction, exp))
     return out
 
 

@@ -33,3 +33,21 @@ def diff(old: ScanResult, new: ScanResult) -> DiffResult:
     out.modules_added = sorted(f"{nm[k]} {k[0]} {k[1]}" for k in nm.keys() - om.keys())
     out.modules_removed = sorted(f"{om[k]} {k[0]} {k[1]}" for k in om.keys() - nm.keys())
     return out
+
+
+DIFF_SCHEMA = "ovmftool.diff/1"
+
+
+def _row(f: Finding) -> dict:
+    return {"module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
+            "mnemonic": f.mnemonic, "bytes": f.bytes, "rva": f.rva, "volume": f.volume}
+
+
+def diff_json(old: ScanResult, new: ScanResult, d: DiffResult) -> dict:
+    """The `diff --format json` document (docs/schema/diff-1.json)."""
+    from ovmftool import __version__
+
+    return {"schema_version": DIFF_SCHEMA, "tool": {"name": "ovmftool", "version": __version__},
+            "old": {"path": old.path, "sha256": old.sha256}, "new": {"path": new.path, "sha256": new.sha256},
+            "added": [_row(f) for f in d.added], "removed": [_row(f) for f in d.removed],
+            "unchanged": len(d.unchanged), "modules_added": d.modules_added, "modules_removed": d.modules_removed}

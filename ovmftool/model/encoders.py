@@ -30,8 +30,13 @@ class EncodeError(OvmfToolError):
     """Section data could not be re-encoded."""
 
 
-def lzma_props(old_stream: bytes) -> dict:
-    """lc, lp, pb and dictionary size from an ".lzma alone" header."""
+def lzma_props(old_stream: bytes, size: int | None = None) -> dict:
+    """lc, lp, pb and dictionary size from an ".lzma alone" header.
+
+    With `size` (of the data to encode), the dictionary is no larger than that data needs (the
+    next power of two, at least 4 KiB): the stream decodes the same under the header's larger
+    dictionary (no match can reach further back than the data), and liblzma's encoder refuses
+    dictionaries over 1.5 GiB and allocates several times the dictionary it is given."""
     if len(old_stream) < 13:
         raise EncodeError("LZMA stream shorter than its header")
     p = old_stream[0]
@@ -39,14 +44,22 @@ def lzma_props(old_stream: bytes) -> dict:
         raise EncodeError(f"LZMA properties byte 0x{p:02X} is invalid")
     lc, rest = p % 9, p // 9
     lp, pb = rest % 5, rest // 5
+    if lc + lp > 4:
+        raise EncodeError(f"LZMA properties lc={lc} lp={lp} (lc + lp > 4) cannot be encoded by liblzma")
     dict_size = struct.unpack_from("<I", old_stream, 1)[0]
+    if size is not None:
+        dict_size = min(dict_size, 1 << max(size - 1, 1).bit_length())
     return {"lc": lc, "lp": lp, "pb": pb, "dict_size": max(dict_size, 4096)}
 
 
 def encode_lzma(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
     """LZMA-compress `data` with the properties of `old_stream`, in EDK II's header format."""
-    f = dict(lzma_props(old_stream), id=lzma.FILTER_LZMA1, **LZMA_EFFORTS[effort])
-    out = bytearray(lzma.compress(data, format=lzma.FORMAT_ALONE, filters=[f]))
+    f = dict(lzma_props(old_stream, len(data)), id=lzma.FILTER_LZMA1, **LZMA_EFFORTS[effort])
+    try:
+        out = bytearray(lzma.compress(data, format=lzma.FORMAT_ALONE, filters=[f]))
+    except lzma.LZMAError as e:
+        raise EncodeError(f"LZMA encoder refused lc={f['lc']} lp={f['lp']} pb={f['pb']} dictionary "
+                          f"0x{f['dict_size']:X} ({e})") from None
     # liblzma writes "size unknown" (all ones) and an end marker; EDK II's decoder reads the size
     # from the header (and accepts the end marker), so write the real size.
     struct.pack_into("<Q", out, 5, len(data))
@@ -62,13 +75,19 @@ def encode_lzma_f86(data: bytes, old_stream: bytes, effort: str = "fast") -> byt
 def _efi(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
     from uefi_firmware import efi_compressor
 
-    return bytes(efi_compressor.EfiCompress(data, len(data)))
+    try:
+        return bytes(efi_compressor.EfiCompress(data, len(data)))
+    except Exception as e:  # the extension raises bare Exceptions
+        raise EncodeError(f"EFI compression failed ({e})") from None
 
 
 def _tiano(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
     from uefi_firmware import efi_compressor
 
-    return bytes(efi_compressor.TianoCompress(data, len(data)))
+    try:
+        return bytes(efi_compressor.TianoCompress(data, len(data)))
+    except Exception as e:
+        raise EncodeError(f"Tiano compression failed ({e})") from None
 
 
 def _brotli(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:

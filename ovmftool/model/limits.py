@@ -15,8 +15,17 @@ class Limits:
     max_expanded_one: int = 128 << 20  # one decompressed section
     max_depth: int = 12  # nesting of volumes/encapsulations
     max_nodes: int = 200_000
+    # PE/TE images: the memory one image may be loaded into, relative to its file bytes (EDK II's
+    # GenFw writes every section, .bss included, so real images need 1x), and all images together
+    image_memory_ratio: int = 16
+    image_memory_floor: int = 1 << 20
+    max_image_memory_total: int = 256 << 20
+    # base relocation tables of all images together (2 bytes an entry: 4 Mi entries; OVMF has 0.3 Mi)
+    max_relocation_bytes_total: int = 8 << 20
     expanded: int = field(default=0, init=False)
     nodes: int = field(default=0, init=False)
+    image_memory: int = field(default=0, init=False)
+    relocation_bytes: int = field(default=0, init=False)
 
     def charge_expansion(self, size: int, where: str) -> None:
         """Account for `size` decompressed bytes, or raise before they are produced."""
@@ -29,6 +38,24 @@ class Limits:
                 f"decompressed data would exceed the cap of {self.max_expanded_total} bytes", where
             )
         self.expanded += size
+
+    def image_memory_cap(self, raw_size: int) -> int:
+        """The most memory an image of `raw_size` file bytes is given (larger is damage)."""
+        return min(max(raw_size * self.image_memory_ratio, self.image_memory_floor), self.max_expanded_one)
+
+    def charge_image(self, memory: int, relocation_bytes: int, where: str) -> None:
+        """Account for one PE/TE image's memory and relocation table, or raise: thousands of
+        small images each declaring a large SizeOfImage are a bomb like a decompression bomb."""
+        if self.image_memory + memory > self.max_image_memory_total:
+            raise LimitExceeded(
+                f"the images' memory would exceed the cap of {self.max_image_memory_total} bytes", where
+            )
+        if self.relocation_bytes + relocation_bytes > self.max_relocation_bytes_total:
+            raise LimitExceeded(
+                f"base relocation tables would exceed the cap of {self.max_relocation_bytes_total} bytes", where
+            )
+        self.image_memory += memory
+        self.relocation_bytes += relocation_bytes
 
     def charge_node(self, where: str) -> None:
         """Count one parsed node."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from dataclasses import dataclass, field
 
 from ovmftool.errors import ImageError
@@ -88,7 +89,8 @@ class ParseContext:
 
 
 def read_image(path: str, limits: Limits | None = None) -> FlashImage:
-    """Read and parse a flash image file. Raises ImageError for anything that is not one."""
+    """Read and parse a flash image file, or a standalone PE32/PE32+/TE file (then the root is a
+    `model.binary.BinaryFile`). Raises ImageError for anything that is neither."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -106,11 +108,15 @@ def read_image(path: str, limits: Limits | None = None) -> FlashImage:
 
 
 def parse_flash(data: bytes, path: str = "", limits: Limits | None = None) -> FlashImage:
-    """Parse the bytes of a flash image (pass 1, then the fix-ups of pass 2)."""
+    """Parse the bytes of a flash image (pass 1, then the fix-ups of pass 2). Bytes that start
+    with MZ/VZ and hold no firmware volume are a standalone PE/TE file (`model.binary`)."""
+    from ovmftool.model.binary import looks_like_binary, parse_binary
     from ovmftool.model.fixups import resolve
 
     if not data:
         raise ImageError(f"{path or 'input'} is empty")
+    if looks_like_binary(data) and not _has_volume(data):
+        return parse_binary(data, path)
     space = Space(data, 0, os.path.basename(path) or "image")
     root = FlashImage(space, 0, len(data), None)
     root.path, root.sha256 = path, hashlib.sha256(data).hexdigest()
@@ -130,13 +136,31 @@ def parse_flash(data: bytes, path: str = "", limits: Limits | None = None) -> Fl
         root.children.append(vol)
         pos = vol.end if vol.size > 0 else start + 1
     if not any(isinstance(c, Volume) for c in root.children):
-        raise ImageError(f"{path or 'input'} holds no firmware volume (no _FVH signature): not a flash image")
+        raise ImageError(f"{path or 'input'} holds no firmware volume (no _FVH signature) and is not a PE32/TE "
+                         "image: not a flash image or UEFI binary")
     if pos < len(data):
         _gap(root, pos, len(data))
     if len(data) % FLASH_BLOCK:
         root.damage(f"image size 0x{len(data):X} is not a multiple of the 4 KiB flash block (truncated?)", len(data))
     resolve(root)
     return root
+
+
+def _has_volume(data: bytes) -> bool:
+    """Some offset of `data` holds a firmware volume header whose checksum holds (stricter than
+    the parse's cheap test: a PE's code can hold the bytes `_FVH`, e.g. DxeCore comparing them)."""
+    pos = 0
+    while True:
+        hit = data.find(S.FV_SIGNATURE, pos + S.FV_SIGNATURE_OFFSET)
+        if hit < 0:
+            return False
+        start = hit - S.FV_SIGNATURE_OFFSET
+        if start % 8 == 0 and looks_like_volume(data, start):
+            hlen = int.from_bytes(data[start + 48 : start + 50], "little")
+            hdr = data[start : start + hlen]
+            if len(hdr) == hlen and hlen % 2 == 0 and sum(struct.unpack(f"<{hlen // 2}H", hdr)) & 0xFFFF == 0:
+                return True
+        pos = start + 1
 
 
 def _gap(root: FlashImage, start: int, end: int) -> None:

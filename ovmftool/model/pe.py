@@ -2,17 +2,34 @@
 the debug directory (CodeView path naming the build directory and INF), exports.
 
 Only headers are read at parse time; relocations, exports and the memory image are decoded
-lazily on first use.
+lazily on first use. What the headers declare is bounded before anything is sized from it: the
+memory image by a multiple of the file bytes (`Limits.image_memory_cap`; larger is damage), the
+section count by the PE/COFF limit, export counts by the 16-bit ordinal space, names and paths
+by a length; relocations are stored compactly (9 bytes an entry), so no header field makes a
+small image cost much more memory or time than its bytes.
 """
 
 from __future__ import annotations
 
+import bisect
 import struct
+from array import array
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING, Iterator
 
+from ovmftool.errors import printable
 from ovmftool.model import structs as S
 from ovmftool.model.node import Node, Space
+
+if TYPE_CHECKING:
+    from ovmftool.model.limits import Limits
+
+MAX_SECTIONS = 96  # the PE/COFF loader limit (EDK II images have 3 to 6)
+MAX_EXPORTS = 0x10000  # export ordinals are 16-bit
+MAX_NAME = 256  # bytes read for an export name
+MAX_PATH = 1024  # bytes read for a CodeView path
+MAX_DEBUG_ENTRIES = 16  # debug directory entries looked at (GenFw writes one or two)
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,55 @@ class PeSection:
         return bool(self.characteristics & (S.IMAGE_SCN_CNT_CODE | S.IMAGE_SCN_MEM_EXECUTE))
 
 
+class Relocations:
+    """Base relocations as (rva, type) pairs in table order, ABSOLUTE padding dropped. Iterates
+    and indexes like a list of tuples; kept as arrays (a table of millions of entries would
+    otherwise cost a hundred bytes an entry)."""
+
+    __slots__ = ("rvas", "types", "_keys")
+
+    def __init__(self) -> None:
+        self.rvas = array("Q")
+        self.types = bytearray()
+        self._keys: array | None = None
+
+    def add(self, rva: int, rtype: int) -> None:
+        self.rvas.append(rva)
+        self.types.append(rtype)
+
+    def __len__(self) -> int:
+        return len(self.rvas)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.rvas, self.types)
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        return self.rvas[i], self.types[i]
+
+    def __eq__(self, other: object) -> bool:
+        try:
+            return list(self) == list(other)  # type: ignore[call-overload]
+        except TypeError:
+            return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<Relocations {len(self)}>"
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        """True when a relocation patches any byte of [lo, hi) (RVAs)."""
+        if self._keys is None:
+            self._keys = array("Q", sorted((r << 4) | t for r, t in self))
+        keys = self._keys
+        i = bisect.bisect_left(keys, max(lo - 7, 0) << 4)
+        while i < len(keys) and keys[i] >> 4 < hi:
+            rva, t = keys[i] >> 4, keys[i] & 0xF
+            width = 8 if t == S.REL_BASED_DIR64 else 4 if t == S.REL_BASED_HIGHLOW else 2
+            if rva + width > lo:
+                return True
+            i += 1
+        return False
+
+
 @dataclass(eq=False, repr=False)
 class PeImage(Node):
     """A PE32/PE32+ or TE image inside a PE32/TE/PIC section."""
@@ -48,6 +114,7 @@ class PeImage(Node):
     te_adjust: int = 0  # TE: StrippedSize - sizeof(TE header); file offset = rva - te_adjust
     sections: list[PeSection] = field(default_factory=list)
     directories: dict[int, tuple[int, int]] = field(default_factory=dict)
+    mem_size: int = 0  # bytes of the memory image: SizeOfImage and section extents, capped (parse_image)
 
     kind = "image"
 
@@ -74,11 +141,12 @@ class PeImage(Node):
         for s in self.sections:
             if s.rva <= rva < s.rva + max(s.raw_size, s.virtual_size):
                 d = rva - s.rva
-                return s.raw_offset + d if d < s.raw_size else None
+                off = s.raw_offset + d
+                return off if d < s.raw_size and 0 <= off < self.size else None
         if self.format == "TE":
             off = rva - self.te_adjust
-            return off if 0 <= off < S.TE_HEADER.size + 40 * len(self.sections) else None
-        return rva if rva < self.size_of_headers else None
+            return off if 0 <= off < min(S.TE_HEADER.size + 40 * len(self.sections), self.size) else None
+        return rva if 0 <= rva < min(self.size_of_headers, self.size) else None
 
     def section_at(self, rva: int) -> PeSection | None:
         """The section that holds `rva` in memory."""
@@ -89,26 +157,39 @@ class PeImage(Node):
 
     @cached_property
     def memory(self) -> bytes:
-        """The image as loaded: sections placed at their RVAs, zero-filled, base not applied."""
-        raw = self.raw
-        size = max([self.size_of_image] + [s.rva + max(s.virtual_size, s.raw_size) for s in self.sections])
+        """The image as loaded: sections placed at their RVAs, zero-filled, base not applied.
+        `mem_size` bytes: what the headers declare, capped when that is implausible (damage)."""
+        raw = memoryview(self.raw)
+        size = self.mem_size
         buf = bytearray(size)
         if self.format != "TE":
-            buf[: self.size_of_headers] = raw[: self.size_of_headers]
+            n = min(self.size_of_headers, size, len(raw))
+            buf[:n] = raw[:n]
         for s in self.sections:
-            chunk = raw[s.raw_offset : s.raw_offset + min(s.raw_size, s.virtual_size or s.raw_size)]
+            if s.raw_offset < 0 or s.rva >= size:
+                continue
+            n = min(s.raw_size, s.virtual_size or s.raw_size, size - s.rva)
+            chunk = raw[s.raw_offset : s.raw_offset + n]
             buf[s.rva : s.rva + len(chunk)] = chunk
         return bytes(buf)
 
-    @cached_property
-    def relocations(self) -> list[tuple[int, int]]:
-        """Base relocations as (rva, type), ABSOLUTE padding entries dropped."""
+    def relocation_table(self) -> tuple[int, int]:
+        """(rva, bytes) of the base relocation table, clipped to the memory image."""
         rva, size = self.directories.get(S.DIR_BASERELOC, (0, 0))
+        if not rva or not size or rva >= self.mem_size:
+            return rva, 0
+        return rva, min(size, self.mem_size - rva)
+
+    @cached_property
+    def relocations(self) -> Relocations:
+        """Base relocations as (rva, type), ABSOLUTE padding entries dropped."""
+        out = Relocations()
+        rva, size = self.relocation_table()
         if not rva or not size:
-            return []
+            return out
         mem = self.memory
-        out: list[tuple[int, int]] = []
-        p, end = rva, min(rva + size, len(mem))
+        p, end = rva, rva + size
+        add_rva, add_type = out.rvas.append, out.types.append
         while p + 8 <= end:
             page, bsize = struct.unpack_from("<II", mem, p)
             if bsize < 8 or p + bsize > end:
@@ -118,17 +199,14 @@ class PeImage(Node):
             for e in struct.unpack_from(f"<{n}H", mem, p + 8):
                 t = e >> 12
                 if t != S.REL_BASED_ABSOLUTE:
-                    out.append((page + (e & 0xFFF), t))
+                    add_rva(page + (e & 0xFFF))
+                    add_type(t)
             p += bsize
         return out
 
     def relocated_in(self, lo: int, hi: int) -> bool:
         """True when a base relocation covers any byte of [lo, hi) (RVAs)."""
-        for rva, t in self.relocations:
-            width = 8 if t == S.REL_BASED_DIR64 else 4 if t == S.REL_BASED_HIGHLOW else 2
-            if rva < hi and rva + width > lo:
-                return True
-        return False
+        return self.relocations.overlaps(lo, hi)
 
     @cached_property
     def debug_path(self) -> str | None:
@@ -137,7 +215,7 @@ class PeImage(Node):
         if not rva or size < S.DEBUG_DIRECTORY.size:
             return None
         mem = self.memory
-        for i in range(size // S.DEBUG_DIRECTORY.size):
+        for i in range(min(size // S.DEBUG_DIRECTORY.size, MAX_DEBUG_ENTRIES)):
             q = rva + i * S.DEBUG_DIRECTORY.size
             if q + S.DEBUG_DIRECTORY.size > len(mem):
                 return None
@@ -145,12 +223,12 @@ class PeImage(Node):
             dtype, dsize, daddr = ent[4], ent[5], ent[6]
             if dtype != S.IMAGE_DEBUG_TYPE_CODEVIEW or not daddr or daddr + dsize > len(mem):
                 continue
-            cv = mem[daddr : daddr + dsize]
-            sig = cv[:4]
+            sig = mem[daddr : daddr + 4]
             skip = {b"RSDS": 24, b"NB10": 16, b"MTOC": 20}.get(sig)
-            if skip is None:
+            if skip is None or dsize < skip:
                 continue
-            return cv[skip:].split(b"\0", 1)[0].decode("utf-8", errors="replace")
+            cv = mem[daddr + skip : daddr + min(dsize, skip + MAX_PATH)]
+            return printable(cv.split(b"\0", 1)[0].decode("utf-8", errors="replace"))
         return None
 
     @cached_property
@@ -162,6 +240,8 @@ class PeImage(Node):
             return {}
         n_funcs, n_names, a_funcs, a_names, a_ords = struct.unpack_from("<IIIII", mem, rva + 20)
         out: dict[int, str] = {}
+        if n_funcs > MAX_EXPORTS or n_names > MAX_EXPORTS:
+            return {}  # not a table an image can have: no ordinal reaches past 0xFFFF
         try:
             funcs = struct.unpack_from(f"<{n_funcs}I", mem, a_funcs)
             names = struct.unpack_from(f"<{n_names}I", mem, a_names)
@@ -169,8 +249,9 @@ class PeImage(Node):
         except struct.error:
             return {}
         for nrva, o in zip(names, ords):
-            if o < len(funcs):
-                out[funcs[o]] = mem[nrva : mem.find(b"\0", nrva)].decode("ascii", "replace")
+            if o < len(funcs) and nrva < len(mem):
+                end = mem.find(b"\0", nrva, nrva + MAX_NAME)
+                out[funcs[o]] = printable(mem[nrva : end if end >= 0 else nrva + MAX_NAME].decode("ascii", "replace"))
         return out
 
     def summary(self) -> dict:
@@ -190,8 +271,15 @@ class PeImage(Node):
         }
 
 
-def parse_image(space: Space, off: int, end: int, parent: Node) -> PeImage:
-    """Parse the PE or TE headers of the image at `space.data[off:end]`."""
+def parse_image(space: Space, off: int, end: int, parent: Node | None, limits: "Limits | None" = None) -> PeImage:
+    """Parse the PE or TE headers of the image at `space.data[off:end]`.
+
+    The memory image's size is decided here: what SizeOfImage and the section headers declare,
+    capped at `limits.image_memory_cap` of the file bytes (more is damage, not an allocation).
+    With `limits`, the image's memory and relocation table are charged against the parse's
+    totals (LimitExceeded when over)."""
+    from ovmftool.model.limits import Limits
+
     img = PeImage(space, off, end - off, parent)
     raw = space.data[off:end]
     try:
@@ -204,8 +292,20 @@ def parse_image(space: Space, off: int, end: int, parent: Node) -> PeImage:
     except struct.error:
         img.damage("image headers are truncated")
     for s in img.sections:
-        if s.raw_offset + s.raw_size > len(raw):
+        if s.raw_offset < 0:
+            img.damage(f"section {s.name} raw data starts before the image")
+        elif s.raw_offset + s.raw_size > len(raw):
             img.damage(f"section {s.name} raw data runs past the end of the image")
+    extent = max([img.size_of_image] + [s.rva + max(s.virtual_size, s.raw_size) for s in img.sections])
+    cap = (limits or Limits()).image_memory_cap(len(raw))
+    if extent > cap:
+        img.damage(f"image declares 0x{extent:X} bytes of memory (SizeOfImage, section extents), implausible "
+                   f"for 0x{len(raw):X} bytes of image; only 0x{cap:X} are loaded")
+    img.mem_size = min(extent, cap)
+    if limits is not None:
+        a = space.abs(off)
+        limits.charge_image(img.mem_size, img.relocation_table()[1], f"0x{a:X}" if a is not None else
+                            f"{space.label}+0x{off:X}")
     return img
 
 
@@ -240,9 +340,20 @@ def _parse_pe(img: PeImage, raw: bytes) -> None:
         if va or sz:
             img.directories[i] = (va, sz)
     sec_off = opt + optsize
-    for i in range(nsec):
+    for i in range(_section_count(img, nsec)):
         name, vsize, va, rsize, rptr, *_rest, chars = S.PE_SECTION.unpack_from(raw, sec_off + 40 * i)
-        img.sections.append(PeSection(name.rstrip(b"\0").decode("ascii", "replace"), va, vsize, rptr, rsize, chars))
+        img.sections.append(PeSection(_name(name), va, vsize, rptr, rsize, chars))
+
+
+def _name(raw: bytes) -> str:
+    return printable(raw.rstrip(b"\0").decode("ascii", "replace"))
+
+
+def _section_count(img: PeImage, nsec: int) -> int:
+    if nsec > MAX_SECTIONS:
+        img.damage(f"{nsec} sections, more than the {MAX_SECTIONS} PE/COFF allows; the first {MAX_SECTIONS} are read")
+        return MAX_SECTIONS
+    return nsec
 
 
 def _parse_te(img: PeImage, raw: bytes) -> None:
@@ -258,9 +369,9 @@ def _parse_te(img: PeImage, raw: bytes) -> None:
         img.directories[S.DIR_DEBUG] = (dbg_va, dbg_sz)
     img.size_of_headers = stripped
     top = 0
-    for i in range(nsec):
+    for i in range(_section_count(img, nsec)):
         name, vsize, va, rsize, rptr, *_rest, chars = S.PE_SECTION.unpack_from(raw, S.TE_HEADER.size + 40 * i)
-        sec = PeSection(name.rstrip(b"\0").decode("ascii", "replace"), va, vsize, rptr - img.te_adjust, rsize, chars)
+        sec = PeSection(_name(name), va, vsize, rptr - img.te_adjust, rsize, chars)
         img.sections.append(sec)
         top = max(top, va + max(vsize, rsize))
     img.size_of_image = top

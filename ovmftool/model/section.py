@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ovmftool.errors import ImageError
+from ovmftool.errors import ImageError, printable
 from ovmftool.model import codecs
 from ovmftool.model import structs as S
 from ovmftool.model.node import Node, Space
@@ -166,7 +166,7 @@ def _parse_body(ctx: "ParseContext", sec: Section) -> None:
     elif t in (0x10, 0x11, 0x12):  # PE32, PIC, TE
         from ovmftool.model.pe import parse_image
 
-        sec.children.append(parse_image(space, hs, sec.end, sec))
+        sec.children.append(parse_image(space, hs, sec.end, sec, ctx.limits))
     elif t == 0x15:  # USER_INTERFACE
         sec.text = _ucs2(data[hs : sec.end])
     elif t == 0x14:  # VERSION
@@ -195,7 +195,12 @@ def _decode_into(ctx: "ParseContext", sec: Section, decoder, expect: int | None 
     parse_sections(ctx, sec, sec.decoded, 0, len(out))
 
 
+MAX_TEXT = 128  # characters kept of a UI name or version string (EDK II's are module base names)
+
+
 def _ucs2(raw: bytes) -> str:
-    n = len(raw) & ~1
-    s = raw[:n].decode("utf-16-le", errors="replace")
-    return s.split("\0", 1)[0]
+    """A NUL-terminated UCS-2 string (UI name, version), made printable (`errors.printable`) and
+    at most MAX_TEXT characters long (longer ends in "...": a name must fit in a file name)."""
+    n = min(len(raw), 2 * MAX_TEXT + 2) & ~1
+    s = printable(raw[:n].decode("utf-16-le", errors="replace").split("\0", 1)[0])
+    return s[:MAX_TEXT] + "..." if len(s) > MAX_TEXT else s

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from ovmftool.errors import OvmfToolError
 from ovmftool.model import codecs, encoders
 from ovmftool.model import structs as S
+from ovmftool.model.binary import BinaryFile
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.node import Node, walk
 from ovmftool.model.parser import FlashImage
@@ -100,7 +101,10 @@ class Assembler:
     # --- entry ---------------------------------------------------------------------------
 
     def build(self) -> bytes:
-        """The assembled image (same size as the input)."""
+        """The assembled image (same size as the input). A standalone PE/TE file is its one
+        module's bytes, which may grow."""
+        if isinstance(self.root, BinaryFile):
+            return self._render(self.root.image)
         out = self._render(self.root)
         if len(out) != self.root.size:
             raise AssemblyError(f"assembled image is {len(out)} bytes, input is {self.root.size}")

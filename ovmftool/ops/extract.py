@@ -6,40 +6,74 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 
 from ovmftool import __version__
-from ovmftool.errors import OvmfToolError
+from ovmftool.model.ffs import FfsFile
+from ovmftool.model.fixups import enclosing, volume_path
+from ovmftool.model.node import Node, walk
 from ovmftool.model.parser import FlashImage
+from ovmftool.model.pe import PeImage
+from ovmftool.model.section import Section
+from ovmftool.model.structs import SECTIONED_FILE_TYPES
+from ovmftool.model.volume import Volume
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
+from ovmftool.report.io import check_output_dir, commit_output_dir, discard_output_dir, new_output_dir
 
 EXTRACT_SCHEMA = "ovmftool.extract/1"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CONTAINER_SECTIONS = {0x01, 0x02, 0x10, 0x11, 0x12, 0x17}  # compression, GUID-defined, PE32, PIC, TE, FV image
 
 
 def extract(root: FlashImage, out_dir: str) -> dict:
     """Write the modules of `root` into `out_dir` (created; must not exist or be empty).
 
     Everything is written into a temporary sibling directory first and renamed into place, so
-    a failure leaves no partial output. Returns the manifest.
+    a failure leaves no partial output. Damaged modules, and damaged containers whose contents
+    could not be read, are not written: the manifest lists them under `skipped` (see
+    `unextracted`). Returns the manifest.
     """
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise OvmfToolError(f"output directory {out_dir} exists and is not empty")
-    parent = os.path.dirname(out_dir)
-    if not os.path.isdir(parent):
-        raise OvmfToolError(f"parent directory {parent} does not exist")
-    tmp = tempfile.mkdtemp(prefix=".ovmftool-extract-", dir=parent)
+    check_output_dir(out_dir)
+    tmp = new_output_dir(out_dir)
     try:
         manifest = _write(root, tmp)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
+        commit_output_dir(tmp, out_dir)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_output_dir(tmp)
         raise
     return manifest
+
+
+def _holds_modules(n: Node) -> bool:
+    """Whether `n` is a kind of node that modules (or the reset vector) can be read from."""
+    if isinstance(n, (Volume, PeImage)):
+        return True
+    if isinstance(n, FfsFile):
+        return n.type in SECTIONED_FILE_TYPES or n.type == 0x01
+    return isinstance(n, Section) and n.type in _CONTAINER_SECTIONS
+
+
+def unextracted(root: FlashImage) -> list[dict]:
+    """What extraction cannot write: each damaged PE/TE image, and each damaged volume, file or
+    section whose contents could not be parsed (so any module inside it is lost), in flash order.
+
+    Damage that loses nothing (a wrong checksum over data that still parsed, non-erased free
+    space) is not listed here; `all_problems` has it."""
+    out = []
+    for n in walk(root):
+        if not n.problems or not _holds_modules(n) or (n.children and not isinstance(n, PeImage)):
+            continue
+        f = enclosing(n, FfsFile)
+        kind = "module" if isinstance(n, PeImage) else n.kind
+        out.append({
+            "kind": kind,
+            "name": getattr(f, "ui_name", None) if isinstance(f, FfsFile) else None,
+            "guid": f.guid if isinstance(f, FfsFile) else getattr(n, "name_guid", None),
+            "volume": volume_path(n),
+            "where": n.problems[0].where,
+            "fd_offset": n.abs_offset,
+            "reason": "; ".join(p.message for p in n.problems),
+        })
+    return out
 
 
 def _write(root: FlashImage, tmp: str) -> dict:
@@ -55,7 +89,10 @@ def _write(root: FlashImage, tmp: str) -> dict:
             fh.write(data)
         return name
 
+    skipped = unextracted(root)
     for m in iter_modules(root):
+        if m.image.problems:
+            continue  # listed in skipped
         ext = ".te" if m.image.format == "TE" else ".efi"
         data = m.image.raw
         fname = put(f"{_SAFE.sub('_', m.name)}_{m.guid}", ext, data)
@@ -73,6 +110,7 @@ def _write(root: FlashImage, tmp: str) -> dict:
         "image": {"path": root.path, "sha256": root.sha256, "size": root.size},
         "modules": entries,
         "code_blobs": blobs,
+        "skipped": skipped,
     }
     with open(os.path.join(tmp, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=True)

@@ -1,4 +1,10 @@
-"""The module view: every PE32/TE image in the flash with the facts about it people ask for."""
+"""The module view: every PE32/TE image in the flash with the facts about it people ask for.
+
+A standalone PE32/TE file (`model.binary.BinaryFile`) is one module with no FFS file: its name
+comes from the file name when `extract` wrote it (NAME_GUID.efi), else from the debug path, else
+from the file name; its GUID from NAME_GUID.efi, else the null GUID; its file type is the format
+("PE32" or "TE") and its volume is empty.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
+from ovmftool.model.binary import BinaryFile
 from ovmftool.model.blob import CodeBlob
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.fixups import enclosing, volume_path
@@ -18,15 +25,21 @@ _INF_RE = re.compile(r"/Build/[^/]+/[^/]+/[^/]+/(?P<inf>.+?)/(?:DEBUG|OUTPUT)/(?
 
 @dataclass
 class Module:
-    """One executable image in the flash and the FFS file that holds it."""
+    """One executable image in the flash and the FFS file that holds it; or a standalone
+    binary (`file` and `section` None, `binary` its root)."""
 
-    file: FfsFile
-    section: Section
+    file: FfsFile | None
+    section: Section | None
     image: PeImage
+    binary: BinaryFile | None = None
 
     @property
     def name(self) -> str:
-        """UI name, or the debug path's base name, or the file GUID."""
+        """UI name, or the debug path's base name, or the file GUID. Standalone: NAME of
+        NAME_GUID.efi, or the debug path's base name, or the file name."""
+        if self.binary is not None:
+            inf = self.build_info
+            return self.binary.file_name or (inf[1] if inf else None) or self.binary.stem or self.binary.guid
         if self.file.ui_name:
             return self.file.ui_name
         inf = self.build_info
@@ -34,10 +47,13 @@ class Module:
 
     @property
     def guid(self) -> str:
-        return self.file.guid
+        return self.binary.guid if self.binary is not None else self.file.guid
 
     @property
     def file_type(self) -> str:
+        """The FFS file type (DRIVER, PEIM, ...); standalone: "PE32" or "TE"."""
+        if self.binary is not None:
+            return "TE" if self.image.format == "TE" else "PE32"
         return self.file.type_name
 
     @property
@@ -70,7 +86,9 @@ class Module:
 
     @property
     def phase(self) -> str:
-        """PEI, DXE, SEC or MM from the file type."""
+        """PEI, DXE, SEC or MM from the file type (standalone: PEI for TE, else DXE, a guess)."""
+        if self.binary is not None:
+            return "PEI" if self.image.format == "TE" else "DXE"
         t = self.file.type
         if t in (0x03,):
             return "SEC"
@@ -109,7 +127,11 @@ class Module:
 
 
 def iter_modules(root: Node) -> Iterator[Module]:
-    """Every PE32/TE image under `root`, in flash order."""
+    """Every PE32/TE image under `root`, in flash order (a standalone binary: its one image)."""
+    if isinstance(root, BinaryFile):
+        if root.children and isinstance(root.children[0], PeImage):
+            yield Module(None, None, root.children[0], root)
+        return
     for n in walk(root):
         if isinstance(n, PeImage):
             f = enclosing(n, FfsFile)

@@ -1,10 +1,12 @@
-"""`info`: render the image model as an indented text tree or as JSON (schema in docs/)."""
+"""`info`: render the image model as an indented text tree or as JSON (schema in docs/); a standalone
+PE32/TE file as its module's headers."""
 
 from __future__ import annotations
 
 from typing import Iterator
 
 from ovmftool import __version__
+from ovmftool.model.binary import BinaryFile
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.node import Node, all_problems
 from ovmftool.model.parser import FlashImage
@@ -47,8 +49,53 @@ def _status(n: Node) -> str:
     return "  ".join(m for m in marks if m)
 
 
+_SUBSYSTEMS = {10: "EFI_APPLICATION", 11: "EFI_BOOT_SERVICE_DRIVER", 12: "EFI_RUNTIME_DRIVER", 13: "EFI_ROM"}
+
+
+def _section_flags(c: int) -> str:
+    flags = [n for bit, n in ((0x20, "code"), (0x40, "data"), (0x80, "bss"), (0x02000000, "discardable"),
+                              (0x20000000, "exec"), (0x40000000, "read"), (0x80000000, "write")) if c & bit]
+    return ",".join(flags) or "-"
+
+
+def binary_lines(root: BinaryFile) -> Iterator[str]:
+    """A standalone PE32/TE file: the module's facts and every header field the tool uses."""
+    yield f"{root.path}  {root.size} bytes  sha256 {root.sha256}"
+    for p in root.problems:
+        yield f"!! DAMAGE: {p}"
+    img = root.image
+    for p in img.problems:
+        yield f"!! DAMAGE: {p}"
+    mods = list(iter_modules(root))
+    if mods:
+        m = mods[0]
+        yield (f"standalone {img.format} {m.arch} module {m.name}  guid {m.guid}  "
+               f"(no firmware volume: file offsets are offsets in this file)")
+    sub = _SUBSYSTEMS.get(img.subsystem, "unknown")
+    yield (f"  machine {img.machine} (0x{img.machine_code:04X})  subsystem {sub} ({img.subsystem})  "
+           f"image base 0x{img.image_base:X}  entry rva 0x{img.entry_rva:X}")
+    if img.format == "TE":
+        yield (f"  TE: stripped size 0x{img.size_of_headers:X} (file offset = rva - 0x{img.te_adjust:X})  "
+               f"size of image 0x{img.size_of_image:X}")
+    else:
+        yield (f"  size of image 0x{img.size_of_image:X}  size of headers 0x{img.size_of_headers:X}  "
+               f"section alignment 0x{img.section_alignment:X}  file alignment 0x{img.file_alignment:X}")
+    yield f"  {len(img.sections)} sections:"
+    for sec in img.sections:
+        yield (f"    {sec.name:<8} rva 0x{sec.rva:06X}  virtual 0x{sec.virtual_size:06X}  file 0x{sec.raw_offset:06X} "
+               f"+ 0x{sec.raw_size:06X}  0x{sec.characteristics:08X} {_section_flags(sec.characteristics)}")
+    yield f"  relocations {len(img.relocations)}  debug path {img.debug_path or '-'}"
+    if mods and mods[0].build_info:
+        yield f"  inf {mods[0].build_info[0]}"
+    probs = all_problems(root)
+    yield "1 standalone module, " + (f"{len(probs)} problems" if probs else "no damage")
+
+
 def text_lines(root: FlashImage) -> Iterator[str]:
     """The tree, one node a line, with damage marked on the line after its node."""
+    if isinstance(root, BinaryFile):
+        yield from binary_lines(root)
+        return
     yield f"{root.path}  {root.size} bytes  sha256 {root.sha256}"
 
     def rec(n: Node, depth: int) -> Iterator[str]:

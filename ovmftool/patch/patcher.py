@@ -11,6 +11,9 @@
    not scanned again (the scan is a function of a module's bytes); every other one is.
 
 Nothing is written unless every step holds; the caller writes the bytes atomically.
+
+A standalone PE/TE input (`model.binary`) is one module; the output is that module's bytes. One
+that carries an Authenticode signature is not rewritten (the copy's signature would not verify).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 
 from ovmftool.errors import OvmfToolError
+from ovmftool.model.binary import BinaryFile
 from ovmftool.model.node import all_problems
 from ovmftool.model.parser import FlashImage, parse_flash
 from ovmftool.model.node import Space
@@ -193,6 +197,19 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1,
     return res, edits
 
 
+_DIR_SECURITY = 4  # the Authenticode certificate table (a file offset, not an RVA)
+
+
+def _check_unsigned(path: str, root: BinaryFile) -> None:
+    """A standalone binary carrying an Authenticode signature is refused: the patched copy's
+    signature would no longer verify, and Secure Boot would refuse to load it."""
+    off, size = root.image.directories.get(_DIR_SECURITY, (0, 0))
+    if off and size:
+        raise OvmfToolError(f"{path} carries an Authenticode signature (certificate table at file offset 0x{off:X}, "
+                            f"{size} bytes) that a patched copy would break; remove the signature (e.g. "
+                            "`sbattach --remove`) and patch the unsigned binary")
+
+
 def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = False, dry_run: bool = False,
           symbols_dir: str | None = None) -> PatchResult:
     """Plan, assemble and prove. `result.output` holds the bytes to write (None for a dry run
@@ -200,6 +217,8 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
     res, edits = plan_patch(path, root, jobs, symbols_dir)
     if dry_run or (res.refusals and not allow_unknown):
         return res
+    if edits and isinstance(root, BinaryFile):
+        _check_unsigned(path, root)
     out, asm = assemble(root, edits)
     res.lzma_effort = asm.effort if asm.reencoded else None
     res.reencoded = [{"space": s.space.label, "offset": s.offset, "compression": s.compression, "old_size": a,

@@ -1,11 +1,20 @@
-"""Render scan results: text grouped by module with a summary, or JSON (schema ovmftool.scan/1)."""
+"""Render scan results: text grouped by module with a summary, or JSON (schema ovmftool.scan/1).
+
+Several inputs keep their order and their place in every format: an input that could not be
+scanned (`ScanFailure`) has an error entry where its report would be.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import textwrap
 from collections import Counter
+from pathlib import Path
 
 from ovmftool import __version__
-from ovmftool.scan.scanner import ScanResult
+from ovmftool.scan.advice import NextSteps, next_steps
+from ovmftool.scan.scanner import ScanFailure, ScanResult
 
 SCAN_SCHEMA = "ovmftool.scan/1"
 
@@ -21,6 +30,22 @@ def scan_json(r: ScanResult) -> dict:
         "summary": summary(r),
         "notes": r.notes,
     }
+
+
+def scan_error_json(f: ScanFailure) -> dict:
+    """The JSON entry of an input that could not be scanned."""
+    return {
+        "schema_version": SCAN_SCHEMA,
+        "tool": {"name": "ovmftool", "version": __version__},
+        "image": {"path": f.path},
+        "error": f.message,
+    }
+
+
+def scan_json_doc(outcomes: list[ScanResult | ScanFailure]):
+    """One input: its object; several: the list of them, in the order given."""
+    docs = [scan_json(o) if isinstance(o, ScanResult) else scan_error_json(o) for o in outcomes]
+    return docs[0] if len(docs) == 1 else docs
 
 
 def summary(r: ScanResult) -> dict:
@@ -62,4 +87,68 @@ def scan_text(r: ScanResult) -> str:
         lines.append(f"         {s['reachable']} in functions reachable by direct calls from a module entry point")
     for n in r.notes:
         lines.append(f"note: {n}")
+    steps = next_steps(r)
+    if steps is not None:
+        lines += next_steps_lines(steps)
     return "\n".join(lines) + "\n"
+
+
+def _shown(p: Path) -> str:
+    rel = os.path.relpath(p)
+    return rel if not rel.startswith("..") else str(p)
+
+
+def next_steps_lines(s: NextSteps) -> list[str]:
+    """What to do about the sites: the patch command, then the source fix."""
+    pad = " " * 21
+
+    def wrap(text: str) -> list[str]:
+        return textwrap.wrap(text, width=100, initial_indent=pad, subsequent_indent=pad, break_on_hyphens=False)
+
+    lines = ["next steps:",
+             f"  patch this image:  {s.patch_command}",
+             *wrap("(rewrites each site into equivalent IN/OUT loop code, each checked by emulation; docs/patch.md)")]
+    if s.matching is not None:
+        lines.append(f"  fix the source:    {_shown(s.matching.path)}")
+        lines += wrap(f"(the matching series: {s.reason}; made for {s.matching.dsc}; for another DSC or tree: "
+                      f"{s.plan_command})")
+    elif s.candidates:
+        lines.append(f"  fix the source:    {s.plan_command}")
+        lines += wrap(f"or the series of your tree: {' or '.join(_shown(c.path) for c in s.candidates)} (none "
+                      f"matches for certain: {s.reason})")
+    else:
+        lines.append(f"  fix the source:    {s.plan_command}")
+        if s.reason:
+            lines += wrap(f"(no matching series: {s.reason})")
+    return lines
+
+
+def scan_text_all(outcomes: list[ScanResult | ScanFailure]) -> str:
+    """Each input's section in the order given (an error line for one that failed); with several
+    inputs, a total line at the end. A single input that failed prints nothing here: its one
+    error line goes to stderr."""
+    if len(outcomes) == 1:
+        o = outcomes[0]
+        return scan_text(o) if isinstance(o, ScanResult) else ""
+    parts = [scan_text(o) if isinstance(o, ScanResult) else f"{o.path}\n  error: {o.message}\n" for o in outcomes]
+    done = [o for o in outcomes if isinstance(o, ScanResult)]
+    sites = sum(len(r.findings) for r in done)
+    errors = len(outcomes) - len(done)
+    parts.append(f"total: {sites} site{'s' * (sites != 1)} in {sum(1 for r in done if r.findings)} of "
+                 f"{len(outcomes)} images; {errors} error{'s' * (errors != 1)}\n")
+    return "".join(parts)
+
+
+def render(outcomes: list[ScanResult | ScanFailure], fmt: str, sarif_root: str | None = None) -> str:
+    """The document of `scan --format FMT` over all inputs."""
+    if fmt == "json":
+        return json.dumps(scan_json_doc(outcomes), indent=2, sort_keys=True) + "\n"
+    if fmt == "sarif":
+        from ovmftool.report.sarif import sarif_log
+
+        return json.dumps(sarif_log(outcomes, sarif_root), indent=2, sort_keys=True) + "\n"
+    if fmt == "junit":
+        from ovmftool.report.junit import junit_xml
+
+        return junit_xml(outcomes)
+    return scan_text_all(outcomes)

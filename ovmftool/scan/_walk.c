@@ -133,7 +133,10 @@ static int cs_decode(W *w, uint64_t a, uint64_t end, int *kind, int64_t *aux, bo
     if (a >= end || a >= w->n) return 0;
     if (end > w->n) end = w->n;
     const uint8_t *code = w->mem + a;
-    size_t size = (size_t)(end - a);
+    /* at most 15 bytes: no x86 instruction is longer (capstone refuses one), and capstone reads
+     * every prefix it is given before refusing, so a megabyte of REX bytes cost a millisecond
+     * per address decoded (hostile exports made scans take hours) */
+    size_t size = (size_t)(end - a) < 15 ? (size_t)(end - a) : 15;
     uint64_t addr = a;
     if (!w->iter(w->handle, &code, &size, &addr, w->insn)) return 0;
     cs_insn5 *i = w->insn;

@@ -140,7 +140,10 @@ class RawDecoder:
         """
         ct = self._ct
         ins = ct.POINTER(self._insn_t)()
-        n = self._cs.cs_disasm(self.handle, ct.cast(self.base + a, ct.POINTER(ct.c_char)), max(0, end - a), a,
+        # max_insns instructions span at most 15 bytes each; capstone reads every prefix it is
+        # given before refusing an over-long instruction, so do not give it megabytes
+        span = end - a if max_insns <= 0 else min(end - a, 15 * max_insns)
+        n = self._cs.cs_disasm(self.handle, ct.cast(self.base + a, ct.POINTER(ct.c_char)), max(0, span), a,
                                max_insns, ct.byref(ins))
         if n <= 0:
             return [], [], {}

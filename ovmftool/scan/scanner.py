@@ -7,13 +7,17 @@ the function is reachable by direct calls from the entry point.
 
 from __future__ import annotations
 
+import bisect
 import os
 import struct
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+from ovmftool.errors import ImageError, OvmfToolError
+from ovmftool.model.node import Node, all_problems, walk
 from ovmftool.model.parser import FlashImage, read_image
 from ovmftool.model.pe import PeImage
+from ovmftool.model.volume import Volume
 from ovmftool.model import structs as S
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
 from ovmftool.scan import signatures as sigs
@@ -56,6 +60,9 @@ class Finding:
     signature: dict | None
     callers: list[Caller] = field(default_factory=list)
     reachable: bool = False
+    # Where the instruction's bytes are in the file as stored: the instruction itself when it is
+    # stored as is, else the (compressed) node that holds it: {"offset", "length", "holder"}.
+    fd_region: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +97,29 @@ class ScanResult:
     modules: list[ModuleSummary]
     findings: list[Finding]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """This image's verdict: 1 when it has sites, else 0 (checked and clean)."""
+        return 1 if self.findings else 0
+
+
+@dataclass
+class ScanFailure:
+    """An input that could not be scanned (unreadable, damaged, or holding no code): it keeps
+    its place in every report, and its verdict is 2."""
+
+    path: str
+    message: str
+
+    @property
+    def exit_code(self) -> int:
+        return 2
+
+
+def worst_exit(outcomes) -> int:
+    """The exit code of a scan of several inputs: the worst of theirs (2 > 1 > 0)."""
+    return max((o.exit_code for o in outcomes), default=0)
 
 
 def exec_ranges(img: PeImage) -> list[tuple[int, int]]:
@@ -136,13 +166,14 @@ def scan_module(m: Module, symbols: BuildSymbols | None = None) -> _ModuleScan:
     if symbols is not None:
         table = symbols.lookup(m.name, m.guid, m.arch, text.rva if text else None, img.entry_rva)
     reach = cmap.reachable_from(img.entry_rva) if cmap.sites else set()
+    starts = _certain_starts(cmap, strong) if cmap.sites else []
     findings = []
     seen = set()
     for site in sorted(cmap.sites, key=lambda s: s.rva):
         if site.rva in seen:
             continue
         seen.add(site.rva)
-        findings.append(_finding(m, img, mem, site, cmap, matches, table, reach))
+        findings.append(_finding(m, img, mem, site, cmap, matches, table, reach, starts))
     summary = ModuleSummary(m.name, m.guid, m.file_type, m.arch, m.volume, m.fd_offset, cmap.code_bytes,
                             len(cmap.functions), len(findings), table.source if table else None)
     return _ModuleScan(summary, findings)
@@ -159,7 +190,64 @@ def _name_fn(start: int, matches, table: SymbolTable | None) -> str:
     return f"sub_{start:x}"
 
 
-def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, table, reach) -> Finding:
+def _certain_starts(cmap: CodeMap, strong: list[tuple[int, str]]) -> list[int]:
+    """Sorted function starts the code map is sure of: the strong roots (entry point, exports,
+    signatures) and the targets of direct calls and tail jumps. (Its other functions are roots
+    found on trial, pointer targets and gap fill, some of which are switch cases inside a function.)"""
+    sure = {r for r, _ in strong} | {t for _, _, t in cmap.calls} | {t for _, _, t in cmap.tails}
+    return sorted(sure & cmap.functions)
+
+
+def containing_function(starts: list[int], walk_fn: int, rva: int) -> int:
+    """The function holding the instruction at `rva`, by the code map alone.
+
+    The walk attributes code to the function whose descent reached it first, which can be
+    another function's code: reached by a jump, or by falling through a call that does not
+    return. A function's code starts at its entry, so when a certain function start (`starts`,
+    sorted) lies after the walk's function and at or before `rva`, the instruction is in that
+    later function; else it is in the walk's function (when that starts at or before `rva`).
+    Measured against the symbol tables of edk2 2022.11 DEBUG builds (OvmfPkgX64, OvmfPkgIa32X64):
+    this names the function containing 97.7% and 97.6% of all direct calls and tail jumps (the
+    walk's function alone: 95.9%, 95.8%), and of every call to a function holding a site
+    (tests/test_scan_gate.py)."""
+    i = bisect.bisect_right(starts, rva) - 1
+    sure = starts[i] if i >= 0 else None
+    if walk_fn <= rva and (sure is None or walk_fn > sure):
+        return walk_fn
+    return walk_fn if sure is None else sure
+
+
+def _callers(cfn: int, cmap: CodeMap, starts: list[int], matches, table: SymbolTable | None) -> list[Caller]:
+    """Direct calls and tail jumps to `cfn`, each named by the function that contains the call
+    instruction: the symbol table's function when there is one, else the code map's."""
+    out = []
+    for walk_fn, call, kind in cmap.callers_of(cfn):
+        hit = table.function_at(call) if table is not None else None
+        if hit is not None:
+            start, name = hit
+        else:
+            start = containing_function(starts, walk_fn, call)
+            name = _name_fn(start, matches, table)
+        if kind == "jmp" and start == cfn:
+            continue  # a jump inside the function itself, not a tail call
+        out.append(Caller(name, start, call, kind))
+    return sorted(out, key=lambda c: (c.function_rva, c.call_rva, c.kind))
+
+
+def _fd_region(node: Node, fd_offset: int | None, length: int) -> dict | None:
+    """The stretch of the file that holds an instruction as stored: the instruction itself
+    when its bytes are in the file as is, else the nearest enclosing node stored as is (the
+    compressed section whose decoding holds it)."""
+    if fd_offset is not None:
+        return {"offset": fd_offset, "length": length, "holder": "instruction"}
+    for n in (node, *node.ancestors()):
+        if n.abs_offset is not None:
+            return {"offset": n.abs_offset, "length": n.size, "holder": n.label()}
+    return None
+
+
+def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, table, reach,
+             starts: list[int]) -> Finding:
     raw = mem[site.rva : site.rva + site.size]
     sio = string_io(site.mnemonic)
     fn_rva: int | None = site.function
@@ -179,7 +267,7 @@ def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, 
     elif fn_rva is not None:
         fn_name, source = f"sub_{fn_rva:x}", "analysis"
     cfn = site.function  # the code map's function (what callers and reachability refer to)
-    callers = [Caller(_name_fn(f, matches, table), f, c, k) for f, c, k in cmap.callers_of(cfn)]
+    callers = _callers(cfn, cmap, starts, matches, table)
     off = img.rva_to_offset(site.rva)
     fd = img.abs_offset + off if (img.abs_offset is not None and off is not None) else None
     sec = img.section_at(site.rva)
@@ -188,7 +276,7 @@ def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, 
         container_offset=img.offset + (off or 0), rva=site.rva, pe_section=sec.name if sec else None,
         bytes=raw.hex(), mnemonic=site.mnemonic, width=sio.width, direction=sio.direction, rep=sio.rep,
         function=fn_name, function_rva=fn_rva, function_source=source, signature=sig_info, callers=callers,
-        reachable=cfn in reach,
+        reachable=cfn in reach, fd_region=_fd_region(img, fd, site.size),
     )
 
 
@@ -230,6 +318,69 @@ def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: i
     return ScanResult(path, root.sha256, root.size, [r.summary for r in results], findings, notes)
 
 
+# --- verdicts --------------------------------------------------------------------------------
+
+def read_lazy_structures(root: FlashImage) -> None:
+    """Read now what the model reads on first use (base relocations, exports, the debug
+    directory, and whatever each node's summary reads), so that damage found there is recorded
+    before the verdict: `info` reads the same through the summaries, and scan workers (forked
+    processes) would otherwise record it where the parent never sees it."""
+    for n in walk(root):
+        n.summary()
+        if isinstance(n, PeImage):
+            for lazy in ("relocations", "exports", "debug_path"):  # cached properties: read once
+                getattr(n, lazy)
+
+
+def no_code_hint(root: FlashImage) -> str:
+    """Why an input without PE/TE modules is likely not what the user meant to scan."""
+    vols = [n for n in walk(root) if isinstance(n, Volume)]
+    if any(v.fs_guid == S.NVRAM_GUID for v in vols):
+        return "is this OVMF_VARS (a variable store)?"
+    return (f"its {len(vols)} firmware volume{'s' * (len(vols) != 1)} hold no executable code: is this a firmware "
+            "code image (OVMF_CODE.fd, OVMF.fd) or a UEFI binary?")
+
+
+def check_scannable(path: str, root: FlashImage) -> None:
+    """Raise ImageError unless a scan of `root` can vouch for it: no damage anywhere (lazily read
+    structures included) and some code to scan. "No sites" must mean "checked and clean"."""
+    read_lazy_structures(root)
+    probs = all_problems(root)
+    if probs:
+        raise ImageError(f"{path}: damaged image: {probs[0]}")
+    if not any(True for _ in iter_modules(root)) and not any(True for _ in iter_code_blobs(root)):
+        raise ImageError(f"{path}: no PE/TE modules: {no_code_hint(root)}")
+
+
+def scan_checked(path: str, symbols: str | BuildSymbols | None = None, jobs: int = 1,
+                 root: FlashImage | None = None) -> ScanResult:
+    """`scan_image` with the verdict rules: damaged images and inputs without code are errors
+    (ImageError), including damage the scan itself comes upon."""
+    root = root if root is not None else read_image(path)
+    check_scannable(path, root)
+    res = scan_image(path, symbols, jobs, root=root)
+    probs = all_problems(root)
+    if probs:
+        raise ImageError(f"{path}: damaged image: {probs[0]}")
+    return res
+
+
+def scan_paths(paths, symbols_dir: str | None = None, jobs: int = 1) -> list[ScanResult | ScanFailure]:
+    """Scan each input in turn: its result, or its failure, in the order given.
+
+    An unusable `symbols_dir` is an error of the whole command (raised before any scan); each
+    image gets its own index of the build's symbol files (their matches are per image)."""
+    first = BuildSymbols(symbols_dir) if symbols_dir is not None else None  # fails once, up front
+    out: list[ScanResult | ScanFailure] = []
+    for i, p in enumerate(paths):
+        symbols = first if i == 0 or first is None else BuildSymbols(symbols_dir)
+        try:
+            out.append(scan_checked(p, symbols, jobs))
+        except OvmfToolError as e:
+            out.append(ScanFailure(p, str(e)))
+    return out
+
+
 def scan_blobs(root: FlashImage) -> list[Finding]:
     """The reset vector: recursive descent in real mode from its 16-byte entry."""
     out = []
@@ -239,13 +390,15 @@ def scan_blobs(root: FlashImage) -> list[Finding]:
         for site in sorted(cmap.sites, key=lambda s: s.rva):
             sio = string_io(site.mnemonic)
             f = b.parent
+            fd = (b.abs_offset + site.rva) if b.abs_offset is not None else None
             out.append(Finding(
                 module="ResetVector", guid=getattr(f, "guid", ""), file_type=getattr(f, "type_name", "RAW"),
-                arch="IA32", volume="", fd_offset=(b.abs_offset + site.rva) if b.abs_offset is not None else None,
+                arch="IA32", volume="", fd_offset=fd,
                 container_offset=b.offset + site.rva, rva=site.rva, pe_section=None,
                 bytes=data[site.rva : site.rva + site.size].hex(), mnemonic=site.mnemonic, width=sio.width,
                 direction=sio.direction, rep=sio.rep, function=f"sub_{site.function:x}", function_rva=site.function,
-                function_source="analysis", signature=None, callers=[], reachable=True))
+                function_source="analysis", signature=None, callers=[], reachable=True,
+                fd_region=_fd_region(b, fd, site.size)))
     return out
 
 

@@ -89,25 +89,42 @@ def _encodings(insn: bytes) -> list[bytes]:
     return [insn] if twin == insn else [insn, twin]
 
 
-def _compile(code: bytes, bits: int) -> tuple[re.Pattern, tuple[int, ...]]:
-    parts: list[bytes] = []
-    sites = []
+Token = tuple[int, tuple[tuple[int | None, ...], ...]]  # (offset in the routine, accepted encodings)
+
+
+def tokens(code: bytes, bits: int) -> list[tuple[Token, bool]]:
+    """The routine as instructions, each with its accepted encodings (None: a wildcard byte) and
+    whether it is string I/O. Direct branch and call displacements are wildcards; register-register
+    forms accept their twin encoding. Trailing bytes that do not decode are one literal token."""
+    out: list[tuple[Token, bool]] = []
     pos = 0
     for addr, size, mnem, op in cs(bits).disasm_lite(code, 0):
         insn = code[addr : addr + size]
         if mnem in _BRANCHES and direct_target(op) is not None:
             # opcode bytes literal, displacement (last 1 or 4 bytes) wildcarded
             dlen = 1 if size == 2 or (size == 3 and insn[0] == 0x67) else 4
-            parts.append(re.escape(insn[: size - dlen]) + b"." * dlen)
+            alts: tuple[tuple[int | None, ...], ...] = (tuple(insn[: size - dlen]) + (None,) * dlen,)
         else:
-            encs = _encodings(insn)
-            parts.append(re.escape(encs[0]) if len(encs) == 1
-                         else b"(?:" + b"|".join(re.escape(e) for e in encs) + b")")
-        if string_io(mnem):
-            sites.append(addr)
+            alts = tuple(tuple(e) for e in _encodings(insn))
+        out.append(((addr, alts), bool(string_io(mnem))))
         pos = addr + size
     if pos != len(code):
-        parts.append(re.escape(code[pos:]))
+        out.append(((pos, (tuple(code[pos:]),)), False))
+    return out
+
+
+def _alt_pattern(alt: tuple[int | None, ...]) -> bytes:
+    return b"".join(b"." if b is None else re.escape(bytes([b])) for b in alt)
+
+
+def _compile(code: bytes, bits: int) -> tuple[re.Pattern, tuple[int, ...]]:
+    parts: list[bytes] = []
+    sites = []
+    for (addr, alts), is_site in tokens(code, bits):
+        pats = [_alt_pattern(a) for a in alts]
+        parts.append(pats[0] if len(pats) == 1 else b"(?:" + b"|".join(pats) + b")")
+        if is_site:
+            sites.append(addr)
     return re.compile(b"".join(parts), re.DOTALL), tuple(sites)
 
 

@@ -1,17 +1,36 @@
-"""Crash triage: decode what propolis prints for an `Unhandled VM exit: InstEmul`, explain the
-faulting instruction, and find where those bytes sit in a firmware image's code."""
+"""Crash triage: decode what propolis prints for an `Unhandled VM exit: InstEmul`, name the routine
+the faulting instruction belongs to, and find where those bytes sit in a firmware image's code.
+
+Propolis prints the bytes starting at the faulting RIP (usually 15: the longest x86 instruction),
+so the stream starts in the middle of a routine and may run past its end. It is matched against
+every built-in signature (`scan.signatures`: BaseIoLibIntrinsic's IoFifoSev.nasm and IoFifo.nasm
+routines, IA32 and X64) at each of the routine's instruction starts (RIP is always one), byte by
+byte, with the signatures' wildcards (branch and call displacements; the twin encodings of
+register-register forms). Where the stream runs past the routine's end, the rest is matched
+against the start of the routines of the same source file (the routines of one NASM file lie one
+after another). This needs no image: the verdict names instruction, routine, source file and
+library instance. With an image, the stream is also found in the image's code, literally.
+
+A match that agrees only on the faulting instruction's own bytes (a REP OUTSB is a REP OUTSB in
+every routine that has one) tells nothing; those, and any match shorter than the longest, are
+counted, not listed.
+"""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ovmftool.errors import OvmfToolError
+from ovmftool.scan import signatures as sigs
 from ovmftool.scan.disasm import cs, string_io
 
 _INST_DATA = re.compile(r"inst_data\s*:\s*\[([^\]]*)\]")
 _LEN = re.compile(r"\blen\s*:\s*(\d+)")
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
+_RENAMED_IN = "edk2-stable202111"  # the TDX wrapper renamed the X64 Sev routines SevIo*
 
 
 def parse_bytes(text: str) -> bytes:
@@ -51,6 +70,42 @@ class Decoded:
 
 
 @dataclass
+class Following:
+    """The routine(s) whose start the bytes past a routine's end match."""
+
+    routines: list[str]
+    matched: int
+
+
+@dataclass
+class RoutineMatch:
+    """A built-in signature the stream matches."""
+
+    routine: str
+    aliases: list[str]
+    library: str
+    source: str
+    arch: str
+    variant: str  # "Sev" (IoFifoSev.nasm) or "non-Sev" (IoFifo.nasm)
+    trees: list[str]
+    offset: int  # where the stream starts in the routine
+    at_site: bool  # ... at the routine's string I/O instruction
+    matched: int  # stream bytes that agree with the routine from `offset`
+    complete: bool  # no byte disagrees: the stream ends in the routine, or runs past its end
+    followed_by: list[Following] = field(default_factory=list)
+
+    @property
+    def explained(self) -> int:
+        """Stream bytes accounted for: the routine's and the following routines'."""
+        return self.matched + sum(f.matched for f in self.followed_by)
+
+    def describe(self) -> str:
+        """`IoWriteFifo8 of BaseIoLibIntrinsic (X64/IoFifo.nasm, non-Sev)`."""
+        alias = f"; {'/'.join(self.aliases)} before {_RENAMED_IN}" if self.aliases else ""
+        return f"{self.routine} of {self.library} ({self.source}, {self.variant}{alias})"
+
+
+@dataclass
 class Match:
     """A place in the image whose code bytes match the stream."""
 
@@ -64,21 +119,61 @@ class Match:
     function: str | None
     function_source: str | None
     is_site: bool  # the matched instruction is a string I/O site the scanner reports
+    signature: dict | None = None  # the site's signature (routine, library, source) when one matched
+
+
+@dataclass
+class Shorter:
+    """Matches not listed: how many, by matched length."""
+
+    count: int = 0
+    by_length: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
 class Triage:
-    """The decoded stream, what faulted and why, and matches in an image."""
+    """The decoded stream, what faulted and why, the routines it matches, matches in an image."""
 
     data: bytes
     bits: int
     instructions: list[Decoded]
     explanation: str
+    routines: list[RoutineMatch] = field(default_factory=list)
+    shorter_routines: Shorter = field(default_factory=Shorter)
+    image_path: str | None = None
+    image_sha256: str | None = None
+    image_standalone: bool = False
     matches: list[Match] = field(default_factory=list)
+    shorter_matches: Shorter = field(default_factory=Shorter)
 
     @property
     def faulting(self) -> Decoded | None:
         return self.instructions[0] if self.instructions else None
+
+    @property
+    def first_len(self) -> int:
+        """Bytes of the faulting instruction (all of them when nothing decodes)."""
+        return len(bytes.fromhex(self.faulting.bytes)) if self.faulting else len(self.data)
+
+    @property
+    def instruction(self) -> str | None:
+        """`REP OUTSB`: the faulting instruction's mnemonic."""
+        return self.faulting.mnemonic.upper() if self.faulting else None
+
+    @property
+    def verdict(self) -> str:
+        """One line: instruction, then routine, source file and library instance (or why none)."""
+        head = self.instruction or f"undecodable as {self.bits}-bit code"
+        if self.faulting and string_io(self.faulting.mnemonic) is None:
+            head += " (not string port I/O)"
+        if not self.routines:
+            return (f"{head}: no built-in signature matches (not a FIFO routine of BaseIoLibIntrinsic or "
+                    "BaseIoLibIntrinsicSev as the covered EDK II trees build it)")
+        if not any(r.complete for r in self.routines):
+            n = self.routines[0].explained
+            return (f"{head}: no built-in signature matches all {len(self.data)} bytes; closest ({n} bytes): "
+                    + " or ".join(r.describe() for r in self.routines))
+        return f"{head}: " + " or ".join(r.describe() for r in self.routines)
 
 
 def _explain(first: Decoded | None, bits: int) -> str:
@@ -107,43 +202,139 @@ def _explain(first: Decoded | None, bits: int) -> str:
 
 
 def decode(data: bytes, bits: int = 64) -> Triage:
-    """Decode the stream; the first instruction is the one that faulted."""
+    """Decode the stream (the first instruction is the one that faulted) and match it against
+    the built-in signatures."""
     out = []
     for a, size, mn, op in cs(bits).disasm_lite(data, 0):
         out.append(Decoded(a, data[a : a + size].hex(), mn, op))
-    return Triage(data, bits, out, _explain(out[0] if out else None, bits))
+    t = Triage(data, bits, out, _explain(out[0] if out else None, bits))
+    t.routines, t.shorter_routines = _collapse(match_signatures(data, bits), lambda r: r.explained, t.first_len,
+                                               len(data))
+    return t
 
 
-def find_in_image(t: Triage, root) -> list[Match]:
-    """Places in the image's executable sections matching the stream, longest match first."""
+# --- the signatures, one token per instruction -----------------------------------------------
+
+@lru_cache(maxsize=None)
+def _tokens(sig: sigs.Signature) -> tuple[sigs.Token, ...]:
+    """The routine as instructions with their accepted encodings (the signatures' own rules)."""
+    return tuple(t for t, _site in sigs.tokens(sig.code, 64 if sig.arch == "X64" else 32))
+
+
+def _agree(tokens: tuple[sigs.Token, ...], start: int, data: bytes) -> tuple[int, bool]:
+    """Bytes of `data` that agree with the routine from token `start` on, and whether none
+    disagrees before `data` or the routine ends."""
+    pos = 0
+    for _off, alts in tokens[start:]:
+        size = len(alts[0])
+        want = min(size, len(data) - pos)
+        best = 0
+        for alt in alts:
+            k = 0
+            while k < want and (alt[k] is None or alt[k] == data[pos + k]):
+                k += 1
+            best = max(best, k)
+        pos += best
+        if best < want:
+            return pos, False
+        if pos >= len(data):
+            return pos, True
+    return pos, True
+
+
+def _following(sig: sigs.Signature, rest: bytes, depth: int = 0) -> list[Following]:
+    """The routines of `sig`'s source file whose start the bytes past `sig`'s end match."""
+    if not rest or depth > 4:
+        return []
+    best, names, only = 0, [], None
+    for other in sigs.load():
+        if other.arch != sig.arch or other.source != sig.source:
+            continue
+        n, ok = _agree(_tokens(other), 0, rest)
+        if not ok or n == 0:
+            continue
+        if n > best:
+            best, names, only = n, [other.routine], other
+        elif n == best:
+            names.append(other.routine)
+            only = None
+    if not names:
+        return []
+    out = [Following(names, best)]
+    if only is not None and best == len(only.code):
+        out += _following(only, rest[best:], depth + 1)
+    return out
+
+
+def match_signatures(data: bytes, bits: int = 64) -> list[RoutineMatch]:
+    """Every built-in signature and instruction start where at least the stream's first
+    instruction agrees, best first. The stream's `bits` only orders ties (its arch first)."""
+    first_len = next((size for _a, size, _m, _o in cs(bits).disasm_lite(data, 0)), len(data))
+    arch = "X64" if bits == 64 else "IA32"
+    out = []
+    for sig in sigs.load():
+        toks = _tokens(sig)
+        for i, (off, _alts) in enumerate(toks):
+            n, complete = _agree(toks, i, data)
+            if n < min(first_len, len(data)):
+                continue
+            rm = RoutineMatch(sig.routine, list(sig.aliases), sig.library, sig.source, sig.arch,
+                              "Sev" if sig.library.endswith("Sev") else "non-Sev", list(sig.trees), off,
+                              off in sig.sites, n, complete)
+            if complete and n < len(data):
+                rm.followed_by = _following(sig, data[n:])
+            out.append(rm)
+    out.sort(key=lambda r: (-r.explained, not r.complete, r.arch != arch, not r.at_site, r.source, r.routine,
+                            r.offset))
+    return out
+
+
+def _collapse(items: list, length, first_len: int, total: int) -> tuple[list, Shorter]:
+    """List the items of the longest match (when it says more than the faulting instruction's
+    own bytes, or covers the whole stream); count the rest by length."""
+    best = max((length(x) for x in items), default=0)
+    listed = [x for x in items if length(x) == best and (best > first_len or best == total)]
+    rest = [x for x in items if not (length(x) == best and (best > first_len or best == total))]
+    c = Counter(length(x) for x in rest)
+    return listed, Shorter(len(rest), dict(sorted(c.items())))
+
+
+# --- an image --------------------------------------------------------------------------------
+
+def find_in_image(t: Triage, root) -> None:
+    """Fill `t` with the places in the image's executable sections matching the stream (the
+    longest listed first, shorter ones counted). A damaged image, or one without code, is an
+    error as for scan ("no match" must mean the image was read whole)."""
+    from ovmftool.model.binary import BinaryFile
     from ovmftool.ops.modules import iter_modules
-    from ovmftool.scan.scanner import scan_module
+    from ovmftool.scan.scanner import check_scannable, exec_ranges, scan_module
 
-    first_len = len(bytes.fromhex(t.faulting.bytes)) if t.faulting else len(t.data)
+    check_scannable(root.path, root)
+    t.image_path, t.image_sha256 = root.path, root.sha256
+    t.image_standalone = isinstance(root, BinaryFile)
+    first = t.data[: t.first_len]
     matches: list[Match] = []
     for m in iter_modules(root):
         if (m.image.bits == 64) != (t.bits == 64):
             continue
         mem = m.image.memory
-        ranges = [(s.rva, s.rva + (s.virtual_size or s.raw_size)) for s in m.image.sections if s.executable]
         hits: dict[int, int] = {}
-        for lo, hi in ranges:
-            p = mem.find(t.data[:first_len], lo, hi)
+        for lo, hi in exec_ranges(m.image):
+            p = mem.find(first, lo, hi)
             while p >= 0:
-                n = first_len
+                n = len(first)
                 while n < len(t.data) and p + n < hi and mem[p + n] == t.data[n]:
                     n += 1
                 hits[p] = n
-                p = mem.find(t.data[:first_len], p + 1, hi)
+                p = mem.find(first, p + 1, hi)
         if not hits:
             continue
-        scanned = scan_module(m)
-        sites = {f.rva: f for f in scanned.findings}
+        sites = {f.rva: f for f in scan_module(m).findings}
         for rva, n in hits.items():
             f = sites.get(rva)
             off = m.image.rva_to_offset(rva)
             fd = m.image.abs_offset + off if (m.image.abs_offset is not None and off is not None) else None
             matches.append(Match(m.name, m.guid, m.arch, m.volume, rva, fd, n, f.function if f else None,
-                                 f.function_source if f else None, f is not None))
-    matches.sort(key=lambda x: (-x.matched, not x.is_site, x.volume, x.module, x.rva))
-    return matches
+                                 f.function_source if f else None, f is not None, f.signature if f else None))
+    matches.sort(key=lambda x: (-x.matched, not x.is_site, x.volume, x.module, x.guid, x.rva))
+    t.matches, t.shorter_matches = _collapse(matches, lambda x: x.matched, t.first_len, len(t.data))

@@ -1,0 +1,113 @@
+"""Render a crash triage (`ovmftool decode`): text whose first line is the verdict, or JSON
+(schema ovmftool.decode/1, docs/schema/decode-1.json)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from ovmftool import __version__
+from ovmftool.triage.decode import RoutineMatch, Shorter, Triage
+
+DECODE_SCHEMA = "ovmftool.decode/1"
+
+
+def _routine_dict(r: RoutineMatch) -> dict:
+    d = asdict(r)
+    d["explained"] = r.explained
+    return d
+
+
+def _shorter_dict(s: Shorter) -> dict:
+    return {"count": s.count, "by_length": {str(k): v for k, v in sorted(s.by_length.items())}}
+
+
+def decode_json(t: Triage) -> dict:
+    """The `decode --format json` document."""
+    has_image = t.image_path is not None
+    return {
+        "schema_version": DECODE_SCHEMA,
+        "tool": {"name": "ovmftool", "version": __version__},
+        "bytes": t.data.hex(),
+        "bits": t.bits,
+        "instruction": t.instruction,
+        "verdict": t.verdict,
+        "instructions": [asdict(i) for i in t.instructions],
+        "explanation": t.explanation,
+        "signature_matches": [_routine_dict(r) for r in t.routines],
+        "shorter_signature_matches": _shorter_dict(t.shorter_routines),
+        "image": ({"path": t.image_path, "sha256": t.image_sha256, "standalone": t.image_standalone}
+                  if has_image else None),
+        "matches": [asdict(m) for m in t.matches] if has_image else None,
+        "shorter_matches": _shorter_dict(t.shorter_matches) if has_image else None,
+    }
+
+
+def _shorter_text(s: Shorter, what: str) -> str:
+    if not s.count:
+        return ""
+    many = "es" if s.count != 1 else ""
+    if len(s.by_length) == 1:
+        (n,) = s.by_length
+        return f"and {s.count} shorter {what}match{many} of only the first {n} byte{'s' * (n != 1)}"
+    parts = ", ".join(f"{c} of the first {n} bytes" for n, c in sorted(s.by_length.items(), reverse=True))
+    return f"and {s.count} shorter {what}match{many}: {parts}"
+
+
+def _routine_detail(r: RoutineMatch, t: Triage) -> str:
+    total = len(t.data)
+    where = f"  {r.routine}+0x{r.offset:X}" + (f" (its {t.instruction})" if r.at_site and t.instruction else "")
+    built = f"; signature from EDK II {', '.join(r.trees)}"
+    if not r.complete:
+        return f"{where}: the first {r.matched} of {total} bytes agree, then differ{built}"
+    if not r.followed_by:
+        if r.matched == total:
+            return f"{where}: all {total} bytes match{built}"
+        return (f"{where}: the routine's last {_n(r.matched)} match; the {total - r.matched} after them lie past "
+                f"its end, in code no built-in signature covers{built}")
+    nxt = ", then ".join(f"{_n(f.matched)} of {' or '.join(f.routines)}" for f in r.followed_by)
+    left = total - r.explained
+    return (f"{where}: the routine's last {_n(r.matched)} match, then {nxt} (the next routine of {r.source}): "
+            f"{r.explained} of {total} bytes" + (f", {left} not covered" if left else "") + built)
+
+
+def _n(k: int) -> str:
+    return f"{k} byte{'s' * (k != 1)}"
+
+
+def decode_text(t: Triage) -> str:
+    """Verdict first, then how each listed routine matches, the decoded stream, the
+    explanation, and the matches in the image."""
+    total = len(t.data)
+    lines = [t.verdict]
+    for r in t.routines:
+        lines.append(_routine_detail(r, t))
+    s = _shorter_text(t.shorter_routines, "signature ")
+    if s:
+        lines.append(f"  {s}")
+    lines.append("")
+    lines.append(f"bytes ({total}): {t.data.hex(' ')}")
+    for i, ins in enumerate(t.instructions):
+        mark = "=>" if i == 0 else "  "
+        lines.append(f"{mark} +{ins.offset:<3} {ins.bytes:<20} {ins.mnemonic} {ins.operands}".rstrip())
+    lines.append("")
+    lines.append(t.explanation)
+    if t.image_path is not None:
+        lines.append("")
+        if not t.matches:
+            only = (f" more than the faulting instruction's {t.first_len} bytes" if t.shorter_matches.count else "")
+            lines.append(f"no code in {t.image_path} matches these bytes{only}")
+        for m in t.matches:
+            if m.fd_offset is None:
+                where = "compressed"
+            else:
+                where = f"{'file' if t.image_standalone else 'fd'} 0x{m.fd_offset:X}"
+            fn = (f" in {m.function} [{m.function_source}]" if m.function else " in ?")
+            if m.signature:
+                fn += f" {m.signature['library']} {m.signature['source']}"
+            vol = f", {m.volume}" if m.volume else ""
+            lines.append(f"match {m.matched}/{total} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}{vol}){fn}"
+                         + ("" if m.is_site else " (not at a scanned site)"))
+        s = _shorter_text(t.shorter_matches, "")
+        if s:
+            lines.append(s)
+    return "\n".join(lines) + "\n"

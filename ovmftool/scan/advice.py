@@ -1,0 +1,112 @@
+"""What to do about the sites a scan found: rewrite them in the image (`ovmftool patch`), or fix
+the EDK II source with a series from edk2-patches/ — named as matching only when it provably
+removes every site of this image — or one `ovmftool plan` writes for the user's tree.
+
+A series matches when (1) every site lies in a routine a built-in signature names, (2) every
+site's signature was generated from the series' tree (`signature.trees`), and only one tree
+fits, (3) the series was made for the image's architectures, and (4) the series removes each
+site's routine: it patches that routine's source file (`unroll`), or it switches the DSC from
+the site's library instance to one whose FIFO routines are C loops (`dsc-inf`). The FIFO
+routines of BaseIoLibIntrinsicSev assemble to the same bytes in edk2 2022.11 and 2025.02, so an
+image built from either tree fits both trees' series: that is reported as such, never as a match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ovmftool.scan.scanner import ScanResult
+
+SERIES_DIR = Path(__file__).resolve().parents[2] / "edk2-patches"  # in the source tree (not installed)
+_DSC_FOR_ARCHES = {("X64",): "OvmfPkg/OvmfPkgX64.dsc", ("IA32", "X64"): "OvmfPkg/OvmfPkgIa32X64.dsc",
+                   ("IA32",): "OvmfPkg/OvmfPkgIa32.dsc"}
+
+
+@dataclass
+class Series:
+    """One verified series of edk2-patches/ (its plan.json)."""
+
+    path: Path
+    tree: str  # edk2 version, e.g. "2022.11"
+    dsc: str
+    arches: tuple[str, ...]
+    strategy: str
+    patched_files: tuple[str, ...]
+    iolib_fifo: dict
+
+    def removes(self, signature: dict, arch: str) -> bool:
+        """True when applying the series removes the routine `signature` describes (for `arch`)."""
+        if self.strategy == "unroll":
+            return any(f.endswith("/" + signature["source"]) for f in self.patched_files)
+        if self.strategy == "dsc-inf":
+            kinds = {inf.rsplit("/", 1)[-1][:-4]: per_arch.get(arch) for inf, per_arch in self.iolib_fifo.items()}
+            return kinds.get(signature["library"]) not in (None, "c-loop") and "c-loop" in kinds.values()
+        return False
+
+
+def known_series(base: Path = SERIES_DIR) -> list[Series]:
+    """Every series under `base` (DIR/debian-VERSION/DSC/plan.json), sorted by path."""
+    out = []
+    for plan in sorted(base.glob("*/*/plan.json")) if base.is_dir() else []:
+        try:
+            d = json.loads(plan.read_text())
+            out.append(Series(plan.parent, d["tree"].removeprefix("edk2-"), d["dsc"], tuple(sorted(d["arches"])),
+                              d["strategy"], tuple(f for p in d["patches"] for f in p["files"]), d["iolib_fifo"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a series this version understands
+    return out
+
+
+@dataclass
+class NextSteps:
+    """The advice for one image with sites."""
+
+    patch_command: str
+    plan_command: str
+    matching: Series | None = None
+    candidates: list[Series] = field(default_factory=list)  # fit, but the image cannot tell them apart
+    reason: str = ""
+
+
+def _out_name(image: str) -> str:
+    base, ext = os.path.splitext(image)
+    return f"{base}.patched{ext or '.fd'}"
+
+
+def next_steps(r: ScanResult, base: Path = SERIES_DIR) -> NextSteps | None:
+    """What to do next after `r`, or None when it found nothing."""
+    if not r.findings:
+        return None
+    arches = tuple(sorted({m.arch for m in r.modules})) or ("X64",)
+    dsc = _DSC_FOR_ARCHES.get(arches, "YOUR_PLATFORM.dsc")
+    steps = NextSteps(f"ovmftool patch {shlex.quote(r.path)} -o {shlex.quote(_out_name(r.path))}",
+                      f"ovmftool plan --edk2 TREE --dsc {dsc} -o DIR")
+    series = known_series(base)
+    unnamed = [f for f in r.findings if f.signature is None]
+    if unnamed:
+        steps.reason = (f"{len(unnamed)} site{'s' * (len(unnamed) != 1)} lie in code no built-in signature names, "
+                        "so no series can be matched; `plan` finds the sources in your tree")
+        return steps
+    trees = set.intersection(*(set(f.signature["trees"]) for f in r.findings))
+    fit = [s for s in series if s.arches == arches and s.tree in trees
+           and all(s.removes(f.signature, f.arch) for f in r.findings)]
+    if len(fit) == 1:
+        steps.matching = fit[0]
+        libs = sorted({f"{f.signature['library']} {f.signature['source']}" for f in r.findings})
+        steps.reason = (f"every site is in {', '.join(libs)} as built from edk2 {fit[0].tree} "
+                        f"({'/'.join(arches)}), which it {'unrolls' if fit[0].strategy == 'unroll' else 'replaces'}")
+    elif fit:
+        steps.candidates = fit
+        steps.reason = (f"the routines of these sites are the same code in edk2 "
+                        f"{' and '.join(sorted({s.tree for s in fit}))}, so the image does not tell which tree it "
+                        "was built from")
+    elif not series:
+        steps.reason = "edk2-patches/ (in ovmftool's source tree) is not here"
+    else:
+        steps.reason = (f"no series in edk2-patches/ removes all of them (trees {', '.join(sorted(trees)) or 'none'}, "
+                        f"arches {'/'.join(arches)})")
+    return steps

@@ -1,0 +1,389 @@
+"""scan verdicts and CI formats: no code is not clean, several inputs keep their places, damage
+found late still fails, callers are the functions containing the calls, SARIF for GitHub code
+scanning, and what to do next."""
+
+import json
+import os
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+import fvbuild as B
+from ovmftool.cli import main
+from ovmftool.model import structs as S
+from ovmftool.model.node import all_problems
+from ovmftool.model.parser import parse_flash, read_image
+from ovmftool.ops.modules import iter_modules
+from ovmftool.scan.advice import known_series, next_steps
+from ovmftool.scan.scanner import Caller, Finding, ModuleSummary, ScanResult, scan_image
+
+from conftest import CORPUS_IMAGES, ROOT
+
+DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
+DEB_2M = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])
+NEW = str(CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"])
+VARS = sorted(str(v) for k, v in CORPUS_IMAGES.items() if "OVMF_VARS" in k)
+SCAN_SCHEMA = json.loads((ROOT / "docs" / "schema" / "scan-1.json").read_text())
+SARIF_SCHEMA = json.loads((ROOT / "tests" / "sarif" / "sarif-schema-2.1.0.json").read_text())
+
+
+def _run(*args):
+    r = CliRunner().invoke(main, list(args))
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    return r
+
+
+def _stdout(r):
+    """stdout alone (the runner may mix stderr in)."""
+    try:
+        return r.stdout
+    except ValueError:
+        return r.output
+
+
+def _errors(r):
+    return [l for l in r.output.splitlines() if l.startswith("ovmftool: error:")]
+
+
+def _clean_image(tmp_path) -> str:
+    """Real X64 modules without FIFO routines, in a volume of their own."""
+    root = read_image(DEB_2M)
+    dirty = {f.guid for f in scan_image("x", root=root, jobs=1).findings}
+    clean = [m for m in iter_modules(root) if m.guid not in dirty and m.arch == "X64"][:6]
+    files = [B.ffs(m.guid, 0x07, B.sections(B.section(0x10, m.image.raw), B.ui(m.name))) for m in clean]
+    p = tmp_path / "clean.fd"
+    p.write_bytes(B.fv(files, size=0x100000))
+    return str(p)
+
+
+# --- 1. no code is not clean ------------------------------------------------------------------
+
+@pytest.mark.parametrize("vars_image", VARS, ids=lambda p: p.split("images/", 1)[1])
+def test_variable_store_is_an_error_with_a_hint(vars_image):
+    r = _run("scan", vars_image)
+    assert r.exit_code == 2
+    (err,) = _errors(r)
+    assert err == f"ovmftool: error: {vars_image}: no PE/TE modules: is this OVMF_VARS (a variable store)?"
+    for fmt in ("json", "sarif", "junit"):
+        assert _run("scan", "--format", fmt, vars_image).exit_code == 2
+    # the gate commands built on scan agree
+    assert _run("check", vars_image).exit_code == 2
+
+
+def test_volume_without_code_gets_the_generic_hint(tmp_path):
+    raw = B.ffs("12345678-1234-1234-1234-123456789abc", 0x01, B.sections(B.section(0x19, b"just data" * 50)))
+    p = tmp_path / "data.fd"
+    p.write_bytes(B.fv([raw], size=0x10000))
+    r = _run("scan", str(p))
+    assert r.exit_code == 2
+    (err,) = _errors(r)
+    assert f"{p}: no PE/TE modules: " in err and "variable store" not in err and "firmware code image" in err
+
+
+# --- 3. damage read late still fails the scan, as info fails --------------------------------
+
+def _image_with_bad_relocations(tmp_path) -> tuple[str, str]:
+    """Ten real X64 modules (enough for worker processes); the fourth has a base relocation block
+    whose size runs past the directory, which the model reads only on first use."""
+    root = read_image(DEB_2M)
+    mods = [m for m in iter_modules(root) if m.arch == "X64" and m.image.format != "TE"
+            and m.image.directories.get(S.DIR_BASERELOC, (0, 0))[1]][:10]
+    files = []
+    for i, m in enumerate(mods):
+        raw = bytearray(m.image.raw)
+        if i == 3:
+            rva, _size = m.image.directories[S.DIR_BASERELOC]
+            struct.pack_into("<I", raw, m.image.rva_to_offset(rva) + 4, 0x7FFFFFF0)
+        files.append(B.ffs(m.guid, 0x07, B.sections(B.section(0x10, bytes(raw)), B.ui(m.name))))
+    p = tmp_path / "badreloc.fd"
+    p.write_bytes(B.fv(files, size=0x400000))
+    return str(p), mods[3].name
+
+
+def test_damage_found_while_scanning_is_exit_2_like_info(tmp_path):
+    img, _name = _image_with_bad_relocations(tmp_path)
+    assert all_problems(parse_flash(Path(img).read_bytes(), img)) == []  # the parse itself sees nothing
+    assert scan_image(img, jobs=1).findings  # without the verdict rules this image scans as "sites found"
+    info = _run("info", img)
+    assert info.exit_code == 2 and "base relocation block size 0x7FFFFFF0 is out of range" in info.output
+    for jobs in ("1", "2"):  # 2: modules are scanned in forked workers
+        r = _run("scan", "-j", jobs, img)
+        assert r.exit_code == 2, (jobs, r.output)
+        (err,) = _errors(r)
+        assert "damaged image: base relocation block size 0x7FFFFFF0 is out of range" in err
+    assert _run("baseline", img, "-o", str(tmp_path / "b.json")).exit_code == 2
+
+
+# --- 2. several inputs: order, places, worst exit code ------------------------------------
+
+def test_several_inputs_keep_their_places_in_every_format(tmp_path):
+    clean = _clean_image(tmp_path)
+    imgs = [DEB_2M, VARS[0], clean]
+    want_codes = [1, 2, 0]
+
+    r = _run("scan", *imgs)
+    assert r.exit_code == 2
+    assert _errors(r) == [f"ovmftool: error: {VARS[0]}: no PE/TE modules: is this OVMF_VARS (a variable store)?"]
+    out = _stdout(r)
+    heads = [out.index(p) for p in imgs]
+    assert heads == sorted(heads)  # sections in the order given
+    assert f"{VARS[0]}\n  error: {VARS[0]}: no PE/TE modules" in out
+    assert out.rstrip().splitlines()[-1] == "total: 90 sites in 1 of 3 images; 1 error"
+
+    r = _run("scan", "--format", "json", *imgs)
+    assert r.exit_code == 2
+    docs = json.loads(_stdout(r))
+    jsonschema.validate(docs, SCAN_SCHEMA)
+    assert [d["image"]["path"] for d in docs] == imgs
+    assert "error" not in docs[0] and docs[0]["summary"]["sites"] == 90
+    assert docs[1] == {"schema_version": "ovmftool.scan/1", "tool": docs[0]["tool"], "image": {"path": VARS[0]},
+                       "error": f"{VARS[0]}: no PE/TE modules: is this OVMF_VARS (a variable store)?"}
+    assert docs[2]["findings"] == [] and docs[2]["summary"]["modules_scanned"] == 6
+
+    r = _run("scan", "--format", "sarif", *imgs)
+    assert r.exit_code == 2
+    log = json.loads(_stdout(r))
+    jsonschema.validate(log, SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
+    runs = log["runs"]
+    def uri(p):  # relative to the working directory under it, else an absolute file URI
+        rel = os.path.relpath(os.path.realpath(p))
+        return Path(p).resolve().as_uri() if rel.startswith("..") else rel
+
+    assert [run["artifacts"][0]["location"]["uri"] for run in runs] == [uri(p) for p in imgs]
+    assert [run["invocations"][0]["exitCode"] for run in runs] == want_codes
+    assert [run["invocations"][0]["executionSuccessful"] for run in runs] == [True, False, True]
+    (note,) = runs[1]["invocations"][0]["toolExecutionNotifications"]
+    assert note["level"] == "error" and "variable store" in note["message"]["text"]
+    assert runs[1]["results"] == [] and len(runs[0]["results"]) == 90 and runs[2]["results"] == []
+    cats = [run["automationDetails"]["id"] for run in runs]  # one category per run: GitHub refuses duplicates
+    assert len(set(cats)) == 3 and all(c.startswith("ovmftool/") and c.endswith("/") for c in cats)
+
+    r = _run("scan", "--format", "junit", *imgs)
+    assert r.exit_code == 2
+    suites = ET.fromstring(_stdout(r).split("\n", 1)[1])
+    got = suites.findall("testsuite")
+    assert [s.get("name") for s in got] == imgs
+    assert [s.get("errors") for s in got] == ["0", "1", "0"] and suites.get("errors") == "1"
+    err = got[1].find("testcase/error")
+    assert err is not None and "variable store" in err.get("message")
+    assert int(got[0].get("failures")) == 15 and got[2].get("failures") == "0"
+
+
+def test_exit_code_is_the_worst_of_the_inputs(tmp_path):
+    clean = _clean_image(tmp_path)
+    assert _run("scan", clean).exit_code == 0
+    assert _run("scan", clean, clean).exit_code == 0
+    assert _run("scan", clean, DEB_2M).exit_code == 1
+    assert _run("scan", DEB_2M, clean, str(tmp_path / "missing.fd")).exit_code == 2
+    r = _run("scan", clean, clean)
+    assert _stdout(r).rstrip().splitlines()[-1] == "total: 0 sites in 0 of 2 images; 0 errors"
+    assert "next steps" not in _stdout(r)  # nothing to do on clean images
+
+
+def test_single_failed_input_prints_one_line_and_no_text_report(tmp_path):
+    r = _run("scan", VARS[0])
+    assert r.exit_code == 2 and _stdout(r) == "" and len(_errors(r)) == 1
+
+
+def test_bad_symbols_dir_is_one_line_before_any_scan(tmp_path):
+    r = _run("scan", "--symbols", str(tmp_path), DEB, DEB_2M)
+    assert r.exit_code == 2 and len(_errors(r)) == 1 and "--symbols" in _errors(r)[0]
+
+
+# --- 5. SARIF for GitHub code scanning ---------------------------------------------------
+
+def test_sarif_results_have_physical_locations_regions_and_addresses():
+    r = _run("scan", "--format", "sarif", DEB)
+    assert r.exit_code == 1
+    log = json.loads(_stdout(r))
+    jsonschema.validate(log, SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
+    (run,) = log["runs"]
+    assert "automationDetails" not in run  # one input: the upload action's category applies
+    assert run["invocations"] == [{"executionSuccessful": True, "exitCode": 1,
+                                   "exitCodeDescription": "string I/O sites found"}]
+    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == Path(os.getcwd()).resolve().as_uri() + "/"
+    for rule in run["tool"]["driver"]["rules"]:
+        assert rule["help"]["text"] and "ovmftool patch" in rule["help"]["markdown"]
+    root = read_image(DEB)
+    lzma = {n.abs_offset: n for m in iter_modules(root) for n in m.image.ancestors() if n.abs_offset is not None}
+    data = Path(DEB).read_bytes()
+    addrs = run["addresses"]
+    assert len(run["results"]) == 90
+    for res in run["results"]:
+        phys = res["locations"][0]["physicalLocation"]
+        assert phys["artifactLocation"] == {"uri": os.path.relpath(DEB), "uriBaseId": "%SRCROOT%", "index": 0}
+        reg = phys["region"]
+        holder = lzma[reg["byteOffset"]]  # every site of this image is in the LZMA-compressed FVMAIN_COMPACT
+        assert holder.label() == "section GUID_DEFINED LZMA" and reg["byteLength"] == holder.size
+        assert data[reg["byteOffset"] + 3] == 0x02  # EFI_SECTION_GUID_DEFINED
+        props = res["properties"]
+        ins = addrs[phys["address"]["index"]]
+        assert ins == phys["address"] and ins["kind"] == "instruction" and ins["relativeAddress"] == props["rva"]
+        fn = addrs[ins["parentIndex"]]
+        assert fn["kind"] == "function" and fn["name"] == props["function"]
+        assert fn["relativeAddress"] + ins["offsetFromParent"] == props["rva"]
+        mod = addrs[fn["parentIndex"]]
+        assert mod["kind"] == "module" and mod["name"] == props["module"] and "parentIndex" not in mod
+        assert res["partialFingerprints"]["primaryLocationLineHash"] == res["partialFingerprints"]["ovmftoolSite/v1"]
+        logical = [run["logicalLocations"][x["index"]] for x in res["locations"][0]["logicalLocations"]]
+        assert [x["kind"] for x in logical] == ["module", "function"] and logical[1]["parentIndex"] == logical[0]["index"]
+
+
+def test_sarif_region_is_the_instruction_when_stored_uncompressed(tmp_path):
+    root = read_image(DEB_2M)
+    m = next(m for m in iter_modules(root) if m.name == "PlatformPei")
+    p = tmp_path / "flat.fd"
+    p.write_bytes(B.fv([B.ffs(m.guid, 0x06, B.sections(B.section(0x10, m.image.raw), B.ui("PlatformPei")))],
+                       size=0x40000))
+    log = json.loads(_stdout(_run("scan", "--format", "sarif", "--sarif-root", str(tmp_path), str(p))))
+    jsonschema.validate(log, SARIF_SCHEMA)
+    data = p.read_bytes()
+    assert log["runs"][0]["results"]
+    for res in log["runs"][0]["results"]:
+        phys = res["locations"][0]["physicalLocation"]
+        assert phys["artifactLocation"]["uri"] == "flat.fd"
+        reg = phys["region"]
+        assert data[reg["byteOffset"]: reg["byteOffset"] + reg["byteLength"]].hex() == res["properties"]["bytes"]
+        assert "message" not in reg
+
+
+def test_sarif_root_option(tmp_path):
+    r = _run("scan", "--format", "sarif", "--sarif-root", str(ROOT / "corpus" / "images"), DEB)
+    (run,) = json.loads(_stdout(r))["runs"]
+    assert run["artifacts"][0]["location"] == {"uri": "debian-2022.11/OVMF_CODE_4M.fd", "uriBaseId": "%SRCROOT%"}
+    assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == (ROOT / "corpus" / "images").resolve().as_uri() + "/"
+    # an image outside the root: an absolute file URI, with no base id (which only goes with a relative one)
+    r = _run("scan", "--format", "sarif", "--sarif-root", str(tmp_path), DEB)
+    (run,) = json.loads(_stdout(r))["runs"]
+    loc = run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    assert loc == {"uri": Path(DEB).resolve().as_uri(), "index": 0} and "originalUriBaseIds" not in run
+    jsonschema.validate(json.loads(_stdout(r)), SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
+
+
+def _fingerprints(image):
+    (run,) = json.loads(_stdout(_run("scan", "--format", "sarif", image)))["runs"]
+    return {r["partialFingerprints"]["ovmftoolSite/v1"]: r["properties"] for r in run["results"]}
+
+
+def test_fingerprints_are_stable_across_scans_and_flash_layouts():
+    a = _fingerprints(DEB_2M)
+    assert _fingerprints(DEB_2M).keys() == a.keys() and len(a) == 90  # two scans
+    b = _fingerprints(DEB)
+    # Debian builds OVMF_CODE.fd (2 MB) and OVMF_CODE_4M.fd from one source: the same modules sit
+    # elsewhere, and the X64 PlatformPei of the 2 MB image is an IA32 PEIM in the 4 MB one.
+    same = {(p["guid"], p["arch"]) for p in a.values()} & {(p["guid"], p["arch"]) for p in b.values()}
+    assert len(same) == 14
+    for fp in set(a) ^ set(b):
+        p = a.get(fp) or b[fp]
+        assert (p["guid"], p["arch"]) not in same and p["module"] == "PlatformPei"
+    common = set(a) & set(b)
+    assert len(common) == 84 == sum(1 for p in a.values() if (p["guid"], p["arch"]) in same)
+    assert all(a[fp]["rva"] != b[fp]["rva"] and a[fp]["containerOffset"] != b[fp]["containerOffset"]
+               for fp in common)  # every one of them moved, and kept its fingerprint
+    assert all((a[fp]["function"], a[fp]["bytes"]) == (b[fp]["function"], b[fp]["bytes"]) for fp in common)
+
+
+# --- 6. next steps --------------------------------------------------------------------------
+
+def test_text_ends_with_next_steps_without_claiming_a_match():
+    out = _stdout(_run("scan", DEB))
+    tail = " ".join(out[out.index("next steps:"):].split())
+    assert f"ovmftool patch {DEB} -o {DEB[:-3]}.patched.fd" in tail
+    assert "ovmftool plan --edk2 TREE --dsc OvmfPkg/OvmfPkgIa32X64.dsc -o DIR" in tail
+    # the Sev FIFO routines are the same code in both trees: both trees' Ia32X64 series fit, none matches
+    assert "edk2-patches/debian-2022.11/OvmfPkgIa32X64 or edk2-patches/debian-2025.02/OvmfPkgIa32X64" in tail
+    assert "none matches for certain" in tail and "the matching series" not in tail
+    assert out.endswith(")\n") and out.count("next steps:") == 1
+
+
+def _result(sigs: list[tuple[str, str, str, list[str]]]) -> ScanResult:
+    """A scan result whose sites lie in routines with these (arch, library, source, trees)."""
+    fs = []
+    for i, (arch, lib, src, trees) in enumerate(sigs):
+        fs.append(Finding(module="M", guid="00000000-0000-0000-0000-000000000001", file_type="DRIVER", arch=arch,
+                          volume="V", fd_offset=None, container_offset=0, rva=i, pe_section=".text", bytes="f36c",
+                          mnemonic="rep insb", width=8, direction="in", rep="rep", function="IoReadFifo8",
+                          function_rva=0, function_source="signature",
+                          signature={"routine": "IoReadFifo8", "library": lib, "source": src, "aliases": [],
+                                     "trees": trees}, callers=[Caller("f", 0, 0, "call")]))
+    arches = sorted({a for a, *_ in sigs})
+    mods = [ModuleSummary("M", "g", "DRIVER", a, "V", None, 1, 1, 1, None) for a in arches]
+    return ScanResult("img.fd", "0" * 64, 1, mods, fs)
+
+
+def test_a_series_is_matching_only_when_it_removes_every_site():
+    assert len(known_series()) == 4
+    sev = ("X64", "BaseIoLibIntrinsicSev", "X64/IoFifoSev.nasm")
+    # routines only one tree has, which that tree's series unrolls: matching
+    s = next_steps(_result([(*sev, ["2022.11"])]))
+    assert s.matching is not None and s.matching.path.parts[-2:] == ("debian-2022.11", "OvmfPkgX64")
+    s = next_steps(_result([(*sev, ["2025.02"])]))  # dsc-inf: the switch away from the Sev instance removes it
+    assert s.matching is not None and s.matching.path.parts[-2:] == ("debian-2025.02", "OvmfPkgX64")
+    # IoFifo.nasm (the non-Sev instance): 2022.11's series unrolls only IoFifoSev.nasm: no match
+    s = next_steps(_result([("X64", "BaseIoLibIntrinsic", "X64/IoFifo.nasm", ["2022.11"])]))
+    assert s.matching is None and not s.candidates and "ovmftool plan" in s.plan_command
+    # both trees: candidates, not a match
+    s = next_steps(_result([(*sev, ["2022.11", "2025.02"])]))
+    assert s.matching is None and [c.tree for c in s.candidates] == ["2022.11", "2025.02"]
+    # an IA32 + X64 image needs the Ia32X64 series
+    s = next_steps(_result([(*sev, ["2022.11"]), ("IA32", "BaseIoLibIntrinsicSev", "Ia32/IoFifoSev.nasm",
+                                                 ["2022.11"])]))
+    assert s.matching is not None and s.matching.path.name == "OvmfPkgIa32X64"
+    assert "OvmfPkgIa32X64.dsc" in s.plan_command
+    # a site no signature names: no series can be matched
+    r = _result([(*sev, ["2022.11"])])
+    r.findings[0].signature = None
+    s = next_steps(r)
+    assert s.matching is None and not s.candidates and "no built-in signature" in s.reason
+    # nothing found: nothing to do
+    assert next_steps(ScanResult("x", "0" * 64, 1, [], [])) is None
+
+
+# --- 4. callers are the functions that contain the calls (needs an OVMF build) ----------------
+
+def _func_symbols(debug: Path) -> list[tuple[int, int, str]]:
+    """(start, size, name) of every STT_FUNC symbol in the .debug file's .text, sorted."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(debug, "rb") as fh:
+        elf = ELFFile(fh)
+        secs = list(elf.iter_sections())
+        ti = next(i for i, s in enumerate(secs) if s.name == ".text")
+        return sorted((s["st_value"], s["st_size"], s.name) for s in elf.get_section_by_name(".symtab").iter_symbols()
+                      if s["st_shndx"] == ti and s["st_info"]["type"] == "STT_FUNC" and s.name)
+
+
+def _holding(funcs, rva):
+    hits = [f for f in funcs if f[0] <= rva < f[0] + max(f[1], 1)]
+    return max(hits) if hits else None
+
+
+@pytest.mark.build
+def test_callers_are_the_functions_that_contain_the_calls(ovmf_build):
+    from truth import debug_file
+
+    fd = str(ovmf_build / "FV" / "OVMF_CODE.fd")
+    root = read_image(fd)
+    plain = scan_image(fd, root=root, jobs=2)
+    named = scan_image(fd, symbols_dir=str(ovmf_build), root=root, jobs=2)
+    assert [(f.guid, f.volume, f.rva) for f in plain.findings] == [(f.guid, f.volume, f.rva) for f in named.findings]
+    tables: dict = {}
+    checked = 0
+    for f, g in zip(plain.findings, named.findings):
+        key = (f.guid, f.arch)
+        if key not in tables:
+            tables[key] = _func_symbols(debug_file(ovmf_build, f.arch, f.module, f.guid))
+        assert [c.call_rva for c in f.callers] == [c.call_rva for c in g.callers]
+        for c, cs in zip(f.callers, g.callers):
+            hold = _holding(tables[key], c.call_rva)
+            assert hold is not None, (f.module, hex(c.call_rva))
+            # without symbols: the code map's containing function starts where the symbol does
+            assert c.function_rva == hold[0] <= c.call_rva, (f.module, f.function, hex(c.call_rva), c, hold)
+            # with symbols: the symbol table's function, by name
+            assert (cs.function, cs.function_rva) == (hold[2], hold[0]), (f.module, cs, hold)
+            checked += 1
+    assert checked >= 20, checked
