@@ -33,6 +33,27 @@ class _Group(click.Group):
         """click's entry point, with every usage error as one line (`ovmftool: error: CMD: ...`)."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        from ovmftool.report.io import GuardedStdout
+
+        if not isinstance(sys.stdout, GuardedStdout):
+            sys.stdout = GuardedStdout(sys.stdout)
+        out = sys.stdout
+        try:
+            self._main(args, prog_name, complete_var, **extra)
+        except SystemExit as e:
+            code = e.code
+        else:
+            code = 0
+        try:
+            out.flush()
+        except OvmfToolError:
+            pass
+        if out.error is not None and code != 2:  # a write error a library swallowed (click probes streams)
+            click.echo(f"ovmftool: error: {out.error}", err=True)
+            code = 2
+        sys.exit(code)
+
+    def _main(self, args, prog_name, complete_var, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
         except _NO_ARGS_HELP as e:  # bare `ovmftool`: the help, as click shows it
@@ -101,6 +122,8 @@ def _load(image: str):
 
 def _out_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """-o FILE: checked before any work starts (one line naming it and why it cannot be written)."""
+    if value == "-":
+        raise click.BadParameter("'-' (standard output) is not an output here: give a file name")
     if value is not None and not ctx.resilient_parsing:
         from ovmftool.report.io import check_output_file
 
@@ -115,6 +138,8 @@ def _out_file(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 def _out_dir(ctx: click.Context, param: click.Parameter, value: str | None, parents: bool = False) -> str | None:
     """-o DIR: absent or empty, and creatable in an existing parent, checked before any work."""
+    if value == "-":
+        raise click.BadParameter("'-' is not a directory name here: give a directory")
     if value is not None and not ctx.resilient_parsing:
         from ovmftool.report.io import check_output_dir
 
@@ -154,10 +179,7 @@ def info(image: str, fmt: str, modules_only: bool, output: str | None) -> None:
 
     root = _load(image)
     if fmt == "json":
-        doc = tree.info_json(root)
-        if modules_only:
-            doc = {k: doc[k] for k in ("schema_version", "tool", "image", "modules", "problems")}
-        _emit(json.dumps(doc, indent=2, sort_keys=True) + "\n", output)
+        _emit(json.dumps(tree.info_json(root, modules_only), indent=2, sort_keys=True) + "\n", output)
     elif modules_only:
         rows = [f"{'name':<34} {'guid':<36} {'type':<10} {'arch':<5} {'fmt':<5} {'image_base':>18} {'entry':>8}  volume"]
         for m in iter_modules(root):
@@ -296,8 +318,11 @@ def check(image: str, baseline_file: str | None, waivers_file: str | None, symbo
 def diff(old: str, new: str, fmt: str, symbols_old: str | None, symbols_new: str | None) -> None:
     """Sites added, removed and unchanged from OLD to NEW (exit 1 if any were added)."""
     from ovmftool.gate.diff import diff as do_diff, diff_json
+    from ovmftool.scan.scanner import open_symbols
 
-    a, b = _scan_one(old, symbols_old), _scan_one(new, symbols_new)
+    # both build directories are checked before any scan
+    sym_a, sym_b = open_symbols(symbols_old, "--symbols-old"), open_symbols(symbols_new, "--symbols-new")
+    a, b = _scan_one(old, sym_a), _scan_one(new, sym_b)
     d = do_diff(a, b)
     if fmt == "json":
         click.echo(json.dumps(diff_json(a, b, d), indent=2, sort_keys=True))
@@ -475,8 +500,9 @@ def _summary(doc: dict) -> str:
                    "or newly translated code.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first executed string I/O, as propolis does.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--keep", type=click.Path(file_okay=False),
-              help="Keep QEMU's logs in this directory (default: a temporary one, removed at the end).")
+@click.option("--keep", metavar="DIR", callback=_out_dir, type=click.Path(file_okay=False),
+              help="Keep QEMU's logs in DIR (absent or empty; its parent must exist). Default: a temporary "
+                   "directory, removed at the end.")
 @click.option("--no-count", is_flag=True,
               help="Skip the second boot that counts executions and reads I/O ports.")
 def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fmt, keep, no_count):
@@ -485,25 +511,32 @@ def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fm
     When some did, a second boot logs just the blocks holding them: how often each ran, the
     count it was given and the I/O port. Exit 0: it reached the UEFI shell (or the boot
     manager) and none executed; 1: some did (or --fail-fast stopped at the first); 2: error,
-    including a boot that did not finish (hang, reset, QEMU exit, timeout).
+    including a boot that did not finish (hang, reset, QEMU exit, timeout); 143 (129):
+    stopped by SIGTERM (SIGHUP), QEMU killed and the work directory removed.
     """
     from pathlib import Path
 
-    from ovmftool.boot.check import boot_check
+    from ovmftool.boot.check import Terminated, boot_check, check_bootable, stop_on_signals
     from ovmftool.boot.qemu import qemu_binary
     from ovmftool.boot.varstore import plan_vars
-    from ovmftool.report.boot_report import boot_failure, boot_text
+    from ovmftool.report.boot_report import boot_failure, boot_text, terminated_line
 
-    root = _load(image)
-    res_scan = _scan_one(image, root=root)
-    plan = plan_vars(image, vars_file)
-    qemu_binary()
     progress = None
     if fmt == "text" and sys.stderr.isatty():
         def progress(t):
             click.echo(f"\rbooting... {t:5.0f} s", nl=False, err=True)
-    bc = boot_check(image, root, res_scan, plan, machine, timeout, fail_fast, Path(keep) if keep else None, progress,
-                    count=not no_count, hang_after=hang_after)
+    try:
+        with stop_on_signals():
+            root = _load(image)
+            check_bootable(image, root)
+            plan = plan_vars(image, vars_file)  # refusals first: the scan takes a while
+            qemu_binary()
+            res_scan = _scan_one(image, root=root)
+            bc = boot_check(image, root, res_scan, plan, machine, timeout, fail_fast, Path(keep) if keep else None,
+                            progress, count=not no_count, hang_after=hang_after)
+    except Terminated as t:
+        click.echo(("\n" if progress else "") + terminated_line(t, keep), err=True)
+        sys.exit(t.exit_code)
     if progress:
         click.echo("", err=True)
     click.echo(json.dumps(bc.as_dict(), indent=2, sort_keys=True) if fmt == "json" else boot_text(bc), nl=fmt == "json")

@@ -1,9 +1,15 @@
 """boot-check: real firmware under QEMU (TCG); executed string I/O is a subset of what scan reports."""
 
+import hashlib
 import json
+import os
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import tempfile
+import time
 import zlib
 
 import jsonschema
@@ -26,7 +32,9 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
 
 DEB = {
     "2022.11": (CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"], None),  # OVMF_VARS_4M.fd beside it
-    "2025.02": (CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"], None),
+    # given with --vars: the template is copied, never written (checked below)
+    "2025.02": (CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"],
+                CORPUS_IMAGES["images/debian-2025.02/OVMF_VARS_4M.fd"]),
 }
 
 
@@ -52,10 +60,14 @@ def _scan_sites(image):
 @pytest.mark.parametrize("ver", ["2022.11", "2025.02"])
 def test_debian_release_reads_fw_cfg_with_rep_insb(ver, tmp_path):
     image, vars_file = DEB[ver]
+    store = vars_file or image.with_name("OVMF_VARS_4M.fd")
+    before = hashlib.sha256(store.read_bytes()).hexdigest(), os.stat(store).st_mtime_ns
     code, doc = _boot(image, vars_file)
     assert code == 1 and doc["ended"] == doc["verdict"] == "shell" and doc["finished"]
     assert doc["seconds"] < 180 and doc["stopped_at"] is None
-    assert doc["vars"]["source"] == "beside" and doc["vars"]["path"].endswith("OVMF_VARS_4M.fd")
+    assert doc["vars"]["source"] == ("given" if vars_file else "beside") and doc["vars"]["path"] == str(store)
+    # two boots wrote variables into their copies; the template is untouched
+    assert (hashlib.sha256(store.read_bytes()).hexdigest(), os.stat(store).st_mtime_ns) == before
     assert doc["kept"] is None and set(doc["logs"].values()) == {None}  # the temporary directory is gone
     first = doc["first"]
     assert first["mnemonic"] == "rep insb" and first["module"] == "PlatformPei"
@@ -165,7 +177,7 @@ def test_store_plan(tmp_path):
         vs.plan_vars(four, two.with_name("OVMF_VARS.fd"))
     odd = tmp_path / "odd.fd"
     odd.write_bytes(b"\xff" * 0x100000 + two.read_bytes()[-0x1000:])
-    with pytest.raises(OvmfToolError, match="no OVMF code layout.*give --vars"):
+    with pytest.raises(OvmfToolError, match="neither an OVMF code image.*give --vars"):
         vs.plan_vars(odd, None)
     # a whole OVMF.fd (store + code) needs no store
     whole = tmp_path / "OVMF.fd"
@@ -211,6 +223,9 @@ def test_bare_4m_code_boots_with_a_generated_store_and_keeps_logs(tmp_path):
     assert "boot ended: shell" in r.stdout and "generated empty 528 KiB store (FD_SIZE_IN_KB=4096" in r.stdout
     assert f"logs kept in {keep} " in r.stdout and b"UEFI Interactive Shell" in (keep / "serial.log").read_bytes()
     assert (keep / "vars-empty.fd").read_bytes() == vs.empty_store(vs.LAYOUTS[2])
+    # the firmware wrote variables into the copy it booted with (so "the template is never
+    # written" is a claim that could fail): the copy is no longer the empty store
+    assert (keep / "vars.fd").read_bytes() != vs.empty_store(vs.LAYOUTS[2])
 
 
 # --- boots that do not finish are errors that say where they stopped --------------------------------
@@ -279,3 +294,180 @@ def test_qemu_exit_is_an_error(tmp_path, monkeypatch):
     err, doc = _fails([str(DEB["2022.11"][0])])
     assert doc["verdict"] == "qemu-exit" and doc["detail"] == "status 3: qemu-system-x86_64: pflash: cannot open"
     assert "QEMU exited (status 3" in err
+
+
+# --- refused before booting ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_boot(tmp_path, monkeypatch):
+    """A qemu-system-x86_64 on PATH that records being run: the refusals below never start it."""
+    d = tmp_path / "fakebin"
+    d.mkdir()
+    ran = tmp_path / "qemu-ran"
+    fake = d / "qemu-system-x86_64"
+    fake.write_text(f"#!/bin/sh\ntouch {ran}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{d}:/usr/bin:/bin")
+    yield ran
+    assert not ran.exists(), "QEMU was started"
+
+
+def _refused(args, *words):
+    r = CliRunner().invoke(main, ["boot-check", *args])
+    assert r.exit_code == 2, r.output
+    assert r.stdout == "" and r.stderr.count("\n") == 1 and r.stderr.startswith("ovmftool: error: "), r.stderr
+    for w in words:
+        assert w in r.stderr, r.stderr
+    return r.stderr
+
+
+def _alone(tmp_path, key, name=None):
+    src = CORPUS_IMAGES[key]
+    d = tmp_path / "img"
+    d.mkdir(exist_ok=True)
+    dst = d / (name or src.name)
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def test_wrong_size_store_beside_is_refused(tmp_path, no_boot):
+    """2022.11's OVMF_VARS_4M.fd renamed OVMF_VARS.fd beside the 2 MB OVMF_CODE.fd: not silently
+    replaced by a generated store."""
+    code = _alone(tmp_path, "images/debian-2022.11/OVMF_CODE.fd")
+    store = _alone(tmp_path, "images/debian-2022.11/OVMF_VARS_4M.fd", "OVMF_VARS.fd")
+    _refused([str(code)], f"{store}: a 540672-byte variable store beside {code}", "needs 0x20000 bytes",
+             "give --vars")
+    # several candidates, none of the right size: the best is named, the others listed
+    four = _alone(tmp_path, "images/debian-2022.11/OVMF_CODE_4M.fd")
+    store.unlink()
+    _alone(tmp_path, "images/debian-2022.11/OVMF_VARS.fd", "OVMF_VARS_4M.fd")
+    _alone(tmp_path, "images/debian-2022.11/OVMF_VARS.fd", "OVMF_VARS.fd")
+    _refused([str(four)], f"{four.with_name('OVMF_VARS_4M.fd')}: a 131072-byte variable store",
+                   "needs 0x84000 bytes", "also beside it: OVMF_VARS.fd, 131072 bytes")
+    # the right size beside: used, whatever else is there
+    assert vs.plan_vars(code, None).path == code.with_name("OVMF_VARS.fd")
+
+
+def test_image_of_no_ovmf_size_is_refused_without_vars(tmp_path, no_boot):
+    code = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].read_bytes()
+    d = tmp_path / "img"
+    d.mkdir()
+    three = d / "three.fd"  # 3 MiB: padding below the whole 2 MB code image
+    three.write_bytes(b"\xff" * (0x300000 - len(code)) + code)
+    one = d / "one.fd"  # 1 MiB, the size of a whole FD_SIZE_1MB OVMF.fd, but no store at its start
+    one.write_bytes(b"\xff" * (0x100000 - 0x34000) + code[-0x34000:])  # SECFV, the last volume
+    for img in (three, one):
+        assert CliRunner().invoke(main, ["info", str(img)]).exit_code == 0  # parses, undamaged
+    _refused([str(three)], "three.fd is 3145728 bytes (0x300000): neither an OVMF code image",
+             "give --vars VARS")
+    _refused([str(one)], "one.fd is 1048576 bytes (0x100000): the size of a whole 1 MiB OVMF.fd, but it does not "
+             "start with its variable store", "give --vars VARS")
+    # a store beside such an image is not taken on trust: its size cannot be checked
+    shutil.copyfile(CORPUS_IMAGES["images/debian-2022.11/OVMF_VARS.fd"], d / "OVMF_VARS.fd")
+    _refused([str(three)], "neither an OVMF code image", "give --vars")
+    # given: the user's choice (a flash store, a multiple of 4 KiB)
+    p = vs.plan_vars(three, d / "OVMF_VARS.fd")
+    assert (p.source, p.size, p.layout) == ("given", 0x20000, None)
+
+
+def test_standalone_module_is_refused(tmp_path, no_boot):
+    root = read_image(str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]))
+    from ovmftool.ops.modules import iter_modules
+
+    sec = next(m for m in iter_modules(root) if m.name == "SecMain")
+    efi = tmp_path / "SecMain.efi"
+    efi.write_bytes(sec.image.raw)
+    assert type(read_image(str(efi))).__name__ == "BinaryFile"
+    err = _refused([str(efi)])
+    assert err == (f"ovmftool: error: {efi} is a standalone UEFI module, not a flash image: boot-check boots a "
+                   "firmware image (OVMF_CODE.fd or OVMF.fd)\n")
+
+
+def test_keep_is_checked_before_any_work(tmp_path, no_boot):
+    image = str(DEB["2022.11"][0])
+    missing = tmp_path / "missing" / "logs"
+    _refused(["--keep", str(missing), image], f"cannot write {missing}: No such file or directory")
+    assert not missing.parent.exists()  # no parent made
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("")
+    _refused(["--keep", str(full), image], f"cannot write {full}: Directory not empty")
+    assert sorted(p.name for p in full.iterdir()) == ["x"]
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = CliRunner().invoke(main, ["boot-check", "--keep", str(afile), image])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "afile" in r.stderr
+
+
+# --- stop signals: QEMU killed, the work directory removed ------------------------------------------
+
+
+def test_stop_on_signals_raises_terminated_and_respects_nohup():
+    from ovmftool.boot.check import Terminated, stop_on_signals
+
+    before = signal.getsignal(signal.SIGHUP)
+    with pytest.raises(Terminated) as ei:
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(5)  # interrupted
+    assert (ei.value.name, ei.value.exit_code) == ("SIGHUP", 129)
+    assert signal.getsignal(signal.SIGHUP) is before  # restored
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # under nohup: stays ignored
+    try:
+        with stop_on_signals():
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.2)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def _children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(x) for x in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _comm(pid):
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+@needs_qemu
+def test_sigterm_kills_qemu_and_removes_the_work_directory(tmp_path):
+    """A cancelled CI job: SIGTERM to boot-check (not to QEMU) a couple of seconds into the boot."""
+    alone = _alone(tmp_path, "images/debian-2022.11/OVMF_CODE.fd")  # generated store: vars-empty.fd too
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    p = subprocess.Popen([sys.executable, "-m", "ovmftool", "boot-check", "--no-count", str(alone)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        qemu, deadline = [], time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            qemu = [c for c in _children(p.pid) if "qemu" in _comm(c)]
+            works = list(scratch.glob("ovmftool-bootcheck-*"))
+            if qemu and works and (works[0] / "trace.log").is_file() and (works[0] / "trace.log").stat().st_size:
+                break
+            time.sleep(0.2)
+        assert qemu, "QEMU never started"
+        assert {x.name for x in works[0].iterdir()} >= {"vars.fd", "vars-empty.fd", "trace.log", "serial.log"}
+        time.sleep(2)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 143, err
+    assert out == "" and err == ("ovmftool: terminated by SIGTERM: boot-check stopped, QEMU killed, its work "
+                                 "directory removed\n")
+    assert list(scratch.iterdir()) == []
+    assert "qemu" not in _comm(qemu[0])  # killed, not left running on its own
+    assert sorted(x.name for x in alone.parent.iterdir()) == ["OVMF_CODE.fd"]  # nothing beside the image

@@ -218,3 +218,61 @@ def test_bad_input_is_one_line_error():
     for text in ("not bytes at all", "[1, 2, 300]", "f3 6"):
         r = _run(text)
         assert r.exit_code == 2 and r.output.startswith("ovmftool: error:") and r.output.count("\n") == 1, r.output
+
+
+# --- how bytes are read ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,want", [
+    ("243,110", "f3 6e"),  # decimal without brackets: three digits are decimal
+    ("243 110", "f3 6e"),
+    ("243, 110, 235, 10", "f3 6e eb 0a"),  # the two-digit 10 reads as the other tokens do
+    ("[243, 110, 235, 10]", "f3 6e eb 0a"),
+    ("[243 110]", "f3 6e"),
+    ("inst_data: [243, 110, 235, 10], len: 2", "f3 6e"),
+    ("f3 6e eb 0a", "f3 6e eb 0a"),  # the write-up's hex with spaces
+    ("f36eeb0a", "f3 6e eb 0a"),
+    ("0xf3 0x6e", "f3 6e"),
+    ("0xf3,0x6e,0x10", "f3 6e 10"),
+    ("f3:6e:08", "f3 6e 08"),
+    ("10 8", "0a 08"),  # a one-digit token is no hex byte: decimal
+    ("1011", "10 11"),  # no separators: a hex string
+    ("05 07", "05 07"),  # the same bytes either way
+])
+def test_bytes_are_read_unambiguously(text, want):
+    assert parse_bytes(text).hex(" ") == want
+
+
+def test_decimal_arguments_are_decimal_on_the_command_line():
+    for args in (["243,110"], ["243 110"], ["243", "110"]):
+        doc = _json(*args)
+        assert doc["bytes"] == "f36e" and doc["instruction"] == "REP OUTSB", args
+
+
+@pytest.mark.parametrize("args,words", [
+    (["10 11"], "'10 11' could be hex or decimal bytes: give 0x-prefixed hex (0x10 0x11), hex without separators "
+                "(1011), or decimal in brackets ([10, 11])"),
+    (["10", "11"], "could be hex or decimal bytes"),
+    (["24"], "'24' could be hex or decimal bytes: give 0x-prefixed hex (0x24) or decimal in brackets ([24])"),
+    (["243 6e"], "'243 6e' mixes decimal (243) and hex (6e) bytes"),
+    (["f3 6"], "cannot read '6' in 'f3 6' as a byte: hex bytes have two digits"),
+    (["f36"], "hex bytes have two digits"),
+    (["[]"], "no instruction bytes given"),
+    (["inst_data: []"], "no instruction bytes given"),
+    (["[1, 2, 300]"], "instruction bytes must be values 0..255 (300 is not)"),
+    (["300"], "(300 is not)"),
+])
+def test_ambiguous_or_empty_input_is_one_line_naming_it(args, words):
+    r = _run(*args)
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("ovmftool: error: ") and words in r.output, r.output
+
+
+def test_listing_shows_the_bytes_that_do_not_decode():
+    lines = _run(WRITEUP_CRASH_1).output.splitlines()
+    assert "   +14  4c                   (1 byte that does not decode: a truncated instruction)" in lines
+    lines = _run(WRITEUP_CRASH_2).output.splitlines()
+    assert "   +13  f366                 (2 bytes that do not decode: a truncated instruction)" in lines
+    lines = _run("d6").output.splitlines()  # nothing decodes at all
+    assert "=> +0   d6                   (1 byte that does not decode: not a valid instruction)" in lines
+    # a stream that ends on an instruction boundary has no such line
+    assert "do not decode" not in _run("f3 6e").output and "does not decode" not in _run("f3 6e").output

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import stat
 import struct
 import subprocess
@@ -238,3 +239,286 @@ def test_output_to_a_device_or_fifo_is_written_in_place_not_replaced(tmp_path):
     assert link.is_symlink() and target.read_bytes() == b"new"
     with pytest.raises(Exception, match="is a directory"):
         write_atomic(str(tmp_path), b"x")
+
+
+# --- classes found by fuzzing (tools/fuzz.py), each with its minimal input ----------------------
+
+
+def _pe64(code: bytes, *, size_of_image: int | None = None, nsec: int | None = None, vsize: int | None = None,
+          relocs: bytes | None = None, export: tuple[int, int] | None = None, name: bytes = b".text") -> bytes:
+    """A minimal PE32+ image: 0x200 bytes of headers, `code` as an executable section at rva
+    0x1000, optionally a .reloc section after it and an export directory entry."""
+    fa = 0x200
+    raw = code + b"\0" * (-len(code) % fa)
+    rel = b"" if relocs is None else relocs + b"\0" * (-len(relocs) % fa)
+    rel_rva = 0x1000 + ((len(raw) + 0xFFF) & ~0xFFF)
+    soi = size_of_image if size_of_image is not None else rel_rva + ((len(rel) + 0xFFF) & ~0xFFF)
+    dos = bytearray(0x40)
+    dos[0:2] = b"MZ"
+    struct.pack_into("<I", dos, 0x3C, 0x40)
+    n = nsec if nsec is not None else 1 + (relocs is not None)
+    coff = struct.pack("<4sHHIIIHH", b"PE\0\0", 0x8664, n, 0, 0, 0, 240, 0x22)
+    opt = bytearray(240)
+    struct.pack_into("<HBBIIIII", opt, 0, 0x20B, 0, 0, len(raw), 0, 0, 0x1000, 0x1000)
+    struct.pack_into("<QII", opt, 24, 0x100000, 0x1000, fa)
+    struct.pack_into("<II", opt, 56, soi, 0x200)
+    struct.pack_into("<HI", opt, 68, 11, 0)
+    struct.pack_into("<I", opt, 108, 16)
+    if relocs is not None:
+        struct.pack_into("<II", opt, 112 + 8 * 5, rel_rva, len(relocs))
+    if export is not None:
+        struct.pack_into("<II", opt, 112, *export)
+    sec = struct.pack("<8sIIIIIIHHI", name, vsize or len(raw), 0x1000, len(raw), fa, 0, 0, 0, 0, 0x60000020)
+    if relocs is not None:
+        sec += struct.pack("<8sIIIIIIHHI", b".reloc", len(rel), rel_rva, len(rel), fa + len(raw), 0, 0, 0, 0,
+                           0x42000040)
+    hdr = bytes(dos) + coff + bytes(opt) + sec
+    return hdr + b"\0" * (fa - len(hdr)) + raw + rel
+
+
+def _image(pe: bytes, compress: bool = True, copies: int = 1, ui: str = "Probe") -> bytes:
+    secs = B.sections(B.section(0x10, pe), B.ui(ui))
+    if compress:
+        secs = B.lzma_section(secs)
+    files = [B.ffs(f"{i:08x}-1111-2222-3333-444444444444", 0x07, secs) for i in range(copies)]
+    return B.fv(files, size=(sum(len(f) + 8 for f in files) + 0x2000 + 0xFFF) & ~0xFFF)
+
+
+def _cli(tmp_path, data: bytes, *args: str, name: str = "img.fd"):
+    import time
+
+    p = tmp_path / name
+    p.write_bytes(data)
+    t0 = time.monotonic()
+    r = CliRunner().invoke(main, [a if a != "IMG" else str(p) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert len(r.stderr.splitlines()) <= 1, r.stderr
+    return r, time.monotonic() - t0
+
+
+def test_image_memory_from_header_fields_is_capped_as_damage(tmp_path):
+    """SizeOfImage and a section's VirtualSize sized the memory image: 4 GiB for a 12 KiB file."""
+    from ovmftool.ops.modules import iter_modules
+
+    for pe in (_pe64(b"\xc3" * 64, size_of_image=0xFFFFF000), _pe64(b"\xc3" * 64, vsize=0xFFFFF000)):
+        data = _image(pe, compress=False)
+        (m,) = iter_modules(parse_flash(data, "x"))
+        assert len(m.image.memory) <= 1 << 20 and m.image.mem_size == len(m.image.memory)
+        assert any("implausible" in str(p) for p in m.image.problems)
+        for cmd in (["info", "IMG"], ["scan", "IMG"], ["patch", "--dry-run", "IMG"], ["decode", "f3 6e", "--image", "IMG"]):
+            r, dt = _cli(tmp_path, data, *cmd)
+            assert r.exit_code == 2 and "implausible" in r.stderr and dt < 10, (cmd, r.stderr)
+
+
+def test_many_small_images_declaring_large_memory_hit_the_total_cap(tmp_path):
+    r, dt = _cli(tmp_path, _image(_pe64(b"\xc3" * 64, size_of_image=0x100000), compress=False, copies=300),
+                 "info", "IMG")
+    assert r.exit_code == 2 and "images' memory would exceed the cap" in r.stderr and dt < 10
+
+
+def test_section_count_is_capped():
+    from ovmftool.ops.modules import iter_modules
+
+    (m,) = iter_modules(parse_flash(_image(_pe64(b"\xc3" * 64, nsec=0xFFFF), compress=False), "x"))
+    assert len(m.image.sections) <= 96 and any("more than the 96" in str(p) for p in m.image.problems)
+
+
+def test_relocation_table_amplification(tmp_path):
+    """A relocation table inside a small LZMA section: 40 MiB of DIR64 blocks (20 Mi entries,
+    GBs as a list of tuples) is refused at parse time; 6 MiB is parsed into compact arrays."""
+    blk = struct.pack("<II", 0x1000, 8 + 2 * 2044) + struct.pack("<H", 0xA000) * 2044
+    r, dt = _cli(tmp_path, _image(_pe64(b"\xc3" * 64, relocs=blk * ((40 << 20) // len(blk)))), "info", "IMG")
+    assert r.exit_code == 2 and "base relocation tables would exceed the cap" in r.stderr and dt < 10
+    from ovmftool.ops.modules import iter_modules
+
+    (m,) = iter_modules(parse_flash(_image(_pe64(b"\xc3" * 64, relocs=blk * 1024)), "x"))
+    rel = m.image.relocations
+    assert len(rel) == 1024 * 2044 and rel[5] == (0x1000, 10) and rel.rvas.itemsize == 8
+    assert m.image.relocated_in(0x1000, 0x1001) and not m.image.relocated_in(0x2000, 0x3000)
+
+
+def test_export_table_amplification(tmp_path):
+    """65535 exports named by a region without a NUL: names are bounded, and 65535 export roots
+    in a run of REX prefixes no longer make capstone read megabytes per root (hours of scan)."""
+    from ovmftool.ops.modules import iter_modules
+
+    n = 0xFFFF
+    code = bytearray(b"\x41" * (4 << 20))
+    struct.pack_into("<10I", code, 0, 0, 0, 0, 0, 0, n, n, 0x1040, 0x1040 + 4 * n, 0x1040 + 8 * n)
+    struct.pack_into(f"<{n}I", code, 0x40, *range(0x101000, 0x101000 + n))
+    struct.pack_into(f"<{n}I", code, 0x40 + 4 * n, *([0x201000] * n))
+    struct.pack_into(f"<{n}H", code, 0x40 + 8 * n, *range(n))
+    data = _image(_pe64(bytes(code), export=(0x1000, 40)))
+    (m,) = iter_modules(parse_flash(data, "x"))
+    ex = m.image.exports
+    assert len(ex) == n and max(len(v) for v in ex.values()) <= 256
+    r, dt = _cli(tmp_path, data, "scan", "IMG")
+    assert r.exit_code == 0 and dt < 10, (r.stderr, dt)
+    huge = bytearray(code[:0x1000])
+    struct.pack_into("<10I", huge, 0, 0, 0, 0, 0, 0, 0xFFFFFFFF, 0xFFFFFFFF, 0x1040, 0x1040, 0x1040)
+    (m,) = iter_modules(parse_flash(_image(_pe64(bytes(huge), export=(0x1000, 40))), "x"))
+    assert m.image.exports == {}
+
+
+def _bra86(data: bytes, encoding: bool = False) -> bytes:
+    """The LZMA SDK's Bra86.c x86_Convert (the 2017 version EDK II builds), transcribed byte by
+    byte: the reference for the fast conversions."""
+    buf = bytearray(data)
+    size = len(buf)
+    if size < 5:
+        return bytes(buf)
+    ip, pos, mask, size = 5, 0, 0, size - 4
+    ms = lambda b: ((b + 1) & 0xFE) == 0  # noqa: E731
+    while True:
+        p = pos
+        while p < size and buf[p] & 0xFE != 0xE8:
+            p += 1
+        d = p - pos
+        pos = p
+        if p >= size:
+            return bytes(buf)
+        if d > 2:
+            mask = 0
+        else:
+            mask >>= d
+            if mask != 0 and (mask > 4 or mask == 3 or ms(buf[p + (mask >> 1) + 1])):
+                mask = (mask >> 1) | 4
+                pos += 1
+                continue
+        if ms(buf[p + 4]):
+            v = int.from_bytes(buf[p + 1 : p + 5], "little")
+            cur = (ip + pos) & 0xFFFFFFFF
+            pos += 5
+            v = (v + cur if encoding else v - cur) & 0xFFFFFFFF
+            if mask != 0:
+                sh = (mask & 6) << 2
+                if ms((v >> sh) & 0xFF):
+                    v ^= ((0x100 << sh) - 1) & 0xFFFFFFFF
+                    v = (v + cur if encoding else v - cur) & 0xFFFFFFFF
+                mask = 0
+            buf[p + 1 : p + 5] = ((v & 0xFFFFFF) | (0xFF000000 if v & 0x1000000 else 0)).to_bytes(4, "little")
+        else:
+            mask = (mask >> 1) | 4
+            pos += 1
+
+
+def test_bcj_x86_is_byte_identical_and_fast():
+    """The LZMA-F86 branch conversion was a Python loop over every E8/E9 byte (tens of seconds on
+    a large decoded section). Now: liblzma's filter for decoding, a loop over convertible bytes
+    only for encoding; both byte-identical to Bra86.c on dense random data and real code."""
+    import random
+    import time
+
+    from ovmftool.model.codecs import bcj_x86_decode, x86_convert
+
+    rng = random.Random(12)
+    for trial in range(3000):
+        alpha = [[0xE8, 0xE9, 0x00, 0xFF, 0x11], [0xE8, 0, 0, 0, 0xFF, 0x12, 0xE9], list(range(256))][trial % 3]
+        d = bytes(rng.choice(alpha) for _ in range(rng.choice([0, 4, 5, 6, 9, 17, 40, 130])))
+        ref = _bra86(d)
+        assert bcj_x86_decode(d) == ref == bytes(x86_convert(bytearray(d))), d.hex()
+        assert bytes(x86_convert(bytearray(d), encoding=True)) == _bra86(d, encoding=True), d.hex()
+    code = parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].read_bytes(), "x")
+    dec = next(n for n in walk(code) if getattr(n, "decoded", None) is not None).decoded.data[:1 << 20]
+    enc = bytes(x86_convert(bytearray(dec), encoding=True))
+    assert enc == _bra86(dec, encoding=True) and bcj_x86_decode(enc) == dec
+    for bomb in (b"\xe8\0\0\0\0" * (4 << 20), b"\xe8" * (16 << 20), b"\xe8\0\0" * (6 << 20)):
+        t0 = time.monotonic()
+        out = bcj_x86_decode(bomb)
+        assert len(out) == len(bomb) and time.monotonic() - t0 < 5
+    t0 = time.monotonic()
+    x86_convert(bytearray(b"\xe8" * (16 << 20)))
+    assert time.monotonic() - t0 < 5
+
+
+def test_lzma_f86_bomb_decodes_in_time(tmp_path):
+    sec = B.guided(B.LZMAF86, B.lzma_alone(b"\xe8\0\0\0\0" * ((64 << 20) // 5)))
+    r, dt = _cli(tmp_path, B.fv([B.ffs(MOD, 0x07, sec)], size=0x10000), "info", "IMG")
+    assert r.exit_code == 2 and dt < 10
+
+
+def test_errors_and_names_are_one_printable_line(tmp_path):
+    """Decoder messages with newlines and raw section names with control characters made errors
+    span lines and put terminal escapes into outputs."""
+    from ovmftool.errors import OvmfToolError
+
+    assert str(OvmfToolError("Failed to decompress\n) at 0x60\r\n\x1b[2J")) == \
+        "Failed to decompress ) at 0x60 \\x1b[2J"
+    pe = _pe64(b"\xc3" * 64, name=b"\n\x1b[31m\x7f")
+    ui = "evil\n\u202e\x1b]0;title\x07" + "x" * 400
+    sec = bytearray(B.tiano_section(b"B" * 5000 + os.urandom(300)))
+    for i in range(40, 120):
+        sec[i] ^= 0xA5
+    images = [_image(pe, compress=False, ui=ui), B.fv([B.ffs(MOD, 0x07, bytes(sec))], size=0x4000),
+              _image(_pe64(b"\xc3" * 64, size_of_image=0xFFFFF000, name=b"\r\n\x00"), compress=False, ui=ui)]
+    for data in images:
+        for cmd in (["info", "IMG"], ["info", "--modules", "IMG"], ["scan", "IMG"], ["patch", "--dry-run", "IMG"],
+                    ["extract", "--allow-damaged", "IMG", "-o", str(tmp_path / "x")]):
+            r, _dt = _cli(tmp_path, data, *cmd)
+            assert r.exit_code in (0, 1, 2), (cmd, r.output)
+            for text in (r.stdout, r.stderr):
+                assert text.count("\n") == len(text.splitlines()), (cmd, text)
+                assert not any(0 < ord(c) < 32 and c != "\n" or c in "\x7f\u202e" for c in text), (cmd, text)
+            shutil.rmtree(tmp_path / "x", ignore_errors=True)
+    r, _dt = _cli(tmp_path, images[0], "info", "--modules", "IMG")
+    assert "evil\\x0a\\u202e\\x1b]0;title\\x07xxx" in r.stdout and "x" * 130 not in r.stdout
+
+
+def test_patch_with_lzma_parameters_liblzma_cannot_encode(tmp_path):
+    """A dictionary size the decoder accepts (4 GiB) made the re-encoder fail: an internal error."""
+    from ovmftool.ops.modules import iter_modules
+
+    site = next(m for m in iter_modules(parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
+                                                    .read_bytes(), "x")) if m.name == "CpuIo2Dxe").image.raw
+    inner = B.fv([B.ffs(MOD, 0x07, B.sections(B.section(0x10, site), B.ui("CpuIo2Dxe")))], size=0x4000)
+    stream = bytearray(B.lzma_alone(B.fv_section(inner)))
+    stream[1:5] = struct.pack("<I", 0xFFFFFFFF)
+    data = B.fv([B.ffs("22222222-2222-2222-2222-222222222222", 0x0B, B.guided(B.LZMA, bytes(stream)))],
+                size=0x4000)
+    assert all_problems_of(data) == []
+    out = tmp_path / "out.fd"
+    r, dt = _cli(tmp_path, data, "patch", "IMG", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    new = parse_flash(out.read_bytes(), "out")
+    assert all_problems_of(out.read_bytes()) == []
+    lz = next(n for n in walk(new) if getattr(n, "compression", None) == "LZMA")
+    assert lz.body[1:5] == b"\xff\xff\xff\xff"  # the firmware's parameters are kept
+    from ovmftool.model import encoders
+
+    with pytest.raises(encoders.EncodeError, match="lc=8 lp=4"):
+        encoders.encode_lzma(b"x", bytes([8 + 9 * 4]) + b"\0\0\x10\0" + bytes(8))
+
+
+def all_problems_of(data: bytes) -> list[str]:
+    from ovmftool.model.node import all_problems
+
+    return [str(p) for p in all_problems(parse_flash(data, "x"))]
+
+
+def test_scan_caps_on_hostile_code(tmp_path):
+    """A small LZMA section can hold a module of megabytes of calls, string I/O or far calls:
+    gigabytes and minutes in the walk. Now refused (exit 2) in seconds; a module of thousands of
+    real IoFifo routines (18,000 sites) scans in seconds, not a quadratic minute."""
+    cases = [b"\xe8\0\0\0\0" * ((15 << 20) // 5) + b"\xc3",  # calls: 3 Mi functions
+             b"\xf3\x6e" * ((8 << 20) // 2) + b"\xc3",  # rep outsb: 4 Mi sites
+             b"".join(b"\xe8" + struct.pack("<i", 0x40000000 + i * 8) for i in range(100000)) + b"\xc3"]
+    for code in cases:
+        r, dt = _cli(tmp_path, _image(_pe64(code)), "scan", "IMG")
+        assert r.exit_code == 2 and "caps" in r.stderr or "more than" in r.stderr, r.stderr
+        assert dt < 10, dt
+    r, dt = _cli(tmp_path, _image(_pe64(b"\0" * (40 << 20))), "scan", "IMG")
+    assert r.exit_code == 2 and "more than the scanner walks" in r.stderr and dt < 10
+    from ovmftool.model.node import Space
+    from ovmftool.model.pe import parse_image
+    from ovmftool.ops.modules import iter_modules
+
+    site = next(m for m in iter_modules(parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
+                                                    .read_bytes(), "x")) if m.name == "CpuIo2Dxe").image.raw
+    img = parse_image(Space(site, 0, "x"), 0, len(site), None)
+    text = next(s for s in img.sections if s.name == ".text")
+    body = site[text.raw_offset : text.raw_offset + text.raw_size]
+    data = _image(_pe64(body * 1000))
+    r, dt = _cli(tmp_path, data, "scan", "--format", "json", "IMG")
+    assert r.exit_code == 1 and len(json.loads(r.stdout)["findings"]) == 6000 and dt < 10, dt
+    r, dt = _cli(tmp_path, data, "patch", "--dry-run", "IMG")
+    assert r.exit_code == 0 and dt < 10, dt

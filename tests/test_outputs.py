@@ -326,6 +326,64 @@ def test_extract_manifest_validates_and_skips_nothing_on_clean_images(tmp_path, 
     assert man["skipped"] == [] and len(man["modules"]) == len(list(iter_modules(read_image(image))))
 
 
+def _cut(tmp_path, size: int) -> Path:
+    p = tmp_path / f"cut_{size:x}.fd"
+    p.write_bytes(Path(DEB).read_bytes()[:size])
+    return p
+
+
+def test_extract_allow_damaged_lists_what_truncation_lost(tmp_path):
+    """Cut at 2 MiB: SECFV (SecMain, the reset vector) lies in the missing bytes; only the volume
+    header that claims them tells. Cut by the last 4 KiB: SECFV is short and its files after the
+    cut are lost, the reset vector among them."""
+    whole = read_image(DEB)
+    compact, secfv = (v for v in whole.children if getattr(v, "name", "") in ("FVMAIN_COMPACT", "SECFV"))
+    out = tmp_path / "a"
+    r = CliRunner().invoke(main, ["extract", str(_cut(tmp_path, 0x200000)), "-o", str(out), "--allow-damaged"])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "1 part(s) skipped" in r.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    _validate(man, "extract")
+    (lost,) = man["skipped"]
+    assert (lost["kind"], lost["volume"], lost["fd_offset"]) == ("volume", "FVMAIN_COMPACT", 0)
+    missing = compact.fv_length - 0x200000
+    assert (f"truncated: the volume header says 0x{compact.fv_length:X} bytes and 0x200000 are present; the missing "
+            f"0x{missing:X} bytes from 0x200000 on are lost") in lost["reason"]
+    assert "SecMain" not in {m["name"] for m in man["modules"]} and man["code_blobs"] == []
+    assert [l for l in r.stdout.splitlines() if l.startswith("skipped ")] == [
+        f"skipped volume {lost['guid']} in FVMAIN_COMPACT at 0x0: {lost['reason']}"]
+
+    out = tmp_path / "b"
+    size = whole.size - 0x1000
+    r = CliRunner().invoke(main, ["extract", str(_cut(tmp_path, size)), "-o", str(out), "--allow-damaged"])
+    assert r.exit_code == 2
+    man = json.loads((out / "manifest.json").read_text())
+    _validate(man, "extract")
+    vol, pad = man["skipped"]
+    assert (vol["kind"], vol["volume"], vol["fd_offset"]) == ("volume", "SECFV", secfv.abs_offset)
+    assert f"the missing 0x1000 bytes from 0x{size:X} on are lost" in vol["reason"]
+    assert pad["kind"] == "file" and pad["volume"] == "SECFV"
+    assert "runs past the end of the volume" in pad["reason"] and "anything after it in its volume are lost" in \
+        pad["reason"]
+    reset = next(b for b in walk(whole) if b.kind == "code")
+    assert pad["fd_offset"] < reset.abs_offset  # the reset vector came after the unusable file
+    assert man["code_blobs"] == [] and "SecMain" in {m["name"] for m in man["modules"]}
+
+
+@pytest.mark.parametrize("image", [DEB, DEB25])
+def test_info_json_validates_in_both_forms(image):
+    full = json.loads(CliRunner().invoke(main, ["info", "--format", "json", image]).stdout)
+    mods = json.loads(CliRunner().invoke(main, ["info", "--format", "json", "--modules", image]).stdout)
+    _validate(full, "info")
+    _validate(mods, "info")
+    assert mods["schema_version"] == full["schema_version"] == "ovmftool.info/1"
+    assert "tree" not in mods and mods == {k: v for k, v in full.items() if k != "tree"}
+    assert len(mods["modules"]) == len(list(iter_modules(read_image(image))))
+    # the schema still catches a document that is neither form
+    for bad in ({k: v for k, v in full.items() if k != "modules"}, {**mods, "extra": 1}):
+        with pytest.raises(jsonschema.ValidationError):
+            _validate(bad, "info")
+
+
 # -- plan.json --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("plan", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edk2-patches").glob("*/*/plan.json")))

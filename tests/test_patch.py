@@ -428,6 +428,22 @@ def test_cli_damaged_input_is_refused(tmp_path):
     assert r.exit_code == 2 and "damaged" in r.output and not (tmp_path / "o.fd").exists()
 
 
+@pytest.mark.parametrize("vars_image", sorted(str(v) for k, v in CORPUS_IMAGES.items() if "OVMF_VARS" in k),
+                         ids=lambda p: p.split("images/", 1)[1])
+def test_cli_variable_store_is_no_code_not_nothing_to_patch(tmp_path, vars_image):
+    """A variable store has no code: exit 2 as for scan, with or without --dry-run, nothing written."""
+    out = tmp_path / "p.fd"
+    for args in (["-o", str(out)], ["--dry-run"], ["--dry-run", "--format", "json"]):
+        r = CliRunner().invoke(main, ["patch", *args, vars_image])
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output == f"ovmftool: error: {vars_image}: no PE/TE modules: is this OVMF_VARS (a variable store)?\n"
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    from ovmftool.errors import ImageError
+
+    with pytest.raises(ImageError, match="no PE/TE modules"):
+        patch(vars_image, read_image(vars_image), dry_run=True)
+
+
 # --- boots ---------------------------------------------------------------------------------------
 
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 from .ci/run")

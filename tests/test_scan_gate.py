@@ -387,3 +387,170 @@ def test_callers_are_the_functions_that_contain_the_calls(ovmf_build):
             assert (cs.function, cs.function_rva) == (hold[2], hold[0]), (f.module, cs, hold)
             checked += 1
     assert checked >= 20, checked
+
+
+# --- 7. parts the tool cannot read are "not checked", never clean ---------------------------
+
+UNKNOWN_GUID = "67452301-ab89-efcd-0123-456789abcdef"
+
+
+def _lzma_section(root):
+    """The LZMA GUID-defined section of FVMAIN_COMPACT that holds PEI and DXE (stored at 0x90)."""
+    from ovmftool.model.node import walk
+    from ovmftool.model.section import Section
+
+    return next(n for n in walk(root) if isinstance(n, Section) and n.compression == "LZMA" and n.abs_offset)
+
+
+def _opaque_image(tmp_path, attrs: int | None = None) -> tuple[str, int]:
+    """DEB with the GUID of that LZMA section changed to an unknown one (optionally its attributes too)."""
+    root = read_image(DEB)
+    sec = _lzma_section(root)
+    data = bytearray(Path(DEB).read_bytes())
+    data[sec.abs_offset + 4 : sec.abs_offset + 20] = B.g(UNKNOWN_GUID)
+    if attrs is not None:
+        struct.pack_into("<H", data, sec.abs_offset + 22, attrs)
+    p = tmp_path / "opaque.fd"
+    p.write_bytes(data)
+    return str(p), sec.size - sec.header_size
+
+
+def _unknown_fs_image(tmp_path) -> str:
+    """DEB with FVMAIN_COMPACT's file-system GUID changed to an unknown one, header checksum fixed."""
+    root = read_image(DEB)
+    vol = next(v for v in root.children if getattr(v, "name", "") == "FVMAIN_COMPACT")
+    data = bytearray(Path(DEB).read_bytes())
+    o = vol.abs_offset
+    data[o + 16 : o + 32] = B.g(UNKNOWN_GUID)
+    struct.pack_into("<H", data, o + 50, 0)
+    hlen = vol.header_length
+    struct.pack_into("<H", data, o + 50, (-sum(struct.unpack_from(f"<{hlen // 2}H", data, o))) & 0xFFFF)
+    p = tmp_path / "unkfs.fd"
+    p.write_bytes(data)
+    return str(p)
+
+
+def test_unknown_guided_section_is_not_checked_everywhere_a_verdict_is_given(tmp_path):
+    img, body = _opaque_image(tmp_path)
+    root = read_image(img)
+    assert all_problems(root) == []  # not damage: the model keeps the section opaque
+    assert len(scan_image(img, root=root).modules) == 1  # without the rule: "0 sites in 0 of 1 modules", exit 0
+    want = (f"{img}: not checked: 0x{body:X} bytes in a GUID-defined section with unknown GUID {UNKNOWN_GUID} "
+            "at 0x90 (its contents could hold code)")
+    r = _run("scan", img)
+    assert r.exit_code == 2 and _errors(r) == [f"ovmftool: error: {want}"] and _stdout(r) == ""
+    doc = json.loads(_stdout(_run("scan", "--format", "json", img)))
+    jsonschema.validate(doc, SCAN_SCHEMA)
+    assert doc["error"] == want and "findings" not in doc
+    log = json.loads(_stdout(_run("scan", "--format", "sarif", img)))
+    jsonschema.validate(log, SARIF_SCHEMA)
+    inv = log["runs"][0]["invocations"][0]
+    assert inv["exitCode"] == 2 and inv["toolExecutionNotifications"][0]["message"]["text"] == want
+    out = tmp_path / "p.fd"
+    for args in (["check", img], ["baseline", img, "-o", str(tmp_path / "b.json")], ["diff", DEB, img],
+                 ["diff", img, DEB], ["patch", img, "-o", str(out)], ["patch", img, "--dry-run"],
+                 ["decode", "--image", img, "f3 6e eb 0a"]):
+        r = _run(*args)
+        assert r.exit_code == 2 and _errors(r) == [f"ovmftool: error: {want}"], (args, r.output)
+    assert not out.exists() and not (tmp_path / "b.json").exists()
+
+
+def test_unknown_guided_section_without_processing_required_is_read_as_sections(tmp_path):
+    root = read_image(DEB_2M)
+    dirty = {f.guid for f in scan_image("x", root=root, jobs=1).findings}
+    m = next(m for m in iter_modules(root) if m.guid not in dirty and m.arch == "X64")
+    inner = B.sections(B.section(0x10, m.image.raw), B.ui(m.name))
+    for attrs, code in ((0, 0), (1, 2)):
+        p = tmp_path / f"guided{attrs}.fd"
+        p.write_bytes(B.fv([B.ffs(m.guid, 0x07, B.guided(UNKNOWN_GUID, inner, attrs=attrs))], size=0x40000))
+        r = _run("scan", str(p))
+        assert r.exit_code == code, (attrs, r.output)
+        if code == 0:
+            assert "summary: 0 sites in 0 of 1 modules" in _stdout(r)
+        else:
+            (err,) = _errors(r)
+            assert f"not checked: 0x{len(inner):X} bytes in a GUID-defined section with unknown GUID" in err
+    # the real section with its PROCESSING_REQUIRED bit cleared: LZMA bytes read as sections are damage
+    img, _ = _opaque_image(tmp_path, attrs=0)
+    r = _run("scan", img)
+    assert r.exit_code == 2 and "damaged image" in _errors(r)[0]
+
+
+def test_volume_with_unknown_file_system_is_not_checked(tmp_path):
+    img = _unknown_fs_image(tmp_path)
+    root = read_image(img)
+    assert all_problems(root) == []
+    vol = root.children[0]
+    r = _run("scan", img)
+    assert r.exit_code == 2
+    assert _errors(r) == [f"ovmftool: error: {img}: not checked: 0x{vol.size - vol.header_length:X} bytes in a "
+                          f"firmware volume with unknown file system {UNKNOWN_GUID} at 0x0 (its contents could hold "
+                          "code)"]
+    assert _run("check", img).exit_code == 2 and _run("patch", img, "--dry-run").exit_code == 2
+
+
+def test_file_of_undefined_type_is_not_checked(tmp_path):
+    root = read_image(DEB_2M)
+    dirty = {f.guid for f in scan_image("x", root=root, jobs=1).findings}
+    m = next(m for m in iter_modules(root) if m.guid not in dirty and m.arch == "X64")
+    mod = B.ffs(m.guid, 0x07, B.sections(B.section(0x10, m.image.raw), B.ui(m.name)))
+    odd = B.ffs("12345678-1234-1234-1234-123456789abc", 0x30, m.image.raw)
+    p = tmp_path / "odd.fd"
+    p.write_bytes(B.fv([mod, odd], size=0x40000))
+    r = _run("scan", str(p))
+    assert r.exit_code == 2
+    (err,) = _errors(r)
+    assert "not checked: " in err and "FFS file 12345678-1234-1234-1234-123456789abc of unknown type 0x30" in err
+
+
+@pytest.mark.parametrize("image", [DEB, DEB_2M, NEW], ids=lambda p: p.split("images/", 1)[1])
+def test_real_images_have_no_unread_part_and_scan_as_before(image):
+    from ovmftool.scan.scanner import codeless_modules, scan_checked, unexecutable_modules, unread_parts
+
+    root = read_image(image)
+    assert unread_parts(root) == [] and unexecutable_modules(root) == []
+    res = scan_checked(image, root=root)
+    assert codeless_modules(res) == [] and min(m.code_bytes for m in res.modules) > 0
+    assert res.exit_code == 1 and len(res.findings) == {DEB: 90, DEB_2M: 90, NEW: 108}[image]
+    assert _run("scan", image).exit_code == 1
+
+
+def test_variable_store_volume_is_known_not_unread():
+    from ovmftool.scan.scanner import unread_parts
+
+    for v in VARS:
+        assert unread_parts(read_image(v)) == []  # NVRAM holds variables: "no PE/TE modules", not "not checked"
+
+
+def test_diff_names_the_symbols_option_before_any_scan(tmp_path):
+    missing = str(tmp_path / "missing.fd")  # a scan of OLD would fail on it first
+    for opt in ("--symbols-old", "--symbols-new"):
+        r = _run("diff", opt, str(tmp_path / "nope"), missing, missing)
+        assert r.exit_code == 2
+        assert _errors(r) == [f"ovmftool: error: {opt}: {tmp_path / 'nope'} is not a directory"], r.output
+    r = _run("diff", "--symbols-new", str(tmp_path), missing, missing)  # a directory without symbol files
+    assert _errors(r) == [f"ovmftool: error: --symbols-new: no .debug or .map files under {tmp_path} "
+                          "(expected <ARCH>/*.debug)"]
+
+
+# --- 8. where the series are found -----------------------------------------------------------
+
+def test_series_are_found_from_the_working_directory_as_after_pip_install(tmp_path, monkeypatch):
+    """`pip install .` puts the package in site-packages, where no edk2-patches/ lies beside it:
+    run in the checkout, it advises as the editable install does."""
+    from ovmftool.report.scan_report import next_steps_lines
+    from ovmftool.scan import advice
+
+    res = scan_image(DEB)
+    monkeypatch.chdir(ROOT)
+    editable = next_steps_lines(next_steps(res))
+    monkeypatch.setattr(advice, "SOURCE_SERIES_DIR", tmp_path / "site-packages" / "edk2-patches")
+    assert advice.series_dir() == ROOT / "edk2-patches"
+    assert next_steps_lines(next_steps(res)) == editable
+    monkeypatch.chdir(ROOT / "corpus" / "images")  # anywhere in the checkout
+    assert advice.series_dir() == ROOT / "edk2-patches"
+    monkeypatch.chdir(tmp_path)  # outside any checkout: says where the series live
+    assert advice.series_dir() is None and advice.known_series() == []
+    s = next_steps(res)
+    assert s.matching is None and not s.candidates
+    assert "edk2-patches/ of ovmftool's source repository" in s.reason and "not in or above" in s.reason

@@ -351,3 +351,78 @@ def test_build_outputs_scan_like_their_modules_in_the_fd():
 
     compared, sites = check_build_outputs(build_dir("2022.11-X64-DEBUG"))
     assert compared >= 100 and sites >= 600
+
+
+# --- a module whose code the scan cannot find is not checked ----------------------------------
+
+def _section_headers(raw: bytes) -> tuple[int, dict[str, int]]:
+    """(offset of AddressOfEntryPoint, {section name: offset of its header}) of a PE file."""
+    pe = struct.unpack_from("<I", raw, 0x3C)[0]
+    nsec, opt_size = struct.unpack_from("<H", raw, pe + 6)[0], struct.unpack_from("<H", raw, pe + 20)[0]
+    table = pe + 24 + opt_size
+    names = {raw[table + 40 * i : table + 40 * i + 8].rstrip(b"\0").decode(): table + 40 * i for i in range(nsec)}
+    return pe + 24 + 16, names
+
+
+def _crafted(extracted, tmp_path, name: str, how: str) -> tuple[str, dict]:
+    d, man = extracted
+    e = next(e for e in man["modules"] if e["name"] == name)
+    raw = bytearray((d / e["file"]).read_bytes())
+    entry_at, hdrs = _section_headers(bytes(raw))
+    if how == "noexec":  # .text marked as initialised data, read/write
+        struct.pack_into("<I", raw, hdrs[".text"] + 36, 0xC0000040)
+    elif how == "entry-in-data":
+        struct.pack_into("<I", raw, entry_at, struct.unpack_from("<I", raw, hdrs[".data"] + 12)[0])
+    elif how == "ebc":  # the COFF machine says EFI byte code: not x86, whatever the bytes are
+        struct.pack_into("<H", raw, struct.unpack_from("<I", raw, 0x3C)[0] + 4, 0x0EBC)
+    elif how == "no-instruction":  # .text still executable, but 0xD6 is no instruction in 64-bit mode
+        size, off = struct.unpack_from("<II", raw, hdrs[".text"] + 16)
+        raw[off : off + size] = b"\xd6" * size
+    p = tmp_path / e["file"]
+    p.write_bytes(raw)
+    return str(p), e
+
+
+@pytest.mark.parametrize("name,how,words", [
+    ("PlatformPei", "noexec", "no executable section (3 sections, none marked code or executable)"),
+    ("PlatformPei", "entry-in-data", "lies outside its executable sections"),
+    ("CpuIo2Dxe", "no-instruction", "module CpuIo2Dxe at 0x0"),
+    ("CpuIo2Dxe", "ebc", "machine EBC is not x86 (IA32/X64)"),  # it has sites: scanned as x86 it says 6
+])
+def test_module_without_executable_code_is_not_checked(extracted, tmp_path, name, how, words):
+    p, e = _crafted(extracted, tmp_path, name, how)
+    assert all_problems(read_image(p)) == []
+    if how == "no-instruction":
+        (m,) = scan_image(p).modules
+        assert m.code_bytes == 0  # without the rule: "0 sites", exit 0
+    r = _run("scan", p)
+    _one_error(r, f"{p}: module {name} at 0x0: ", words, "no executable code found: not checked")
+    assert r.stdout == ""
+    for args in (["check", p], ["patch", p, "--dry-run"], ["baseline", p, "-o", str(tmp_path / "b.json")]):
+        _one_error(_run(*args), "no executable code found: not checked")
+    if how != "no-instruction":  # decode --image searches executable sections: none to search, or not the entry's
+        _one_error(_run("decode", "--image", p, "f3 6e"), "no executable code found: not checked")
+
+
+def test_every_real_module_has_code_at_its_entry(image_scan):
+    """No module of the corpus image is refused by the rule above (none is resource-only)."""
+    from ovmftool.scan.scanner import unexecutable_modules
+
+    assert unexecutable_modules(read_image(DEB)) == []
+    assert len(image_scan.modules) == 124 and min(m.code_bytes for m in image_scan.modules) > 0
+
+
+def test_standalone_module_advice_names_no_dsc(extracted):
+    """Inside the 4 MB image PlatformPei is an IA32 PEIM of an Ia32X64 build; extracted, nothing
+    tells which DSC built it: no DSC is guessed and no series claimed as matching."""
+    d, man = extracted
+    e = next(e for e in man["modules"] if e["name"] == "PlatformPei")
+    assert e["arch"] == "IA32"
+    out = _run("scan", str(d / e["file"])).stdout
+    tail = " ".join(out[out.index("next steps:"):].split())
+    assert "ovmftool plan --edk2 TREE --dsc YOUR.dsc -o DIR" in tail and "OvmfPkgIa32.dsc" not in tail
+    assert "edk2-patches/debian-2022.11/OvmfPkgIa32X64 or edk2-patches/debian-2025.02/OvmfPkgIa32X64" in tail
+    assert "none matches for certain: a standalone module does not tell which platform DSC built it" in tail
+    assert "OvmfPkgX64" not in tail  # made for X64 alone: no IA32 module in it
+    whole = _run("scan", DEB).stdout
+    assert "--dsc OvmfPkg/OvmfPkgIa32X64.dsc" in whole  # the image tells: IA32 and X64 modules

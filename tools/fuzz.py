@@ -83,16 +83,18 @@ COMMANDS = {
     "scan": ["scan", "IMG"],
     "scan-json": ["scan", "--format", "json", "IMG"],
     "scan-sarif": ["scan", "--format", "sarif", "IMG"],
+    "scan-junit": ["scan", "--format", "junit", "IMG"],
     "extract": ["extract", "IMG", "-o", "DIR"],
     "extract-damaged": ["extract", "--allow-damaged", "IMG", "-o", "DIR"],
     "patch-dry": ["patch", "--dry-run", "IMG"],
     "patch-o": ["patch", "IMG", "-o", "OUT"],
     "patch-json": ["patch", "--format", "json", "IMG", "-o", "OUT"],
     "decode": ["decode", "TEXT", "--image", "IMG"],
+    "decode-json": ["decode", "--format", "json", "TEXT", "--image", "IMG"],
 }
 COMMAND_WEIGHTS = {"info": 14, "info-json": 8, "info-modules": 4, "scan": 14, "scan-json": 6, "scan-sarif": 3,
-                   "extract": 6, "extract-damaged": 6, "patch-dry": 14, "patch-o": 10, "patch-json": 4,
-                   "decode": 11}
+                   "scan-junit": 2, "extract": 6, "extract-damaged": 6, "patch-dry": 14, "patch-o": 10,
+                   "patch-json": 4, "decode": 9, "decode-json": 3}
 DECODE_TEXTS = ["f3 6e", "f3 6f", "6c", "66 ef", "[243, 110, 0, 0]", "f3 6d 90", "e4 60"]
 
 
@@ -140,6 +142,50 @@ def pe_to_te(pe: bytes) -> bytes:
     return hdr + pe[sec_off:]
 
 
+def pe_xip(code: bytes, pointers: int = 4, base: int = 0x100000) -> bytes:
+    """A PE32+ image laid out as GenFw writes them (file offset == RVA, 0x40 alignment): .text
+    holding `code` (entry at its start), .data with `pointers` pointers into it, and .reloc
+    relocating them."""
+    al, hdr_size = 0x40, 0x200
+    text = code + b"\0" * (-len(code) % al)
+    data_rva = hdr_size + len(text)
+    data = b"".join(struct.pack("<Q", base + hdr_size + 4 * i) for i in range(pointers))
+    data += b"\0" * (-len(data) % al)
+    rel_rva = data_rva + len(data)
+    ents = b"".join(struct.pack("<H", 0xA000 | (data_rva + 8 * i) & 0xFFF) for i in range(pointers))
+    ents += b"\0" * (len(ents) % 4)
+    relocs = struct.pack("<II", data_rva & ~0xFFF, 8 + len(ents)) + ents
+    reloc = relocs + b"\0" * (-len(relocs) % al)
+    dos = bytearray(0x40)
+    dos[0:2] = b"MZ"
+    struct.pack_into("<I", dos, 0x3C, 0x40)
+    coff = struct.pack("<4sHHIIIHH", b"PE\0\0", 0x8664, 3, 0, 0, 0, 240, 0x22)
+    opt = bytearray(240)
+    struct.pack_into("<HBBIIIII", opt, 0, 0x20B, 0, 0, len(text), len(data) + len(reloc), 0, hdr_size, hdr_size)
+    struct.pack_into("<QII", opt, 24, base, al, al)
+    struct.pack_into("<II", opt, 56, rel_rva + len(reloc), hdr_size)
+    struct.pack_into("<H", opt, 68, 11)
+    struct.pack_into("<I", opt, 108, 16)
+    struct.pack_into("<II", opt, 112 + 8 * 5, rel_rva, len(relocs))
+    secs = b"".join(struct.pack("<8sIIIIIIHHI", n, len(b), rva, len(b), rva, 0, 0, 0, 0, ch) for n, b, rva, ch in (
+        (b".text", text, hdr_size, 0x60000020), (b".data", data, data_rva, 0xC0000040),
+        (b".reloc", reloc, rel_rva, 0x42000040)))
+    h = bytes(dos) + coff + bytes(opt) + secs
+    return h + b"\0" * (hdr_size - len(h)) + text + data + reloc
+
+
+def _iofifo_routines() -> bytes:
+    """The X64 IoFifo.nasm routines (pure REP string I/O, which patch grows a module for)."""
+    doc = json.loads((ROOT / "ovmftool" / "scan" / "signatures.json").read_text())
+    rs = [r for r in doc["routines"] if r["arch"] == "X64" and r["source"].endswith("/IoFifo.nasm")]
+    seen, out = set(), b""
+    for r in rs:
+        if r["routine"] not in seen:
+            seen.add(r["routine"])
+            out += bytes.fromhex(r["bytes"]) + b"\xcc" * 4
+    return out
+
+
 def _corpus_modules() -> dict[str, bytes]:
     """Small real modules from the 2022.11 corpus image: one with string I/O sites (CpuIo2Dxe),
     small drivers with relocations, the reset vector."""
@@ -153,6 +199,8 @@ def _corpus_modules() -> dict[str, bytes]:
     out["te"] = pe_to_te(by["ReportStatusCodeRouterPei"])
     out["te_site"] = pe_to_te(by["CpuIo2Dxe"])
     out["reset"] = next(iter_code_blobs(root)).data
+    out["repfifo"] = pe_xip(b"\xc3" + b"\xcc" * 15 + _iofifo_routines())
+    out["te_repfifo"] = pe_to_te(out["repfifo"])
     return out
 
 
@@ -206,6 +254,15 @@ def synthetic_seeds(mods: dict[str, bytes]) -> list[Seed]:
     seeds.append(("vtf", bytes(vol), 2))
     two = _fit([f_dxe]) + b"\xff" * 0x1000 + _fit([f_te_site])
     seeds.append(("two-volumes", two, 1))
+    # patch grows these modules (pure REP routines); the PEIMs execute in place, so the files
+    # after a grown one move and are rebased
+    rf = [_module_file(21, 0x06, 0x10, mods["repfifo"], "RepFifoPei"),
+          _module_file(22, 0x07, 0x10, mods["repfifo"], "RepFifoDxe"), f_pei]
+    seeds.append(("repfifo", _fit(rf), 3))
+    seeds.append(("repfifo-lzma", _fit([B.ffs(_guid(24), 0x0B, B.lzma_section(B.fv_section(_fit(rf[1:], name=DXEFV))))],
+                                       name=FVMAIN), 2))
+    seeds.append(("pe-repfifo", mods["repfifo"], 1))
+    seeds.append(("te-repfifo", mods["te_repfifo"], 1))
     seeds.append(("pe", site, 3))
     seeds.append(("te", mods["te_site"], 2))
     seeds.append(("pe-dxe", dxe, 1))
@@ -334,6 +391,10 @@ _INTERESTING = {
         0x40000000, 0x08000000],
     8: [0, 1, 0x1000, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 32, 1 << 40, (1 << 63) - 1, 1 << 63, (1 << 64) - 1],
 }
+_CODE_BYTES = [b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff", b"\xe8\0\0\0\0", b"\xc3", b"\xcc", b"\x90", b"\xf3",
+               b"\x6e", b"\x6c", b"\x66", b"\x48", b"\xff\xe0", b"\x0f\x05", b"\xfd", b"\xfc", b"\x74\xfe",
+               b"\xe2\xfe", b"\x0f\x0b", b"\xf4", b"\xcd\x03", b"\xc2\x08\x00", b"\x00", b"\xff",
+               bytes([0x0F, 0x84]) + b"\0\0\0\x80"]
 HOSTILE_TEXT = ["", "\n", "A\nB", "\r\n\r\n", "\x1b[31mred\x1b[0m", "\u202e" + "evil", "\u2028\u2029", "x" * 300,
                 "\x00mid", "..\\..\\..\\x", "../../etc/passwd", "%s%n%x", "\ud800", "\x85next", "\x07\x08\x0b\x0c",
                 "名前", " "]
@@ -573,9 +634,9 @@ class Generator:
         n = rng.choices(nodes, weights)[0]
         space, sd = n.space, n.space.data
         fix = rng.random() < 0.7
-        op = rng.choices(["field", "truncate", "text", "table", "dup", "wrap", "cut-space", "resize"],
+        op = rng.choices(["field", "truncate", "text", "table", "dup", "wrap", "cut-space", "resize", "code"],
                          [10, 2, 1 if isinstance(n, Section) and n.type in (0x14, 0x15) else 0,
-                          3 if isinstance(n, PeImage) else 0, 1, 1, 1, 1])[0]
+                          3 if isinstance(n, PeImage) else 0, 1, 1, 1, 1, 4 if isinstance(n, PeImage) else 0])[0]
         kind = type(n).__name__
         if op == "field":
             fields = _fields(n, sd)
@@ -603,6 +664,21 @@ class Generator:
             if d is not None:
                 struct.pack_into("<II", b, d, rva, len(body) if index != 0 else 40)
             return splice(space, n.offset, n.end, bytes(b), n, True), f"table {index}"
+        if op == "code":  # instruction bytes in an executable section, near string I/O when there is some
+            b = bytearray(n.data)
+            secs = [s for s in n.sections if s.executable and 0 <= s.raw_offset < len(b) and s.raw_size]
+            if not secs:
+                raise NoFit("no code")
+            s = rng.choice(secs)
+            lo, hi = s.raw_offset, min(len(b), s.raw_offset + s.raw_size)
+            sio = [m.start() for m in re.finditer(rb"[\x6c-\x6f]", bytes(b[lo:hi]))]
+            at = lo + (rng.choice(sio) + rng.randint(-48, 48) if sio and rng.random() < 0.7 else rng.randrange(hi - lo))
+            at = max(lo, min(at, hi - 1))
+            for _ in range(rng.choice([1, 1, 2, 4])):
+                ins = rng.choice(_CODE_BYTES)
+                b[at : at + len(ins)] = ins[: hi - at]
+                at = max(lo, min(hi - 1, at + rng.randint(-8, 8)))
+            return splice(space, n.offset, n.end, bytes(b), n, True), "code"
         if op == "truncate":  # the node ends early: cut inside it (the space gets shorter)
             cut = n.offset + rng.choice([0, 1, 4, 8, 16, 23, 24, 40, 56, 72, n.size // 2, n.size - 1])
             cut = max(n.offset, min(cut, n.end))
@@ -778,6 +854,8 @@ def run_one(data: bytes, cmd: str, argv: list[str], work: str, time_limit: float
         o.symptom, o.detail = "unprintable", repr(m.group(0)) if m else ""
     elif ("json" in cmd or "sarif" in cmd) and code in (0, 1) and not _loads(stdout):
         o.symptom, o.detail = "bad-json", stdout[:100]
+    elif "junit" in cmd and code in (0, 1) and not _xml(stdout):
+        o.symptom, o.detail = "bad-xml", stdout[:100]
     elif cmd.startswith("patch-") and code != 0 and os.path.exists(out_file):
         o.symptom, o.detail = "output-left", f"exit {code} but {os.path.basename(out_file)} written"
     elif cmd == "extract" and code != 0 and os.path.exists(out_dir):
@@ -791,6 +869,16 @@ def _loads(text: str) -> bool:
         json.loads(text)
         return True
     except ValueError:
+        return False
+
+
+def _xml(text: str) -> bool:
+    import xml.etree.ElementTree as ET
+
+    try:
+        ET.fromstring(text)
+        return True
+    except ET.ParseError:
         return False
 
 

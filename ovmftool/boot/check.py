@@ -29,14 +29,19 @@ QEMU translated) mapped to module, phase and function (`locate`).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ovmftool.boot.qemu import Ending, Qemu, wait
+from ovmftool.boot.qemu import Ending, Qemu, close_all, wait
 from ovmftool.boot.varstore import VarsPlan
+from ovmftool.errors import OvmfToolError
+from ovmftool.model.binary import BinaryFile
 from ovmftool.model.parser import FlashImage
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
 from ovmftool.scan import signatures as sigs
@@ -600,20 +605,93 @@ def stopped_where(end: Ending, root: FlashImage, work: Path) -> StoppedAt:
 # --- the whole check ------------------------------------------------------------------------------
 
 
+def check_bootable(image: str, root: FlashImage) -> None:
+    """Refuse (before any work) an input boot-check cannot boot: a standalone module."""
+    if isinstance(root, BinaryFile):
+        raise OvmfToolError(f"{image} is a standalone UEFI module, not a flash image: boot-check boots a firmware "
+                            "image (OVMF_CODE.fd or OVMF.fd)")
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a cancelled CI job, a closed terminal
+_CLEANUP_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+
+
+class Terminated(BaseException):
+    """A stop signal (SIGTERM, SIGHUP) arrived while `stop_on_signals` was active. A BaseException,
+    like KeyboardInterrupt, so that no `except Exception` swallows it on its way out: every
+    `finally` on the way kills QEMU and removes the work directory."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # as the shell reports a process the signal ended: 143 for SIGTERM
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=STOP_SIGNALS):
+    """Turn SIGTERM and SIGHUP into `Terminated` (as SIGINT is KeyboardInterrupt) for the duration.
+    A signal the process ignores (nohup) stays ignored; a second one while the first unwinds is
+    dropped, so it cannot cut the cleanup short. Only in the main thread (elsewhere: no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, _frame):
+        if fired:
+            return
+        fired.append(signum)
+        raise Terminated(signum)
+
+    old = {}
+    for sig in signals:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold SIGTERM, SIGHUP and SIGINT back (delivered when this ends) so a cleanup runs whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _CLEANUP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def boot_check(image: str, root: FlashImage, scan: ScanResult, vars_plan: VarsPlan, machine: str = "q35",
                timeout: float = 180.0, fail_fast: bool = False, keep: Path | None = None, progress=None,
                count: bool = True, hang_after: float | None = 30.0) -> BootCheck:
     """Boot, collect executed string I/O, map it to modules; then (unless `fail_fast` or not
     `count`) boot again to count executions and read ports. A boot that does not reach the shell
     (or the boot manager's fallback) says where it stopped. The work directory (logs, the copy of
-    the variable store) is removed at the end unless `keep` names it."""
-    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ovmftool-bootcheck-"))
+    the variable store) is removed at the end unless `keep` names it (created if absent; its
+    parent must exist): also on an error, Ctrl-C, or `Terminated` (see `stop_on_signals`); every
+    QEMU started is killed first."""
     notes = [n] if (n := vars_plan.note()) else []
     if hang_after is not None and hang_after >= timeout:
         notes.append(f"hang detection off: --hang-after {hang_after:g} is not below --timeout {timeout:g}")
         hang_after = None
+    work: Path | None = None
     try:
-        work.mkdir(parents=True, exist_ok=True)
+        with _signals_held():  # no signal between creating the directory and knowing to remove it
+            work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ovmftool-bootcheck-"))
+        work.mkdir(exist_ok=True)
         template = vars_plan.template(work)
         end = run_boot(Path(image), template, machine, timeout, fail_fast, work, progress, hang_after)
         execd = executed_string_io(work / "trace.log")
@@ -630,5 +708,7 @@ def boot_check(image: str, root: FlashImage, scan: ScanResult, vars_plan: VarsPl
         return BootCheck(image, end.verdict, end.seconds, execd, vars_plan.as_dict(), end.detail, end.quiet,
                          hang_after, stopped, counted, logs, str(work) if keep else None, notes)
     finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
+        with _signals_held():  # a second signal waits until QEMU is gone and the directory removed
+            close_all()
+            if work is not None and not keep:
+                shutil.rmtree(work, ignore_errors=True)

@@ -28,6 +28,8 @@ FALLBACK_MARKERS = (b"No bootable option or device was found", b"Press any key t
 FINISHED = ("shell", "boot-manager")
 POLL = 0.5  # seconds between looks at the logs
 
+_LIVE: set["Qemu"] = set()  # started and not yet closed: close_all() kills them (a signal's way out)
+
 
 def qemu_binary() -> str:
     """qemu-system-x86_64, or an error naming the package."""
@@ -83,6 +85,7 @@ class Qemu:
             cmd += [*log, "-D", str(self.trace)]
         with open(self.stderr, "wb") as err:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        _LIVE.add(self)
         self._buf = b""
         self.events: list[dict] = []
         self.started = False
@@ -179,9 +182,11 @@ class Qemu:
         return lines[-1][:300] if lines else ""
 
     def close(self) -> None:
+        """Kill QEMU (if it still runs) and reap it."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        _LIVE.discard(self)
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 if f is not None:
@@ -193,14 +198,20 @@ class Qemu:
         return tuple(f.stat().st_size if f.exists() else 0 for f in (self.serial, self.debug, self.trace))
 
 
+def close_all() -> None:
+    """Kill and reap every QEMU this process started that is not closed yet."""
+    for q in list(_LIVE):
+        q.close()
+
+
 def wait(q: Qemu, timeout: float, hang_after: float | None = None, stop=None, progress=None) -> Ending:
     """Wait for the shell prompt (or the boot manager's fallback) on serial; stop earlier when
     QEMU exits, `stop()` returns a verdict, or (`hang_after`) nothing new appeared on serial, the
     debug console or in the translation log for that many seconds; at the timeout at the latest.
     QEMU is killed before returning (after reading its registers when the guest was running)."""
-    start = q.t0
-    last, changed = q.sizes(), time.monotonic()
     try:
+        start = q.t0
+        last, changed = q.sizes(), time.monotonic()
         if not q.started:
             try:
                 q.proc.wait(timeout=5)  # it closed its monitor: it is exiting

@@ -201,14 +201,38 @@ def _check_size(store: Path, image: Path, layout: VarsLayout | None) -> int:
                             f"OVMF code image ({layout.describe()}): it needs 0x{layout.vars_size:X} bytes")
     if size == 0 or size % BLOCK_SIZE:
         raise OvmfToolError(f"{store}: {size} bytes is not a flash variable store (a multiple of 4 KiB)")
+    try:  # it is copied for each boot: unreadable is an error now, not after the scan
+        with open(store, "rb") as fh:
+            fh.read(1)
+    except OSError as e:
+        raise OvmfToolError(f"cannot read {store}: {e.strerror or e}") from None
     return size
 
 
+def _no_layout(image: Path, size: int) -> str:
+    """Why a store cannot be chosen for an image of no OVMF size (one line)."""
+    codes = ", ".join(f"0x{lay.code_size:X}" for lay in LAYOUTS)
+    whole = next((lay for lay in LAYOUTS if lay.fw_size == size), None)
+    if whole is not None:
+        what = (f"the size of a whole {whole.fd_size_kb // 1024} MiB OVMF.fd, but it does not start with its "
+                f"variable store (a 0x{whole.vars_size:X}-byte gEfiSystemNvDataFvGuid volume), and no OVMF code image "
+                f"({codes} bytes) is that size")
+    else:
+        fds = ", ".join(f"0x{lay.fw_size:X}" for lay in LAYOUTS)
+        what = (f"neither an OVMF code image ({codes} bytes) nor a whole OVMF.fd ({fds} bytes, starting with "
+                f"its variable store)")
+    return (f"{image} is {size} bytes (0x{size:X}): {what}, so the variable store it boots with is unknown: "
+            "give --vars VARS (the OVMF_VARS*.fd built with it)")
+
+
 def plan_vars(image: str | Path, vars_file: str | Path | None) -> VarsPlan:
-    """The store to boot `image` with: `vars_file`, else the one beside the image (of the size the
-    image needs), else a generated empty one; none for a unified OVMF.fd."""
+    """The store to boot `image` with: `vars_file`, else the one beside the image of the size the
+    image needs, else a generated empty one; none for a unified OVMF.fd. Refused (OvmfToolError,
+    before any boot): a store of the wrong size, given or the only kind beside the image; an image
+    of no OVMF layout without `vars_file` (a store beside it could not be checked)."""
     image = Path(image)
-    code_layout = layout_for_code(image.stat().st_size)
+    size = image.stat().st_size
+    code_layout = layout_for_code(size)
     unified = embedded_layout(image)
     if unified is not None:
         if vars_file is not None:
@@ -218,13 +242,17 @@ def plan_vars(image: str | Path, vars_file: str | Path | None) -> VarsPlan:
     if vars_file is not None:
         p = Path(vars_file)
         return VarsPlan("given", p, _check_size(p, image, code_layout), code_layout)
-    for c in _beside(image):
-        if c.is_file() and c.resolve() != image.resolve():
-            size = c.stat().st_size
-            if code_layout is None or size == code_layout.vars_size:
-                return VarsPlan("beside", c, _check_size(c, image, code_layout), code_layout)
     if code_layout is None:
-        sizes = ", ".join(f"0x{lay.code_size:X}" for lay in LAYOUTS)
-        raise OvmfToolError(f"no variable store beside {image}, and its size ({image.stat().st_size} bytes) is no OVMF "
-                            f"code layout ({sizes} bytes) to build one for; give --vars")
+        raise OvmfToolError(_no_layout(image, size))
+    beside = [c for c in _beside(image) if c.is_file() and c.resolve() != image.resolve()]
+    for c in beside:
+        if c.stat().st_size == code_layout.vars_size:
+            return VarsPlan("beside", c, _check_size(c, image, code_layout), code_layout)
+    if beside:  # never silently replaced by a generated one: the user put it there for this image
+        c, others = beside[0], beside[1:]
+        also = "".join(f"; also beside it: {o.name}, {o.stat().st_size} bytes" for o in others)
+        raise OvmfToolError(f"{c}: a {c.stat().st_size}-byte variable store beside {image}, a "
+                            f"0x{code_layout.code_size:X}-byte OVMF code image ({code_layout.describe()}) that needs "
+                            f"0x{code_layout.vars_size:X} bytes ({code_layout.vars_size}){also}: give --vars with a "
+                            "store of that size, or move it away to boot with a generated empty one")
     return VarsPlan("generated", None, code_layout.vars_size, code_layout)

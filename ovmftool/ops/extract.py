@@ -52,18 +52,46 @@ def _holds_modules(n: Node) -> bool:
     return isinstance(n, Section) and n.type in _CONTAINER_SECTIONS
 
 
+def _place(n: Node, off: int) -> str:
+    a = n.space.abs(off)
+    return f"0x{a:X}" if a is not None else f"{n.space.label}+0x{off:X}"
+
+
+def _lost(n: Node) -> str | None:
+    """What `n`'s damage loses beyond `n` itself, or None when nothing else is lost: the bytes a
+    volume's header claims past the end of the file (or of its container), or everything after
+    a file or section whose header is unusable (its size is unknown, so nothing after it in its
+    container can be located)."""
+    if isinstance(n, Volume) and n.fv_length > n.size:
+        missing = n.fv_length - n.size
+        return (f"truncated: the volume header says 0x{n.fv_length:X} bytes and 0x{n.size:X} are present; the "
+                f"missing 0x{missing:X} bytes from {_place(n, n.end)} on are lost with whatever they held (the rest "
+                f"of this volume's files{', and any volume after it' if isinstance(n.parent, FlashImage) else ''})")
+    if isinstance(n, (FfsFile, Section)) and n.size == 0 and n.problems:
+        container = "volume" if isinstance(n, FfsFile) else "container"
+        return f"its size is unusable, so it and anything after it in its {container} are lost"
+    return None
+
+
 def unextracted(root: FlashImage) -> list[dict]:
-    """What extraction cannot write: each damaged PE/TE image, and each damaged volume, file or
-    section whose contents could not be parsed (so any module inside it is lost), in flash order.
+    """What extraction cannot write, in flash order: each damaged PE/TE image; each damaged
+    volume, file or section whose contents could not be parsed (so any module inside it is
+    lost); and what truncation lost: a volume whose header says it is longer than the bytes
+    present, and a file or section of any type whose size is unusable, e.g. runs past its
+    container (whatever came after it there is lost; `_lost`).
 
     Damage that loses nothing (a wrong checksum over data that still parsed, non-erased free
     space) is not listed here; `all_problems` has it."""
     out = []
     for n in walk(root):
-        if not n.problems or not _holds_modules(n) or (n.children and not isinstance(n, PeImage)):
+        if not n.problems:
+            continue
+        lost = _lost(n)
+        if lost is None and (not _holds_modules(n) or (n.children and not isinstance(n, PeImage))):
             continue
         f = enclosing(n, FfsFile)
         kind = "module" if isinstance(n, PeImage) else n.kind
+        reason = "; ".join(p.message for p in n.problems)
         out.append({
             "kind": kind,
             "name": getattr(f, "ui_name", None) if isinstance(f, FfsFile) else None,
@@ -71,7 +99,7 @@ def unextracted(root: FlashImage) -> list[dict]:
             "volume": volume_path(n),
             "where": n.problems[0].where,
             "fd_offset": n.abs_offset,
-            "reason": "; ".join(p.message for p in n.problems),
+            "reason": f"{reason}: {lost}" if lost else reason,
         })
     return out
 

@@ -137,13 +137,16 @@ def node_dict(n: Node) -> dict:
     return d
 
 
-def info_json(root: FlashImage) -> dict:
-    """The `info --format json` document."""
-    return {
+def info_json(root: FlashImage, modules_only: bool = False) -> dict:
+    """The `info --format json` document; with `modules_only` (`info --modules`) the same without
+    `tree` (docs/schema/info-1.json allows both forms)."""
+    doc = {
         "schema_version": INFO_SCHEMA,
         "tool": {"name": "ovmftool", "version": __version__},
         "image": {"path": root.path, "sha256": root.sha256, "size": root.size},
-        "tree": [node_dict(c) for c in root.children],
         "modules": [m.as_dict() for m in iter_modules(root)],
         "problems": [{"message": p.message, "where": p.where} for p in all_problems(root)],
     }
+    if not modules_only:
+        doc["tree"] = [node_dict(c) for c in root.children]
+    return doc

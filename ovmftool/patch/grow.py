@@ -161,6 +161,9 @@ def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None 
         entries = _redirect(img, raw, routines, room[0], offsets)
         return Grown(bytes(raw), tuple(entries), "slack")
     salign, falign = img.section_alignment or 0x20, img.file_alignment or 0x20
+    for what, a in (("section", salign), ("file", falign)):
+        if a & (a - 1) or a > 0x10000:  # padding to it would take gigabytes
+            raise CannotGrow(f"{what} alignment 0x{a:X} is not a power of two up to 64 KiB")
     new_header = table + 40 * (nsec + 1) <= min(first_raw, img.size_of_headers)
     last = max(img.sections, key=lambda s: s.rva)
     if new_header:

@@ -31,7 +31,7 @@ from ovmftool.ops.assemble import Edit, Replace, assemble
 from ovmftool.ops.modules import Module, iter_modules
 from ovmftool.patch import emulate, grow, shapes
 from ovmftool.scan import signatures as sigs
-from ovmftool.scan.scanner import Finding, scan_blobs, exec_ranges, scan_image, scan_module
+from ovmftool.scan.scanner import Finding, scan_blobs, exec_ranges, scan_checked, scan_module
 from ovmftool.scan.symbols import BuildSymbols
 
 
@@ -131,11 +131,12 @@ def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]]) -> t
         new[rw.rva : rw.rva + len(rw.new)] = rw.new
     problems, runs = [], 0
     done: set[int] = set()
+    new_b = bytes(new)  # once: a copy per function made a module of thousands of routines quadratic
     for f, _rw in plans:
         if f.function_rva is None or f.function_rva in done:
             continue
         done.add(f.function_rva)
-        diff = emulate.compare(orig, bytes(new), m.image.bits, f.function_rva, f.function or "")
+        diff = emulate.compare(orig, new_b, m.image.bits, f.function_rva, f.function or "")
         runs += 1
         problems += [f"{m.name} {f.function}: {d}" for d in diff]
     return problems, runs
@@ -151,7 +152,9 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1,
     if bad:
         raise OvmfToolError(f"{path}: image is damaged ({bad[0]}); refusing to patch")
     symbols = BuildSymbols(symbols_dir) if symbols_dir else None
-    scan = scan_image(path, symbols, jobs=jobs, root=root)
+    # scan's verdict rules: an input without code (a variable store), parts left unread that could
+    # hold code, or a module in which no code was found is an error, never "nothing to patch"
+    scan = scan_checked(path, symbols, jobs=jobs, root=root)
     mods = {_key(m): m for m in iter_modules(root)}
     res = PatchResult(path, root.sha256, len(scan.findings), [], [])
     with_sites = {(f.volume, f.guid, f.arch) for f in scan.findings}

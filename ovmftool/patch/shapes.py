@@ -73,6 +73,8 @@ def classify(img: PeImage, rva: int, size: int) -> Verdict:
             after = target = -1
         if after == nojmp and after > 0:
             n = after - rva
+            if n - 2 not in NOPS or n not in NOPS:  # redundant prefixes: not the routine GCC/NASM emit
+                return Verdict("sev-fifo", None, f"REP path of {n} bytes, longer than the rewrite handles")
             if mem[after] == 0xE3 and after + 2 + _s8(mem[after + 1]) == target:
                 new = NOPS[n]
                 note = "REP path falls into the loop (its jrcxz keeps count 0 a no-op)"

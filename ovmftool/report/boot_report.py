@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ovmftool.boot.check import BootCheck
+from ovmftool.boot.check import BootCheck, Terminated
 
 
 def _where(bc: BootCheck) -> str:
@@ -69,3 +69,9 @@ def boot_text(bc: BootCheck) -> str:
                + ("" if bc.counted or not bc.executed else " (not counted: the second boot was skipped or "
                                                            "ran differently)"))
     return "\n".join(out) + "\n"
+
+
+def terminated_line(t: Terminated, keep: str | None) -> str:
+    """The one stderr line when a stop signal ended boot-check (exit `t.exit_code`)."""
+    where = f"the logs so far are in {keep}" if keep else "its work directory removed"
+    return f"ovmftool: terminated by {t.name}: boot-check stopped, QEMU killed, {where}"

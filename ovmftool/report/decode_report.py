@@ -70,6 +70,27 @@ def _routine_detail(r: RoutineMatch, t: Triage) -> str:
             f"{r.explained} of {total} bytes" + (f", {left} not covered" if left else "") + built)
 
 
+def _undecoded(t: Triage) -> tuple[int, bytes]:
+    """(offset, bytes) of the stream after its last decoded instruction (propolis prints 15
+    bytes from RIP, so the last instruction is often cut short)."""
+    end = 0
+    if t.instructions:
+        last = t.instructions[-1]
+        end = last.offset + len(bytes.fromhex(last.bytes))
+    return end, t.data[end:]
+
+
+def _truncated(tail: bytes, bits: int) -> bool:
+    """Whether `tail` is the start of an instruction (it decodes once bytes follow it)."""
+    from ovmftool.scan.disasm import cs
+
+    for pad in (b"\0" * 15, b"\xff" * 15):
+        first = next(iter(cs(bits).disasm_lite(tail + pad, 0)), None)
+        if first is not None and first[1] > len(tail):
+            return True
+    return False
+
+
 def _n(k: int) -> str:
     return f"{k} byte{'s' * (k != 1)}"
 
@@ -89,6 +110,12 @@ def decode_text(t: Triage) -> str:
     for i, ins in enumerate(t.instructions):
         mark = "=>" if i == 0 else "  "
         lines.append(f"{mark} +{ins.offset:<3} {ins.bytes:<20} {ins.mnemonic} {ins.operands}".rstrip())
+    tail_at, tail = _undecoded(t)
+    if tail:
+        why = "a truncated instruction" if _truncated(tail, t.bits) else "not a valid instruction"
+        one = len(tail) == 1
+        lines.append(f"{'=>' if not t.instructions else '  '} +{tail_at:<3} {tail.hex():<20} ({len(tail)} "
+                     f"byte{'' if one else 's'} that do{'es' if one else ''} not decode: {why})")
     lines.append("")
     lines.append(t.explanation)
     if t.image_path is not None:

@@ -126,8 +126,11 @@ def write_atomic(path: str, data: bytes) -> None:
         raise _cannot(shown, "is a directory")
     old = os.stat(path) if os.path.exists(path) else None
     if old is not None and not stat.S_ISREG(old.st_mode):
-        with open(path, "wb") as fh:
-            fh.write(data)
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        except OSError as e:
+            raise _cannot(shown, e.strerror or str(e)) from None
         return
     d = os.path.dirname(path)
     if not os.path.isdir(d):
@@ -146,11 +149,13 @@ def write_atomic(path: str, data: bytes) -> None:
                 os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             fh.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):  # a full disk, a quota, a vanished directory
+            raise _cannot(shown, e.strerror or str(e)) from None
         raise
 
 
@@ -192,3 +197,50 @@ def commit_output_dir(tmp: str, path: str) -> None:
 def discard_output_dir(tmp: str) -> None:
     """Remove a temporary output directory and everything in it."""
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+class GuardedStdout:
+    """The CLI's standard output. Once the reader has gone (`ovmftool check IMG | head -1`) the
+    rest of the output is dropped and the command still ends with its own verdict; any other
+    write error (a full disk, `> /dev/full`) is one line naming standard output and the reason."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.reader_gone = False
+        self.error: str | None = None  # the write error, once one happened (later writes raise it again)
+
+    def _detach(self) -> None:
+        """Point the descriptor at /dev/null so that no later flush (at exit too) can fail."""
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, self._stream.fileno())
+            os.close(fd)
+        except (OSError, ValueError):
+            pass
+
+    def _guard(self, op, *args):
+        if self.error is not None:
+            raise OvmfToolError(self.error)
+        if self.reader_gone:
+            return None
+        try:
+            return op(*args)
+        except BrokenPipeError:
+            self.reader_gone = True
+            self._detach()
+        except OSError as e:
+            self.error = str(_cannot("standard output", e.strerror or str(e)))
+            self._detach()
+            raise OvmfToolError(self.error) from None
+        return None
+
+    def write(self, s):
+        n = self._guard(self._stream.write, s)
+        return len(s) if n is None else n
+
+    def flush(self) -> None:
+        if self.error is None:  # once failed, the error is reported; flushing at exit must not raise again
+            self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)

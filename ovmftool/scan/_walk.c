@@ -76,14 +76,32 @@ typedef struct {
     vec64 leas;
     vec64 fn_todo, blocks;
     size_t nstarts;
+    size_t nfuncs;            /* in-range functions merged (fflag bit 0) */
     bool ok, bare;
     cs_insn5 *insn;
     size_t handle;
     cs_disasm_iter_t iter;
     const uint8_t *kinds;
     size_t nkinds;
-    int oom;
+    int oom;                  /* 1: out of memory, 2: over the caps below */
 } W;
+
+/* Caps on one module's code map, far above any real module (OVMF's largest: 2,902 functions,
+ * 14,808 calls, 6 sites; 27 function starts outside the image at most) and low enough that a
+ * hostile module cannot make the map, and the Python objects made of it, take gigabytes or
+ * the linear searches of targets outside the image take hours. codemap.WALK_CAPS: the same. */
+#define MAX_FUNCS 65536
+#define MAX_TRANSFERS 262144  /* calls and tail jumps */
+#define MAX_SITES 65536
+#define MAX_OUTSIDE 4096      /* function starts outside the image */
+
+static void check_caps(W *w) {
+    size_t outside = w->gfx.n + w->tfx.n;
+    if (w->nfuncs + w->tfuncs.n + outside > MAX_FUNCS || outside > MAX_OUTSIDE
+        || (w->gcalls.n + w->tcalls.n + w->gtails.n + w->ttails.n) / 3 > MAX_TRANSFERS
+        || (w->gsites.n + w->tsites.n) / 3 > MAX_SITES)
+        w->oom = 2;
+}
 
 /* --- ranges ----------------------------------------------------------------------------- */
 
@@ -445,6 +463,7 @@ static void add_tfn(W *w, uint64_t a) {
     } else if (!vhas(&w->tfx, a)) {
         if (vpush(&w->tfx, a)) w->oom = 1;
     }
+    if (!w->oom) check_caps(w);
 }
 
 static bool is_start(W *w, uint64_t a) { return a < w->n && (w->gsize[a] || w->tsize[a]); }
@@ -520,6 +539,7 @@ static void trial_reset(W *w) {
 
 static void push3(W *w, vec64 *v, uint64_t a, uint64_t b, uint64_t c) {
     if (vpush(v, a) || vpush(v, b) || vpush(v, c)) w->oom = 1;
+    else check_caps(w);
 }
 
 static void walk(W *w, uint64_t root, bool strict) {
@@ -538,7 +558,7 @@ static void walk(W *w, uint64_t root, bool strict) {
                 continue;
             }
             uint64_t end = range_end(w, a);
-            while (a < end && !is_start(w, a)) {
+            while (a < end && !is_start(w, a) && !w->oom) {
                 int kind = 0;
                 int64_t aux = 0;
                 bool has = false;
@@ -606,6 +626,7 @@ static void merge(W *w) {
     w->nstarts += w->tstarts.n;
     w->tstarts.n = 0;
     for (size_t i = 0; i < w->tfuncs.n; i++) w->fflag[w->tfuncs.v[i]] = 1;
+    w->nfuncs += w->tfuncs.n;
     w->tfuncs.n = 0;
     for (size_t i = 0; i < w->tfx.n; i++)
         if (!vhas(&w->gfx, w->tfx.v[i]) && vpush(&w->gfx, w->tfx.v[i])) w->oom = 1;
@@ -821,7 +842,11 @@ static PyObject *py_discover(PyObject *self, PyObject *args) {
         if (add_root(&w, t, true)) append(&w, &queue, &w.leas);
     }
     if (fill_gaps(&w) || w.oom) {
-        PyErr_NoMemory();
+        if (w.oom == 2)
+            PyErr_SetString(PyExc_OverflowError, "the module's code map exceeds the walk's caps (more than 65536 "
+                            "functions, 262144 calls and jumps, 65536 string I/O sites or 4096 targets outside it)");
+        else
+            PyErr_NoMemory();
         goto fail;
     }
     {

@@ -9,6 +9,11 @@ site's routine: it patches that routine's source file (`unroll`), or it switches
 the site's library instance to one whose FIFO routines are C loops (`dsc-inf`). The FIFO
 routines of BaseIoLibIntrinsicSev assemble to the same bytes in edk2 2022.11 and 2025.02, so an
 image built from either tree fits both trees' series: that is reported as such, never as a match.
+A standalone module (an extracted .efi) never matches: it does not tell which DSC built it.
+
+The series are read from edk2-patches/ of the checkout holding the working directory, else of
+the package's own source tree (`series_dir`), so that an installed copy advises as an editable
+one does when run in the checkout.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from pathlib import Path
 
 from ovmftool.scan.scanner import ScanResult
 
-SERIES_DIR = Path(__file__).resolve().parents[2] / "edk2-patches"  # in the source tree (not installed)
+# The package's own source tree (a checkout, or an editable install); an installed copy
+# (`pip install .`) has none: there the series are found from the working directory (`series_dir`).
+SOURCE_SERIES_DIR = Path(__file__).resolve().parents[2] / "edk2-patches"
+SERIES_REPO_PATH = "edk2-patches/"  # where the series live in ovmftool's source repository
 _DSC_FOR_ARCHES = {("X64",): "OvmfPkg/OvmfPkgX64.dsc", ("IA32", "X64"): "OvmfPkg/OvmfPkgIa32X64.dsc",
                    ("IA32",): "OvmfPkg/OvmfPkgIa32.dsc"}
 
@@ -48,10 +56,35 @@ class Series:
         return False
 
 
-def known_series(base: Path = SERIES_DIR) -> list[Series]:
-    """Every series under `base` (DIR/debian-VERSION/DSC/plan.json), sorted by path."""
+def _has_series(d: Path) -> bool:
+    try:
+        return d.is_dir() and any(True for _ in d.glob("*/*/plan.json"))
+    except OSError:
+        return False
+
+
+def series_dir(cwd: Path | None = None, source: Path | None = None) -> Path | None:
+    """edk2-patches/ of the ovmftool checkout holding the working directory (it or a parent has
+    edk2-patches/*/*/plan.json), else of the package's own source tree, else None. The first makes
+    the advice the same for `pip install .` (whose package lies in site-packages, away from the
+    series) and `pip install -e .` when run in the checkout."""
+    try:
+        here = (cwd or Path.cwd()).resolve()
+    except OSError:  # the working directory was removed
+        here = None
+    for d in ([here, *here.parents] if here is not None else []):
+        if _has_series(d / "edk2-patches"):
+            return d / "edk2-patches"
+    source = source if source is not None else SOURCE_SERIES_DIR
+    return source if _has_series(source) else None
+
+
+def known_series(base: Path | None = None) -> list[Series]:
+    """Every series under `base` (DIR/debian-VERSION/DSC/plan.json; default `series_dir()`),
+    sorted by path."""
+    base = base if base is not None else series_dir()
     out = []
-    for plan in sorted(base.glob("*/*/plan.json")) if base.is_dir() else []:
+    for plan in sorted(base.glob("*/*/plan.json")) if base is not None and base.is_dir() else []:
         try:
             d = json.loads(plan.read_text())
             out.append(Series(plan.parent, d["tree"].removeprefix("edk2-"), d["dsc"], tuple(sorted(d["arches"])),
@@ -77,24 +110,38 @@ def _out_name(image: str) -> str:
     return f"{base}.patched{ext or '.fd'}"
 
 
-def next_steps(r: ScanResult, base: Path = SERIES_DIR) -> NextSteps | None:
-    """What to do next after `r`, or None when it found nothing."""
+def next_steps(r: ScanResult, base: Path | None = None) -> NextSteps | None:
+    """What to do next after `r`, or None when it found nothing. `base`: the series directory
+    (default `series_dir()`).
+
+    A standalone module (an extracted .efi) does not tell which platform DSC built it: the plan
+    command names none (`--dsc YOUR.dsc`), and a series is at most a candidate (its tree fits, it
+    was made for the module's arch and removes every site), never a match."""
     if not r.findings:
         return None
     arches = tuple(sorted({m.arch for m in r.modules})) or ("X64",)
-    dsc = _DSC_FOR_ARCHES.get(arches, "YOUR_PLATFORM.dsc")
+    dsc = "YOUR.dsc" if r.standalone else _DSC_FOR_ARCHES.get(arches, "YOUR_PLATFORM.dsc")
     steps = NextSteps(f"ovmftool patch {shlex.quote(r.path)} -o {shlex.quote(_out_name(r.path))}",
                       f"ovmftool plan --edk2 TREE --dsc {dsc} -o DIR")
-    series = known_series(base)
+    base = base if base is not None else series_dir()
+    series = known_series(base) if base is not None else []
     unnamed = [f for f in r.findings if f.signature is None]
     if unnamed:
-        steps.reason = (f"{len(unnamed)} site{'s' * (len(unnamed) != 1)} lie in code no built-in signature names, "
+        n = len(unnamed)
+        steps.reason = (f"{n} site{'s' * (n != 1)} lie{'s' * (n == 1)} in code no built-in signature names, "
                         "so no series can be matched; `plan` finds the sources in your tree")
         return steps
     trees = set.intersection(*(set(f.signature["trees"]) for f in r.findings))
-    fit = [s for s in series if s.arches == arches and s.tree in trees
+    fits_arch = (lambda s: set(arches) <= set(s.arches)) if r.standalone else (lambda s: s.arches == arches)
+    fit = [s for s in series if fits_arch(s) and s.tree in trees
            and all(s.removes(f.signature, f.arch) for f in r.findings)]
-    if len(fit) == 1:
+    if fit and r.standalone:
+        steps.candidates = fit
+        trees_fit = sorted({s.tree for s in fit})
+        steps.reason = ("a standalone module does not tell which platform DSC built it"
+                        + (f" (nor, for these routines, which of edk2 {' and '.join(trees_fit)})"
+                           if len(trees_fit) > 1 else ""))
+    elif len(fit) == 1:
         steps.matching = fit[0]
         libs = sorted({f"{f.signature['library']} {f.signature['source']}" for f in r.findings})
         steps.reason = (f"every site is in {', '.join(libs)} as built from edk2 {fit[0].tree} "
@@ -105,7 +152,8 @@ def next_steps(r: ScanResult, base: Path = SERIES_DIR) -> NextSteps | None:
                         f"{' and '.join(sorted({s.tree for s in fit}))}, so the image does not tell which tree it "
                         "was built from")
     elif not series:
-        steps.reason = "edk2-patches/ (in ovmftool's source tree) is not here"
+        steps.reason = (f"the verified series are in {SERIES_REPO_PATH} of ovmftool's source repository, which is "
+                        "not in or above the working directory (run scan in a checkout to match them)")
     else:
         steps.reason = (f"no series in edk2-patches/ removes all of them (trees {', '.join(sorted(trees)) or 'none'}, "
                         f"arches {'/'.join(arches)})")

@@ -27,6 +27,7 @@ import bisect
 import os
 from dataclasses import dataclass, field
 
+from ovmftool.errors import LimitExceeded
 from ovmftool.scan.disasm import K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs, native_decoder
 
 DECODE_INSNS = 32
@@ -34,6 +35,21 @@ SWEEP_INSNS = 1024
 PROBE_INSNS = 8  # first decode of an unproven pointer target: most are data and fail early  # instructions decoded per capstone call; decoded instructions are cached
 MAX_GAP = 4096  # larger holes are data (strings, tables), not routines linked beside others
 _PAD = frozenset(b"\x90\xcc\x00")
+# Caps on one module's code map (_walk.c has the same): far above any real module (OVMF's largest
+# has 2,902 functions, 14,808 calls, 6 sites), low enough that a hostile one cannot make the map
+# take gigabytes.
+MAX_FUNCS = 65536
+MAX_TRANSFERS = 262144  # calls and tail jumps
+MAX_SITES = 65536
+MAX_OUTSIDE = 4096  # function starts outside the image
+
+
+class CodeMapLimit(LimitExceeded):
+    """A module's code map would exceed the walk's caps: a hostile module, not code."""
+
+
+_CAPS_MESSAGE = ("the module's code map exceeds the walk's caps (more than 65536 functions, 262144 calls and jumps, "
+                 "65536 string I/O sites or 4096 targets outside it)")
 
 
 @dataclass
@@ -57,6 +73,7 @@ class CodeMap:
     sites: list[Site] = field(default_factory=list)
     sizes: bytes | None = None  # the native walk's instruction starts: size per rva, 0 where none
     code_bytes: int = 0  # sum of instruction sizes
+    _callers: dict | None = field(default=None, init=False, repr=False)  # target -> transfers, made once
 
     def instruction_starts(self) -> dict[int, int]:
         """Instruction rva -> size, whichever walk made the map."""
@@ -82,9 +99,15 @@ class CodeMap:
 
     def callers_of(self, fn: int) -> list[tuple[int, int, str]]:
         """(caller function start, instruction rva, "call" or "jmp") for direct transfers to `fn`."""
-        out = {(f, s, "call") for f, s, t in self.calls if t == fn}
-        out |= {(f, s, "jmp") for f, s, t in self.tails if t == fn and f != fn}
-        return sorted(out)
+        if self._callers is None:  # one pass over the transfers, not one per site
+            idx: dict[int, set] = {}
+            for f, s, t in self.calls:
+                idx.setdefault(t, set()).add((f, s, "call"))
+            for f, s, t in self.tails:
+                if f != t:
+                    idx.setdefault(t, set()).add((f, s, "jmp"))
+            self._callers = idx
+        return sorted(self._callers.get(fn, ()))
 
 
 class _Trial:
@@ -114,6 +137,7 @@ class Discoverer:
         self.raw = RawDecoder(mem, bits)
         self.size_of: dict[int, int] = {}  # decoded instructions: rva -> size
         self.special: dict[int, tuple[int, object]] = {}  # rva -> (kind, aux) for branches, LEAs, INS/OUTS
+        self.outside = 0  # functions found outside the memory image (MAX_OUTSIDE)
         self._sweep()
 
     # --- helpers -------------------------------------------------------------------------
@@ -256,6 +280,10 @@ class Discoverer:
         m.calls.extend(trial.calls)
         m.tails.extend(trial.tails)
         m.sites.extend(trial.sites)
+        self.outside += sum(1 for f in trial.functions if not 0 <= f < len(self.mem))
+        if (len(m.functions) > MAX_FUNCS or self.outside > MAX_OUTSIDE or len(m.calls) + len(m.tails) > MAX_TRANSFERS
+                or len(m.sites) > MAX_SITES):
+            raise CodeMapLimit(_CAPS_MESSAGE)
 
     def add_root(self, root: int, kind: str, weak: bool) -> list[int]:
         """Explore from `root`. Weak roots are validated; returns LEA targets found (for more roots)."""
@@ -352,7 +380,10 @@ def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: 
     walker = native_decoder(bits) if native else None
     if walker is not None:
         fn, args = walker
-        sizes, functions, calls, tails, sites, code_bytes = fn(mem, bits, sorted(exec_ranges), strong, weak, *args)
+        try:
+            sizes, functions, calls, tails, sites, code_bytes = fn(mem, bits, sorted(exec_ranges), strong, weak, *args)
+        except OverflowError:  # the C walk's caps
+            raise CodeMapLimit(_CAPS_MESSAGE) from None
         return CodeMap(functions=set(functions), calls=calls, tails=tails,
                        sites=[Site(a, n, mn, f) for a, n, mn, f in sites], sizes=sizes, code_bytes=code_bytes)
     return discover_python(mem, bits, exec_ranges, strong, weak)

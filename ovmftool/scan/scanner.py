@@ -13,15 +13,18 @@ import struct
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from ovmftool.errors import ImageError, OvmfToolError
+from ovmftool.errors import ImageError, LimitExceeded, OvmfToolError
+from ovmftool.model.binary import BinaryFile
 from ovmftool.model.node import Node, all_problems, walk
 from ovmftool.model.parser import FlashImage, read_image
+from ovmftool.model.ffs import FfsFile
 from ovmftool.model.pe import PeImage
+from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
 from ovmftool.model import structs as S
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
 from ovmftool.scan import signatures as sigs
-from ovmftool.scan.codemap import CodeMap, discover
+from ovmftool.scan.codemap import CodeMap, CodeMapLimit, discover
 from ovmftool.scan.disasm import string_io
 from ovmftool.scan.symbols import BuildSymbols, SymbolTable
 
@@ -97,6 +100,7 @@ class ScanResult:
     modules: list[ModuleSummary]
     findings: list[Finding]
     notes: list[str] = field(default_factory=list)
+    standalone: bool = False  # a standalone PE32/TE file (an extracted module), not a flash image
 
     @property
     def exit_code(self) -> int:
@@ -150,13 +154,54 @@ class _ModuleScan:
     findings: list[Finding]
 
 
+# The largest memory image the walk takes: its tables cost ~14 bytes a byte (OVMF's largest module
+# has 1 MiB; a hostile one may declare up to the per-section decode cap).
+MAX_SCAN_MEMORY = 16 << 20
+
+
 def scan_module(m: Module, symbols: BuildSymbols | None = None) -> _ModuleScan:
-    """Scan one module."""
+    """Scan one module. LimitExceeded for a module over the walk's caps (`MAX_SCAN_MEMORY`,
+    `codemap.MAX_FUNCS` ...): such a module is refused, never reported as checked."""
+    img = m.image
+    place = f"0x{img.abs_offset:X}" if img.abs_offset is not None else f"{img.space.label}+0x{img.offset:X}"
+    if img.mem_size > MAX_SCAN_MEMORY:
+        raise LimitExceeded(f"module {m.name} is 0x{img.mem_size:X} bytes in memory, more than the scanner walks "
+                            f"(0x{MAX_SCAN_MEMORY:X})", place)
+    try:
+        return _scan_module(m, symbols)
+    except CodeMapLimit as e:
+        raise LimitExceeded(f"module {m.name}: {e}", place) from None
+
+
+class _Matches(list):
+    """The module's signature matches (sorted by rva), with the two lookups a site and a caller
+    make answered by index instead of a pass over all matches (thousands of routines made a
+    scan quadratic)."""
+
+    def __init__(self, matches) -> None:
+        super().__init__(matches)
+        self._rvas = [mt.rva for mt in self]
+        self._longest = max((len(mt.signature.code) for mt in self), default=0)
+        self._at: dict[int, str] = {}
+        for mt in self:
+            self._at.setdefault(mt.rva, mt.signature.routine)
+
+    def containing(self, rva: int):
+        """The first match (lowest rva) whose routine holds `rva`, or None."""
+        i = bisect.bisect_left(self._rvas, rva - self._longest + 1)
+        j = bisect.bisect_right(self._rvas, rva)
+        return next((mt for mt in self[i:j] if mt.rva <= rva < mt.end), None)
+
+    def routine_at(self, start: int) -> str | None:
+        return self._at.get(start)
+
+
+def _scan_module(m: Module, symbols: BuildSymbols | None) -> _ModuleScan:
     img = m.image
     mem = img.memory
     bits = img.bits
     ranges = exec_ranges(img)
-    matches = sigs.find(mem, m.arch, ranges)
+    matches = _Matches(sigs.find(mem, m.arch, ranges))
     strong = [(img.entry_rva, "entry")] + [(r, "export") for r in sorted(img.exports)]
     strong = [(mt.rva, "signature") for mt in matches] + strong
     weak = _pointer_roots(img, mem)
@@ -184,10 +229,9 @@ def _name_fn(start: int, matches, table: SymbolTable | None) -> str:
         n = table.name_of(start)
         if n:
             return n
-    for mt in matches:
-        if mt.rva == start:
-            return mt.signature.routine
-    return f"sub_{start:x}"
+    routine = matches.routine_at(start) if isinstance(matches, _Matches) else next(
+        (mt.signature.routine for mt in matches if mt.rva == start), None)
+    return routine or f"sub_{start:x}"
 
 
 def _certain_starts(cmap: CodeMap, strong: list[tuple[int, str]]) -> list[int]:
@@ -254,7 +298,8 @@ def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, 
     fn_name: str | None = None
     source: str | None = None
     sig_info = None
-    match = next((mt for mt in matches if mt.rva <= site.rva < mt.end), None)
+    match = matches.containing(site.rva) if isinstance(matches, _Matches) else next(
+        (mt for mt in matches if mt.rva <= site.rva < mt.end), None)
     if match is not None:
         s = match.signature
         sig_info = {"routine": s.routine, "library": s.library, "source": s.source, "aliases": list(s.aliases),
@@ -315,7 +360,8 @@ def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: i
         notes.append(f"{len(blobs)} raw code blob(s) (reset vector) checked by recursive descent from the "
                      "16-bit entry")
         findings += scan_blobs(root)
-    return ScanResult(path, root.sha256, root.size, [r.summary for r in results], findings, notes)
+    return ScanResult(path, root.sha256, root.size, [r.summary for r in results], findings, notes,
+                      standalone=isinstance(root, BinaryFile))
 
 
 # --- verdicts --------------------------------------------------------------------------------
@@ -341,28 +387,132 @@ def no_code_hint(root: FlashImage) -> str:
             "code image (OVMF_CODE.fd, OVMF.fd) or a UEFI binary?")
 
 
+# Volume file systems the model reads (FFS2, FFS3), or that hold variables, not code (NVRAM).
+READ_FILE_SYSTEMS = frozenset({S.FFS2_GUID, S.FFS3_GUID, S.NVRAM_GUID})
+
+
+@dataclass
+class Unread:
+    """A part of the image that could hold code and that the model did not read."""
+
+    what: str  # "a GUID-defined section with unknown GUID ..."
+    where: str  # "0x90", or "FVMAIN_COMPACT/LZMA+0x..." inside decoded data
+    size: int  # bytes of it not read
+
+    def __str__(self) -> str:
+        return f"0x{self.size:X} bytes in {self.what} at {self.where} (its contents could hold code)"
+
+
+def _where(n: Node) -> str:
+    a = n.abs_offset
+    return f"0x{a:X}" if a is not None else f"{n.space.label}+0x{n.offset:X}"
+
+
+def unread_parts(root: Node) -> list[Unread]:
+    """What the model left unread that could hold code, in flash order: a GUID-defined section
+    whose GUID no decoder knows and whose attributes say PROCESSING_REQUIRED (without that bit
+    the model reads its data as plain sections), a volume whose file system is neither FFS2,
+    FFS3 nor the NVRAM variable store, and an FFS file of a type the PI specification does not
+    define (its layout is unknown). Damaged parts are not listed: `all_problems` has them.
+    RAW files and RAW sections are data by definition (the reset vector's RAW file is read as
+    code) and are not listed."""
+    out = []
+    for n in walk(root):
+        if n.problems:
+            continue
+        if isinstance(n, Section) and n.type == 0x02 and n.decoded is None and not n.children:
+            if n.guided_attributes & S.EFI_GUIDED_SECTION_PROCESSING_REQUIRED and n.size > n.header_size:
+                out.append(Unread(f"a GUID-defined section with unknown GUID {n.guid}", _where(n),
+                                  n.size - n.header_size))
+        elif isinstance(n, Volume) and n.fs_guid not in READ_FILE_SYSTEMS and n.size > n.header_length:
+            out.append(Unread(f"a firmware volume with unknown file system {n.fs_guid}", _where(n),
+                              n.size - n.header_length))
+        elif isinstance(n, FfsFile) and _unknown_file_type(n.type) and n.size > n.header_size:
+            out.append(Unread(f"FFS file {n.guid} of unknown type 0x{n.type:02X}", _where(n), n.size - n.header_size))
+    return out
+
+
+def _unknown_file_type(t: int) -> bool:
+    """Neither RAW, a sectioned type (PI vol. 3 2.1.4.1, OEM and debug types included) nor a pad file."""
+    return t != 0x01 and t != 0xF0 and t not in S.SECTIONED_FILE_TYPES
+
+
+def unexecutable_modules(root: Node) -> list[str]:
+    """Modules whose code the scan cannot read or find where the headers say it is: a machine that
+    is not x86, no executable section, or an entry point outside every executable section (the loader runs the entry point whatever
+    the section flags say). One line each, naming module and place."""
+    out = []
+    for m in iter_modules(root):
+        img = m.image
+        ranges = exec_ranges(img)
+        if img.machine not in ("IA32", "X64"):  # EBC byte code, ARM, RISC-V: not x86, so not read here
+            out.append(f"module {m.name} at {_where(img)}: machine {img.machine} is not x86 (IA32/X64), "
+                       "its code is not read by this scanner")
+        elif not ranges:
+            out.append(f"module {m.name} at {_where(img)}: no executable section ({len(img.sections)} "
+                       f"section{'s' * (len(img.sections) != 1)}, none marked code or executable)")
+        elif not any(lo <= img.entry_rva < hi for lo, hi in ranges):
+            out.append(f"module {m.name} at {_where(img)}: entry point rva 0x{img.entry_rva:X} lies outside its "
+                       "executable sections")
+    return out
+
+
+def _more(items: list) -> str:
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
+
+
 def check_scannable(path: str, root: FlashImage) -> None:
     """Raise ImageError unless a scan of `root` can vouch for it: no damage anywhere (lazily read
-    structures included) and some code to scan. "No sites" must mean "checked and clean"."""
+    structures included), nothing left unread that could hold code (`unread_parts`), some code
+    to scan, and every module's code where its headers say (`unexecutable_modules`). "No sites"
+    must mean "checked and clean"."""
     read_lazy_structures(root)
     probs = all_problems(root)
     if probs:
         raise ImageError(f"{path}: damaged image: {probs[0]}")
+    unread = unread_parts(root)
+    if unread:
+        raise ImageError(f"{path}: not checked: {unread[0]}{_more(unread)}")
     if not any(True for _ in iter_modules(root)) and not any(True for _ in iter_code_blobs(root)):
         raise ImageError(f"{path}: no PE/TE modules: {no_code_hint(root)}")
+    bad = unexecutable_modules(root)
+    if bad:
+        raise ImageError(f"{path}: {bad[0]}: no executable code found: not checked{_more(bad)}")
+
+
+def codeless_modules(res: ScanResult) -> list[str]:
+    """Modules in which the scan's walk found no instruction at all (code_bytes 0)."""
+    return [f"module {m.name} at {f'0x{m.fd_offset:X}' if m.fd_offset is not None else m.volume or 'its file'}"
+            for m in res.modules if m.code_bytes == 0]
 
 
 def scan_checked(path: str, symbols: str | BuildSymbols | None = None, jobs: int = 1,
                  root: FlashImage | None = None) -> ScanResult:
-    """`scan_image` with the verdict rules: damaged images and inputs without code are errors
-    (ImageError), including damage the scan itself comes upon."""
+    """`scan_image` with the verdict rules: damaged images, parts that could hold code left unread,
+    inputs without code and modules in which no code was found are errors (ImageError),
+    including damage the scan itself comes upon."""
     root = root if root is not None else read_image(path)
     check_scannable(path, root)
     res = scan_image(path, symbols, jobs, root=root)
     probs = all_problems(root)
     if probs:
         raise ImageError(f"{path}: damaged image: {probs[0]}")
+    empty = codeless_modules(res)
+    if empty:
+        raise ImageError(f"{path}: {empty[0]}: no executable code found: not checked{_more(empty)}")
     return res
+
+
+def open_symbols(build_dir: str | None, option: str = "--symbols") -> BuildSymbols | None:
+    """The build's symbols (None without a directory); an unusable directory is an error naming
+    `option` (diff has --symbols-old and --symbols-new). Call before any scan."""
+    if build_dir is None:
+        return None
+    try:
+        return BuildSymbols(build_dir)
+    except OvmfToolError as e:
+        msg = str(e)
+        raise OvmfToolError(option + msg[len("--symbols"):] if msg.startswith("--symbols:") else msg) from None
 
 
 def scan_paths(paths, symbols_dir: str | None = None, jobs: int = 1) -> list[ScanResult | ScanFailure]:

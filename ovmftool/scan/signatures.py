@@ -149,11 +149,16 @@ def load() -> tuple[Signature, ...]:
     return tuple(out)
 
 
+MAX_ANCHORS = 65536  # string I/O byte pairs in one module's code (real modules: a handful)
+
+
 def find(mem: bytes, arch: str, ranges: list[tuple[int, int]]) -> list[SignatureMatch]:
     """Every occurrence of a routine that carries string I/O, inside the [start, end) ranges.
 
     Candidates are anchored on the string I/O instruction's own bytes (REP prefix and opcode are
-    the same in every encoding variant), then the whole routine is matched around it.
+    the same in every encoding variant), then the whole routine is matched around it. A module
+    whose code holds more than MAX_ANCHORS of those byte strings is refused (codemap.CodeMapLimit):
+    matching around each costs microseconds, and megabytes of them are no code.
     """
     by_anchor: dict[bytes, list[tuple[int, Signature]]] = {}
     for sig in load():
@@ -164,6 +169,10 @@ def find(mem: bytes, arch: str, ranges: list[tuple[int, int]]) -> list[Signature
                     end += 1
                 by_anchor.setdefault(sig.code[off:end], []).append((off, sig))
     found: dict[int, SignatureMatch] = {}
+    if sum(mem.count(anchor, lo, hi) for anchor in by_anchor for lo, hi in ranges) > MAX_ANCHORS:
+        from ovmftool.scan.codemap import CodeMapLimit
+
+        raise CodeMapLimit(f"more than {MAX_ANCHORS} string I/O instructions' bytes in the module's code")
     for anchor, cands in by_anchor.items():
         for lo, hi in ranges:
             p = mem.find(anchor, lo, hi)

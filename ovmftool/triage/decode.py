@@ -33,30 +33,99 @@ _BRACKETS = re.compile(r"\[([^\]]*)\]")
 _RENAMED_IN = "edk2-stable202111"  # the TDX wrapper renamed the X64 Sev routines SevIo*
 
 
+_SEPARATORS = re.compile(r"[\s,:]+")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_HOW = "give propolis' inst_data line, a decimal list in brackets ([243, 110]), or hex (f36e, f3 6e)"
+
+
 def parse_bytes(text: str) -> bytes:
-    """The instruction bytes in propolis' panic text, a decimal list (Rust's Debug of [u8]), or hex."""
+    """The instruction bytes in propolis' panic text, a decimal list (Rust's Debug of [u8]), or hex.
+
+    In brackets (`inst_data: [243, 110, ...]`, `[243, 110]`) every value is decimal unless
+    0x-prefixed. Without brackets, tokens are separated by commas, colons or whitespace and each is
+    one byte: `0x..` is hex; two characters with a letter a-f are hex; three digits, or one, are
+    decimal (a hex byte has two digits); four or more characters are a hex string (`f36eeb0a`).
+    Two digits alone (`10`) read as hex or as decimal by the other tokens; when none tells, or
+    tokens say both, the input is ambiguous and refused (one line naming the ambiguity)."""
     t = text.strip()
     if not t:
         raise OvmfToolError("no instruction bytes given")
     m = _INST_DATA.search(t) or _BRACKETS.search(t)
     if m is not None:
-        items = [x.strip() for x in m.group(1).replace("\n", " ").split(",") if x.strip()]
-        try:
-            vals = [int(x, 16) if x.lower().startswith("0x") else int(x, 10) for x in items]
-        except ValueError:
-            raise OvmfToolError(f"cannot read {m.group(0)[:60]!r} as a list of byte values") from None
+        items = [x for x in _SEPARATORS.split(m.group(1)) if x]
+        vals = []
+        for x in items:
+            try:
+                vals.append(int(x, 16) if x.lower().startswith("0x") else int(x, 10))
+            except ValueError:
+                raise OvmfToolError(f"cannot read {m.group(0)[:60]!r} as a list of byte values (decimal, or "
+                                    "0x-prefixed hex)") from None
         ln = _LEN.search(t[m.end():])
         if ln:
             vals = vals[: int(ln.group(1))]
-    else:
-        h = re.sub(r"0x|[\s,:]", "", t, flags=re.I)
-        if not h or len(h) % 2 or not re.fullmatch(r"[0-9a-fA-F]+", h):
-            raise OvmfToolError(f"cannot read {t[:60]!r} as instruction bytes (give propolis' inst_data line, "
-                                "a decimal list in brackets, or hex)")
-        vals = list(bytes.fromhex(h))
-    if not vals or any(not 0 <= v <= 255 for v in vals):
-        raise OvmfToolError("instruction bytes must be values 0..255")
-    return bytes(vals)
+        if not vals:
+            raise OvmfToolError("no instruction bytes given")
+        bad = next((x for x, v in zip(items, vals) if not 0 <= v <= 255), None)
+        if bad is not None:
+            raise OvmfToolError(f"instruction bytes must be values 0..255 ({bad} is not)")
+        return bytes(vals)
+    return bytes(_tokens_to_bytes(t))
+
+
+def _tokens_to_bytes(t: str) -> list[int]:
+    """Separated tokens without brackets (see `parse_bytes`)."""
+    shown = t[:60]
+    kinds: list[tuple[str, str]] = []  # (kind, token): "x" 0x-prefixed, "h" hex, "d" decimal, "a" either
+    for tok in _SEPARATORS.split(t):
+        if not tok:
+            continue
+        low = tok.lower()
+        if low.startswith("0x"):
+            digits = tok[2:]
+            if not _HEX.fullmatch(digits or "-") or (len(digits) > 2 and len(digits) % 2):
+                raise OvmfToolError(f"cannot read {tok!r} in {shown!r} as hex bytes ({_HOW})")
+            kinds.append(("x", digits))
+        elif not _HEX.fullmatch(tok):
+            raise OvmfToolError(f"cannot read {tok!r} in {shown!r} as a byte ({_HOW})")
+        elif len(tok) >= 4:
+            if len(tok) % 2:
+                raise OvmfToolError(f"cannot read {tok!r} in {shown!r} as hex bytes: an odd number of digits")
+            kinds.append(("h", tok))
+        elif tok.isdigit() and len(tok) in (1, 3):
+            kinds.append(("d", tok))
+        elif len(tok) == 2:
+            kinds.append(("a" if tok.isdigit() else "h", tok))
+        else:  # one or three characters with a letter: not a hex byte (two digits)
+            raise OvmfToolError(f"cannot read {tok!r} in {shown!r} as a byte: hex bytes have two digits ({_HOW})")
+    if not kinds:
+        raise OvmfToolError("no instruction bytes given")
+    hexes = [tok for k, tok in kinds if k == "h"]
+    decs = [tok for k, tok in kinds if k == "d"]
+    either = [tok for k, tok in kinds if k == "a"]
+    if hexes and decs and all(len(x) == 1 for x in decs):
+        raise OvmfToolError(f"cannot read {decs[0]!r} in {shown!r} as a byte: hex bytes have two digits")
+    if hexes and decs:
+        raise OvmfToolError(f"{shown!r} mixes decimal ({decs[0]}) and hex ({hexes[0]}) bytes: give 0x-prefixed "
+                            "hex, or decimal in brackets")
+    if not hexes and not decs and any(int(x, 16) != int(x, 10) for x in either):
+        ex = either[:2]
+        joined = f", hex without separators ({''.join(ex)})," if len(ex) > 1 else ""
+        raise OvmfToolError(f"{shown!r} could be hex or decimal bytes: give 0x-prefixed hex "
+                            f"({' '.join('0x' + x for x in ex)}){joined} or decimal in brackets "
+                            f"([{', '.join(ex)}])")
+    base = 10 if decs else 16
+    vals: list[int] = []
+    for k, tok in kinds:
+        if k == "d" or (k == "a" and base == 10):
+            v = int(tok, 10)
+            if v > 255:
+                raise OvmfToolError(f"instruction bytes must be values 0..255 ({tok} is not)")
+            vals.append(v)
+        elif k == "x" and len(tok) <= 2:
+            vals.append(int(tok, 16))
+        else:
+            vals += bytes.fromhex(tok)
+    return vals
 
 
 @dataclass
