@@ -340,17 +340,35 @@ def diff(old: str, new: str, fmt: str, symbols_old: str | None, symbols_new: str
 
 
 @main.command()
-@click.argument("text", nargs=-1, required=True)
+@click.argument("text", nargs=-1)
+@click.option("--log", "log", metavar="FILE", help="Read every InstEmul exit of this propolis-server or "
+              "sled-agent log (plain text or bunyan JSON, gzip/xz/bzip2 too; '-' reads standard input).")
 @click.option("--bits", type=click.Choice(["16", "32", "64"]), default="64", show_default=True)
 @click.option("--image", type=click.Path(dir_okay=False), help="Find where these bytes sit in this image.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def decode(text: tuple[str, ...], bits: str, image: str | None, fmt: str) -> None:
+def decode(text: tuple[str, ...], log: str | None, bits: str, image: str | None, fmt: str) -> None:
     """Decode propolis' InstEmul bytes (the panic line, [243, 110, ...], or hex) and name the routine.
 
     The first line is the verdict: instruction, routine, source file and library instance from
     the built-in signatures. IMAGE (a flash image or a standalone PE32/TE module) is searched too;
-    a damaged IMAGE is an error (exit 2).
+    a damaged IMAGE is an error (exit 2). With --log FILE, every InstEmul exit of the log, one
+    verdict per distinct instruction with counts: exit 0 when the log has none, 1 when it has
+    some (bytes redacted included), 2 when it cannot be read (docs/propolis.md).
     """
+    if (log is None) == (not text):
+        raise click.UsageError("give the bytes (TEXT...) or --log FILE, not both" if text
+                               else "Missing argument 'TEXT...' (or --log FILE).")
+    if log is not None:
+        from ovmftool.report.decode_report import decode_log_json, decode_log_text
+        from ovmftool.triage.log import find_in_image as log_find, read_log
+
+        root = _load(image) if image else None  # an unreadable image: before the log is read
+        lt = read_log(log, int(bits))
+        if root is not None:
+            log_find(lt, root)
+        click.echo(json.dumps(decode_log_json(lt), indent=2, sort_keys=True) if fmt == "json"
+                   else decode_log_text(lt), nl=fmt == "json")
+        sys.exit(1 if lt.exits else 0)
     from ovmftool.report.decode_report import decode_json, decode_text
     from ovmftool.triage.decode import decode as do_decode, find_in_image, parse_bytes
 
@@ -366,7 +384,7 @@ def decode(text: tuple[str, ...], bits: str, image: str | None, fmt: str) -> Non
 @main.command()
 @click.option("--edk2", "tree", required=True, type=click.Path(file_okay=False, exists=True), help="EDK II tree.")
 @click.option("--dsc", required=True, help="Platform DSC, relative to the tree (e.g. OvmfPkg/OvmfPkgX64.dsc).")
-@click.option("-D", "defines", multiple=True, metavar="NAME=VALUE", help="As for build -D.")
+@click.option("-D", "defines", multiple=True, metavar="NAME[=VALUE]", help="As for build -D (NAME alone is TRUE).")
 @click.option("--arch", "arches", multiple=True, type=click.Choice(["IA32", "X64"], case_sensitive=False),
               help="Architectures (default: the DSC's SUPPORTED_ARCHITECTURES).")
 @click.option("--strategy", type=click.Choice(["auto", "dsc-inf", "unroll"]), default="auto", show_default=True)
@@ -389,11 +407,11 @@ def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify,
     from ovmftool.report.io import commit_output_dir, discard_output_dir, new_output_dir
 
     defs = {}
-    for d in defines:
-        if "=" not in d:
-            _fail(f"-D {d}: expected NAME=VALUE")
-        k, v = d.split("=", 1)
-        defs[k] = v
+    for d in defines:  # as EDK II's build: -D NAME alone defines NAME as TRUE
+        k, v = d.split("=", 1) if "=" in d else (d, "TRUE")
+        if not k.strip():
+            _fail(f"-D {d}: expected NAME or NAME=VALUE")
+        defs[k.strip()] = v
     tree_p = Path(tree).resolve()
     out = Path(out_dir).resolve()
     p = make_plan(tree_p, dsc, defs, list(arches) or None, strategy)

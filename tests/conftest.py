@@ -42,6 +42,11 @@ VARIANT_BUILDS = {
     "2022.11-Ia32X64-RELEASE-nonsev": ("2022.11", "OvmfPkg/OvmfPkgIa32X64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"],
                                        ["edk2-2022.11-ia32x64-non-sev-iolib.patch"]),
 }
+# Builds of other EDK II trees: Oxide's fork (propolis' firmware), based on edk2-stable202105. Its
+# X64 Sev FIFO routines are the same code as Debian's, exported under their pre-TDX names.
+FORK_BUILDS = {
+    "oxide-202105-X64-DEBUG": ("oxide-202105", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["FD_SIZE_2MB", "MPT_SCSI_ENABLE=FALSE"]),
+}
 _built: dict[str, Path] = {}
 
 
@@ -50,7 +55,7 @@ def build_dir(key: str) -> Path:
     if os.environ.get("OVMFTOOL_SKIP_BUILDS"):
         pytest.skip("OVMFTOOL_SKIP_BUILDS is set")
     if key not in _built:
-        ver, dsc, target, defs, *rest = {**BUILDS, **VARIANT_BUILDS}[key]
+        ver, dsc, target, defs, *rest = {**BUILDS, **VARIANT_BUILDS, **FORK_BUILDS}[key]
         cmd = ["bash", str(CORPUS / "scripts" / "build-ovmf.sh"), ver, dsc, target]
         for d in defs:
             cmd += ["-D", d]
@@ -72,4 +77,10 @@ def corpus_image(request) -> Path:
 @pytest.fixture(params=sorted(BUILDS))
 def ovmf_build(request) -> Path:
     """Each OVMF build from Debian's edk2 source in turn."""
+    return build_dir(request.param)
+
+
+@pytest.fixture(params=sorted(BUILDS) + sorted(VARIANT_BUILDS) + sorted(FORK_BUILDS))
+def any_build(request) -> Path:
+    """Every OVMF build of the test suite in turn: Debian's trees, their variants, Oxide's fork."""
     return build_dir(request.param)

@@ -522,3 +522,54 @@ def test_scan_caps_on_hostile_code(tmp_path):
     assert r.exit_code == 1 and len(json.loads(r.stdout)["findings"]) == 6000 and dt < 10, dt
     r, dt = _cli(tmp_path, data, "patch", "--dry-run", "IMG")
     assert r.exit_code == 0 and dt < 10, dt
+
+
+def _site_module() -> bytes:
+    from ovmftool.ops.modules import iter_modules
+
+    root = parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].read_bytes(), "x")
+    return next(m for m in iter_modules(root) if m.name == "CpuIo2Dxe").image.raw
+
+
+def test_patch_survives_hostile_routines(tmp_path):
+    """Found by fuzzing patch: (1) a REP path with redundant prefixes indexed a NOP table past its
+    end (KeyError); (2) an undecodable instruction in a routine's helper: unicorn reports its size
+    as 0xF1F1F1F1 and the emulator recorded 4 Gi touched offsets (21 GB, minutes); (3) a module
+    whose file alignment is 0x8BA0EA99 was padded to it when grown (7 GB)."""
+    sys.path.insert(0, str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].parents[3] / "tools"))
+    import fuzz
+    from ovmftool.model.node import Space
+    from ovmftool.model.pe import parse_image
+    from ovmftool.scan.disasm import cs
+
+    long_rep = bytes.fromhex("85c0" "750d" "fc" "f3f3f3f3f3f36e" "e903000000" "e301" "c3" "90" "c3")
+    data = fuzz._fit([fuzz._module_file(1, 0x07, 0x10, _pe64(long_rep), "LongRep")])
+    r, dt = _cli(tmp_path, data, "patch", "--dry-run", "IMG")
+    assert r.exit_code == 1 and "REP path of 12 bytes" in r.stdout and dt < 10, r.output
+
+    site = bytearray(_site_module())
+    img = parse_image(Space(bytes(site), 0, "x"), 0, len(site), None)
+    from ovmftool.scan import signatures as sigs
+    from ovmftool.scan.scanner import exec_ranges
+
+    fifo = sigs.find(img.memory, "X64", exec_ranges(img))[0]  # SevIoReadFifo8: it calls SevNoRepIo first
+    body = img.memory[fifo.rva : fifo.end]
+    call = next(ins for ins in cs(64).disasm_lite(body, fifo.rva) if ins[2] == "call")
+    helper = img.rva_to_offset(int(call[3], 16))
+    site[helper : helper + 3] = b"\xfc\xfe\x52"  # cld, then an undecodable FE /2
+    r, dt = _cli(tmp_path, fuzz._fit([fuzz._module_file(1, 0x07, 0x10, bytes(site), "Broken")]),
+                 "patch", "--dry-run", "IMG")
+    assert r.exit_code == 1 and "did not return (Invalid instruction" in r.stdout and dt < 10, (dt, r.output)
+
+    pe = bytearray(fuzz.pe_xip(b"\xc3" + b"\xcc" * 15 + fuzz._iofifo_routines()))
+    struct.pack_into("<I", pe, 0x40 + 24 + 36, 0x8BA0EA99)  # FileAlignment
+    r, dt = _cli(tmp_path, bytes(pe), "patch", "--dry-run", "IMG", name="m.efi")
+    assert r.exit_code == 1 and "not a power of two" in r.stdout and dt < 10, r.output
+
+
+def test_emulated_port_accesses_are_capped():
+    from ovmftool.patch import emulate
+
+    # in al, dx; jmp back: a port loop the instruction cap ends, recorded up to the port cap
+    run = emulate._run(b"\xec\xeb\xfd" + bytes(0x100), 64, 0, 1)
+    assert not run.returned and len(run.ports) <= emulate._MAX_PORTS and "port accesses" in run.error

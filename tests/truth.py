@@ -57,3 +57,31 @@ def symbol_names(debug: Path) -> dict[int, str]:
             if s["st_shndx"] == ti and s.name and not s.name.startswith("@"):
                 out.setdefault(s["st_value"], s.name)
     return out
+
+
+def function_containing(debug: Path):
+    """A function mapping an address to (start, name) of the `.debug` symbol table's function
+    that holds it: the nearest code symbol at or before it that is a function (STT_FUNC) or a
+    global label (NASM routines are global NOTYPE labels); NASM's local labels (`@...`,
+    `Name.0`) and compiler temporaries are left out. (None, None) before the first."""
+    import bisect
+
+    pairs: dict[int, str] = {}
+    with open(debug, "rb") as fh:
+        elf = ELFFile(fh)
+        secs = list(elf.iter_sections())
+        ti = next(i for i, s in enumerate(secs) if s.name == ".text")
+        for s in elf.get_section_by_name(".symtab").iter_symbols():
+            if s["st_shndx"] != ti or not s.name or s.name.startswith(("@", ".", "$")):
+                continue
+            kind, bind = s["st_info"]["type"], s["st_info"]["bind"]
+            if kind == "STT_FUNC" or (kind == "STT_NOTYPE" and bind == "STB_GLOBAL"):
+                if s["st_value"] not in pairs or kind == "STT_FUNC":
+                    pairs[s["st_value"]] = s.name
+    addrs = sorted(pairs)
+
+    def at(rva: int) -> tuple[int | None, str | None]:
+        i = bisect.bisect_right(addrs, rva) - 1
+        return (addrs[i], pairs[addrs[i]]) if i >= 0 else (None, None)
+
+    return at

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
-import lzma
 import os
 import random
 import re
@@ -812,8 +810,7 @@ def run_one(data: bytes, cmd: str, argv: list[str], work: str, time_limit: float
     with open(img, "wb") as fh:
         fh.write(data)
     args = [img if a == "IMG" else out_file if a == "OUT" else out_dir if a == "DIR" else a for a in argv]
-    os.environ["OVMFTOOL_DEBUG"] = "1"  # exceptions reach us with their traceback
-    runner = CliRunner()
+    runner = CliRunner(env={"OVMFTOOL_DEBUG": "1"})  # exceptions reach us with their traceback
     t0 = time.monotonic()
     old = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, time_limit)
@@ -922,6 +919,8 @@ class Worker:
         self.spawn()
 
     def spawn(self) -> None:
+        # the scratch directory is the parent's to remove: a worker killed mid-input cannot
+        self.work = tempfile.mkdtemp(prefix="ovmftool-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         tr, tw = os.pipe()
         rr, rw = os.pipe()
         pid = os.fork()
@@ -944,7 +943,7 @@ class Worker:
 
     def _loop(self, tasks, results) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        work = tempfile.mkdtemp(prefix="ovmftool-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        work = self.work
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)  # a stray write to the real stderr (C libraries) stays out of the report
         try:
@@ -977,7 +976,7 @@ class Worker:
                 if exiting:
                     break
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            _clean(work)
 
     def send(self, i: int) -> None:
         self.index, self.started = i, time.monotonic()
@@ -1003,6 +1002,8 @@ class Worker:
             return os.waitpid(self.pid, 0)[1]
         except ChildProcessError:
             return None
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def restart(self) -> int | None:
         status = self.close()
@@ -1022,17 +1023,19 @@ class Campaign:
     failures: dict = field(default_factory=dict)  # signature -> {count, first, cmd, symptom, detail, where}
     exits: dict = field(default_factory=dict)
     commands: dict = field(default_factory=dict)  # cmd -> [count, seconds]
+    config: dict = field(default_factory=dict)  # what input i depends on besides the seed (corpus seeds)
 
     @classmethod
     def load(cls, out_dir: Path) -> "Campaign":
         st = json.loads((out_dir / "state.json").read_text())
         c = cls(out_dir, st["seed"], st["next_index"], st["inputs"], st["seconds"], st["failures"], st["exits"],
-                st.get("commands", {}))
+                st.get("commands", {}), st.get("config", {}))
         return c
 
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        doc = {"seed": self.seed, "next_index": self.next_index, "inputs": self.inputs, "seconds": round(self.seconds, 1),
+        doc = {"seed": self.seed, "config": self.config, "next_index": self.next_index, "inputs": self.inputs,
+               "seconds": round(self.seconds, 1),
                "rate": round(self.inputs / self.seconds, 1) if self.seconds else None, "failures": self.failures,
                "exits": self.exits, "commands": self.commands}
         tmp = self.out_dir / "state.json.tmp"
@@ -1056,7 +1059,9 @@ class Campaign:
         if len(f["examples"]) < 3:
             d = self.out_dir / "failures" / hashlib.sha1(sig.encode()).hexdigest()[:12]
             d.mkdir(parents=True, exist_ok=True)
-            data = gen.make(res["i"]).data
+            m = gen.make(res["i"])  # the same bytes the worker ran (a dead worker could not say)
+            data = m.data
+            res = {**res, "seed": m.seed, "steps": m.steps}
             path = d / f"input-{res['i']}.fd"
             path.write_bytes(data)
             replay_cmd = f"python tools/fuzz.py --replay {path} --cmd '{json.dumps(res['argv'])}'"
@@ -1082,8 +1087,11 @@ def run_campaign(out_dir: str | Path, seed: int = 1, count: int | None = None, s
     out_dir = Path(out_dir)
     if resume and (out_dir / "state.json").exists():
         camp = Campaign.load(out_dir)
+        corpus = camp.config.get("corpus", corpus)  # input i must stay the input it was
+        corpus_weight = camp.config.get("corpus_weight", corpus_weight)
     else:
         camp = Campaign(out_dir, seed)
+    camp.config = {"corpus": corpus, "corpus_weight": corpus_weight}
     seeds = seeds if seeds is not None else default_seeds(corpus)
     for s in seeds:
         s.root  # parse once, before forking: every worker shares the trees

@@ -78,7 +78,8 @@ def make_plan(tree: Path, dsc_rel: str, defines: dict[str, str], arches: list[st
             reasons.append(f"{S.PLAIN_INF} builds IoFifo.nasm (pure REP INS/OUTS) for "
                            f"{', '.join(a for a in arches if plain.get(a) == 'rep-nasm')} in this tree: switching "
                            "the DSC to it removes nothing; unrolling the FIFO NASM keeps the Sev instance with its "
-                           "SEV and TDX handling and needs no new code")
+                           + ("SEV and TDX" if (tree / S.TDX_SOURCE).is_file() else "SEV")
+                           + " handling and needs no new code")
     else:
         reasons.append(f"strategy {strategy} was asked for")
     patches: list[S.PatchSpec] = []

@@ -87,7 +87,8 @@ class Assembler:
             else:
                 if len(e.old) != len(e.new):
                     raise AssemblyError("an in-place edit must keep its length")
-                cur = e.image.data[e.offset : e.offset + len(e.old)]
+                at = e.image.offset + e.offset  # read in place: e.image.data would copy the image per edit
+                cur = e.image.space.data[at : at + len(e.old)] if e.offset + len(e.old) <= e.image.size else b""
                 if cur != e.old:
                     raise AssemblyError(f"edit at image offset 0x{e.offset:X} does not match the image's bytes")
                 self.by_image.setdefault(id(e.image), []).append(e)

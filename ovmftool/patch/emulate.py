@@ -21,6 +21,10 @@ _STACK, _STACK_SIZE = 0x00200000, 0x10000
 _BUF, _BUF_SIZE = 0x00300000, 0x1000
 _RET = 0x00500000
 _MAX_INSNS = 200_000
+# Port accesses one call may make (a FIFO routine makes `count` of them, at most 37 here): a REP
+# INS/OUTS is one instruction to the instruction cap however many times it repeats, so without
+# this a mutated count register ran for minutes and recorded gigabytes of accesses.
+_MAX_PORTS = 4096
 
 
 @dataclass(frozen=True)
@@ -57,18 +61,23 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
     def on_in(_uc, port, size, _ud):
         v = (0x5A + 0x11 * len(ports)) & ((1 << (8 * size)) - 1)
         ports.append(("in", port, size, v))
+        if len(ports) >= _MAX_PORTS:
+            _uc.emu_stop()
         return v
 
     def on_out(_uc, port, size, value, _ud):
         ports.append(("out", port, size, value))
+        if len(ports) >= _MAX_PORTS:
+            _uc.emu_stop()
 
     touched: set[int] = set()
 
+    # unicorn reports an undecodable instruction's size as 0xF1F1F1F1: a range of 4 Gi offsets
     def on_code(_uc, addr, size, _ud):
-        touched.update(range(addr - _BASE, addr - _BASE + size))
+        touched.update(range(addr - _BASE, addr - _BASE + min(size, 15)))
 
     def on_mem(_uc, _access, addr, size, _value, _ud):
-        touched.update(range(addr - _BASE, addr - _BASE + size))
+        touched.update(range(addr - _BASE, addr - _BASE + min(size, 64)))
 
     hi = _BASE + max(size, 0x1000) - 1
     uc.hook_add(UC_HOOK_CODE, on_code, None, _BASE, hi)
@@ -103,6 +112,8 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
         uc.emu_start(_BASE + entry, _RET, count=_MAX_INSNS)
     except UcError as e:
         error = str(e)
+    if len(ports) >= _MAX_PORTS:
+        error = f"stopped after {_MAX_PORTS} port accesses"
     pc = uc.reg_read(X.UC_X86_REG_RIP if bits == 64 else X.UC_X86_REG_EIP)
     return Run(
         ports=tuple(ports),

@@ -1,12 +1,16 @@
 """Render a crash triage (`ovmftool decode`): text whose first line is the verdict, or JSON
-(schema ovmftool.decode/1, docs/schema/decode-1.json)."""
+(schema ovmftool.decode/1, docs/schema/decode-1.json); for a whole log (`decode --log`), the
+summary line first, then one verdict per distinct instruction (schema ovmftool.decode-log/1,
+docs/schema/decode-log-1.json)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 from ovmftool import __version__
+from ovmftool.errors import printable
 from ovmftool.triage.decode import RoutineMatch, Shorter, Triage
+from ovmftool.triage.log import HOW_TO_UNREDACT, MAX_DISTINCT, Group, LogTriage
 
 DECODE_SCHEMA = "ovmftool.decode/1"
 
@@ -120,21 +124,144 @@ def decode_text(t: Triage) -> str:
     lines.append(t.explanation)
     if t.image_path is not None:
         lines.append("")
-        if not t.matches:
-            only = (f" more than the faulting instruction's {t.first_len} bytes" if t.shorter_matches.count else "")
-            lines.append(f"no code in {t.image_path} matches these bytes{only}")
-        for m in t.matches:
-            if m.fd_offset is None:
-                where = "compressed"
-            else:
-                where = f"{'file' if t.image_standalone else 'fd'} 0x{m.fd_offset:X}"
-            fn = (f" in {m.function} [{m.function_source}]" if m.function else " in ?")
-            if m.signature:
-                fn += f" {m.signature['library']} {m.signature['source']}"
-            vol = f", {m.volume}" if m.volume else ""
-            lines.append(f"match {m.matched}/{total} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}{vol}){fn}"
-                         + ("" if m.is_site else " (not at a scanned site)"))
-        s = _shorter_text(t.shorter_matches, "")
-        if s:
-            lines.append(s)
+        lines += _image_lines(t)
     return "\n".join(lines) + "\n"
+
+
+def _image_lines(t: Triage) -> list[str]:
+    """Where the stream sits in the image (`--image`), longest matches first."""
+    total = len(t.data)
+    lines = []
+    if not t.matches:
+        only = (f" more than the faulting instruction's {t.first_len} bytes" if t.shorter_matches.count else "")
+        lines.append(f"no code in {t.image_path} matches these bytes{only}")
+    for m in t.matches:
+        if m.fd_offset is None:
+            where = "compressed"
+        else:
+            where = f"{'file' if t.image_standalone else 'fd'} 0x{m.fd_offset:X}"
+        fn = (f" in {m.function} [{m.function_source}]" if m.function else " in ?")
+        if m.signature:
+            fn += f" {m.signature['library']} {m.signature['source']}"
+        vol = f", {m.volume}" if m.volume else ""
+        lines.append(f"match {m.matched}/{total} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}{vol}){fn}"
+                     + ("" if m.is_site else " (not at a scanned site)"))
+    s = _shorter_text(t.shorter_matches, "")
+    if s:
+        lines.append(s)
+    return lines
+
+
+# --- a whole log (`decode --log`), schema ovmftool.decode-log/1 ----------------------------------
+
+DECODE_LOG_SCHEMA = "ovmftool.decode-log/1"
+
+
+def _group_dict(g: Group) -> dict:
+    return {
+        "count": g.count,
+        "lines": list(g.lines),
+        "first_time": g.first_time,
+        "last_time": g.last_time,
+        "untimed": g.untimed,
+        "vms": sorted(g.vms),
+        "vcpus": sorted(g.vcpus),
+        "hosts": sorted(g.hosts),
+        "rips": sorted(g.rips),
+    }
+
+
+def decode_log_json(lt: LogTriage) -> dict:
+    """The `decode --log FILE --format json` document."""
+    has_image = lt.image_path is not None
+    instructions = []
+    for g in lt.instructions:
+        d = _group_dict(g)
+        d["bytes"] = g.data.hex()
+        d["verdict"] = g.triage.verdict
+        d["decode"] = decode_json(g.triage)
+        instructions.append(d)
+    red = _group_dict(lt.redacted)
+    red["how_to_get_bytes"] = HOW_TO_UNREDACT if lt.redacted.count else None
+    unr = _group_dict(lt.unreadable)
+    unr["reasons"] = dict(sorted(lt.unreadable.reasons.items()))
+    return {
+        "schema_version": DECODE_LOG_SCHEMA,
+        "tool": {"name": "ovmftool", "version": __version__},
+        "log": {"path": lt.source, "compression": lt.compression, "lines_read": lt.lines_read},
+        "bits": lt.bits,
+        "verdict": lt.verdict,
+        "exits": lt.exits,
+        "image": ({"path": lt.image_path, "sha256": lt.image_sha256, "standalone": lt.image_standalone}
+                  if has_image else None),
+        "instructions": instructions,
+        "redacted": red,
+        "unreadable": unr,
+        "more": _group_dict(lt.more),
+    }
+
+
+def _where(g: Group) -> str:
+    """`lines 8, 13; first ..., last ...; vCPU 0; vm_id=...; host sled-1`"""
+    more = f" (and {g.count - len(g.lines)} more)" if g.count > len(g.lines) else ""
+    parts = [f"line{'s' * (len(g.lines) != 1)} {', '.join(map(str, g.lines))}{more}"]
+    if g.first_time is not None:
+        when = g.first_time if g.first_time == g.last_time else f"first {g.first_time}, last {g.last_time}"
+        if g.untimed:
+            when += f" ({g.untimed} without a time)"
+        parts.append(when)
+    else:
+        parts.append("no time on its lines")
+    if g.vcpus:
+        parts.append(f"vCPU{'s' * (len(g.vcpus) != 1)} {', '.join(map(str, sorted(g.vcpus)))}")
+    if g.rips:
+        parts.append(f"rip {', '.join('0x' + r for r in sorted(g.rips))}")
+    if g.vms:
+        parts.append(", ".join(sorted(g.vms)))
+    else:
+        parts.append("VM not named on its lines")
+    if g.hosts:
+        parts.append(f"host{'s' * (len(g.hosts) != 1)} {', '.join(sorted(g.hosts))}")
+    return "; ".join(parts)
+
+
+def _exits(n: int) -> str:
+    return f"{n} exit{'s' * (n != 1)}"
+
+
+def decode_log_text(lt: LogTriage) -> str:
+    """The summary first, then per distinct instruction its count and verdict, where and when
+    the log reported it, its bytes and signature matches (and image matches); then the exits
+    whose bytes are redacted or unreadable."""
+    lines = [lt.verdict]
+    for g in lt.instructions:
+        lines.append("")
+        t = g.triage
+        lines.append(f"{_exits(g.count)}: {t.verdict}")
+        lines.append(f"  {_where(g)}")
+        lines.append(f"  bytes ({len(t.data)}): {t.data.hex(' ')}")
+        for r in t.routines:
+            lines.append(f"  {_routine_detail(r, t).strip()}")
+        if t.image_path is not None:
+            lines += [f"  {x}" for x in _image_lines(t)]
+        lines.append(f"  (ovmftool decode {t.data.hex()} for the listing and explanation)")
+    if lt.redacted.count:
+        lines.append("")
+        lines.append(f"{_exits(lt.redacted.count)} with the bytes redacted: the instruction is unknown")
+        lines.append(f"  {_where(lt.redacted)}")
+        lines.append(f"  {HOW_TO_UNREDACT}")
+    if lt.unreadable.count:
+        lines.append("")
+        lines.append(f"{_exits(lt.unreadable.count)} whose inst_data could not be read: "
+                     + "; ".join(f"{why} ({n})" for why, n in sorted(lt.unreadable.reasons.items())))
+        lines.append(f"  {_where(lt.unreadable)}")
+    if lt.more.count:
+        lines.append("")
+        lines.append(f"{_exits(lt.more.count)} of further distinct instructions: not decoded (only the first "
+                     f"{MAX_DISTINCT} distinct instructions of a log are)")
+        lines.append(f"  {_where(lt.more)}")
+    lines.append("")
+    comp = f", {lt.compression}" if lt.compression else ""
+    lines.append(f"log: {lt.source} ({lt.lines_read} line{'s' * (lt.lines_read != 1)} read{comp})"
+                 + (f"; image: {lt.image_path}" if lt.image_path else ""))
+    return "\n".join(printable(x) for x in lines) + "\n"

@@ -159,16 +159,19 @@ class _ModuleScan:
 MAX_SCAN_MEMORY = 16 << 20
 
 
-def scan_module(m: Module, symbols: BuildSymbols | None = None) -> _ModuleScan:
+def scan_module(m: Module, symbols: BuildSymbols | None = None, era: str | None = None) -> _ModuleScan:
     """Scan one module. LimitExceeded for a module over the walk's caps (`MAX_SCAN_MEMORY`,
-    `codemap.MAX_FUNCS` ...): such a module is refused, never reported as checked."""
+    `codemap.MAX_FUNCS` ...): such a module is refused, never reported as checked.
+
+    `era`: the EDK II tree era that names signature routines (`tree_era`); None: the module's
+    own code decides (TDCALL in it: TDX era), else the newest trees' names."""
     img = m.image
     place = f"0x{img.abs_offset:X}" if img.abs_offset is not None else f"{img.space.label}+0x{img.offset:X}"
     if img.mem_size > MAX_SCAN_MEMORY:
         raise LimitExceeded(f"module {m.name} is 0x{img.mem_size:X} bytes in memory, more than the scanner walks "
                             f"(0x{MAX_SCAN_MEMORY:X})", place)
     try:
-        return _scan_module(m, symbols)
+        return _scan_module(m, symbols, era)
     except CodeMapLimit as e:
         raise LimitExceeded(f"module {m.name}: {e}", place) from None
 
@@ -178,13 +181,14 @@ class _Matches(list):
     make answered by index instead of a pass over all matches (thousands of routines made a
     scan quadratic)."""
 
-    def __init__(self, matches) -> None:
+    def __init__(self, matches, era: str | None = None) -> None:
         super().__init__(matches)
+        self.era = era  # the tree era that names the routines (signatures.Signature.names)
         self._rvas = [mt.rva for mt in self]
         self._longest = max((len(mt.signature.code) for mt in self), default=0)
         self._at: dict[int, str] = {}
         for mt in self:
-            self._at.setdefault(mt.rva, mt.signature.routine)
+            self._at.setdefault(mt.rva, mt.signature.names(era)[0])
 
     def containing(self, rva: int):
         """The first match (lowest rva) whose routine holds `rva`, or None."""
@@ -196,12 +200,14 @@ class _Matches(list):
         return self._at.get(start)
 
 
-def _scan_module(m: Module, symbols: BuildSymbols | None) -> _ModuleScan:
+def _scan_module(m: Module, symbols: BuildSymbols | None, era: str | None) -> _ModuleScan:
     img = m.image
     mem = img.memory
     bits = img.bits
     ranges = exec_ranges(img)
-    matches = _Matches(sigs.find(mem, m.arch, ranges))
+    if era is None and m.arch == "X64" and sigs.has_tdcall(mem, ranges):
+        era = sigs.TDX
+    matches = _Matches(sigs.find(mem, m.arch, ranges), era)
     strong = [(img.entry_rva, "entry")] + [(r, "export") for r in sorted(img.exports)]
     strong = [(mt.rva, "signature") for mt in matches] + strong
     weak = _pointer_roots(img, mem)
@@ -302,13 +308,14 @@ def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, 
         (mt for mt in matches if mt.rva <= site.rva < mt.end), None)
     if match is not None:
         s = match.signature
-        sig_info = {"routine": s.routine, "library": s.library, "source": s.source, "aliases": list(s.aliases),
+        name, others = s.names(getattr(matches, "era", None))
+        sig_info = {"routine": name, "library": s.library, "source": s.source, "aliases": list(others),
                     "trees": list(s.trees)}
     hit = table.function_at(site.rva) if table is not None else None
     if hit is not None:
         fn_rva, fn_name, source = hit[0], hit[1], "symbols"
     elif match is not None:
-        fn_rva, fn_name, source = match.rva, match.signature.routine, "signature"
+        fn_rva, fn_name, source = match.rva, sig_info["routine"], "signature"
     elif fn_rva is not None:
         fn_name, source = f"sub_{fn_rva:x}", "analysis"
     cfn = site.function  # the code map's function (what callers and reachability refer to)
@@ -331,7 +338,58 @@ _WORK: dict = {}
 
 
 def _work(i: int) -> _ModuleScan:
-    return scan_module(_WORK["modules"][i], _WORK["symbols"])
+    return scan_module(_WORK["modules"][i], _WORK["symbols"], _WORK["era"])
+
+
+def tree_era(modules: list[Module]) -> str | None:
+    """The era of the EDK II tree that built these modules (one image's), for naming routines
+    whose name changed while their code did not (signatures.Signature.names):
+
+    - TDX when an X64 module's code holds TDCALL (signatures.TDCALL): only TDX trees have it;
+    - PRE_TDX when none does and the modules include an X64 DXE core: in TDX trees the X64 DXE
+      core carries TDCALL (LocalApicLib's MSR access calls TdVmCall in a TDX guest, a run-time
+      check), in every 2022.11 and 2025.02 build and Debian image, with the TDX I/O paths
+      compiled in (OvmfPkgX64) or folded away by LTO (OvmfPkgIa32X64, CcProbeLibNull: most of
+      its other modules then hold no TDCALL);
+    - None otherwise (a standalone module, a volume without the DXE core): not known.
+    A module the scan refuses (over its caps, damaged) gives no evidence here; its scan says why."""
+    dxe_core = False
+    for m in modules:
+        if m.arch != "X64":
+            continue
+        try:
+            img = m.image
+            if img.mem_size > MAX_SCAN_MEMORY:
+                continue
+            if sigs.has_tdcall(img.memory, exec_ranges(img)):
+                return sigs.TDX
+        except OvmfToolError:
+            continue
+        dxe_core = dxe_core or m.file_type == "DXE_CORE"
+    return sigs.PRE_TDX if dxe_core else None
+
+
+def _era_note(era: str | None, findings: list[Finding]) -> str | None:
+    """What the image says about routine names that differ between EDK II eras, when findings
+    carry such a name: which names the report uses, and why."""
+    named = [f.signature for f in findings if f.function_source == "signature" and f.signature
+             and f.signature["aliases"]]
+    if not named:
+        return None
+
+    def few(names) -> str:
+        names = sorted(set(names))
+        return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
+
+    used, other = few(s["routine"] for s in named), few(a for s in named for a in s["aliases"])
+    if era == sigs.PRE_TDX:
+        return (f"routines named as in EDK II trees without TDX support ({used}; {other} in later trees, the same "
+                "code): no module of the image holds the TDCALL instruction, its X64 DXE core neither")
+    if era is None:
+        return (f"routines named as in EDK II trees with TDX support ({used}; {other} in older trees such as "
+                "edk2-stable202105, the same code): the input does not tell which (no TDCALL instruction, no X64 "
+                "DXE core)")
+    return None
 
 
 def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: int = 1,
@@ -343,8 +401,9 @@ def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: i
     root = root if root is not None else read_image(path)
     symbols = BuildSymbols(symbols_dir) if isinstance(symbols_dir, str) else symbols_dir
     modules = list(iter_modules(root))
+    era = tree_era(modules)
     if jobs > 1 and len(modules) > 8:
-        _WORK.update(modules=modules, symbols=symbols)
+        _WORK.update(modules=modules, symbols=symbols, era=era)
         import multiprocessing
 
         ctx = multiprocessing.get_context("fork")
@@ -352,9 +411,12 @@ def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: i
             results = list(ex.map(_work, range(len(modules)), chunksize=max(1, len(modules) // (jobs * 4))))
         _WORK.clear()
     else:
-        results = [scan_module(m, symbols) for m in modules]
+        results = [scan_module(m, symbols, era) for m in modules]
     findings = [f for r in results for f in r.findings]
     notes = []
+    era_note = _era_note(era, findings)
+    if era_note:
+        notes.append(era_note)
     blobs = list(iter_code_blobs(root))
     if blobs:
         notes.append(f"{len(blobs)} raw code blob(s) (reset vector) checked by recursive descent from the "

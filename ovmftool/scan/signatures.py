@@ -5,10 +5,15 @@ BaseIoLibIntrinsic's IoFifoSev.nasm and IoFifo.nasm (IA32 and X64) of real trees
 the EDK II build does for every toolchain. Matching wildcards branch and call displacements, so
 a tree whose routines only sit at other distances still matches.
 
-Names: in trees since the TDX wrapper (edk2-stable202111 and later, e.g. 2022.11, 2025.02) the X64
-Sev routines are `SevIoReadFifo8`... behind C wrappers named `IoReadFifo8`...; in older trees
-(edk2-stable202105, the base of Oxide's fork) the same code is exported as `IoReadFifo8`...
-IA32 Sev routines and all IoFifo.nasm routines are named `IoReadFifo8`... throughout.
+Names: in trees with TDX support (edk2's TDX series, tianocore/edk2 #2727: after
+edk2-stable202105; 2022.11 and 2025.02 have it) the X64 Sev routines are `SevIoReadFifo8`...
+behind C wrappers named `IoReadFifo8`... (IoLibFifo.c); in older trees (edk2-stable202105, the
+base of Oxide's fork) the same code is exported as `IoReadFifo8`... The bytes are identical
+(assembled from both trees), so the tree's era comes from other code: the TDCALL instruction
+(`TDCALL`), which the same series added (BaseLib's TdCall.nasm / TdVmcall.nasm) and older trees
+have nowhere; `Signature.names` gives the name for an era. IA32 Sev routines and all IoFifo.nasm
+routines are named `IoReadFifo8`... in every tree (assembled from 202105, 2022.11 and 2025.02:
+same names, same bytes).
 """
 
 from __future__ import annotations
@@ -38,11 +43,19 @@ class Signature:
     trees: tuple[str, ...]
     pattern: re.Pattern = field(compare=False, repr=False)
     sites: tuple[int, ...] = ()  # offsets of string I/O instructions in the routine
-    aliases: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()  # its names in other trees
+    pre_tdx_name: str | None = None  # its name in trees without TDX support, when that differs
 
     @property
     def carries_string_io(self) -> bool:
         return bool(self.sites)
+
+    def names(self, era: str | None) -> tuple[str, tuple[str, ...]]:
+        """(name, other names) of the routine in a tree of `era`: PRE_TDX, TDX, or None when the
+        input does not tell (the name of the trees the signature was generated from, the newest)."""
+        if era == PRE_TDX and self.pre_tdx_name:
+            return self.pre_tdx_name, (self.routine,)
+        return self.routine, self.aliases
 
 
 @dataclass(frozen=True)
@@ -128,10 +141,26 @@ def _compile(code: bytes, bits: int) -> tuple[re.Pattern, tuple[int, ...]]:
     return re.compile(b"".join(parts), re.DOTALL), tuple(sites)
 
 
-def _aliases(arch: str, source: str, routine: str) -> tuple[str, ...]:
+# Eras of EDK II trees that name a routine differently (`Signature.names`).
+TDX = "tdx"  # trees with TDX support (2022.11, 2025.02): X64 `SevIoReadFifo8`... behind C wrappers
+PRE_TDX = "pre-tdx"  # trees before it (edk2-stable202105): the same X64 code exported as `IoReadFifo8`...
+# TDCALL (66 0F 01 CC), Intel TDX's guest call: in TDX trees BaseLib's TdCall.nasm and
+# TdVmcall.nasm (linked by TdxLib, the TDX I/O paths, LocalApicLib's MSR access), in older trees
+# nowhere. NASM code: LTO can neither inline nor change it.
+TDCALL = b"\x66\x0f\x01\xcc"
+
+
+def has_tdcall(mem: bytes, ranges: list[tuple[int, int]]) -> bool:
+    """Whether the TDCALL instruction's bytes occur inside the [start, end) ranges (a module's
+    executable sections). On every module of the test suite's builds the bytes occur only as
+    the instruction, in the NASM routines that issue it (tests/test_scan_build.py)."""
+    return any(mem.find(TDCALL, lo, hi) >= 0 for lo, hi in ranges)
+
+
+def _pre_tdx_name(arch: str, source: str, routine: str) -> str | None:
     if arch == "X64" and source.endswith("IoFifoSev.nasm") and routine.startswith("SevIo"):
-        return (routine.removeprefix("Sev"),)  # name in trees before the TDX wrapper
-    return ()
+        return routine.removeprefix("Sev")  # name in trees before the TDX wrapper
+    return None
 
 
 @lru_cache(maxsize=None)
@@ -144,8 +173,9 @@ def load() -> tuple[Signature, ...]:
         code = bytes.fromhex(r["bytes"])
         bits = 64 if r["arch"] == "X64" else 32
         pat, sites = _compile(code, bits)
+        old = _pre_tdx_name(r["arch"], r["source"], r["routine"])
         out.append(Signature(r["arch"], r["library"], r["source"], r["routine"], code, tuple(r["trees"]),
-                             pat, sites, _aliases(r["arch"], r["source"], r["routine"])))
+                             pat, sites, (old,) if old else (), old))
     return tuple(out)
 
 

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ovmftool.errors import OvmfToolError
+from ovmftool.errors import LimitExceeded, OvmfToolError
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.disasm import cs, string_io
 
@@ -370,13 +370,16 @@ def _collapse(items: list, length, first_len: int, total: int) -> tuple[list, Sh
 
 # --- an image --------------------------------------------------------------------------------
 
+MAX_HITS_PER_MODULE = 65536  # as the scanner's cap on string I/O anchors in one module
+
+
 def find_in_image(t: Triage, root) -> None:
     """Fill `t` with the places in the image's executable sections matching the stream (the
     longest listed first, shorter ones counted). A damaged image, or one without code, is an
     error as for scan ("no match" must mean the image was read whole)."""
     from ovmftool.model.binary import BinaryFile
     from ovmftool.ops.modules import iter_modules
-    from ovmftool.scan.scanner import check_scannable, exec_ranges, scan_module
+    from ovmftool.scan.scanner import MAX_SCAN_MEMORY, check_scannable, exec_ranges, scan_module
 
     check_scannable(root.path, root)
     t.image_path, t.image_sha256 = root.path, root.sha256
@@ -386,11 +389,16 @@ def find_in_image(t: Triage, root) -> None:
     for m in iter_modules(root):
         if (m.image.bits == 64) != (t.bits == 64):
             continue
+        if m.image.mem_size > MAX_SCAN_MEMORY:
+            scan_module(m)  # refuses it (LimitExceeded): a module the scan cannot vouch for is no "no match"
         mem = m.image.memory
         hits: dict[int, int] = {}
         for lo, hi in exec_ranges(m.image):
             p = mem.find(first, lo, hi)
             while p >= 0:
+                if len(hits) >= MAX_HITS_PER_MODULE:
+                    raise LimitExceeded(f"module {m.name}: more than {MAX_HITS_PER_MODULE} places match the first "
+                                        "instruction's bytes (not code)", m.volume or "its file")
                 n = len(first)
                 while n < len(t.data) and p + n < hi and mem[p + n] == t.data[n]:
                     n += 1
