@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the verified patch series in this directory from Debian's edk2 source trees.
 #   edk2-patches/regenerate.sh [--verify] [CONFIG...]
-# CONFIG is VERSION:DSC, e.g. 2022.11:OvmfPkg/OvmfPkgX64.dsc; default: the four below.
+# CONFIG is VERSION:DSC, e.g. 2022.11:OvmfPkg/OvmfPkgX64.dsc; default: the four Debian ones below;
+# oxide-202105:OvmfPkg/OvmfPkgX64.dsc is Oxide's fork (-D FD_SIZE_2MB -D MPT_SCSI_ENABLE=FALSE).
 # --verify builds each patched tree (DEBUG, -D SECURE_BOOT_ENABLE=TRUE, as Debian's Shell patch needs)
 # and scans it; the unpatched build from corpus/scripts/build-ovmf.sh gives the "before" count.
 set -euo pipefail
@@ -14,12 +15,18 @@ configs=("$@")
                                      2025.02:OvmfPkg/OvmfPkgX64.dsc 2025.02:OvmfPkg/OvmfPkgIa32X64.dsc)
 for c in "${configs[@]}"; do
   ver=${c%%:*}; dsc=${c#*:}
-  tree=$(bash "$scripts/edk2-source.sh" "$ver")
-  out=$here/debian-$ver/$(basename "$dsc" .dsc)
+  case "$ver" in
+    oxide-202105)  # Oxide's fork, as its illumos/build.sh builds it (propolis' firmware)
+      tree=$(bash "$scripts/oxide-source.sh"); defs=(-D FD_SIZE_2MB -D MPT_SCSI_ENABLE=FALSE)
+      out=$here/oxide-edk2-stable202105/$(basename "$dsc" .dsc) ;;
+    *)
+      tree=$(bash "$scripts/edk2-source.sh" "$ver"); defs=(-D SECURE_BOOT_ENABLE=TRUE)
+      out=$here/debian-$ver/$(basename "$dsc" .dsc) ;;
+  esac
   rm -rf "$out"; mkdir -p "$(dirname "$out")"
-  args=(plan --edk2 "$tree" --dsc "$dsc" -D SECURE_BOOT_ENABLE=TRUE -o "$out")
+  args=(plan --edk2 "$tree" --dsc "$dsc" "${defs[@]}" -o "$out")
   if [ "$verify" = 1 ]; then
-    before=$(bash "$scripts/build-ovmf.sh" "$ver" "$dsc" DEBUG -D SECURE_BOOT_ENABLE=TRUE)/FV/OVMF_CODE.fd
+    before=$(bash "$scripts/build-ovmf.sh" "$ver" "$dsc" DEBUG "${defs[@]}")/FV/OVMF_CODE.fd
     args+=(--verify --before "$before" --target DEBUG)
   fi
   python3 -m ovmftool "${args[@]}" > /dev/null

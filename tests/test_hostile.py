@@ -16,6 +16,7 @@ from ovmftool.cli import main
 from ovmftool.model.node import walk
 from ovmftool.model.parser import parse_flash
 
+from clicheck import assert_error
 from conftest import CORPUS_IMAGES
 
 MOD = "11111111-2222-3333-4444-555555555555"
@@ -28,15 +29,6 @@ def run_info(tmp_path, data: bytes, name="img.fd"):
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     assert "Traceback" not in r.output
     return r
-
-
-def assert_error(r, *words):
-    assert r.exit_code == 2, r.output
-    errs = [l for l in r.output.splitlines() if l.startswith("ovmftool: error:")]
-    assert len(errs) == 1, r.output
-    for w in words:
-        assert w in errs[0], errs[0]
-    return errs[0]
 
 
 @pytest.fixture(scope="module")
@@ -573,3 +565,15 @@ def test_emulated_port_accesses_are_capped():
     # in al, dx; jmp back: a port loop the instruction cap ends, recorded up to the port cap
     run = emulate._run(b"\xec\xeb\xfd" + bytes(0x100), 64, 0, 1)
     assert not run.returned and len(run.ports) <= emulate._MAX_PORTS and "port accesses" in run.error
+
+
+def test_a_routine_that_never_returns_ends_at_the_instruction_cap():
+    """Found by the fuzzer (patch of a mutated IoFifo routine, 10 s of emulation): a loop that
+    never returns is stopped by the instruction cap, and what it executed is recorded once per
+    instruction, not once per execution."""
+    from ovmftool.patch import emulate
+
+    run = emulate._run(b"\x90\xeb\xfd" + bytes(0x100), 64, 0, 1)  # nop; jmp back to the nop
+    assert not run.returned and run.error is None
+    assert run.touched == frozenset({0, 1, 2})
+    assert emulate._MAX_INSNS <= 20_000  # each instruction runs a Python hook: keep the cap small

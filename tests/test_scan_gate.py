@@ -316,7 +316,9 @@ def _result(sigs: list[tuple[str, str, str, list[str]]]) -> ScanResult:
 
 
 def test_a_series_is_matching_only_when_it_removes_every_site():
-    assert len(known_series()) == 4
+    assert sorted(str(s.path.relative_to(ROOT / "edk2-patches")) for s in known_series()) == [
+        "debian-2022.11/OvmfPkgIa32X64", "debian-2022.11/OvmfPkgX64", "debian-2025.02/OvmfPkgIa32X64",
+        "debian-2025.02/OvmfPkgX64", "oxide-edk2-stable202105/OvmfPkgX64"]
     sev = ("X64", "BaseIoLibIntrinsicSev", "X64/IoFifoSev.nasm")
     # routines only one tree has, which that tree's series unrolls: matching
     s = next_steps(_result([(*sev, ["2022.11"])]))
@@ -386,7 +388,7 @@ def test_callers_are_the_functions_that_contain_the_calls(ovmf_build):
             # with symbols: the symbol table's function, by name
             assert (cs.function, cs.function_rva) == (hold[2], hold[0]), (f.module, cs, hold)
             checked += 1
-    assert checked >= 20, checked
+    assert checked >= 10, checked  # RELEASE builds inline most callers: 12 calls in 2022.11 X64 RELEASE
 
 
 # --- 7. parts the tool cannot read are "not checked", never clean ---------------------------
@@ -554,3 +556,23 @@ def test_series_are_found_from_the_working_directory_as_after_pip_install(tmp_pa
     s = next_steps(res)
     assert s.matching is None and not s.candidates
     assert "edk2-patches/ of ovmftool's source repository" in s.reason and "not in or above" in s.reason
+
+
+@pytest.mark.build
+def test_oxide_image_matches_the_oxide_series_and_debian_images_do_not():
+    """The Sev FIFO routines are the same bytes in every tree; an image without TDCALL (Oxide's
+    edk2-stable202105 fork) is matched to the series made for that fork, never to Debian's."""
+    from conftest import build_dir
+    from ovmftool.scan import advice
+    from ovmftool.scan import signatures as sigs
+    from ovmftool.scan.scanner import scan_checked
+
+    fd = build_dir("oxide-202105-X64-DEBUG") / "FV" / "OVMF_CODE.fd"
+    r = scan_checked(str(fd))
+    assert r.era == sigs.PRE_TDX and len(r.findings) == 660
+    steps = advice.next_steps(r, ROOT / "edk2-patches")
+    assert steps.matching is not None and steps.matching.path == ROOT / "edk2-patches/oxide-edk2-stable202105/OvmfPkgX64"
+    deb = scan_checked(str(ROOT / "corpus/images/debian-2022.11/OVMF_CODE.fd"))
+    assert deb.era == sigs.TDX
+    cands = advice.next_steps(deb, ROOT / "edk2-patches").candidates
+    assert cands and all("oxide" not in str(s.path) for s in cands)

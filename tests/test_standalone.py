@@ -17,6 +17,7 @@ from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import scan_image
 
+from clicheck import assert_error as _one_error
 from conftest import CORPUS_IMAGES, ROOT
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
@@ -27,14 +28,6 @@ def _run(*args):
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     assert "Traceback" not in r.output
     return r
-
-
-def _one_error(r, *words):
-    assert r.exit_code == 2, r.output
-    errs = [l for l in r.output.splitlines() if l.startswith("ovmftool: error:")]
-    assert len(errs) == 1, r.output
-    for w in words:
-        assert w in errs[0], errs[0]
 
 
 @pytest.fixture(scope="module")

@@ -46,16 +46,20 @@ def fifo_sites(debug: Path, bits: int) -> dict[int, tuple[str, str]]:
     return out
 
 
+def _text_symbols(debug: Path):
+    """The `.symtab` symbols defined in `.text` of a build's `.debug` ELF file."""
+    with open(debug, "rb") as fh:
+        elf = ELFFile(fh)
+        ti = next(i for i, s in enumerate(elf.iter_sections()) if s.name == ".text")
+        return [s for s in elf.get_section_by_name(".symtab").iter_symbols() if s["st_shndx"] == ti and s.name]
+
+
 def symbol_names(debug: Path) -> dict[int, str]:
     """address -> every code symbol name there (FUNC preferred)."""
     out: dict[int, str] = {}
-    with open(debug, "rb") as fh:
-        elf = ELFFile(fh)
-        secs = list(elf.iter_sections())
-        ti = next(i for i, s in enumerate(secs) if s.name == ".text")
-        for s in elf.get_section_by_name(".symtab").iter_symbols():
-            if s["st_shndx"] == ti and s.name and not s.name.startswith("@"):
-                out.setdefault(s["st_value"], s.name)
+    for s in _text_symbols(debug):
+        if not s.name.startswith("@"):
+            out.setdefault(s["st_value"], s.name)
     return out
 
 
@@ -67,17 +71,13 @@ def function_containing(debug: Path):
     import bisect
 
     pairs: dict[int, str] = {}
-    with open(debug, "rb") as fh:
-        elf = ELFFile(fh)
-        secs = list(elf.iter_sections())
-        ti = next(i for i, s in enumerate(secs) if s.name == ".text")
-        for s in elf.get_section_by_name(".symtab").iter_symbols():
-            if s["st_shndx"] != ti or not s.name or s.name.startswith(("@", ".", "$")):
-                continue
-            kind, bind = s["st_info"]["type"], s["st_info"]["bind"]
-            if kind == "STT_FUNC" or (kind == "STT_NOTYPE" and bind == "STB_GLOBAL"):
-                if s["st_value"] not in pairs or kind == "STT_FUNC":
-                    pairs[s["st_value"]] = s.name
+    for s in _text_symbols(debug):
+        if s.name.startswith(("@", ".", "$")):
+            continue
+        kind, bind = s["st_info"]["type"], s["st_info"]["bind"]
+        if kind == "STT_FUNC" or (kind == "STT_NOTYPE" and bind == "STB_GLOBAL"):
+            if s["st_value"] not in pairs or kind == "STT_FUNC":
+                pairs[s["st_value"]] = s.name
     addrs = sorted(pairs)
 
     def at(rva: int) -> tuple[int | None, str | None]:

@@ -20,7 +20,10 @@ _BASE = 0x01000000
 _STACK, _STACK_SIZE = 0x00200000, 0x10000
 _BUF, _BUF_SIZE = 0x00300000, 0x1000
 _RET = 0x00500000
-_MAX_INSNS = 200_000
+# Instructions one call may run: a FIFO routine moving 37 elements (the most the checks ask for)
+# runs a few hundred; a routine still running after this many is not one (and with a hook per
+# instruction, 200,000 took 10 s over the 40 runs of one patch).
+_MAX_INSNS = 20_000
 # Port accesses one call may make (a FIFO routine makes `count` of them, at most 37 here): a REP
 # INS/OUTS is one instruction to the instruction cap however many times it repeats, so without
 # this a mutated count register ran for minutes and recorded gigabytes of accesses.
@@ -71,10 +74,10 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
             _uc.emu_stop()
 
     touched: set[int] = set()
+    executed: set[tuple[int, int]] = set()  # (address, size): loops repeat the same few, expanded once below
 
-    # unicorn reports an undecodable instruction's size as 0xF1F1F1F1: a range of 4 Gi offsets
     def on_code(_uc, addr, size, _ud):
-        touched.update(range(addr - _BASE, addr - _BASE + min(size, 15)))
+        executed.add((addr, size))
 
     def on_mem(_uc, _access, addr, size, _value, _ud):
         touched.update(range(addr - _BASE, addr - _BASE + min(size, 64)))
@@ -114,6 +117,8 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
         error = str(e)
     if len(ports) >= _MAX_PORTS:
         error = f"stopped after {_MAX_PORTS} port accesses"
+    for addr, n in executed:  # unicorn reports an undecodable instruction's size as 0xF1F1F1F1: cap at 15
+        touched.update(range(addr - _BASE, addr - _BASE + min(n, 15)))
     pc = uc.reg_read(X.UC_X86_REG_RIP if bits == 64 else X.UC_X86_REG_EIP)
     return Run(
         ports=tuple(ports),

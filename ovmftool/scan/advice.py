@@ -24,6 +24,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import ScanResult
 
 # The package's own source tree (a checkout, or an editable install); an installed copy
@@ -45,6 +46,12 @@ class Series:
     strategy: str
     patched_files: tuple[str, ...]
     iolib_fifo: dict
+
+    @property
+    def era(self) -> str:
+        """The tree era of the series (`signatures.TDX` or `PRE_TDX`): Oxide's fork is based on
+        edk2-stable202105, before TDX; Debian's 2022.11 and 2025.02 trees have it."""
+        return sigs.PRE_TDX if self.tree.startswith("oxide") else sigs.TDX
 
     def removes(self, signature: dict, arch: str) -> bool:
         """True when applying the series removes the routine `signature` describes (for `arch`)."""
@@ -133,7 +140,13 @@ def next_steps(r: ScanResult, base: Path | None = None) -> NextSteps | None:
         return steps
     trees = set.intersection(*(set(f.signature["trees"]) for f in r.findings))
     fits_arch = (lambda s: set(arches) <= set(s.arches)) if r.standalone else (lambda s: s.arches == arches)
-    fit = [s for s in series if fits_arch(s) and s.tree in trees
+    # The Sev routines are the same bytes in every tree (`signature.trees` names those they were
+    # generated from); the image's era (TDCALL in its code, or not) tells pre-TDX trees apart.
+    if r.era == sigs.PRE_TDX:
+        fits_tree = lambda s: s.era == sigs.PRE_TDX  # noqa: E731
+    else:
+        fits_tree = lambda s: s.tree in trees and s.era == sigs.TDX  # noqa: E731
+    fit = [s for s in series if fits_arch(s) and fits_tree(s)
            and all(s.removes(f.signature, f.arch) for f in r.findings)]
     if fit and r.standalone:
         steps.candidates = fit

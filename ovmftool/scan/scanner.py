@@ -101,6 +101,7 @@ class ScanResult:
     findings: list[Finding]
     notes: list[str] = field(default_factory=list)
     standalone: bool = False  # a standalone PE32/TE file (an extracted module), not a flash image
+    era: str | None = None  # the EDK II tree era the image shows (`tree_era`): names routines, picks series
 
     @property
     def exit_code(self) -> int:
@@ -423,7 +424,7 @@ def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: i
                      "16-bit entry")
         findings += scan_blobs(root)
     return ScanResult(path, root.sha256, root.size, [r.summary for r in results], findings, notes,
-                      standalone=isinstance(root, BinaryFile))
+                      standalone=isinstance(root, BinaryFile), era=era)
 
 
 # --- verdicts --------------------------------------------------------------------------------
@@ -529,17 +530,24 @@ def check_scannable(path: str, root: FlashImage) -> None:
     to scan, and every module's code where its headers say (`unexecutable_modules`). "No sites"
     must mean "checked and clean"."""
     read_lazy_structures(root)
-    probs = all_problems(root)
-    if probs:
-        raise ImageError(f"{path}: damaged image: {probs[0]}")
+    _refuse_damage(path, root)
     unread = unread_parts(root)
     if unread:
         raise ImageError(f"{path}: not checked: {unread[0]}{_more(unread)}")
     if not any(True for _ in iter_modules(root)) and not any(True for _ in iter_code_blobs(root)):
         raise ImageError(f"{path}: no PE/TE modules: {no_code_hint(root)}")
-    bad = unexecutable_modules(root)
-    if bad:
-        raise ImageError(f"{path}: {bad[0]}: no executable code found: not checked{_more(bad)}")
+    _refuse_codeless(path, unexecutable_modules(root))
+
+
+def _refuse_damage(path: str, root: FlashImage) -> None:
+    probs = all_problems(root)
+    if probs:
+        raise ImageError(f"{path}: damaged image: {probs[0]}")
+
+
+def _refuse_codeless(path: str, modules: list[str]) -> None:
+    if modules:
+        raise ImageError(f"{path}: {modules[0]}: no executable code found: not checked{_more(modules)}")
 
 
 def codeless_modules(res: ScanResult) -> list[str]:
@@ -556,12 +564,8 @@ def scan_checked(path: str, symbols: str | BuildSymbols | None = None, jobs: int
     root = root if root is not None else read_image(path)
     check_scannable(path, root)
     res = scan_image(path, symbols, jobs, root=root)
-    probs = all_problems(root)
-    if probs:
-        raise ImageError(f"{path}: damaged image: {probs[0]}")
-    empty = codeless_modules(res)
-    if empty:
-        raise ImageError(f"{path}: {empty[0]}: no executable code found: not checked{_more(empty)}")
+    _refuse_damage(path, root)  # damage the scan itself came upon
+    _refuse_codeless(path, codeless_modules(res))
     return res
 
 
