@@ -172,7 +172,7 @@ def test_decompression_bombs(tmp_path):
     huge = bytearray(B.lzma_alone(b"\0" * 1000))
     huge[5:13] = struct.pack("<Q", 1 << 40)
     r = run_info(tmp_path, B.fv([B.ffs(MOD, 0x02, B.guided(B.LZMA, bytes(huge)))], size=0x2000))
-    assert_error(r, "exceeds the per-section cap")
+    assert_error(r, f"{tmp_path / 'img.fd'}: decompressed size", "exceeds the per-section cap")  # names the input
     # Header lies small, stream expands to 64 MiB: stops at the declared size.
     lie = bytearray(B.lzma_alone(b"\0" * (64 << 20)))
     lie[5:13] = struct.pack("<Q", 1000)

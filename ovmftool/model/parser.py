@@ -12,7 +12,7 @@ import os
 import struct
 from dataclasses import dataclass, field
 
-from ovmftool.errors import ImageError
+from ovmftool.errors import ImageError, LimitExceeded
 from ovmftool.model.limits import Limits
 from ovmftool.model.node import Node, Space
 from ovmftool.model.volume import Volume, looks_like_volume, parse_volume
@@ -104,7 +104,10 @@ def read_image(path: str, limits: Limits | None = None) -> FlashImage:
             data = fh.read()
     except OSError as e:
         raise ImageError(f"cannot read {path}: {e.strerror}") from None
-    return parse_flash(data, path, limits)
+    try:
+        return parse_flash(data, path, limits)
+    except LimitExceeded as e:  # a cap hit deep in the parse: say which input, as every other error does
+        raise LimitExceeded(f"{path}: {e}") from None
 
 
 def parse_flash(data: bytes, path: str = "", limits: Limits | None = None) -> FlashImage:
