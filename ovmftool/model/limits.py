@@ -33,11 +33,7 @@ class Limits:
             raise LimitExceeded(
                 f"decompressed size {size} exceeds the per-section cap {self.max_expanded_one}", where
             )
-        if self.expanded + size > self.max_expanded_total:
-            raise LimitExceeded(
-                f"decompressed data would exceed the cap of {self.max_expanded_total} bytes", where
-            )
-        self.expanded += size
+        self._charge("expanded", size, self.max_expanded_total, "decompressed data", where)
 
     def image_memory_cap(self, raw_size: int) -> int:
         """The most memory an image of `raw_size` file bytes is given (larger is damage)."""
@@ -46,16 +42,15 @@ class Limits:
     def charge_image(self, memory: int, relocation_bytes: int, where: str) -> None:
         """Account for one PE/TE image's memory and relocation table, or raise: thousands of
         small images each declaring a large SizeOfImage are a bomb like a decompression bomb."""
-        if self.image_memory + memory > self.max_image_memory_total:
-            raise LimitExceeded(
-                f"the images' memory would exceed the cap of {self.max_image_memory_total} bytes", where
-            )
-        if self.relocation_bytes + relocation_bytes > self.max_relocation_bytes_total:
-            raise LimitExceeded(
-                f"base relocation tables would exceed the cap of {self.max_relocation_bytes_total} bytes", where
-            )
-        self.image_memory += memory
-        self.relocation_bytes += relocation_bytes
+        self._charge("image_memory", memory, self.max_image_memory_total, "the images' memory", where)
+        self._charge("relocation_bytes", relocation_bytes, self.max_relocation_bytes_total,
+                     "base relocation tables", where)
+
+    def _charge(self, total: str, amount: int, cap: int, what: str, where: str) -> None:
+        """Add `amount` to the running total `total`, or raise if that would pass `cap`."""
+        if getattr(self, total) + amount > cap:
+            raise LimitExceeded(f"{what} would exceed the cap of {cap} bytes", where)
+        setattr(self, total, getattr(self, total) + amount)
 
     def charge_node(self, where: str) -> None:
         """Count one parsed node."""
