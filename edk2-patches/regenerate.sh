@@ -3,8 +3,10 @@
 #   edk2-patches/regenerate.sh [--verify] [CONFIG...]
 # CONFIG is VERSION:DSC, e.g. 2022.11:OvmfPkg/OvmfPkgX64.dsc; default: the four Debian ones below;
 # oxide-202105:OvmfPkg/OvmfPkgX64.dsc is Oxide's fork (-D FD_SIZE_2MB -D MPT_SCSI_ENABLE=FALSE).
-# --verify builds each patched tree (DEBUG, -D SECURE_BOOT_ENABLE=TRUE, as Debian's Shell patch needs)
-# and scans it; the unpatched build from corpus/scripts/build-ovmf.sh gives the "before" count.
+# --verify builds each patched tree (DEBUG, -D SECURE_BOOT_ENABLE=TRUE, as Debian's Shell patch needs),
+# scans it and boots it; the unpatched build from corpus/scripts/build-ovmf.sh gives the "before"
+# count; where the series unrolls (the DSC switch alone is no fix), a build with the DSC switched
+# to the non-Sev IoLib measures what that switch removes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 scripts=$here/../corpus/scripts
@@ -28,6 +30,9 @@ for c in "${configs[@]}"; do
   if [ "$verify" = 1 ]; then
     before=$(bash "$scripts/build-ovmf.sh" "$ver" "$dsc" DEBUG "${defs[@]}")/FV/OVMF_CODE.fd
     args+=(--verify --before "$before" --target DEBUG)
+    python3 -m ovmftool plan --edk2 "$tree" --dsc "$dsc" "${defs[@]}" -o "$out.probe" > /dev/null
+    if grep -q '"strategy": "unroll"' "$out.probe/plan.json"; then args+=(--measure-dsc-switch); fi
+    rm -rf "$out.probe"
   fi
   python3 -m ovmftool "${args[@]}" > /dev/null
   # the patched image is evidence, not source: keep its hash (in plan.json), not the file

@@ -44,28 +44,44 @@ VARIANT_BUILDS = {
 }
 # Builds of other EDK II trees: Oxide's fork (propolis' firmware), based on edk2-stable202105. Its
 # X64 Sev FIFO routines are the same code as Debian's, exported under their pre-TDX names.
+# Built as the fork's illumos/build.sh builds it (DEBUG), and RELEASE.
+OXIDE_DEFS = ["FD_SIZE_2MB", "MPT_SCSI_ENABLE=FALSE"]
+OXIDE_SERIES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edk2-patches" / "oxide-edk2-stable202105" / "OvmfPkgX64").glob("0*.patch"))
 FORK_BUILDS = {
-    "oxide-202105-X64-DEBUG": ("oxide-202105", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["FD_SIZE_2MB", "MPT_SCSI_ENABLE=FALSE"]),
+    "oxide-202105-X64-DEBUG": ("oxide-202105", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", OXIDE_DEFS),
+    "oxide-202105-X64-RELEASE": ("oxide-202105", "OvmfPkg/OvmfPkgX64.dsc", "RELEASE", OXIDE_DEFS),
+}
+# The committed series for the fork applied to its source (not a fixture of every-build tests).
+SERIES_BUILDS = {
+    "oxide-202105-X64-DEBUG-series": ("oxide-202105", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", OXIDE_DEFS, OXIDE_SERIES),
 }
 _built: dict[str, Path] = {}
 
 
 def build_dir(key: str) -> Path:
     """Directory of a cached OVMF build (building it first if needed)."""
+    if key not in _built:
+        ver, dsc, target, defs, *rest = {**BUILDS, **VARIANT_BUILDS, **FORK_BUILDS, **SERIES_BUILDS}[key]
+        # patches: tests/data/NAME, or a path from the project root
+        patches = [ROOT / p if "/" in p else ROOT / "tests" / "data" / p for p in (rest[0] if rest else [])]
+        _built[key] = build_with(ver, dsc, target, defs, patches)
+    return _built[key]
+
+
+def build_with(ver: str, dsc: str, target: str, defs: list[str], patches: list[Path]) -> Path:
+    """corpus/scripts/build-ovmf.sh: the build of that tree with those patches (cached, keyed by the
+    patches' contents, so a series that is written again the same way is built once)."""
     if os.environ.get("OVMFTOOL_SKIP_BUILDS"):
         pytest.skip("OVMFTOOL_SKIP_BUILDS is set")
-    if key not in _built:
-        ver, dsc, target, defs, *rest = {**BUILDS, **VARIANT_BUILDS, **FORK_BUILDS}[key]
-        cmd = ["bash", str(CORPUS / "scripts" / "build-ovmf.sh"), ver, dsc, target]
-        for d in defs:
-            cmd += ["-D", d]
-        for p in rest[0] if rest else []:
-            cmd += ["-p", str(ROOT / "tests" / "data" / p)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            pytest.fail(f"build {key} failed: {res.stderr[-2000:]}")
-        _built[key] = Path(res.stdout.strip().splitlines()[-1])
-    return _built[key]
+    cmd = ["bash", str(CORPUS / "scripts" / "build-ovmf.sh"), ver, dsc, target]
+    for d in defs:
+        cmd += ["-D", d]
+    for p in patches:
+        cmd += ["-p", str(p)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail(f"build {ver} {dsc} {target} failed: {res.stderr[-2000:]}")
+    return Path(res.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(params=sorted(CODE_IMAGES), ids=lambda p: p.split("/", 1)[1])

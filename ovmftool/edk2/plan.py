@@ -47,6 +47,24 @@ def _tree_version(tree: Path) -> str | None:
     return marker.read_text().strip() if marker.is_file() else None
 
 
+def parse_defines(defines: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`-D` values as EDK II's build reads them: NAME=VALUE, or NAME alone for TRUE."""
+    defs = {}
+    for d in defines:
+        k, v = d.split("=", 1) if "=" in d else (d, "TRUE")
+        if not k.strip():
+            raise OvmfToolError(f"-D {d}: expected NAME or NAME=VALUE")
+        defs[k.strip()] = v
+    return defs
+
+
+def command_line(dsc: str, defs: dict[str, str], arches, strategy: str) -> str:
+    """The `plan` command that writes this series again (recorded in plan.json and SUMMARY.md)."""
+    parts = ["ovmftool plan --edk2 TREE", f"--dsc {dsc}"] + [f"-D {k}={v}" for k, v in sorted(defs.items())]
+    parts += [f"--arch {a.upper()}" for a in arches] + [f"--strategy {strategy}"]
+    return " ".join(parts) + " -o DIR"
+
+
 def default_arches(dsc: Dsc) -> list[str]:
     """SUPPORTED_ARCHITECTURES of the DSC."""
     sup = dsc.defines.get("SUPPORTED_ARCHITECTURES", "X64")
@@ -141,10 +159,18 @@ def _unroll(tree: Path, arches: list[str], used: set[str], facts: S.TreeFacts) -
     return [S.PatchSpec("MdePkg/BaseIoLibIntrinsic: unroll string I/O in the FIFO routines", body, edits)]
 
 
-def _dsc_inf(tree: Path, dsc: Dsc, arches: list[str], facts: S.TreeFacts) -> list[S.PatchSpec]:
+def dsc_switch_only(p: Plan) -> list[S.PatchSpec]:
+    """The DSC change of the dsc-inf strategy alone (IoLib mapped to the non-Sev instance, no C
+    loops added to it): what `plan --verify --measure-dsc-switch` builds to show what switching
+    the DSC removes in this tree."""
+    tree = Path(p.tree)
+    return _dsc_inf(tree, read_dsc(tree, p.dsc, p.defines), p.arches, p.facts, c_loops=False)
+
+
+def _dsc_inf(tree: Path, dsc: Dsc, arches: list[str], facts: S.TreeFacts, c_loops: bool = True) -> list[S.PatchSpec]:
     patches = []
     plain = facts.fifo.get(S.PLAIN_INF, {})
-    if any(plain.get(a) == "rep-nasm" for a in arches):
+    if c_loops and any(plain.get(a) == "rep-nasm" for a in arches):
         edits = S.c_loop_inf(tree)
         if edits:
             patches.append(S.PatchSpec(
