@@ -2,8 +2,8 @@
 # Unpack Oxide's EDK II fork (the firmware propolis boots), make it build with GCC5 on Debian 12,
 # and build its BaseTools. Prints the tree's path on stdout.
 #   oxide-source.sh [TARBALL]
-# Source, in order: TARBALL; $OVMFTOOL_OXIDE_TARBALL; ../shared/oxide-edk2/edk2-oxide-*.tar.xz
-# beside the project root; else a clone of $OVMFTOOL_OXIDE_GIT (where a network is available)
+# Source, in order: TARBALL; $OVMFTOOL_OXIDE_TARBALL; shared/oxide-edk2/edk2-oxide-*.tar.xz
+# beside the project root or beside one of its parents (../shared/ for a checkout in the work area); else a clone of $OVMFTOOL_OXIDE_GIT (where a network is available)
 # at the pinned commit with its submodules.
 # The tree lives under ${OVMFTOOL_CACHE:-$HOME/.cache/ovmftool}/src and is reused.
 #
@@ -29,8 +29,12 @@ for p in build-essential nasm acpica-tools uuid-dev python3 xz-utils; do
 done
 [ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
 tarball=${1:-${OVMFTOOL_OXIDE_TARBALL:-}}
-if [ -z "$tarball" ]; then
-  tarball=$(ls "$root"/../shared/oxide-edk2/edk2-oxide-*.tar.xz 2>/dev/null | head -n 1 || true)
+if [ -z "$tarball" ]; then  # shared/oxide-edk2/ beside the project root, or beside any parent of it
+  d=$root
+  while [ -z "$tarball" ] && [ "$d" != / ]; do
+    d=$(dirname "$d")
+    tarball=$(ls "$d"/shared/oxide-edk2/edk2-oxide-*.tar.xz 2>/dev/null | head -n 1 || true)
+  done
 fi
 rm -rf "$tree" "$tree.tmp"; mkdir -p "$tree.tmp"
 if [ -n "$tarball" ] && [ -f "$tarball" ]; then
