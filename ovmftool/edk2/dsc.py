@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovmftool.edk2.expr import evaluate
 from ovmftool.errors import OvmfToolError
 
 _SECTION = re.compile(r"^\[([^\]]+)\]$")
@@ -70,20 +71,7 @@ def _expand(text: str, defines: dict[str, str]) -> str:
 
 
 def _truth(expr: str, defines: dict[str, str]) -> bool:
-    e = _expand(expr, defines).strip()
-    py = re.sub(r"\bAND\b|&&", " and ", e, flags=re.I)
-    py = re.sub(r"\bOR\b|\|\|", " or ", py, flags=re.I)
-    py = re.sub(r"\bNOT\b|!(?!=)", " not ", py, flags=re.I)
-    py = re.sub(r"\bTRUE\b", "True", py, flags=re.I)
-    py = re.sub(r"\bFALSE\b", "False", py, flags=re.I)
-    py = re.sub(r"\bEQ\b", "==", py)
-    py = re.sub(r"\bNE\b", "!=", py)
-    py = re.sub(r"\$\([A-Za-z0-9_]+\)", "''", py)  # undefined macros are empty
-    py = re.sub(r"\bgCcpPkgTokenSpaceGuid\.\w+|\bg\w+TokenSpaceGuid\.\w+", "''", py)  # PCDs: unknown
-    try:
-        return bool(eval(py, {"__builtins__": {}}, {}))  # noqa: S307 - tokens restricted above
-    except Exception:
-        return False
+    return evaluate(_expand(expr, defines).strip())
 
 
 def read_dsc(workspace: Path, dsc: str, defines: dict[str, str] | None = None) -> Dsc:

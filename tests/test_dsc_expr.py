@@ -1,0 +1,35 @@
+"""DSC `!if` expressions are evaluated by a small parser, never by Python's eval."""
+
+import pytest
+
+from ovmftool.edk2.dsc import _truth
+from ovmftool.edk2.expr import evaluate
+
+
+@pytest.mark.parametrize("expr,defines,want", [
+    ("$(SECURE_BOOT_ENABLE) == TRUE", {"SECURE_BOOT_ENABLE": "TRUE"}, True),
+    ("$(SECURE_BOOT_ENABLE) == TRUE", {}, False),  # undefined macro: empty
+    ("$(FD_SIZE_IN_KB) == 4096", {"FD_SIZE_IN_KB": "4096"}, True),
+    ("$(FD_SIZE_IN_KB) == 1024 OR $(FD_SIZE_IN_KB) == 2048", {"FD_SIZE_IN_KB": "2048"}, True),
+    ("$(SMM_REQUIRE) == FALSE && $(TPM2_ENABLE) == TRUE", {"SMM_REQUIRE": "FALSE", "TPM2_ENABLE": "TRUE"}, True),
+    ("NOT ($(A) == TRUE)", {"A": "TRUE"}, False),
+    ("!$(A)", {"A": "FALSE"}, True),
+    ('"$(TOOL_CHAIN_TAG)" != "XCODE5"', {"TOOL_CHAIN_TAG": "GCC5"}, True),
+    ("$(A) EQ 0x10", {"A": "16"}, True),
+    ("$(A) > 3", {"A": "4"}, True),
+    ("gEfiMdeModulePkgTokenSpaceGuid.PcdFoo == TRUE", {}, False),  # a PCD's value is not known
+    ("$(A) == TRUE", {"A": "__import__('os').system('false')"}, False),  # a value is never code
+    ("(" * 5000 + "TRUE" + ")" * 5000, {}, False),
+    ("TRUE AND", {}, False),
+    ("TRUE )", {}, False),
+])
+def test_dsc_expressions(expr, defines, want):
+    assert _truth(expr, defines) is want
+
+
+def test_no_eval_in_the_planner():
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "ovmftool"
+    assert [p.name for p in src.rglob("*.py") if "eval(" in p.read_text().replace("evaluate(", "")] == []
+    assert evaluate("TRUE") and not evaluate("")
