@@ -100,3 +100,12 @@ def ovmf_build(request) -> Path:
 def any_build(request) -> Path:
     """Every OVMF build of the test suite in turn: Debian's trees, their variants, Oxide's fork."""
     return build_dir(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _result_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own, empty scan result cache (`scan.cache`, under XDG_CACHE_HOME,
+    inherited by the commands it runs): the user's cache is never touched, and no test depends
+    on what another one cached (nor on code it monkeypatched). OVMF builds are not under it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.delenv("OVMFTOOL_NO_CACHE", raising=False)

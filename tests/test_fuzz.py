@@ -67,9 +67,7 @@ def test_watchdog_stops_a_slow_input(tmp_path):
 
 
 def test_fuzz_slice_finds_no_failure(tmp_path, seeds):
-    t0 = time.monotonic()
     camp = fuzz.run_campaign(tmp_path / "run", seed=20261201, count=4000, workers=1, seeds=seeds)
-    dt = time.monotonic() - t0
     report = {sig: (f["count"], f["detail"], f["examples"][:1]) for sig, f in camp.failures.items()}
     assert camp.failures == {}, json.dumps(report, indent=1)
     assert camp.inputs == 4000 and camp.next_index == 4000
@@ -78,7 +76,6 @@ def test_fuzz_slice_finds_no_failure(tmp_path, seeds):
     assert set(camp.commands) == set(fuzz.COMMANDS)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["seed"] == 20261201 and state["next_index"] == 4000 and state["inputs"] == 4000
-    assert dt < 60, dt
     more = fuzz.run_campaign(tmp_path / "run", count=100, resume=True, seeds=seeds)
     assert more.inputs == 4100 and more.next_index == 4100 and more.seed == 20261201 and more.failures == {}
 

@@ -261,9 +261,9 @@ def test_the_documented_waivers_example_validates_and_loads(tmp_path):
 
 
 def _baseline_doc():
-    from ovmftool.gate.baseline import make_baseline
+    from ovmftool.report.gate_report import baseline_doc
 
-    return make_baseline(scan_image(DEB, jobs=1))
+    return baseline_doc(scan_image(DEB, jobs=1))
 
 
 # (mutation, the field the one-line error must name)

@@ -51,7 +51,7 @@ def test_plan_verify_builds_scans_and_boots(tmp_path):
 def test_series_build_leaves_no_site_and_boots(tmp_path, ver, strategy):
     """Each strategy's series on each tree, built by corpus/scripts/build-ovmf.sh (cached by the
     series' contents, so a warm run builds nothing): 0 sites, and it boots as far as the stock
-    build does (the UEFI shell) with no string I/O executed."""
+    build does (the UEFI shell, or the boot manager) with no string I/O executed."""
     out = tmp_path / "plan"
     r = CliRunner().invoke(main, ["plan", "--edk2", str(tree(ver)), "--dsc", "OvmfPkg/OvmfPkgX64.dsc",
                                   "-D", "SECURE_BOOT_ENABLE=TRUE", "--strategy", strategy, "-o", str(out)])
@@ -61,7 +61,21 @@ def test_series_build_leaves_no_site_and_boots(tmp_path, ver, strategy):
     r = CliRunner().invoke(main, ["scan", "--format", "json", str(fv / "OVMF_CODE.fd")])
     assert r.exit_code == 0 and json.loads(r.output)["findings"] == [], r.output[-2000:]
     rc, doc = _boot(fv / "OVMF_CODE.fd", fv / "OVMF_VARS.fd")
-    assert rc == 0 and doc["executed"] == [] and doc["verdict"] == "shell"
+    assert rc == 0 and doc["executed"] == [] and doc["verdict"] == _stock_verdict(ver)
+
+
+_STOCK_VERDICT: dict[str, str] = {}
+
+
+def _stock_verdict(ver: str) -> str:
+    """How far the stock build boots: the UEFI shell, or BDS's boot manager fallback where the
+    build has no shell boot option (2025.02 with these options); and it executes string I/O."""
+    if ver not in _STOCK_VERDICT:
+        stock = build_dir(STOCK[ver]) / "FV"
+        rc, doc = _boot(stock / "OVMF_CODE.fd", stock / "OVMF_VARS.fd")
+        assert rc == 1 and doc["executed"] and doc["verdict"] in ("shell", "boot-manager")
+        _STOCK_VERDICT[ver] = doc["verdict"]
+    return _STOCK_VERDICT[ver]
 
 
 def test_committed_series_regenerate_identically(tmp_path):

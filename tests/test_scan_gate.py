@@ -18,6 +18,7 @@ from ovmftool.model import structs as S
 from ovmftool.model.node import all_problems
 from ovmftool.model.parser import parse_flash, read_image
 from ovmftool.ops.modules import iter_modules
+from ovmftool.ops.tree import label
 from ovmftool.scan.advice import known_series, next_steps
 from ovmftool.scan.scanner import Caller, Finding, ModuleSummary, ScanResult, scan_image
 
@@ -218,7 +219,7 @@ def test_sarif_results_have_physical_locations_regions_and_addresses():
         assert phys["artifactLocation"] == {"uri": os.path.relpath(DEB), "uriBaseId": "%SRCROOT%", "index": 0}
         reg = phys["region"]
         holder = lzma[reg["byteOffset"]]  # every site of this image is in the LZMA-compressed FVMAIN_COMPACT
-        assert holder.label() == "section GUID_DEFINED LZMA" and reg["byteLength"] == holder.size
+        assert label(holder) == "section GUID_DEFINED LZMA" and reg["byteLength"] == holder.size
         assert data[reg["byteOffset"] + 3] == 0x02  # EFI_SECTION_GUID_DEFINED
         props = res["properties"]
         ins = addrs[phys["address"]["index"]]

@@ -48,10 +48,14 @@ def _same_maps(path) -> tuple[int, int, list[str]]:
     for name, mem, bits, ranges, strong, weak in _inputs(path):
         a = discover(mem, bits, ranges, strong, weak, native=True)
         b = discover(mem, bits, ranges, strong, weak, native=False)
+        lean = discover(mem, bits, ranges, strong, weak, native=True, lean=True)
         assert a.sizes is not None and b.sizes is None  # really one of each
         if (a.instruction_starts(), a.functions, sorted(a.calls), sorted(a.tails), a.sites, a.code_bytes) != \
                 (b.starts, b.functions, sorted(b.calls), sorted(b.tails), b.sites, b.code_bytes):
             diff.append(name)
+        if (lean.lean, lean.function_count, lean.code_bytes, lean.sites) != \
+                (not b.sites, len(b.functions), b.code_bytes, b.sites):
+            diff.append(f"{name} (lean)")
         modules += 1
         sites += len(a.sites)
     return modules, sites, diff
@@ -128,3 +132,119 @@ def test_scan_output_is_the_same_with_either_walk():
         assert r.returncode == 1, r.stderr
         out[pure] = json.loads(r.stdout)
     assert out[""]["findings"] and out[""] == out["1"]
+
+
+# --- the scan's other native helpers (issue 15): each equal to its Python reference -----------
+
+def _modules(key="images/debian-2022.11/OVMF_CODE_4M.fd"):
+    return [m for m in iter_modules(read_image(str(CODE_IMAGES[key])))]
+
+
+def test_lean_map_keeps_the_counts_and_drops_the_graph_only_without_sites():
+    lean_maps = 0
+    for m in _modules():
+        img = m.image
+        mem, ranges = img.memory, scanner.exec_ranges(img)
+        strong = [(mt.rva, "signature") for mt in sigs.find(mem, m.arch, ranges)] + [(img.entry_rva, "entry")]
+        weak = scanner._pointer_roots(img, mem)
+        full = discover(mem, img.bits, ranges, strong, weak)
+        lean = discover(mem, img.bits, ranges, strong, weak, lean=True)
+        assert (lean.function_count, lean.code_bytes, lean.sites) == (len(full.functions), full.code_bytes, full.sites)
+        assert lean.lean == (not full.sites)
+        if lean.lean:
+            lean_maps += 1
+            assert lean.functions == set() and lean.calls == [] and lean.sizes is None
+        else:
+            assert (lean.functions, lean.calls, lean.tails) == (full.functions, full.calls, full.tails)
+    assert lean_maps > 100  # most modules hold no site
+
+
+def test_native_anchor_search_equals_python(monkeypatch):
+    from ovmftool.scan import _walk
+
+    mods = _modules()
+    key = lambda ms: [(x.rva, x.signature.arch, x.signature.source, x.signature.routine) for x in ms]  # noqa: E731
+    native = [key(sigs.find(m.image.memory, m.arch, scanner.exec_ranges(m.image))) for m in mods]
+    monkeypatch.setenv("OVMFTOOL_PURE_PYTHON", "1")
+    python = [key(sigs.find(m.image.memory, m.arch, scanner.exec_ranges(m.image))) for m in mods]
+    assert native == python and sum(map(len, native)) >= 40
+    # overlapping and self-overlapping anchors, ranges past the end or empty, every limit
+    rnd = random.Random(15)
+    anchors = [b"\xf3\x6c", b"\xf3\x66\x6d", b"\xf3\xf3", b"\x6c"]
+    for _ in range(2000):
+        mem = bytes(rnd.choice(b"\xf3\x6c\x66\x6d\x00") for _ in range(rnd.randint(0, 200)))
+        ranges = [(rnd.randint(0, 220), rnd.randint(0, 240)) for _ in range(rnd.randint(0, 3))]
+        limit = rnd.choice([0, 1, 3, 10, 65536])
+        monkeypatch.setattr(sigs, "MAX_ANCHORS", limit)
+        want = sigs._anchor_positions(mem, ranges, anchors)  # OVMFTOOL_PURE_PYTHON: the Python loop
+        assert _walk.find_anchors(mem, ranges, anchors, limit) == want, (mem, ranges, limit)
+
+
+def test_native_pointer_targets_equal_python(monkeypatch):
+    from ovmftool.model.pe import Relocations
+    from ovmftool.scan.codemap import pointer_targets
+
+    mods = [m.image for m in _modules()]
+    native = [pointer_targets(img.memory, img.relocations, img.image_base) for img in mods]
+    monkeypatch.setenv("OVMFTOOL_PURE_PYTHON", "1")
+    assert native == [pointer_targets(img.memory, img.relocations, img.image_base) for img in mods]
+    assert sum(map(len, native)) > 10_000
+    rnd = random.Random(15)
+    for _ in range(2000):
+        mem = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 40)))
+        rel = Relocations()
+        for _ in range(rnd.randint(0, 12)):
+            rel.add(rnd.choice([rnd.randint(0, 48), 2**64 - 1, 2**64 - 4, 2**63]), rnd.choice([0, 3, 5, 10]))
+        base = rnd.choice([0, 1, 0x1000, 2**64 - 1, int.from_bytes(mem[:8], "little")])
+        monkeypatch.setenv("OVMFTOOL_PURE_PYTHON", "1")
+        want = pointer_targets(mem, rel, base)
+        monkeypatch.delenv("OVMFTOOL_PURE_PYTHON")
+        assert pointer_targets(mem, rel, base) == want, (mem, list(rel), base)
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+def test_native_disasm_lite_equals_capstone(bits):
+    from ovmftool.scan.disasm import cs, disasm_lite
+
+    rnd = random.Random(bits)
+    for _ in range(3000):
+        code = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 48)))
+        assert disasm_lite(code, bits) == list(cs(bits).disasm_lite(code, 0)), code.hex()
+
+
+def test_native_path_reads_capstone_ids_without_the_package():
+    """The native walk's kinds table and handle come without importing the capstone package
+    (its import is a tenth of a scan); the ids it reads from x86_const.py are the package's."""
+    code = ("import sys, json\n"
+            "from ovmftool.scan import disasm\n"
+            "ids = {k: v for k, v in vars(disasm._x86_const()).items() if k.startswith('X86_INS_')}\n"
+            "assert disasm.native_decoder(64) is not None\n"
+            "print(json.dumps(['capstone' in sys.modules, ids, sorted(disasm._kinds().items())]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={k: v for k, v in os.environ.items() if k != "OVMFTOOL_PURE_PYTHON"})
+    assert r.returncode == 0, r.stderr
+    imported, ids, kinds = json.loads(r.stdout)
+    from capstone import x86_const
+
+    from ovmftool.scan import disasm
+
+    assert not imported
+    assert ids == {k: v for k, v in vars(x86_const).items() if k.startswith("X86_INS_")}
+    assert [list(x) for x in sorted(disasm._kinds().items())] == kinds
+
+
+def test_scan_imports_nothing_it_does_not_use():
+    """A one-job scan with the native walk imports neither the capstone package, unicorn,
+    jsonschema, multiprocessing nor concurrent.futures (issue 15: start-up is a third of a scan)."""
+    img = str(CODE_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
+    code = ("import sys\n"
+            "from ovmftool.cli import main\n"
+            f"sys.argv = ['ovmftool', 'scan', '--format', 'json', {img!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "bad = ('capstone', 'unicorn', 'jsonschema', 'multiprocessing', 'concurrent.futures', 'shutil', 'tempfile')\n"
+            "print(sorted(m for m in bad if m in sys.modules), file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "OVMFTOOL_PURE_PYTHON"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**env, "OVMFTOOL_NO_CACHE": "1"})
+    assert json.loads(r.stdout)["findings"]
+    assert r.stderr.strip().splitlines()[-1] == "[]", r.stderr

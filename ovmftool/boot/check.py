@@ -20,6 +20,12 @@ each further REP iteration as a block at the instruction itself, so iterations a
 A block QEMU logged but did not run (an interrupt was taken first: "Stopped execution of TB
 chain") is not counted.
 
+With the TCG plugin built (`ovmftool/boot/plugin`: `corpus/scripts/qemu-plugin.sh`) all of this
+comes from ONE boot without `-d in_asm`: the plugin records the string I/O sites QEMU translates,
+counts their executions and memory accesses, has boot-check read RDX/RCX at each entry (QMP
+`info registers` while it waits) and dumps the translated code (`code.bin`) for mapping and hang
+detection. Without it (or with OVMFTOOL_BOOT_PLUGIN=0) the two boots above run, and a note says so.
+
 A boot that does not reach the shell (or the boot manager's fallback) is not a pass: a hang (no
 new serial, debug-console output or translated code for a while), a reset (triple fault), QEMU
 exiting or the timeout each get a verdict and `StoppedAt`: the CPU's address (or the last block
@@ -38,11 +44,12 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ovmftool.boot import plugin
 from ovmftool.boot.qemu import Ending, Qemu, close_all, wait
 from ovmftool.boot.varstore import VarsPlan
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.binary import BinaryFile
-from ovmftool.model.parser import FlashImage
+from ovmftool.model.flash import FlashImage
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.codemap import discover
@@ -81,9 +88,6 @@ class Executed:
         return d
 
 
-VERDICTS = ("shell", "boot-manager", "timeout", "hang", "reset", "qemu-exit", "fail-fast")
-
-
 @dataclass
 class StoppedAt:
     """Where a boot that did not finish was when it ended."""
@@ -120,7 +124,7 @@ class BootCheck:
     """The outcome of one boot."""
 
     image: str
-    verdict: str  # one of VERDICTS
+    verdict: str  # shell, boot-manager, timeout, hang, reset, qemu-exit or fail-fast
     seconds: float
     executed: list[Executed]
     vars: dict  # VarsPlan.as_dict()
@@ -271,7 +275,9 @@ def debug_loads(debug_log: Path, mods: list[Module]) -> list[tuple[int, Module]]
 
 
 def translated_code(trace: Path) -> dict[int, bytes]:
-    """Every instruction QEMU translated: address -> bytes."""
+    """Every instruction QEMU translated: address -> bytes (the latest translation at each)."""
+    if trace.suffix == ".bin":  # the plugin's code dump
+        return {a: b for _, insns in plugin.iter_blocks(trace) for a, b in insns}
     out: dict[int, bytes] = {}
     with open(trace, errors="replace") as fh:
         for line in fh:
@@ -406,6 +412,67 @@ def _flush(pc, regs, owner, blocks, stats, valid) -> None:
             st["ports"].add(regs["D"] & 0xFFFF)
 
 
+# --- one boot with the TCG plugin ---------------------------------------------------------------
+
+PLUGIN_BOOT_LOG = ["-d", "cpu_reset"]  # QEMU still names a triple fault; no translation log
+
+
+def code_log(work: Path) -> Path:
+    """The record of translated code of a boot in `work`: the plugin's dump, else QEMU's log."""
+    return work / "code.bin" if (work / "code.bin").is_file() else work / "trace.log"
+
+
+def run_plugin_boot(code: Path, vars_file: Path | None, machine: str, timeout: float, fail_fast: bool, work: Path,
+                    so: Path, query: bool, progress=None,
+                    hang_after: float | None = None) -> tuple[Ending, plugin.Table | None, list]:
+    """Boot once with the plugin; stop as run_boot does (fail_fast: at the first string I/O the
+    plugin saw execute). The plugin's table (None: it did not start) and the registers read at
+    each entry (`query`)."""
+    table_path = work / "strio-table.bin"
+    for f in (table_path, work / "code.bin"):
+        f.unlink(missing_ok=True)
+    resp = plugin.Responder() if query else None
+    try:
+        fd = resp.theirs.fileno() if resp else None
+        q = Qemu(code, vars_file, work, machine, log=PLUGIN_BOOT_LOG, extra=plugin.plugin_args(so, work, fd),
+                 watch=work / "code.bin", pass_fds=(fd,) if resp else ())
+        if resp:
+            resp.start(q)
+
+        def first_string_io() -> str | None:
+            return "fail-fast" if fail_fast and plugin.executed_any(table_path) else None
+
+        end = wait(q, timeout, hang_after, first_string_io, progress)
+    finally:
+        if resp:
+            resp.close()
+    return end, plugin.read_table(table_path), resp.answers if resp else []
+
+
+def executed_from_plugin(table: plugin.Table, answers: list, counted: bool) -> tuple[list[Executed], list[str]]:
+    """Executed sites from the plugin's table, in order of first translation; with executions,
+    iterations, units and ports when `counted`. Notes on anything that limits them."""
+    notes = []
+    sites = plugin.sites_with_registers(table, answers)
+    out = []
+    for i, s in enumerate(sites):
+        e = Executed(s.address, s.bytes, s.mnemonic, i, s.translations)
+        if counted:
+            e.executions, e.iterations, e.units = s.executions, s.iterations, s.accesses
+            plain_outs = not s.rep and int(s.bytes[-2:], 16) >= 0x6E
+            ports = set() if plain_outs else {r["D"] & 0xFFFF for r in s.entry_regs() if "D" in r}
+            e.ports = sorted(ports)
+            e.port = e.ports[0] if len(e.ports) == 1 else None
+        out.append(e)
+    if table.overflow:
+        notes.append("more string I/O sites than the plugin's table holds: the list is cut short")
+    if counted and table.query_failed:
+        notes.append("ports are from the entries whose registers could be read "
+                     + ("(the plugin's limit of %d reads was reached)" % plugin.MAX_QUERIES if table.query_failed & 2
+                        else "(boot-check stopped answering the plugin)"))
+    return out, notes
+
+
 # --- where a boot that did not finish stopped ----------------------------------------------------
 
 _FOUR_GIB = 1 << 32
@@ -428,6 +495,8 @@ def cpu_address(regs: str) -> tuple[int, bool] | None:
 
 def last_block(trace: Path, tail: int = 1 << 18) -> list[tuple[int, bytes]]:
     """The instructions of the last block QEMU translated (the last new code the guest ran)."""
+    if trace.suffix == ".bin":
+        return plugin.last_block(trace)
     try:
         with open(trace, "rb") as fh:
             fh.seek(max(0, trace.stat().st_size - tail))
@@ -447,6 +516,8 @@ def last_block(trace: Path, tail: int = 1 << 18) -> list[tuple[int, bytes]]:
 
 def _code_near(trace: Path, address: int, span: int = 0x400) -> dict[int, bytes]:
     """Instructions QEMU translated within `span` bytes of `address` (the latest at each address)."""
+    if trace.suffix == ".bin":
+        return {a: b for _, insns in plugin.iter_blocks(trace) for a, b in insns if abs(a - address) <= span}
     out: dict[int, bytes] = {}
     try:
         fh = open(trace, errors="replace")
@@ -590,14 +661,15 @@ def stopped_where(end: Ending, root: FlashImage, work: Path) -> StoppedAt:
         ca = cpu_address(end.registers)
         if ca is not None:
             (addr, halted), source = ca, "cpu"
+    code = code_log(work)
     if addr is None:
-        blk = last_block(work / "trace.log")
+        blk = last_block(code)
         if blk:
             addr, source = blk[0][0], "last-translated"
     st = StoppedAt(addr, source, halted=halted, last_serial=last_line(work / "serial.log"),
                    last_debug=last_line(work / "debug.log"))
     if addr is not None:
-        for k, v in locate(addr, root, work / "debug.log", work / "trace.log").items():
+        for k, v in locate(addr, root, work / "debug.log", code).items():
             setattr(st, k, v)
     return st
 
@@ -674,7 +746,29 @@ def _signals_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def boot_check(image: str, root: FlashImage, scan: ScanResult, vars_plan: VarsPlan, machine: str = "q35",
+class _InBackground:
+    """`fn()` in a thread — the static scan while QEMU boots (TCG keeps one core busy, the scan
+    the other); `result()` waits for it and re-raises what it raised."""
+
+    def __init__(self, fn) -> None:
+        self._out, self._err = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="ovmftool-scan", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._out = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            self._err = e
+
+    def result(self):
+        self._thread.join()
+        if self._err is not None:
+            raise self._err
+        return self._out
+
+
+def boot_check(image: str, root: FlashImage, scan, vars_plan: VarsPlan, machine: str = "q35",
                timeout: float = 180.0, fail_fast: bool = False, keep: Path | None = None, progress=None,
                count: bool = True, hang_after: float | None = 30.0) -> BootCheck:
     """Boot, collect executed string I/O, map it to modules; then (unless `fail_fast` or not
@@ -682,7 +776,8 @@ def boot_check(image: str, root: FlashImage, scan: ScanResult, vars_plan: VarsPl
     (or the boot manager's fallback) says where it stopped. The work directory (logs, the copy of
     the variable store) is removed at the end unless `keep` names it (created if absent; its
     parent must exist): also on an error, Ctrl-C, or `Terminated` (see `stop_on_signals`); every
-    QEMU started is killed first."""
+    QEMU started is killed first. `scan`: the image's ScanResult, or a function returning it (run
+    while the first boot runs)."""
     notes = [n] if (n := vars_plan.note()) else []
     if hang_after is not None and hang_after >= timeout:
         notes.append(f"hang detection off: --hang-after {hang_after:g} is not below --timeout {timeout:g}")
@@ -693,18 +788,42 @@ def boot_check(image: str, root: FlashImage, scan: ScanResult, vars_plan: VarsPl
             work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ovmftool-bootcheck-"))
         work.mkdir(exist_ok=True)
         template = vars_plan.template(work)
-        end = run_boot(Path(image), template, machine, timeout, fail_fast, work, progress, hang_after)
-        execd = executed_string_io(work / "trace.log")
-        map_to_modules(execd, root, scan, work / "debug.log", work / "trace.log")
-        stopped = None if end.finished else stopped_where(end, root, work)
+        pending = _InBackground(scan) if callable(scan) else None
+        so = plugin.plugin_path() if plugin.enabled() else None
+        end = None
+        if so is not None:
+            end, table, answers = run_plugin_boot(Path(image), template, machine, timeout, fail_fast, work, so,
+                                                  count and not fail_fast, progress, hang_after)
+            if table is None:  # the plugin did not load: QEMU refused it
+                notes.append(f"the boot-check TCG plugin did not load ({end.detail or end.verdict}): two boots")
+                end = None
+                (work / "code.bin").unlink(missing_ok=True)
+        elif plugin.enabled():
+            notes.append("two boots (the second counts executions and reads ports): the boot-check TCG plugin is "
+                         "not built for this QEMU (corpus/scripts/qemu-plugin.sh)")
         counted = False
-        if count and not fail_fast and execd and end.finished:
-            counted = count_executions(Path(image), template, machine, timeout, execd, work, progress)
+        if end is not None:  # one boot: the plugin counted
+            counted = count and not fail_fast and end.finished
+            execd, more = executed_from_plugin(table, answers, counted)
+            notes += more
+            counted = counted and bool(execd)
+            scan = pending.result() if pending else scan
+            map_to_modules(execd, root, scan, work / "debug.log", work / "code.bin")
+            stopped = None if end.finished else stopped_where(end, root, work)
+        else:
+            end = run_boot(Path(image), template, machine, timeout, fail_fast, work, progress, hang_after)
+            execd = executed_string_io(work / "trace.log")
+            scan = pending.result() if pending else scan
+            map_to_modules(execd, root, scan, work / "debug.log", work / "trace.log")
+            stopped = None if end.finished else stopped_where(end, root, work)
+            if count and not fail_fast and execd and end.finished:
+                counted = count_executions(Path(image), template, machine, timeout, execd, work, progress)
         logs = {}
         if keep:
             logs = {"serial": str(work / "serial.log"), "debug": str(work / "debug.log"),
                     "trace": str(work / "trace.log"),
-                    "count_debug": str(work / "count" / "debug.log") if counted else None}
+                    "count_debug": str(work / "count" / "debug.log") if counted and (work / "count").is_dir() else None,
+                    "code": str(work / "code.bin") if (work / "code.bin").is_file() else None}  # text only
         return BootCheck(image, end.verdict, end.seconds, execd, vars_plan.as_dict(), end.detail, end.quiet,
                          hang_after, stopped, counted, logs, str(work) if keep else None, notes)
     finally:

@@ -14,6 +14,7 @@ import os
 import select
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,16 @@ class Qemu:
     go to files in `work`; `log` are QEMU `-d` options logged to trace.log."""
 
     def __init__(self, code: Path, vars_template: Path | None, work: Path, machine: str = "q35",
-                 log: list[str] | None = None) -> None:
+                 log: list[str] | None = None, extra: list[str] | None = None, watch: Path | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         exe = qemu_binary()
         work.mkdir(parents=True, exist_ok=True)
         self.work = work
         self.serial, self.debug, self.trace = work / "serial.log", work / "debug.log", work / "trace.log"
+        # the file whose growth means "new code ran" for hang detection: the translation log, or
+        # the TCG plugin's code dump (`extra` holds the -plugin option then)
+        self.watch = watch or self.trace
+        self._lock = threading.RLock()  # QMP: boot-check's plugin responder thread asks too
         self.stderr = work / "qemu-stderr.log"
         for f in (self.serial, self.debug, self.trace):
             f.write_bytes(b"")
@@ -83,8 +89,10 @@ class Qemu:
                "-global", "isa-debugcon.iobase=0x402", "-net", "none", "-no-reboot", "-S", "-qmp", "stdio"]
         if log:
             cmd += [*log, "-D", str(self.trace)]
+        cmd += extra or []
         with open(self.stderr, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                         pass_fds=pass_fds)
         _LIVE.add(self)
         self._buf = b""
         self.events: list[dict] = []
@@ -132,6 +140,10 @@ class Qemu:
 
     def command(self, name: str, args: dict | None = None, timeout: float = 10.0) -> dict | None:
         """Run a QMP command; its `return` (None on error or when QEMU is gone)."""
+        with self._lock:
+            return self._command(name, args, timeout)
+
+    def _command(self, name: str, args: dict | None, timeout: float) -> dict | None:
         if self.proc.poll() is not None or self.proc.stdin is None:
             return None
         req = {"execute": name, **({"arguments": args} if args else {})}
@@ -195,7 +207,7 @@ class Qemu:
                 pass
 
     def sizes(self) -> tuple[int, int, int]:
-        return tuple(f.stat().st_size if f.exists() else 0 for f in (self.serial, self.debug, self.trace))
+        return tuple(f.stat().st_size if f.exists() else 0 for f in (self.serial, self.debug, self.watch))
 
 
 def close_all() -> None:

@@ -23,28 +23,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ovmftool import __version__
 from ovmftool.errors import OvmfToolError
 from ovmftool.report.identity import site_keys
-from ovmftool.scan.scanner import Finding, ScanResult
+from ovmftool.scan.scanner import Finding, ScanResult, default_jobs, scan_checked
 
 BASELINE_SCHEMA = "ovmftool.baseline/1"
 WAIVERS_SCHEMA = "ovmftool.waivers/1"
-
-
-def make_baseline(r: ScanResult) -> dict:
-    """The baseline document of one scan."""
-    keys = site_keys(r.findings)
-    return {
-        "schema_version": BASELINE_SCHEMA,
-        "tool": {"name": "ovmftool", "version": __version__},
-        "image": {"path": r.path, "sha256": r.sha256},
-        "sites": [
-            {"key": k, "module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
-             "mnemonic": f.mnemonic, "bytes": f.bytes, "rva": f.rva}
-            for f, k in zip(r.findings, keys)
-        ],
-    }
 
 
 def _load_json(path: str, what: str) -> dict:
@@ -224,3 +208,12 @@ def check(r: ScanResult, baseline: set[str], waivers: list[Waiver], today: dt.da
     out.gone = len(baseline - set(keys))
     out.unused = [w for w in live if w.used == 0]
     return out
+
+
+def check_image(image: str, baseline_file: str | None = None, waivers_file: str | None = None,
+                symbols_dir: str | None = None) -> CheckResult:
+    """`ovmftool check`: the baseline and waivers read (their errors come before any scan), IMAGE
+    scanned with the verdict rules of `scan`, and compared."""
+    base = load_baseline(baseline_file) if baseline_file else set()
+    waivers = load_waivers(waivers_file) if waivers_file else []
+    return check(scan_checked(image, symbols_dir, default_jobs()), base, waivers)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ovmftool.report.identity import site_keys
-from ovmftool.scan.scanner import Finding, ScanResult
+from ovmftool.scan.scanner import Finding, ScanResult, default_jobs, open_symbols, scan_checked
 
 
 @dataclass
@@ -35,19 +35,10 @@ def diff(old: ScanResult, new: ScanResult) -> DiffResult:
     return out
 
 
-DIFF_SCHEMA = "ovmftool.diff/1"
-
-
-def _row(f: Finding) -> dict:
-    return {"module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
-            "mnemonic": f.mnemonic, "bytes": f.bytes, "rva": f.rva, "volume": f.volume}
-
-
-def diff_json(old: ScanResult, new: ScanResult, d: DiffResult) -> dict:
-    """The `diff --format json` document (docs/schema/diff-1.json)."""
-    from ovmftool import __version__
-
-    return {"schema_version": DIFF_SCHEMA, "tool": {"name": "ovmftool", "version": __version__},
-            "old": {"path": old.path, "sha256": old.sha256}, "new": {"path": new.path, "sha256": new.sha256},
-            "added": [_row(f) for f in d.added], "removed": [_row(f) for f in d.removed],
-            "unchanged": len(d.unchanged), "modules_added": d.modules_added, "modules_removed": d.modules_removed}
+def diff_images(old: str, new: str, symbols_old: str | None = None, symbols_new: str | None = None,
+                ) -> tuple[ScanResult, ScanResult, DiffResult]:
+    """`ovmftool diff`: both build directories opened (checked before any scan), both images
+    scanned with the verdict rules of `scan`, their findings matched."""
+    sym_a, sym_b = open_symbols(symbols_old, "--symbols-old"), open_symbols(symbols_new, "--symbols-new")
+    a, b = scan_checked(old, sym_a, default_jobs()), scan_checked(new, sym_b, default_jobs())
+    return a, b, diff(a, b)

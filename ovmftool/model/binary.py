@@ -13,21 +13,19 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import struct
 from dataclasses import dataclass
 
 from ovmftool.errors import ImageError
 from ovmftool.model import structs as S
 from ovmftool.model.node import Space
-from ovmftool.model.parser import FlashImage
-from ovmftool.model.pe import PeImage, parse_image
+from ovmftool.model.flash import FlashImage
+from ovmftool.model.pe import MAX_SECTIONS, PeImage, parse_image
 
 NULL_GUID = "00000000-0000-0000-0000-000000000000"
 # NAME_GUID.efi | NAME_GUID.te, as `extract` writes them (a repeated name gets _2, _3, ...), and
 # names made from them (NAME_GUID.patched.efi)
 _EXTRACTED = re.compile(r"^(?:(?P<name>.+?)_)?(?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                         r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(?:[._-][^/]*)?\.(?:efi|te|pe|bin)$", re.I)
-_MAX_TE_SECTIONS = 96  # the PE/COFF limit
 
 
 def looks_like_binary(data: bytes) -> bool:
@@ -52,12 +50,6 @@ class BinaryFile(FlashImage):
     def image(self) -> PeImage:
         """The module."""
         return self.children[0]
-
-    def label(self) -> str:
-        return f"binary {os.path.basename(self.path) or '<bytes>'} ({self.size} bytes)"
-
-    def summary(self) -> dict:
-        return {"path": self.path, "sha256": self.sha256, "size": self.size}
 
 
 def parse_binary(data: bytes, path: str = "") -> BinaryFile:
@@ -87,19 +79,19 @@ def parse_binary(data: bytes, path: str = "") -> BinaryFile:
 def _check(data: bytes, what: str) -> None:
     """Refuse, in one line, a file that starts with MZ/VZ but is no PE or TE image."""
     if data[:2] == S.DOS_MAGIC:
-        if len(data) < 0x40:
+        if len(data) < S.DOS_HEADER_SIZE:
             raise ImageError(f"{what} is a truncated PE image: {len(data)} bytes, shorter than the DOS header")
-        lfanew = struct.unpack_from("<I", data, 0x3C)[0]
-        if lfanew + 4 > len(data):
+        lfanew = S.DOS_E_LFANEW.get(data)
+        if lfanew + len(S.PE_MAGIC) > len(data):
             raise ImageError(f"{what} holds no firmware volume and is not a PE image (or is truncated): e_lfanew "
                              f"0x{lfanew:X} is past the end of its {len(data)} bytes")
-        if data[lfanew : lfanew + 4] != S.PE_MAGIC:
+        if data[lfanew : lfanew + len(S.PE_MAGIC)] != S.PE_MAGIC:
             raise ImageError(f"{what} holds no firmware volume and is not a PE image: MZ header without a PE "
                              f"signature at e_lfanew 0x{lfanew:X}")
-        opt = lfanew + 4 + S.COFF_HEADER.size
-        if opt + 2 > len(data):
+        opt = lfanew + len(S.PE_MAGIC) + S.COFF_HEADER.size
+        if opt + S.OPT_MAGIC.end > len(data):
             raise ImageError(f"{what} is a truncated PE image: {len(data)} bytes, the COFF header is cut off")
-        magic = struct.unpack_from("<H", data, opt)[0]
+        magic = S.OPT_MAGIC.get(data, opt)
         if magic not in (S.OPT_MAGIC_PE32, S.OPT_MAGIC_PE32_PLUS):
             raise ImageError(f"{what} holds no firmware volume and is not a PE32/PE32+ image: optional header "
                              f"magic 0x{magic:X}")
@@ -107,6 +99,6 @@ def _check(data: bytes, what: str) -> None:
         if len(data) < S.TE_HEADER.size:
             raise ImageError(f"{what} is a truncated TE image: {len(data)} bytes, shorter than the TE header")
         _sig, machine, nsec, _subsys, stripped = S.TE_HEADER.unpack_from(data, 0)[:5]
-        if machine not in S.MACHINES or not 1 <= nsec <= _MAX_TE_SECTIONS or stripped < S.TE_HEADER.size:
+        if machine not in S.MACHINES or not 1 <= nsec <= MAX_SECTIONS or stripped < S.TE_HEADER.size:
             raise ImageError(f"{what} holds no firmware volume and is not a TE image: VZ header with machine "
                              f"0x{machine:04X}, {nsec} sections, stripped size 0x{stripped:X}")

@@ -30,14 +30,3 @@ class CodeBlob(Node):
         blob.role, blob.mode = "reset-vector", 16
         blob.entry_offset = max(size - 16, 0)
         return blob
-
-    def label(self) -> str:
-        return f"code {self.role} ({self.mode}-bit entry)"
-
-    def summary(self) -> dict:
-        return {
-            "role": self.role,
-            "mode": self.mode,
-            "entry_offset": self.entry_offset,
-            "load_address": self.load_address,
-        }

@@ -22,22 +22,23 @@ class DecodeError(ImageError):
 
 def _lzma(data: bytes, limits: Limits, where: str) -> bytes:
     # The ".lzma alone" format EDK II's LzmaCompress writes: 5 property bytes, u64 size, stream.
-    if len(data) < 13:
-        raise DecodeError("LZMA data shorter than its 13-byte header", where)
-    size = struct.unpack_from("<Q", data, 5)[0]
+    hsize = S.LZMA_HEADER.size
+    if len(data) < hsize:
+        raise DecodeError(f"LZMA data shorter than its {hsize}-byte header", where)
+    size = S.LZMA_UNCOMPRESSED_SIZE.get(data)
     if size == 0xFFFFFFFFFFFFFFFF:
         raise DecodeError("LZMA stream without a declared size", where)
     limits.charge_expansion(size, where)
     # EDK II decodes into the output buffer (its dictionary size is not used); liblzma allocates
     # the dictionary the header declares (up to 4 GiB). A dictionary larger than the output is
     # never reached into, so decode with one no larger than the output: same bytes, bounded memory.
-    head = bytearray(data[:13])
-    if struct.unpack_from("<I", head, 1)[0] > max(size, 4096):
-        struct.pack_into("<I", head, 1, max(size, 4096))
+    head = bytearray(data[:hsize])
+    if S.LZMA_DICTIONARY_SIZE.get(head) > max(size, 4096):
+        S.LZMA_DICTIONARY_SIZE.put(head, 0, max(size, 4096))
     dec = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
     try:
         out = dec.decompress(bytes(head), max_length=size + 1)
-        out += dec.decompress(memoryview(data)[13:], max_length=size + 1 - len(out))
+        out += dec.decompress(memoryview(data)[hsize:], max_length=size + 1 - len(out))
     except lzma.LZMAError as e:
         raise DecodeError(f"LZMA decode failed ({e})", where) from None
     if len(out) != size:
@@ -119,11 +120,12 @@ def _lzma_f86(data: bytes, limits: Limits, where: str) -> bytes:
 
 def _efi_common(data: bytes, limits: Limits, where: str, tiano: bool) -> bytes:
     # EFI and Tiano streams start with CompSize u32, OrigSize u32.
-    if len(data) < 8:
-        raise DecodeError("EFI/Tiano data shorter than its 8-byte header", where)
-    comp, orig = struct.unpack_from("<II", data)
-    if comp + 8 > len(data):
-        raise DecodeError(f"EFI/Tiano compressed size {comp} exceeds the {len(data) - 8} bytes present", where)
+    hsize = S.EFI_COMPRESS_HEADER.size
+    if len(data) < hsize:
+        raise DecodeError(f"EFI/Tiano data shorter than its {hsize}-byte header", where)
+    comp, orig = S.EFI_COMPRESS_HEADER.unpack_from(data)
+    if comp + hsize > len(data):
+        raise DecodeError(f"EFI/Tiano compressed size {comp} exceeds the {len(data) - hsize} bytes present", where)
     limits.charge_expansion(orig, where)
     if orig == 0:
         return b""
@@ -131,7 +133,7 @@ def _efi_common(data: bytes, limits: Limits, where: str, tiano: bool) -> bytes:
 
     fn = efi_compressor.TianoDecompress if tiano else efi_compressor.EfiDecompress
     try:
-        out = fn(bytes(data[: comp + 8]), comp + 8)
+        out = fn(bytes(data[: comp + hsize]), comp + hsize)
     except Exception as e:  # the extension raises bare Exceptions
         raise DecodeError(f"{'Tiano' if tiano else 'EFI'} decode failed ({e})", where) from None
     if len(out) != orig:
@@ -149,15 +151,16 @@ def _tiano(data: bytes, limits: Limits, where: str) -> bytes:
 
 def _brotli(data: bytes, limits: Limits, where: str) -> bytes:
     # EDK II BrotliCompress: u64 decompressed size, u64 scratch size, then the Brotli stream.
-    if len(data) < 16:
-        raise DecodeError("Brotli data shorter than its 16-byte header", where)
-    size = struct.unpack_from("<Q", data)[0]
+    hsize = S.BROTLI_HEADER.size
+    if len(data) < hsize:
+        raise DecodeError(f"Brotli data shorter than its {hsize}-byte header", where)
+    size = S.BROTLI_HEADER.unpack_from(data)[0]
     limits.charge_expansion(size, where)
     import brotli
 
     dec = brotli.Decompressor()
     try:
-        out = dec.process(bytes(data[16:]), output_buffer_limit=size + 1)
+        out = dec.process(bytes(data[hsize:]), output_buffer_limit=size + 1)
     except brotli.error as e:
         raise DecodeError(f"Brotli decode failed ({e})", where) from None
     if len(out) != size or not dec.is_finished():

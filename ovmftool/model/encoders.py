@@ -11,7 +11,6 @@ chosen for speed first, with EDK II's own level-5 effort as the fallback when sp
 from __future__ import annotations
 
 import lzma
-import struct
 from typing import Callable
 
 from ovmftool.errors import OvmfToolError
@@ -37,7 +36,7 @@ def lzma_props(old_stream: bytes, size: int | None = None) -> dict:
     next power of two, at least 4 KiB): the stream decodes the same under the header's larger
     dictionary (no match can reach further back than the data), and liblzma's encoder refuses
     dictionaries over 1.5 GiB and allocates several times the dictionary it is given."""
-    if len(old_stream) < 13:
+    if len(old_stream) < S.LZMA_HEADER.size:
         raise EncodeError("LZMA stream shorter than its header")
     p = old_stream[0]
     if p >= 9 * 5 * 5:
@@ -46,7 +45,7 @@ def lzma_props(old_stream: bytes, size: int | None = None) -> dict:
     lp, pb = rest % 5, rest // 5
     if lc + lp > 4:
         raise EncodeError(f"LZMA properties lc={lc} lp={lp} (lc + lp > 4) cannot be encoded by liblzma")
-    dict_size = struct.unpack_from("<I", old_stream, 1)[0]
+    dict_size = S.LZMA_DICTIONARY_SIZE.get(old_stream)
     if size is not None:
         dict_size = min(dict_size, 1 << max(size - 1, 1).bit_length())
     return {"lc": lc, "lp": lp, "pb": pb, "dict_size": max(dict_size, 4096)}
@@ -62,8 +61,8 @@ def encode_lzma(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
                           f"0x{f['dict_size']:X} ({e})") from None
     # liblzma writes "size unknown" (all ones) and an end marker; EDK II's decoder reads the size
     # from the header (and accepts the end marker), so write the real size.
-    struct.pack_into("<Q", out, 5, len(data))
-    out[0:5] = old_stream[0:5]
+    S.LZMA_UNCOMPRESSED_SIZE.put(out, 0, len(data))
+    out[0 : S.LZMA_PROPERTIES_SIZE] = old_stream[0 : S.LZMA_PROPERTIES_SIZE]
     return bytes(out)
 
 
@@ -93,8 +92,8 @@ def _tiano(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
 def _brotli(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
     import brotli
 
-    scratch = struct.unpack_from("<Q", old_stream, 8)[0] if len(old_stream) >= 16 else 0
-    return struct.pack("<QQ", len(data), scratch) + brotli.compress(data, quality=9, lgwin=22)
+    scratch = S.BROTLI_HEADER.unpack_from(old_stream)[1] if len(old_stream) >= S.BROTLI_HEADER.size else 0
+    return S.BROTLI_HEADER.pack(len(data), scratch) + brotli.compress(data, quality=9, lgwin=22)
 
 
 Encoder = Callable[..., bytes]

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ovmftool.model import structs as S
+from ovmftool.model.context import ParseContext
 from ovmftool.model.node import Node
 from ovmftool.model.volume import FreeSpace, Volume
-
-if TYPE_CHECKING:
-    from ovmftool.model.parser import ParseContext
 
 RESET_VECTOR_GUID = "1ba0062e-c779-4582-8566-336ae8f78f09"
 
@@ -66,28 +63,10 @@ class FfsFile(Node):
 
     @property
     def is_pad(self) -> bool:
-        return self.type == 0xF0
-
-    def label(self) -> str:
-        nm = f" {self.ui_name}" if self.ui_name else ""
-        return f"file {self.guid} {self.type_name}{nm}"
-
-    def summary(self) -> dict:
-        return {
-            "guid": self.guid,
-            "name": self.ui_name,
-            "type": self.type_name,
-            "state": self.state,
-            "attributes": f"0x{self.attributes:02X}",
-            "alignment": self.alignment,
-            "header_size": self.header_size,
-            "large": bool(self.attributes & S.FFS_ATTRIB_LARGE_FILE) and self.header_size == 32,
-            "header_checksum_ok": self.header_checksum_ok,
-            "data_checksum_ok": self.data_checksum_ok,
-        }
+        return self.type == S.FV_FILETYPE_FFS_PAD
 
 
-def parse_files(ctx: "ParseContext", vol: Volume) -> None:
+def parse_files(ctx: ParseContext, vol: Volume) -> None:
     """Parse the files of an FFS2/FFS3 volume, then its free space."""
     data, erase = vol.space.data, vol.erase_byte
     large_ok = vol.fs_guid == S.FFS3_GUID
@@ -111,18 +90,18 @@ def parse_files(ctx: "ParseContext", vol: Volume) -> None:
         vol.damage(f"0x{len(tail) - tail.count(erase):X} non-erased bytes in free space", pos)
 
 
-def _parse_file(ctx: "ParseContext", vol: Volume, pos: int, large_ok: bool) -> FfsFile:
+def _parse_file(ctx: ParseContext, vol: Volume, pos: int, large_ok: bool) -> FfsFile:
     data, end = vol.space.data, vol.end
     name, hsum, fsum, ftype, attrs, size3, state = S.FFS_HEADER.unpack_from(data, pos)
     f = FfsFile(vol.space, pos, 0, vol)
     f.guid, f.type, f.attributes, f.state_raw = S.guid_str(name), ftype, attrs, state
-    ctx.limits.charge_node(ctx.where(vol.space, pos))
+    ctx.limits.charge_node(vol.space.place(pos))
     size, hsize = S.u24(size3), S.FFS_HEADER.size
     if attrs & S.FFS_ATTRIB_LARGE_FILE and large_ok:
-        if pos + 32 > end:
+        if pos + S.FFS_HEADER2_SIZE > end:
             f.damage("large-file header runs past the end of the volume")
             return f
-        size, hsize = S.FFS_HEADER2_EXTRA.unpack_from(data, pos + 24)[0], 32
+        size, hsize = S.FFS_EXTENDED_SIZE.get(data, pos), S.FFS_HEADER2_SIZE
     f.header_size = hsize
     if size < hsize:
         f.damage(f"file size 0x{size:X} is smaller than its header")
@@ -146,11 +125,7 @@ def _parse_file(ctx: "ParseContext", vol: Volume, pos: int, large_ok: bool) -> F
     if align > 1 and (pos + hsize - vol.offset) % align:
         f.damage(f"file data is not aligned to its required 0x{align:X}")
     if ftype in S.SECTIONED_FILE_TYPES:
-        from ovmftool.model.section import parse_sections
-
-        parse_sections(ctx, f, vol.space, pos + hsize, pos + size)
-    elif ftype == 0x01 and f.guid == RESET_VECTOR_GUID:
-        from ovmftool.model.blob import CodeBlob
-
-        f.children.append(CodeBlob.reset_vector(vol.space, pos + hsize, size - hsize, f))
+        ctx.sections(f, vol.space, pos + hsize, pos + size)
+    elif ftype == S.FV_FILETYPE_RAW and f.guid == RESET_VECTOR_GUID:
+        f.children.append(ctx.reset_vector(vol.space, pos + hsize, size - hsize, f))
     return f

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from ovmftool.model import structs as S
 from ovmftool.model.blob import CodeBlob
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.node import Node, walk
@@ -22,12 +23,12 @@ def resolve(root: Node) -> None:
     for n in walk(root):
         if isinstance(n, Volume):
             if not n.name:
-                n.name = f"FV_{n.name_guid}" if n.name_guid else f"FV@{_place(n)}"
+                n.name = f"FV_{n.name_guid}" if n.name_guid else f"FV@{n.place}"
         elif isinstance(n, FfsFile):
             for s in _own_sections(n):
-                if s.type == 0x15 and n.ui_name is None:
+                if s.type == S.EFI_SECTION_USER_INTERFACE and n.ui_name is None:
                     n.ui_name = s.text
-                elif s.type == 0x14 and n.version is None:
+                elif s.type == S.EFI_SECTION_VERSION and n.version is None:
                     n.version = s.text
         elif isinstance(n, CodeBlob):
             a = n.abs_offset
@@ -63,7 +64,3 @@ def _own_sections(f: FfsFile):
             yield n
             stack.extend(reversed([c for c in n.children if isinstance(c, Section)]))
 
-
-def _place(n: Node) -> str:
-    a = n.abs_offset
-    return f"0x{a:X}" if a is not None else f"{n.space.label}+0x{n.offset:X}"

@@ -3,8 +3,9 @@
 Every node lives in a `Space`: a byte buffer that is either the image file itself (its bytes have
 absolute file offsets) or the output of a decompression (they do not). A node knows its offset
 within its space, its size, its parent, and so its absolute offset when it has one.
-Operations on the model (rendering, extraction, module listing, scanning) live elsewhere and
-walk the tree through `children`.
+The model knows no operation and no rendering: rendering, extraction, module listing and
+scanning live elsewhere (`ovmftool.ops`, `ovmftool.scan`, `ovmftool.report`) and walk the tree
+through `children`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ class Space:
         """The absolute file offset of `offset` in this space, or None inside decoded data."""
         return None if self.abs_base is None else self.abs_base + offset
 
+    def place(self, offset: int, digits: int = 0) -> str:
+        """Where `offset` is, for people: the file offset in hex (zero-padded to `digits`), or
+        inside decoded data the space's label and the offset in it (`FVMAIN_COMPACT/LZMA+0x1F0`).
+        Every message and report that names a place in an image spells it this way."""
+        a = self.abs(offset)
+        return f"0x{a:0{digits}X}" if a is not None else f"{self.label}+0x{offset:X}"
+
     def __repr__(self) -> str:  # compact: a space holds megabytes
         return f"Space({self.label!r}, {len(self.data)} bytes, abs_base={self.abs_base})"
 
@@ -46,10 +54,7 @@ class Problem:
     @property
     def where(self) -> str:
         """Human-readable location: absolute offset, or space label and offset."""
-        a = self.node.space.abs(self.offset)
-        if a is not None:
-            return f"0x{a:X}"
-        return f"{self.node.space.label}+0x{self.offset:X}"
+        return self.node.space.place(self.offset)
 
     def __str__(self) -> str:
         return f"{self.message} at {self.where}"
@@ -76,6 +81,11 @@ class Node:
     def abs_offset(self) -> int | None:
         """Absolute offset in the image file, or None inside decompressed data."""
         return self.space.abs(self.offset)
+
+    @property
+    def place(self) -> str:
+        """Where the node starts, as `Space.place` spells it."""
+        return self.space.place(self.offset)
 
     @property
     def end(self) -> int:
@@ -114,14 +124,6 @@ class Node:
         pr = Problem(message, self, self.offset if offset is None else offset)
         self.problems.append(pr)
         return pr
-
-    def label(self) -> str:
-        """Short description used in trees and paths."""
-        return self.kind
-
-    def summary(self) -> dict:
-        """Kind-specific fields for reports (JSON-safe)."""
-        return {}
 
 
 def walk(node: Node) -> Iterator[Node]:

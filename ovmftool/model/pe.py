@@ -16,14 +16,12 @@ import struct
 from array import array
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from ovmftool.errors import printable
 from ovmftool.model import structs as S
+from ovmftool.model.limits import Limits
 from ovmftool.model.node import Node, Space
-
-if TYPE_CHECKING:
-    from ovmftool.model.limits import Limits
 
 MAX_SECTIONS = 96  # the PE/COFF loader limit (EDK II images have 3 to 6)
 MAX_EXPORTS = 0x10000  # export ordinals are 16-bit
@@ -133,9 +131,6 @@ class PeImage(Node):
         """The image file bytes."""
         return self.data
 
-    def label(self) -> str:
-        return f"{self.format} {self.machine}"
-
     def rva_to_offset(self, rva: int) -> int | None:
         """Offset within the image bytes of the byte at `rva`, or None if it has no file data."""
         for s in self.sections:
@@ -145,7 +140,7 @@ class PeImage(Node):
                 return off if d < s.raw_size and 0 <= off < self.size else None
         if self.format == "TE":
             off = rva - self.te_adjust
-            return off if 0 <= off < min(S.TE_HEADER.size + 40 * len(self.sections), self.size) else None
+            return off if 0 <= off < min(S.TE_HEADER.size + S.PE_SECTION.size * len(self.sections), self.size) else None
         return rva if 0 <= rva < min(self.size_of_headers, self.size) else None
 
     def section_at(self, rva: int) -> PeSection | None:
@@ -190,13 +185,14 @@ class PeImage(Node):
         mem = self.memory
         p, end = rva, rva + size
         add_rva, add_type = out.rvas.append, out.types.append
-        while p + 8 <= end:
-            page, bsize = struct.unpack_from("<II", mem, p)
-            if bsize < 8 or p + bsize > end:
+        hsize = S.BASE_RELOCATION_BLOCK.size
+        while p + hsize <= end:
+            page, bsize = S.BASE_RELOCATION_BLOCK.unpack_from(mem, p)
+            if bsize < hsize or p + bsize > end:
                 self.damage(f"base relocation block size 0x{bsize:X} is out of range", self.offset)
                 break
-            n = (bsize - 8) // 2
-            for e in struct.unpack_from(f"<{n}H", mem, p + 8):
+            n = (bsize - hsize) // 2
+            for e in struct.unpack_from(f"<{n}H", mem, p + hsize):
                 t = e >> 12
                 if t != S.REL_BASED_ABSOLUTE:
                     add_rva(page + (e & 0xFFF))
@@ -224,7 +220,7 @@ class PeImage(Node):
             if dtype != S.IMAGE_DEBUG_TYPE_CODEVIEW or not daddr or daddr + dsize > len(mem):
                 continue
             sig = mem[daddr : daddr + 4]
-            skip = {b"RSDS": 24, b"NB10": 16, b"MTOC": 20}.get(sig)
+            skip = S.CODEVIEW_PATH_OFFSETS.get(sig)
             if skip is None or dsize < skip:
                 continue
             cv = mem[daddr + skip : daddr + min(dsize, skip + MAX_PATH)]
@@ -236,9 +232,9 @@ class PeImage(Node):
         """Exported functions: rva -> name (EDK II images rarely have any)."""
         rva, size = self.directories.get(S.DIR_EXPORT, (0, 0))
         mem = self.memory
-        if not rva or rva + 40 > len(mem):
+        if not rva or rva + S.EXPORT_DIRECTORY.size > len(mem):
             return {}
-        n_funcs, n_names, a_funcs, a_names, a_ords = struct.unpack_from("<IIIII", mem, rva + 20)
+        *_, n_funcs, n_names, a_funcs, a_names, a_ords = S.EXPORT_DIRECTORY.unpack_from(mem, rva)
         out: dict[int, str] = {}
         if n_funcs > MAX_EXPORTS or n_names > MAX_EXPORTS:
             return {}  # not a table an image can have: no ordinal reaches past 0xFFFF
@@ -254,32 +250,14 @@ class PeImage(Node):
                 out[funcs[o]] = printable(mem[nrva : end if end >= 0 else nrva + MAX_NAME].decode("ascii", "replace"))
         return out
 
-    def summary(self) -> dict:
-        return {
-            "format": self.format,
-            "machine": self.machine,
-            "image_base": self.image_base,
-            "entry_rva": self.entry_rva,
-            "size_of_image": self.size_of_image,
-            "sections": [
-                {"name": s.name, "rva": s.rva, "virtual_size": s.virtual_size, "raw_size": s.raw_size,
-                 "characteristics": f"0x{s.characteristics:08X}"}
-                for s in self.sections
-            ],
-            "relocations": len(self.relocations),
-            "debug_path": self.debug_path,
-        }
 
-
-def parse_image(space: Space, off: int, end: int, parent: Node | None, limits: "Limits | None" = None) -> PeImage:
+def parse_image(space: Space, off: int, end: int, parent: Node | None, limits: Limits | None = None) -> PeImage:
     """Parse the PE or TE headers of the image at `space.data[off:end]`.
 
     The memory image's size is decided here: what SizeOfImage and the section headers declare,
     capped at `limits.image_memory_cap` of the file bytes (more is damage, not an allocation).
     With `limits`, the image's memory and relocation table are charged against the parse's
     totals (LimitExceeded when over)."""
-    from ovmftool.model.limits import Limits
-
     img = PeImage(space, off, end - off, parent)
     raw = space.data[off:end]
     try:
@@ -303,45 +281,52 @@ def parse_image(space: Space, off: int, end: int, parent: Node | None, limits: "
                    f"for 0x{len(raw):X} bytes of image; only 0x{cap:X} are loaded")
     img.mem_size = min(extent, cap)
     if limits is not None:
-        a = space.abs(off)
-        limits.charge_image(img.mem_size, img.relocation_table()[1], f"0x{a:X}" if a is not None else
-                            f"{space.label}+0x{off:X}")
+        limits.charge_image(img.mem_size, img.relocation_table()[1], space.place(off))
     return img
 
 
+_PE_FORMATS = {S.OPT_MAGIC_PE32: "PE32", S.OPT_MAGIC_PE32_PLUS: "PE32+"}
+
+
+def optional_header(raw: bytes) -> tuple[int, int]:
+    """(offset of the COFF header, offset of the optional header) of the PE image `raw`."""
+    coff = S.DOS_E_LFANEW.get(raw) + len(S.PE_MAGIC)
+    return coff, coff + S.COFF_HEADER.size
+
+
+def _fields(raw: bytes, base: int, *fields: S.Field) -> tuple[int, ...]:
+    """Several fields of one header, all read before any is used (a cut header yields none)."""
+    return tuple(f.get(raw, base) for f in fields)
+
+
 def _parse_pe(img: PeImage, raw: bytes) -> None:
-    lfanew = struct.unpack_from("<I", raw, 0x3C)[0]
-    if raw[lfanew : lfanew + 4] != S.PE_MAGIC:
+    lfanew = S.DOS_E_LFANEW.get(raw)
+    if raw[lfanew : lfanew + len(S.PE_MAGIC)] != S.PE_MAGIC:
         img.damage(f"no PE signature at e_lfanew 0x{lfanew:X}")
         return
-    coff = lfanew + 4
+    coff, opt = optional_header(raw)
     machine, nsec, _td, _ps, _ns, optsize, _ch = S.COFF_HEADER.unpack_from(raw, coff)
-    opt = coff + S.COFF_HEADER.size
-    magic = struct.unpack_from("<H", raw, opt)[0]
+    magic = S.OPT_MAGIC.get(raw, opt)
     img.machine_code = machine
-    img.entry_rva = struct.unpack_from("<I", raw, opt + 16)[0]
-    if magic == S.OPT_MAGIC_PE32:
-        img.format = "PE32"
-        img.image_base = struct.unpack_from("<I", raw, opt + 28)[0]
-        ndir_off = opt + 92
-    elif magic == S.OPT_MAGIC_PE32_PLUS:
-        img.format = "PE32+"
-        img.image_base = struct.unpack_from("<Q", raw, opt + 24)[0]
-        ndir_off = opt + 108
-    else:
+    img.entry_rva = S.OPT_ADDRESS_OF_ENTRY_POINT.get(raw, opt)
+    fmt = _PE_FORMATS.get(magic)
+    if fmt is None:
         img.damage(f"unknown optional header magic 0x{magic:X}")
         return
-    img.section_alignment, img.file_alignment = struct.unpack_from("<II", raw, opt + 32)
-    img.size_of_image, img.size_of_headers = struct.unpack_from("<II", raw, opt + 56)
-    img.subsystem = struct.unpack_from("<H", raw, opt + 68)[0]
-    ndir = struct.unpack_from("<I", raw, ndir_off)[0]
-    for i in range(min(ndir, 16)):
-        va, sz = S.DATA_DIR.unpack_from(raw, ndir_off + 4 + 8 * i)
+    img.format = fmt
+    img.image_base = S.OPT_IMAGE_BASE[fmt].get(raw, opt)
+    img.section_alignment, img.file_alignment = _fields(raw, opt, S.OPT_SECTION_ALIGNMENT, S.OPT_FILE_ALIGNMENT)
+    img.size_of_image, img.size_of_headers = _fields(raw, opt, S.OPT_SIZE_OF_IMAGE, S.OPT_SIZE_OF_HEADERS)
+    img.subsystem = S.OPT_SUBSYSTEM.get(raw, opt)
+    ndir = S.OPT_NUMBER_OF_RVA_AND_SIZES[fmt].get(raw, opt)
+    dirs = opt + S.OPT_NUMBER_OF_RVA_AND_SIZES[fmt].end
+    for i in range(min(ndir, S.MAX_DATA_DIRS)):
+        va, sz = S.DATA_DIR.unpack_from(raw, dirs + S.DATA_DIR.size * i)
         if va or sz:
             img.directories[i] = (va, sz)
     sec_off = opt + optsize
     for i in range(_section_count(img, nsec)):
-        name, vsize, va, rsize, rptr, *_rest, chars = S.PE_SECTION.unpack_from(raw, sec_off + 40 * i)
+        name, vsize, va, rsize, rptr, *_rest, chars = S.PE_SECTION.unpack_from(raw, sec_off + S.PE_SECTION.size * i)
         img.sections.append(PeSection(_name(name), va, vsize, rptr, rsize, chars))
 
 
@@ -370,7 +355,8 @@ def _parse_te(img: PeImage, raw: bytes) -> None:
     img.size_of_headers = stripped
     top = 0
     for i in range(_section_count(img, nsec)):
-        name, vsize, va, rsize, rptr, *_rest, chars = S.PE_SECTION.unpack_from(raw, S.TE_HEADER.size + 40 * i)
+        hdr = S.TE_HEADER.size + S.PE_SECTION.size * i
+        name, vsize, va, rsize, rptr, *_rest, chars = S.PE_SECTION.unpack_from(raw, hdr)
         sec = PeSection(_name(name), va, vsize, rptr - img.te_adjust, rsize, chars)
         img.sections.append(sec)
         top = max(top, va + max(vsize, rsize))

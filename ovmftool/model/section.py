@@ -4,15 +4,13 @@ firmware volume images), nested to any depth within the parse limits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ovmftool.errors import ImageError, printable
 from ovmftool.model import codecs
 from ovmftool.model import structs as S
+from ovmftool.model.context import ParseContext
 from ovmftool.model.node import Node, Space
-
-if TYPE_CHECKING:
-    from ovmftool.model.parser import ParseContext
+from ovmftool.model.volume import Volume, looks_like_volume
 
 
 @dataclass(eq=False, repr=False)
@@ -51,34 +49,8 @@ class Section(Node):
         """Section data without its header(s)."""
         return self.space.data[self.data_offset : self.end]
 
-    def label(self) -> str:
-        extra = ""
-        if self.compression:
-            extra = f" {self.compression}"
-        elif self.text is not None:
-            extra = f" {self.text!r}"
-        elif self.guid:
-            extra = f" {self.guid}"
-        return f"section {self.type_name}{extra}"
 
-    def summary(self) -> dict:
-        d: dict = {"type": self.type_name, "header_size": self.header_size}
-        if self.guid:
-            d["guid"] = self.guid
-        if self.compression:
-            d["compression"] = self.compression
-        if self.decoded is not None:
-            d["decoded_size"] = len(self.decoded.data)
-        if self.text is not None:
-            d["text"] = self.text
-        if self.build_number is not None:
-            d["build_number"] = self.build_number
-        if self.crc_ok is not None:
-            d["crc_ok"] = self.crc_ok
-        return d
-
-
-def parse_sections(ctx: "ParseContext", parent: Node, space: Space, start: int, end: int) -> None:
+def parse_sections(ctx: ParseContext, parent: Node, space: Space, start: int, end: int) -> None:
     """Parse the sections in `space[start:end]` as children of `parent`."""
     data = space.data
     ctx.enter(parent, space, start)
@@ -90,12 +62,12 @@ def parse_sections(ctx: "ParseContext", parent: Node, space: Space, start: int, 
             sec = Section(space, pos, 0, parent)
             sec.type = stype
             parent.children.append(sec)
-            ctx.limits.charge_node(ctx.where(space, pos))
-            if size == 0xFFFFFF:
-                if pos + 8 > end:
+            ctx.limits.charge_node(space.place(pos))
+            if size == S.SECTION_EXTENDED:
+                if pos + S.SECTION_HEADER2_SIZE > end:
                     sec.damage("extended section header runs past its container")
                     return
-                size, hsize = S.SECTION_HEADER2_EXTRA.unpack_from(data, pos + 4)[0], 8
+                size, hsize = S.SECTION_EXTENDED_SIZE.get(data, pos), S.SECTION_HEADER2_SIZE
             if size < hsize:
                 sec.damage(f"section size 0x{size:X} is smaller than its header")
                 return
@@ -111,11 +83,11 @@ def parse_sections(ctx: "ParseContext", parent: Node, space: Space, start: int, 
         ctx.leave()
 
 
-def _parse_body(ctx: "ParseContext", sec: Section) -> None:
+def _parse_body(ctx: ParseContext, sec: Section) -> None:
     data, space = sec.space.data, sec.space
     t = sec.type
     hs = sec.offset + sec.header_size
-    if t == 0x01:  # COMPRESSION
+    if t == S.EFI_SECTION_COMPRESSION:
         if sec.size < sec.header_size + S.SECTION_COMPRESSION.size:
             sec.damage("compression section shorter than its header")
             return
@@ -128,7 +100,7 @@ def _parse_body(ctx: "ParseContext", sec: Section) -> None:
             _decode_into(ctx, sec, codecs.COMPRESSION_DECODERS[ctype], expect=ulen)
         else:
             sec.damage(f"unknown compression type 0x{ctype:02X}")
-    elif t == 0x02:  # GUID_DEFINED
+    elif t == S.EFI_SECTION_GUID_DEFINED:
         if sec.size < sec.header_size + S.SECTION_GUID_DEFINED.size:
             sec.damage("GUID-defined section shorter than its header")
             return
@@ -141,8 +113,7 @@ def _parse_body(ctx: "ParseContext", sec: Section) -> None:
         sec.header_size = doff
         sec.compression = S.GUIDED_NAMES.get(sec.guid, sec.guid)
         if sec.guid == S.CRC32_GUID:
-            c = sec.offset + min_hdr
-            stored = int.from_bytes(data[c : c + 4], "little") if doff >= min_hdr + 4 else None
+            stored = S.SECTION_CRC32.get(data, hs) if doff >= hs - sec.offset + S.SECTION_CRC32.end else None
             sec.crc_ok = stored is not None and stored == codecs.crc32(sec.body)
             if not sec.crc_ok:
                 sec.damage("CRC32 of GUID-defined section data does not match")
@@ -152,35 +123,32 @@ def _parse_body(ctx: "ParseContext", sec: Section) -> None:
         elif not attrs & S.EFI_GUIDED_SECTION_PROCESSING_REQUIRED:
             parse_sections(ctx, sec, space, sec.data_offset, sec.end)
         # else: an unknown transformation; the data stays opaque
-    elif t == 0x17:  # FIRMWARE_VOLUME_IMAGE
-        from ovmftool.model.volume import looks_like_volume, parse_volume
-
+    elif t == S.EFI_SECTION_FIRMWARE_VOLUME_IMAGE:
         if looks_like_volume(data, hs):
             ctx.enter(sec, space, hs)
             try:
-                sec.children.append(parse_volume(ctx, space, hs, sec.end, sec))
+                sec.children.append(ctx.volume(space, hs, sec.end, sec))
             finally:
                 ctx.leave()
         else:
             sec.damage("firmware volume image section holds no volume header", hs)
-    elif t in (0x10, 0x11, 0x12):  # PE32, PIC, TE
-        from ovmftool.model.pe import parse_image
-
-        sec.children.append(parse_image(space, hs, sec.end, sec, ctx.limits))
-    elif t == 0x15:  # USER_INTERFACE
+    elif t in S.IMAGE_SECTION_TYPES:  # PE32, PIC, TE
+        sec.children.append(ctx.image(space, hs, sec.end, sec))
+    elif t == S.EFI_SECTION_USER_INTERFACE:
         sec.text = _ucs2(data[hs : sec.end])
-    elif t == 0x14:  # VERSION
+    elif t == S.EFI_SECTION_VERSION:
         if sec.size >= sec.header_size + 2:
             sec.build_number = S.SECTION_VERSION.unpack_from(data, hs)[0]
             sec.text = _ucs2(data[hs + 2 : sec.end])
-    elif t == 0x18:  # FREEFORM_SUBTYPE_GUID
-        if sec.size >= sec.header_size + 16:
-            sec.guid = S.guid_str(data[hs : hs + 16])
-            sec.header_size += 16
+    elif t == S.EFI_SECTION_FREEFORM_SUBTYPE_GUID:
+        n = S.SECTION_FREEFORM_SUBTYPE_GUID_SIZE
+        if sec.size >= sec.header_size + n:
+            sec.guid = S.guid_str(data[hs : hs + n])
+            sec.header_size += n
 
 
-def _decode_into(ctx: "ParseContext", sec: Section, decoder, expect: int | None = None) -> None:
-    where = ctx.where(sec.space, sec.offset)
+def _decode_into(ctx: ParseContext, sec: Section, decoder, expect: int | None = None) -> None:
+    where = sec.place
     try:
         out = decoder(sec.body, ctx.limits, where)
     except codecs.DecodeError as e:
@@ -190,9 +158,20 @@ def _decode_into(ctx: "ParseContext", sec: Section, decoder, expect: int | None 
         raise  # limits: the whole parse stops
     if expect is not None and expect != len(out):
         sec.damage(f"decoded {len(out)} bytes, section header says {expect}")
-    label = f"{ctx.space_label(sec)}"
-    sec.decoded = Space(out, None, label, sec)
+    sec.decoded = Space(out, None, _space_label(sec), sec)
     parse_sections(ctx, sec, sec.decoded, 0, len(out))
+
+
+def _space_label(sec: Section) -> str:
+    """Label of the decoded space `sec` produces: the enclosing volume and the encoding, e.g.
+    `FVMAIN_COMPACT/LZMA` (names are not resolved yet in pass 1: an unknown volume is `FV@place`)."""
+    parts = []
+    for n in [sec, *sec.ancestors()]:
+        if isinstance(n, Volume):
+            parts.append(n.name or f"FV@{n.place}")
+            break
+    parts.insert(0, sec.compression or "decoded")
+    return "/".join(reversed(parts))
 
 
 MAX_TEXT = 128  # characters kept of a UI name or version string (EDK II's are module base names)

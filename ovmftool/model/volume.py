@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ovmftool.model import structs as S
+from ovmftool.model.context import ParseContext
 from ovmftool.model.node import Node, Space
-
-if TYPE_CHECKING:
-    from ovmftool.model.parser import ParseContext
 
 # FvNameGuid values of the volumes OVMF's FDF files declare.
 KNOWN_VOLUMES = {
@@ -63,26 +61,6 @@ class Volume(Node):
         """Required alignment of the volume (from attribute bits 16..20)."""
         return 1 << ((self.attributes >> S.EFI_FVB2_ALIGNMENT_SHIFT) & 0x1F)
 
-    def label(self) -> str:
-        return f"volume {self.name}"
-
-    def summary(self) -> dict:
-        d = {
-            "name": self.name,
-            "name_guid": self.name_guid,
-            "file_system": self.file_system,
-            "fv_length": self.fv_length,
-            "header_length": self.header_length,
-            "revision": self.revision,
-            "attributes": f"0x{self.attributes:08X}",
-            "erase_polarity": 1 if self.erase_byte == 0xFF else 0,
-            "block_map": [list(b) for b in self.block_map],
-            "checksum_ok": self.checksum_ok,
-        }
-        if self.free is not None:
-            d["free_space"] = {"offset": self.free.offset - self.offset, "size": self.free.size, "clean": self.free.clean}
-        return d
-
 
 def looks_like_volume(data: bytes, off: int) -> bool:
     """Cheap test: signature at +40 and a header length that fits."""
@@ -90,18 +68,35 @@ def looks_like_volume(data: bytes, off: int) -> bool:
         return False
     if data[off + S.FV_SIGNATURE_OFFSET : off + S.FV_SIGNATURE_OFFSET + 4] != S.FV_SIGNATURE:
         return False
-    hlen = int.from_bytes(data[off + 48 : off + 50], "little")
+    hlen = S.FV_HEADER_LENGTH.get(data, off)
     return S.FV_HEADER.size <= hlen <= 0x1000
 
 
-def parse_volume(ctx: "ParseContext", space: Space, off: int, limit: int, parent: Node | None) -> Volume:
+def has_volume(data: bytes) -> bool:
+    """Some offset of `data` holds a firmware volume header whose checksum holds (stricter than
+    the parse's cheap test: a PE's code can hold the bytes `_FVH`, e.g. DxeCore comparing them)."""
+    pos = 0
+    while True:
+        hit = data.find(S.FV_SIGNATURE, pos + S.FV_SIGNATURE_OFFSET)
+        if hit < 0:
+            return False
+        start = hit - S.FV_SIGNATURE_OFFSET
+        if start % 8 == 0 and looks_like_volume(data, start):
+            hlen = S.FV_HEADER_LENGTH.get(data, start)
+            hdr = data[start : start + hlen]
+            if len(hdr) == hlen and hlen % 2 == 0 and sum(struct.unpack(f"<{hlen // 2}H", hdr)) & 0xFFFF == 0:
+                return True
+        pos = start + 1
+
+
+def parse_volume(ctx: ParseContext, space: Space, off: int, limit: int, parent: Node | None) -> Volume:
     """Parse the volume whose header starts at `off` in `space`, not reading past `limit`."""
     data = space.data
     (_zero, fsg, fvlen, _sig, attrs, hlen, csum, extoff, _res, rev) = S.FV_HEADER.unpack_from(data, off)
     vol = Volume(space, off, 0, parent)
     vol.fs_guid, vol.attributes, vol.header_length = S.guid_str(fsg), attrs, hlen
     vol.revision, vol.checksum, vol.fv_length = rev, csum, fvlen
-    ctx.limits.charge_node(ctx.where(space, off))
+    ctx.limits.charge_node(space.place(off))
     size = fvlen
     if fvlen < hlen or fvlen < S.FV_HEADER.size:
         vol.size = min(max(hlen, S.FV_HEADER.size), limit - off)
@@ -135,9 +130,7 @@ def parse_volume(ctx: "ParseContext", space: Space, off: int, limit: int, parent
         _parse_ext_header(vol, extoff)
     vol.name = KNOWN_VOLUMES.get(vol.name_guid or "", "")
     if vol.fs_guid in (S.FFS2_GUID, S.FFS3_GUID):
-        from ovmftool.model.ffs import parse_files
-
-        parse_files(ctx, vol)
+        ctx.files(vol)
     return vol
 
 

@@ -18,23 +18,22 @@ rebased (relocations and ImageBase shifted by the move, as GenFv does). The volu
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.model import codecs, encoders
 from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile
-from ovmftool.model.ffs import FfsFile
+from ovmftool.model.ffs import RESET_VECTOR_GUID, FfsFile
 from ovmftool.model.node import Node, walk
-from ovmftool.model.parser import FlashImage
+from ovmftool.model.flash import FlashImage
 from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
 from ovmftool.ops.rebase import rebase
 
-XIP_FILE_TYPES = frozenset({0x03, 0x04, 0x06, 0x08})  # SECURITY_CORE, PEI_CORE, PEIM, COMBINED_PEIM_DRIVER
-VTF_GUID = "1ba0062e-c779-4582-8566-336ae8f78f09"  # the volume top file (reset vector): ends the volume
+XIP_FILE_TYPES = frozenset({S.FV_FILETYPE_SECURITY_CORE, S.FV_FILETYPE_PEI_CORE, S.FV_FILETYPE_PEIM,
+                            S.FV_FILETYPE_COMBINED_PEIM_DRIVER})
 
 
 class AssemblyError(OvmfToolError):
@@ -151,7 +150,9 @@ class Assembler:
     def _section(self, sec: Section) -> bytes:
         data = sec.space.data
         header = bytearray(data[sec.offset : sec.data_offset])
-        extended = data[sec.offset : sec.offset + 3] == b"\xff\xff\xff"
+        extended = data[sec.offset : sec.offset + S.SECTION_SIZE_LENGTH] == S.SECTION_EXTENDED.to_bytes(
+            S.SECTION_SIZE_LENGTH, "little")
+        common = S.SECTION_HEADER2_SIZE if extended else S.SECTION_HEADER.size  # the type-specific header's start
         if sec.decoded is not None:
             dec = sec.decoded
             new_dec = self._sequence(sec.children, 0, len(dec.data), dec.data)
@@ -159,32 +160,32 @@ class Assembler:
                 body = sec.body
             else:
                 body = self._encode(sec, new_dec)
-                if sec.type == 0x01:  # COMPRESSION: UncompressedLength
-                    struct.pack_into("<I", header, 8 if extended else 4, len(new_dec))
-        elif sec.type == 0x17 and sec.children:  # FIRMWARE_VOLUME_IMAGE
+                if sec.type == S.EFI_SECTION_COMPRESSION:
+                    S.SECTION_UNCOMPRESSED_LENGTH.put(header, common, len(new_dec))
+        elif sec.type == S.EFI_SECTION_FIRMWARE_VOLUME_IMAGE and sec.children:
             vol = sec.children[0]
             body = self._render(vol) + data[vol.end : sec.end]
-        elif sec.type in (0x10, 0x11, 0x12) and sec.children:  # PE32, PIC, TE
+        elif sec.type in S.IMAGE_SECTION_TYPES and sec.children:  # PE32, PIC, TE
             img = sec.children[0]
             body = self._render(img) + data[img.end : sec.end]
         elif sec.children:  # COMPRESSION(none), CRC32, GUIDed without processing
             body = self._sequence(sec.children, sec.data_offset, sec.end, data)
         else:
             body = sec.body
-        if sec.guid == S.CRC32_GUID and sec.type == 0x02:  # CRC32 follows the GUIDed header
-            struct.pack_into("<I", header, (8 if extended else 4) + 20, codecs.crc32(body))
+        if sec.guid == S.CRC32_GUID and sec.type == S.EFI_SECTION_GUID_DEFINED:
+            S.SECTION_CRC32.put(header, common, codecs.crc32(body))
         size = len(header) + len(body)
         if extended:
-            struct.pack_into("<I", header, 4, size)
-        elif size >= 0xFFFFFF:
+            S.SECTION_EXTENDED_SIZE.put(header, 0, size)
+        elif size >= S.SECTION_EXTENDED:
             raise AssemblyError(f"section at {sec.space.label}+0x{sec.offset:X} grows past 16 MiB")
         else:
-            header[0:3] = size.to_bytes(3, "little")
+            header[0 : S.SECTION_SIZE_LENGTH] = size.to_bytes(S.SECTION_SIZE_LENGTH, "little")
         return bytes(header) + body
 
     def _encode(self, sec: Section, decoded: bytes) -> bytes:
         old = sec.body
-        if sec.type == 0x01:
+        if sec.type == S.EFI_SECTION_COMPRESSION:
             enc = encoders.COMPRESSION_ENCODERS.get(1)
         else:
             enc = encoders.GUIDED_ENCODERS.get(sec.guid or "")
@@ -257,7 +258,7 @@ class Assembler:
         """A file that moves by `delta`: execute-in-place images inside it are rebased."""
         where = f.ui_name or f.guid
         self.moved.append((where, f.offset - vol.offset, f.offset - vol.offset + delta))
-        if f.guid == VTF_GUID:
+        if f.guid == RESET_VECTOR_GUID:  # the volume top file: it ends the volume
             raise AssemblyError(f"the volume top file would move in volume {vol.name or hex(vol.offset)}")
         if f.type not in XIP_FILE_TYPES:
             return rendered
@@ -279,26 +280,27 @@ class Assembler:
 
 def _pad_file(size: int, erase: int, state: int | None) -> bytes:
     """A pad file of `size` bytes (header included), as GenFv writes them."""
-    header = bytearray(b"\xff" * 16 + bytes([0, S.FFS_FIXED_CHECKSUM, 0xF0, 0]) + size.to_bytes(3, "little")
-                       + bytes([state if state is not None else (0xF8 if erase == 0xFF else 0x07)]))
+    header = bytearray(S.FFS_HEADER.pack(b"\xff" * 16, 0, S.FFS_FIXED_CHECKSUM, S.FV_FILETYPE_FFS_PAD, 0,
+                                         size.to_bytes(S.FFS_SIZE_LENGTH, "little"),
+                                         state if state is not None else (0xF8 if erase == 0xFF else 0x07)))
     return _file_bytes(header, bytes([erase]) * (size - S.FFS_HEADER.size), 0, "pad file")
 
 
 def _file_bytes(header: bytearray, body: bytes, attributes: int, name: str) -> bytes:
     """An FFS file's bytes with its size and both checksums made right."""
     size = len(header) + len(body)
-    if len(header) == 32:
-        struct.pack_into("<Q", header, 24, size)
-    elif size > 0xFFFFFF:
+    if len(header) == S.FFS_HEADER2_SIZE:
+        S.FFS_EXTENDED_SIZE.put(header, 0, size)
+    elif size >= 1 << (8 * S.FFS_SIZE_LENGTH):
         raise AssemblyError(f"file {name} grows past 16 MiB")
     else:
-        header[20:23] = size.to_bytes(3, "little")
-    state = header[23]
-    header[16] = 0  # header checksum
+        header[S.FFS_SIZE : S.FFS_SIZE + S.FFS_SIZE_LENGTH] = size.to_bytes(S.FFS_SIZE_LENGTH, "little")
+    state = header[S.FFS_STATE]
+    header[S.FFS_HEADER_CHECKSUM] = 0
     if attributes & S.FFS_ATTRIB_CHECKSUM:
-        header[17] = (-sum(body)) & 0xFF
-    fsum = header[17]
-    header[16] = (-(sum(header) - state - fsum)) & 0xFF
+        header[S.FFS_FILE_CHECKSUM] = (-sum(body)) & 0xFF
+    fsum = header[S.FFS_FILE_CHECKSUM]
+    header[S.FFS_HEADER_CHECKSUM] = (-(sum(header) - state - fsum)) & 0xFF
     return bytes(header) + body
 
 

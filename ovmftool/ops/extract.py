@@ -1,46 +1,26 @@
-"""`extract`: write every module as NAME_GUID.efi|.te plus manifest.json, atomically."""
+"""`extract`: every module as NAME_GUID.efi|.te, the reset vector, and the manifest that lists
+them; and what a damaged image does not let it extract. Writing them (atomically, into a new
+directory) is `report.extraction`'s."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 
-from ovmftool import __version__
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.fixups import enclosing, volume_path
 from ovmftool.model.node import Node, walk
-from ovmftool.model.parser import FlashImage
+from ovmftool.model.flash import FlashImage
 from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
-from ovmftool.model.structs import SECTIONED_FILE_TYPES
+from ovmftool.model import structs as S
 from ovmftool.model.volume import Volume
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
-from ovmftool.report.io import check_output_dir, commit_output_dir, discard_output_dir, new_output_dir
+from ovmftool.ops.tree import summary
 
-EXTRACT_SCHEMA = "ovmftool.extract/1"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_CONTAINER_SECTIONS = {0x01, 0x02, 0x10, 0x11, 0x12, 0x17}  # compression, GUID-defined, PE32, PIC, TE, FV image
-
-
-def extract(root: FlashImage, out_dir: str) -> dict:
-    """Write the modules of `root` into `out_dir` (created; must not exist or be empty).
-
-    Everything is written into a temporary sibling directory first and renamed into place, so
-    a failure leaves no partial output. Damaged modules, and damaged containers whose contents
-    could not be read, are not written: the manifest lists them under `skipped` (see
-    `unextracted`). Returns the manifest.
-    """
-    check_output_dir(out_dir)
-    tmp = new_output_dir(out_dir)
-    try:
-        manifest = _write(root, tmp)
-        commit_output_dir(tmp, out_dir)
-    except BaseException:
-        discard_output_dir(tmp)
-        raise
-    return manifest
+_CONTAINER_SECTIONS = {S.EFI_SECTION_COMPRESSION, S.EFI_SECTION_GUID_DEFINED, S.EFI_SECTION_FIRMWARE_VOLUME_IMAGE,
+                       *S.IMAGE_SECTION_TYPES}
 
 
 def _holds_modules(n: Node) -> bool:
@@ -48,13 +28,8 @@ def _holds_modules(n: Node) -> bool:
     if isinstance(n, (Volume, PeImage)):
         return True
     if isinstance(n, FfsFile):
-        return n.type in SECTIONED_FILE_TYPES or n.type == 0x01
+        return n.type in S.SECTIONED_FILE_TYPES or n.type == S.FV_FILETYPE_RAW
     return isinstance(n, Section) and n.type in _CONTAINER_SECTIONS
-
-
-def _place(n: Node, off: int) -> str:
-    a = n.space.abs(off)
-    return f"0x{a:X}" if a is not None else f"{n.space.label}+0x{off:X}"
 
 
 def _lost(n: Node) -> str | None:
@@ -64,9 +39,10 @@ def _lost(n: Node) -> str | None:
     container can be located)."""
     if isinstance(n, Volume) and n.fv_length > n.size:
         missing = n.fv_length - n.size
+        after = ", and any volume after it" if isinstance(n.parent, FlashImage) else ""
         return (f"truncated: the volume header says 0x{n.fv_length:X} bytes and 0x{n.size:X} are present; the "
-                f"missing 0x{missing:X} bytes from {_place(n, n.end)} on are lost with whatever they held (the rest "
-                f"of this volume's files{', and any volume after it' if isinstance(n.parent, FlashImage) else ''})")
+                f"missing 0x{missing:X} bytes from {n.space.place(n.end)} on are lost with whatever they held "
+                f"(the rest of this volume's files{after})")
     if isinstance(n, (FfsFile, Section)) and n.size == 0 and n.problems:
         container = "volume" if isinstance(n, FfsFile) else "container"
         return f"its size is unusable, so it and anything after it in its {container} are lost"
@@ -104,17 +80,24 @@ def unextracted(root: FlashImage) -> list[dict]:
     return out
 
 
-def _write(root: FlashImage, tmp: str) -> dict:
+def extraction(root: FlashImage) -> tuple[list[tuple[str, Node]], dict]:
+    """What `extract` writes for `root`: the files, each as (file name, the node whose bytes it
+    holds), in order, and the body of the manifest that lists them (its header is added by
+    `report.extraction`).
+
+    Modules are NAME_GUID.efi|.te, the reset vector ResetVector_GUID.bin (a repeated name gets
+    _2, _3, ...). Damaged modules, and damaged containers whose contents could not be read, are
+    not written: the manifest lists them under `skipped` (see `unextracted`)."""
     used: set[str] = set()
+    files: list[tuple[str, Node]] = []
     entries = []
 
-    def put(stem: str, ext: str, data: bytes) -> str:
+    def put(stem: str, ext: str, node: Node) -> str:
         name, i = f"{stem}{ext}", 2
         while name in used:
             name, i = f"{stem}_{i}{ext}", i + 1
         used.add(name)
-        with open(os.path.join(tmp, name), "wb") as fh:
-            fh.write(data)
+        files.append((name, node))
         return name
 
     skipped = unextracted(root)
@@ -122,25 +105,17 @@ def _write(root: FlashImage, tmp: str) -> dict:
         if m.image.problems:
             continue  # listed in skipped
         ext = ".te" if m.image.format == "TE" else ".efi"
-        data = m.image.raw
-        fname = put(f"{_SAFE.sub('_', m.name)}_{m.guid}", ext, data)
-        entries.append({"file": fname, "sha256": hashlib.sha256(data).hexdigest(), **m.as_dict()})
+        fname = put(f"{_SAFE.sub('_', m.name)}_{m.guid}", ext, m.image)
+        entries.append({"file": fname, "sha256": hashlib.sha256(m.image.raw).hexdigest(), **m.as_dict()})
     blobs = []
     for b in iter_code_blobs(root):
         f = b.parent
-        data = b.data
-        fname = put(f"ResetVector_{getattr(f, 'guid', 'blob')}", ".bin", data)
-        blobs.append({"file": fname, "sha256": hashlib.sha256(data).hexdigest(), "fd_offset": b.abs_offset,
-                      "size": b.size, **b.summary()})
-    manifest = {
-        "schema_version": EXTRACT_SCHEMA,
-        "tool": {"name": "ovmftool", "version": __version__},
-        "image": {"path": root.path, "sha256": root.sha256, "size": root.size},
+        fname = put(f"ResetVector_{getattr(f, 'guid', 'blob')}", ".bin", b)
+        blobs.append({"file": fname, "sha256": hashlib.sha256(b.data).hexdigest(), "fd_offset": b.abs_offset,
+                      "size": b.size, **summary(b)})
+    manifest = {  # its header (schema_version, tool, image): report.extraction's
         "modules": entries,
         "code_blobs": blobs,
         "skipped": skipped,
     }
-    with open(os.path.join(tmp, "manifest.json"), "w") as fh:
-        json.dump(manifest, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    return manifest
+    return files, manifest

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator
 
+from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.blob import CodeBlob
 from ovmftool.model.ffs import FfsFile
@@ -90,11 +91,12 @@ class Module:
         if self.binary is not None:
             return "PEI" if self.image.format == "TE" else "DXE"
         t = self.file.type
-        if t in (0x03,):
+        if t == S.FV_FILETYPE_SECURITY_CORE:
             return "SEC"
-        if t in (0x04, 0x06):
+        if t in (S.FV_FILETYPE_PEI_CORE, S.FV_FILETYPE_PEIM):
             return "PEI"
-        if t in (0x0A, 0x0D, 0x0E, 0x0F):
+        if t in (S.FV_FILETYPE_MM, S.FV_FILETYPE_MM_CORE, S.FV_FILETYPE_MM_STANDALONE,
+                 S.FV_FILETYPE_MM_CORE_STANDALONE):
             return "MM"
         return "DXE"
 

@@ -6,7 +6,7 @@ import struct
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.model import structs as S
-from ovmftool.model.pe import PeImage
+from ovmftool.model.pe import PeImage, optional_header
 
 
 def rebase(data: bytes, img: PeImage, delta: int) -> bytes:
@@ -26,12 +26,9 @@ def rebase(data: bytes, img: PeImage, delta: int) -> bytes:
         else:
             raise OvmfToolError(f"relocation type {t} cannot be rebased")
     if img.format == "TE":
-        struct.pack_into("<Q", raw, 16, (img.image_base + delta) & 0xFFFFFFFFFFFFFFFF)
+        S.TE_IMAGE_BASE.put(raw, 0, (img.image_base + delta) & 0xFFFFFFFFFFFFFFFF)
     else:
-        lfanew = struct.unpack_from("<I", raw, 0x3C)[0]
-        opt = lfanew + 4 + S.COFF_HEADER.size
-        if img.format == "PE32+":
-            struct.pack_into("<Q", raw, opt + 24, (img.image_base + delta) & 0xFFFFFFFFFFFFFFFF)
-        else:
-            struct.pack_into("<I", raw, opt + 28, (img.image_base + delta) & 0xFFFFFFFF)
+        wide = img.format == "PE32+"
+        mask = 0xFFFFFFFFFFFFFFFF if wide else 0xFFFFFFFF
+        S.OPT_IMAGE_BASE["PE32+" if wide else "PE32"].put(raw, optional_header(raw)[1], (img.image_base + delta) & mask)
     return bytes(raw)

@@ -1,27 +1,128 @@
-"""`info`: render the image model as an indented text tree or as JSON (schema in docs/); a standalone
-PE32/TE file as its module's headers."""
+"""`info`: render the image model as an indented text tree or as JSON nodes (the document is
+`report.info_report`'s); a standalone PE32/TE file as its module's headers. The model's nodes
+know no rendering: each node's line (`label`) and JSON fields (`summary`) are made here."""
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
-from ovmftool import __version__
+from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile
+from ovmftool.model.blob import CodeBlob
 from ovmftool.model.ffs import FfsFile
+from ovmftool.model.flash import FlashImage
+from ovmftool.model.gap import Gap
 from ovmftool.model.node import Node, all_problems
-from ovmftool.model.parser import FlashImage
 from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
 from ovmftool.ops.modules import iter_modules
 
-INFO_SCHEMA = "ovmftool.info/1"
+
+def label(n: Node) -> str:
+    """A node's short description, as trees and paths show it."""
+    if isinstance(n, BinaryFile):
+        return f"binary {os.path.basename(n.path) or '<bytes>'} ({n.size} bytes)"
+    if isinstance(n, FlashImage):
+        return f"flash {os.path.basename(n.path) or '<bytes>'} ({n.size} bytes)"
+    if isinstance(n, Gap):
+        return "gap (erased)" if n.erased else "gap (data)"
+    if isinstance(n, Volume):
+        return f"volume {n.name}"
+    if isinstance(n, FfsFile):
+        nm = f" {n.ui_name}" if n.ui_name else ""
+        return f"file {n.guid} {n.type_name}{nm}"
+    if isinstance(n, Section):
+        extra = ""
+        if n.compression:
+            extra = f" {n.compression}"
+        elif n.text is not None:
+            extra = f" {n.text!r}"
+        elif n.guid:
+            extra = f" {n.guid}"
+        return f"section {n.type_name}{extra}"
+    if isinstance(n, PeImage):
+        return f"{n.format} {n.machine}"
+    if isinstance(n, CodeBlob):
+        return f"code {n.role} ({n.mode}-bit entry)"
+    return n.kind
 
 
-def place(n: Node) -> str:
-    """Absolute offset, or decoded-space label plus offset."""
-    a = n.abs_offset
-    return f"0x{a:08X}" if a is not None else f"{n.space.label}+0x{n.offset:X}"
+def summary(n: Node) -> dict:
+    """A node's kind-specific fields for reports (JSON-safe); reads what the model reads lazily
+    (a PE image's relocations and debug directory)."""
+    if isinstance(n, FlashImage):  # a BinaryFile too
+        return {"path": n.path, "sha256": n.sha256, "size": n.size}
+    if isinstance(n, Gap):
+        return {"erased": n.erased}
+    if isinstance(n, Volume):
+        d = {
+            "name": n.name,
+            "name_guid": n.name_guid,
+            "file_system": n.file_system,
+            "fv_length": n.fv_length,
+            "header_length": n.header_length,
+            "revision": n.revision,
+            "attributes": f"0x{n.attributes:08X}",
+            "erase_polarity": 1 if n.erase_byte == 0xFF else 0,
+            "block_map": [list(b) for b in n.block_map],
+            "checksum_ok": n.checksum_ok,
+        }
+        if n.free is not None:
+            d["free_space"] = {"offset": n.free.offset - n.offset, "size": n.free.size, "clean": n.free.clean}
+        return d
+    if isinstance(n, FfsFile):
+        return {
+            "guid": n.guid,
+            "name": n.ui_name,
+            "type": n.type_name,
+            "state": n.state,
+            "attributes": f"0x{n.attributes:02X}",
+            "alignment": n.alignment,
+            "header_size": n.header_size,
+            "large": bool(n.attributes & S.FFS_ATTRIB_LARGE_FILE) and n.header_size == S.FFS_HEADER2_SIZE,
+            "header_checksum_ok": n.header_checksum_ok,
+            "data_checksum_ok": n.data_checksum_ok,
+        }
+    if isinstance(n, Section):
+        d = {"type": n.type_name, "header_size": n.header_size}
+        if n.guid:
+            d["guid"] = n.guid
+        if n.compression:
+            d["compression"] = n.compression
+        if n.decoded is not None:
+            d["decoded_size"] = len(n.decoded.data)
+        if n.text is not None:
+            d["text"] = n.text
+        if n.build_number is not None:
+            d["build_number"] = n.build_number
+        if n.crc_ok is not None:
+            d["crc_ok"] = n.crc_ok
+        return d
+    if isinstance(n, PeImage):
+        return {
+            "format": n.format,
+            "machine": n.machine,
+            "image_base": n.image_base,
+            "entry_rva": n.entry_rva,
+            "size_of_image": n.size_of_image,
+            "sections": [
+                {"name": s.name, "rva": s.rva, "virtual_size": s.virtual_size, "raw_size": s.raw_size,
+                 "characteristics": f"0x{s.characteristics:08X}"}
+                for s in n.sections
+            ],
+            "relocations": len(n.relocations),
+            "debug_path": n.debug_path,
+        }
+    if isinstance(n, CodeBlob):
+        return {
+            "role": n.role,
+            "mode": n.mode,
+            "entry_offset": n.entry_offset,
+            "load_address": n.load_address,
+        }
+    return {}
 
 
 def _status(n: Node) -> str:
@@ -53,8 +154,10 @@ _SUBSYSTEMS = {10: "EFI_APPLICATION", 11: "EFI_BOOT_SERVICE_DRIVER", 12: "EFI_RU
 
 
 def _section_flags(c: int) -> str:
-    flags = [n for bit, n in ((0x20, "code"), (0x40, "data"), (0x80, "bss"), (0x02000000, "discardable"),
-                              (0x20000000, "exec"), (0x40000000, "read"), (0x80000000, "write")) if c & bit]
+    flags = [n for bit, n in ((S.IMAGE_SCN_CNT_CODE, "code"), (S.IMAGE_SCN_CNT_INITIALIZED_DATA, "data"),
+                              (S.IMAGE_SCN_CNT_UNINITIALIZED_DATA, "bss"), (S.IMAGE_SCN_MEM_DISCARDABLE, "discardable"),
+                              (S.IMAGE_SCN_MEM_EXECUTE, "exec"), (S.IMAGE_SCN_MEM_READ, "read"),
+                              (S.IMAGE_SCN_MEM_WRITE, "write")) if c & bit]
     return ",".join(flags) or "-"
 
 
@@ -101,7 +204,7 @@ def text_lines(root: FlashImage) -> Iterator[str]:
     def rec(n: Node, depth: int) -> Iterator[str]:
         ind = "  " * depth
         st = _status(n)
-        yield f"{ind}{place(n)}  size 0x{n.size:X}  {n.label()}" + (f"  [{st}]" if st else "")
+        yield f"{ind}{n.space.place(n.offset, 8)}  size 0x{n.size:X}  {label(n)}" + (f"  [{st}]" if st else "")
         for p in n.problems:
             yield f"{ind}  !! DAMAGE: {p}"
         for c in n.children:
@@ -122,31 +225,17 @@ def node_dict(n: Node) -> dict:
     """JSON form of a node and its subtree."""
     d = {
         "kind": n.kind,
-        "label": n.label(),
+        "label": label(n),
         "offset": n.offset,
         "fd_offset": n.abs_offset,
         "container": n.space.label,
         "container_offset": n.container_offset,
         "size": n.size,
     }
-    d.update(n.summary())
+    d.update(summary(n))
     if n.problems:
         d["problems"] = [{"message": p.message, "where": p.where} for p in n.problems]
     if n.children:
         d["children"] = [node_dict(c) for c in n.children]
     return d
 
-
-def info_json(root: FlashImage, modules_only: bool = False) -> dict:
-    """The `info --format json` document; with `modules_only` (`info --modules`) the same without
-    `tree` (docs/schema/info-1.json allows both forms)."""
-    doc = {
-        "schema_version": INFO_SCHEMA,
-        "tool": {"name": "ovmftool", "version": __version__},
-        "image": {"path": root.path, "sha256": root.sha256, "size": root.size},
-        "modules": [m.as_dict() for m in iter_modules(root)],
-        "problems": [{"message": p.message, "where": p.where} for p in all_problems(root)],
-    }
-    if not modules_only:
-        doc["tree"] = [node_dict(c) for c in root.children]
-    return doc

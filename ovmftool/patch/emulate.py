@@ -142,87 +142,79 @@ def routine_io(name: str) -> tuple[str, int] | None:
     return None
 
 
-_WINDOW = 0x800  # bytes either side of the entry mapped in a windowed run
-_cache: dict[tuple, list[str]] = {}
-stats = {"runs": 0, "memoised": 0}  # emulator runs made, comparisons answered from the memo
+_C_ENTRY, _C_LOOP = 0x100, 0x800  # canonical placement of a redirected routine and its loop
 
 
-def _pair(original: bytes, rewritten: bytes, bits: int, entry: int, count: int) -> tuple[Run, Run, bool]:
-    """Both runs for one count. First in a window of the module around the routine (only those
-    bytes mapped, so any access outside faults); if either run leaves the window, again with
-    the whole module mapped."""
-    lo, hi = entry - _WINDOW, entry + _WINDOW
-    if lo >= 0 and hi <= len(original):
-        a = _run(original[lo:hi], bits, _WINDOW, count)
-        b = _run(rewritten[lo:hi], bits, _WINDOW, count)
-        stats["runs"] += 2
-        if not (_unmapped(a) or _unmapped(b)):
-            return a, b, True
-    stats["runs"] += 2
-    return _run(original, bits, entry, count), _run(rewritten, bits, entry, count), False
+class Emulator:
+    """The emulation of one patch run: the memo of routines compared so far and how many
+    emulator runs were made (`runs`) or answered from the memo (`memoised`)."""
 
+    def __init__(self) -> None:
+        self.memo: dict[tuple, list[tuple[tuple[int, ...], bytes | None, bytes | None, list[str]]]] = {}
+        self.runs = 0
+        self.memoised = 0
 
-def _unmapped(r: Run) -> bool:
-    return r.error is not None and "UNMAPPED" in r.error.upper()
+    def compare(self, original: bytes, rewritten: bytes, bits: int, entry: int, routine: str) -> list[str]:
+        """Differences between the two memory images' routine at `entry`, over every count; empty
+        when they behave the same. A routine whose calls did not return is a difference too.
 
+        Memoised: every run records the module bytes it executed, read or wrote; a later routine
+        whose bytes at those same entry-relative offsets are identical (original and rewritten)
+        would run identically, so it gets the recorded answer. The same routine linked into a
+        hundred modules is emulated once."""
+        return self._compare_memo(original, rewritten, bits, entry, routine)[0]
 
-_memo: dict[tuple, list[tuple[tuple[int, ...], bytes, bytes, list[str]]]] = {}
-stats = {"runs": 0, "memoised": 0}  # emulator runs made, comparisons answered from the memo
+    def _compare_memo(self, original: bytes, rewritten: bytes, bits: int, entry: int,
+                      routine: str) -> tuple[list[str], tuple[int, ...]]:
+        """`compare`, also returning the entry-relative offsets the runs touched."""
+        io = routine_io(routine)
+        if io is None:
+            return [f"no calling convention known for {routine}"], ()
+        key = (bits, routine, original[entry : entry + 16], rewritten[entry : entry + 16])
+        for rel, old, new, problems in self.memo.get(key, ()):
+            if _at(original, entry, rel) == old and _at(rewritten, entry, rel) == new:
+                self.memoised += 1
+                return list(problems), rel
+        problems, touched = _compare(original, rewritten, bits, entry, io[1])
+        self.runs += 2 * len(COUNTS)
+        rel = tuple(sorted(t - entry for t in touched))
+        self.memo.setdefault(key, []).append((rel, _at(original, entry, rel), _at(rewritten, entry, rel),
+                                              list(problems)))
+        return problems, rel
+
+    def compare_redirected(self, original: bytes, rewritten: bytes, bits: int, entry: int, length: int, loop: int,
+                           loop_len: int, routine: str) -> list[str]:
+        """`compare` for a routine whose entry was turned into `jmp rel32` to a loop elsewhere.
+
+        Both are position-independent, so they are emulated once in a canonical placement (routine
+        at one offset, loop at another); the answer holds for this module when the runs touched
+        nothing but the routine's and the loop's bytes, and the module's jmp really goes to its loop.
+        Otherwise the module's own memory images are emulated."""
+        jmp = rewritten[entry : entry + 5]
+        if jmp[:1] == b"\xe9" and entry + 5 + int.from_bytes(jmp[1:5], "little", signed=True) == loop \
+                and length <= _C_LOOP - _C_ENTRY and loop_len <= 0x400:
+            size = _C_LOOP + 0x400
+            a, b = bytearray(size), bytearray(size)
+            a[_C_ENTRY : _C_ENTRY + length] = original[entry : entry + length]
+            b[_C_ENTRY : _C_ENTRY + length] = b"\xe9" + (_C_LOOP - _C_ENTRY - 5).to_bytes(4, "little", signed=True) \
+                + rewritten[entry + 5 : entry + length]
+            b[_C_LOOP : _C_LOOP + loop_len] = rewritten[loop : loop + loop_len]
+            problems, rel = self._compare_memo(bytes(a), bytes(b), bits, _C_ENTRY, routine)
+            inside = set(range(0, length)) | set(range(_C_LOOP - _C_ENTRY, _C_LOOP - _C_ENTRY + loop_len))
+            if set(rel) <= inside:
+                return problems
+        return self.compare(original, rewritten, bits, entry, routine)
 
 
 def compare(original: bytes, rewritten: bytes, bits: int, entry: int, routine: str) -> list[str]:
-    """Differences between the two memory images' routine at `entry`, over every count; empty
-    when they behave the same. A routine whose calls did not return is a difference too.
-
-    Memoised: every run records the module bytes it executed, read or wrote; a later routine
-    whose bytes at those same entry-relative offsets are identical (original and rewritten)
-    would run identically, so it gets the recorded answer. The same routine linked into a
-    hundred modules is emulated once."""
-    return _compare_memo(original, rewritten, bits, entry, routine)[0]
-
-
-def _compare_memo(original: bytes, rewritten: bytes, bits: int, entry: int,
-                  routine: str) -> tuple[list[str], tuple[int, ...]]:
-    """`compare`, also returning the entry-relative offsets the runs touched."""
-    io = routine_io(routine)
-    if io is None:
-        return [f"no calling convention known for {routine}"], ()
-    key = (bits, routine, original[entry : entry + 16], rewritten[entry : entry + 16])
-    for rel, old, new, problems in _memo.get(key, ()):
-        if _at(original, entry, rel) == old and _at(rewritten, entry, rel) == new:
-            stats["memoised"] += 1
-            return list(problems), rel
-    problems, touched = _compare(original, rewritten, bits, entry, io[1])
-    rel = tuple(sorted(t - entry for t in touched))
-    _memo.setdefault(key, []).append((rel, _at(original, entry, rel), _at(rewritten, entry, rel), list(problems)))
-    return problems, rel
-
-
-_C_ENTRY, _C_LOOP = 0x100, 0x800  # canonical placement of a redirected routine and its loop
+    """`Emulator.compare` with a memo of its own (one routine)."""
+    return Emulator().compare(original, rewritten, bits, entry, routine)
 
 
 def compare_redirected(original: bytes, rewritten: bytes, bits: int, entry: int, length: int, loop: int,
                        loop_len: int, routine: str) -> list[str]:
-    """`compare` for a routine whose entry was turned into `jmp rel32` to a loop elsewhere.
-
-    Both are position-independent, so they are emulated once in a canonical placement (routine
-    at one offset, loop at another); the answer holds for this module when the runs touched
-    nothing but the routine's and the loop's bytes, and the module's jmp really goes to its loop.
-    Otherwise the module's own memory images are emulated."""
-    jmp = rewritten[entry : entry + 5]
-    if jmp[:1] == b"\xe9" and entry + 5 + int.from_bytes(jmp[1:5], "little", signed=True) == loop \
-            and length <= _C_LOOP - _C_ENTRY and loop_len <= 0x400:
-        size = _C_LOOP + 0x400
-        a, b = bytearray(size), bytearray(size)
-        a[_C_ENTRY : _C_ENTRY + length] = original[entry : entry + length]
-        b[_C_ENTRY : _C_ENTRY + length] = b"\xe9" + (_C_LOOP - _C_ENTRY - 5).to_bytes(4, "little", signed=True) \
-            + rewritten[entry + 5 : entry + length]
-        b[_C_LOOP : _C_LOOP + loop_len] = rewritten[loop : loop + loop_len]
-        problems, rel = _compare_memo(bytes(a), bytes(b), bits, _C_ENTRY, routine)
-        inside = set(range(0, length)) | set(range(_C_LOOP - _C_ENTRY, _C_LOOP - _C_ENTRY + loop_len))
-        if set(rel) <= inside:
-            return problems
-    return compare(original, rewritten, bits, entry, routine)
+    """`Emulator.compare_redirected` with a memo of its own (one routine)."""
+    return Emulator().compare_redirected(original, rewritten, bits, entry, length, loop, loop_len, routine)
 
 
 def _at(mem: bytes, entry: int, rel: tuple[int, ...]) -> bytes | None:
@@ -241,7 +233,6 @@ def _compare(original: bytes, rewritten: bytes, bits: int, entry: int, width: in
     for count in COUNTS:
         a = _run(original, bits, entry, count)
         b = _run(rewritten, bits, entry, count)
-        stats["runs"] += 2
         touched |= a.touched | b.touched
         if not a.returned:
             problems.append(f"count {count}: the original routine did not return ({a.error or 'no return'})")

@@ -25,12 +25,10 @@ import struct
 from dataclasses import dataclass
 
 from ovmftool.model import structs as S
-from ovmftool.model.pe import PeImage
+from ovmftool.model.pe import PeImage, optional_header
 
 SECTION_NAME = b".sioloop"
-_CODE = S.IMAGE_SCN_CNT_CODE | S.IMAGE_SCN_MEM_EXECUTE | 0x40000000  # MEM_READ
-_DISCARDABLE = 0x02000000
-_WRITE = 0x80000000
+_CODE = S.IMAGE_SCN_CNT_CODE | S.IMAGE_SCN_MEM_EXECUTE | S.IMAGE_SCN_MEM_READ
 
 
 def _x64(direction: str, width: int) -> bytes:
@@ -142,12 +140,10 @@ def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None 
     if img.format == "TE":
         raise CannotGrow("TE images have no room for another section header")
     raw = bytearray(img.data)
-    lfanew = struct.unpack_from("<I", raw, 0x3C)[0]
-    coff = lfanew + 4
-    nsec = struct.unpack_from("<H", raw, coff + 2)[0]
-    optsize = struct.unpack_from("<H", raw, coff + 16)[0]
-    opt = coff + S.COFF_HEADER.size
-    table = opt + optsize
+    coff, opt = optional_header(raw)
+    nsec = S.COFF_NUMBER_OF_SECTIONS.get(raw, coff)
+    table = opt + S.COFF_SIZE_OF_OPTIONAL_HEADER.get(raw, coff)
+    hsize = S.PE_SECTION.size
     if any(s.rva != s.raw_offset for s in img.sections if s.raw_size):
         raise CannotGrow("sections are not placed at file offset == RVA")
     first_raw = min((s.raw_offset for s in img.sections if s.raw_size), default=len(raw))
@@ -164,7 +160,7 @@ def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None 
     for what, a in (("section", salign), ("file", falign)):
         if a & (a - 1) or a > 0x10000:  # padding to it would take gigabytes
             raise CannotGrow(f"{what} alignment 0x{a:X} is not a power of two up to 64 KiB")
-    new_header = table + 40 * (nsec + 1) <= min(first_raw, img.size_of_headers)
+    new_header = table + hsize * (nsec + 1) <= min(first_raw, img.size_of_headers)
     last = max(img.sections, key=lambda s: s.rva)
     if new_header:
         start = _align(max(img.size_of_image, len(raw)), max(salign, falign))
@@ -180,22 +176,24 @@ def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None 
     raw[start:] = b""
     raw += code + b"\0" * (raw_size - len(code) if new_header else (-len(code)) % falign)
     if new_header:
-        hdr = struct.pack("<8sIIIIIIHHI", SECTION_NAME, len(code), start, raw_size, start, 0, 0, 0, 0, _CODE)
-        raw[table + 40 * nsec : table + 40 * (nsec + 1)] = hdr
-        struct.pack_into("<H", raw, coff + 2, nsec + 1)
+        hdr = S.PE_SECTION.pack(SECTION_NAME, len(code), start, raw_size, start, 0, 0, 0, 0, _CODE)
+        raw[table + hsize * nsec : table + hsize * (nsec + 1)] = hdr
+        S.COFF_NUMBER_OF_SECTIONS.put(raw, coff, nsec + 1)
         image_end = start + _align(len(code), salign)
     else:
         i = img.sections.index(last)
-        h = table + 40 * i
+        h = table + hsize * i
         new_vsize = start + len(code) - last.rva
         new_rsize = len(raw) - last.raw_offset
-        chars = (last.characteristics | _CODE) & ~_DISCARDABLE
-        struct.pack_into("<II", raw, h + 8, new_vsize, last.rva)
-        struct.pack_into("<II", raw, h + 16, new_rsize, last.raw_offset)
-        struct.pack_into("<I", raw, h + 36, chars)
+        chars = (last.characteristics | _CODE) & ~S.IMAGE_SCN_MEM_DISCARDABLE
+        S.PE_SECTION_VIRTUAL_SIZE.put(raw, h, new_vsize)
+        S.PE_SECTION_VIRTUAL_ADDRESS.put(raw, h, last.rva)
+        S.PE_SECTION_SIZE_OF_RAW_DATA.put(raw, h, new_rsize)
+        S.PE_SECTION_POINTER_TO_RAW_DATA.put(raw, h, last.raw_offset)
+        S.PE_SECTION_CHARACTERISTICS.put(raw, h, chars)
         image_end = _align(last.rva + new_vsize, salign)
-    struct.pack_into("<I", raw, opt + 56, max(img.size_of_image, image_end))  # SizeOfImage
-    size_of_code = struct.unpack_from("<I", raw, opt + 4)[0]
-    struct.pack_into("<I", raw, opt + 4, size_of_code + _align(len(code), falign))
+    S.OPT_SIZE_OF_IMAGE.put(raw, opt, max(img.size_of_image, image_end))
+    size_of_code = S.OPT_SIZE_OF_CODE.get(raw, opt)
+    S.OPT_SIZE_OF_CODE.put(raw, opt, size_of_code + _align(len(code), falign))
     entries = _redirect(img, raw, routines, start, offsets)
     return Grown(bytes(raw), tuple(entries), placement)

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.node import all_problems
-from ovmftool.model.parser import FlashImage, parse_flash
+from ovmftool.model.flash import FlashImage
+from ovmftool.model.parser import parse_flash
 from ovmftool.model.node import Space
 from ovmftool.model.pe import parse_image
 from ovmftool.ops.assemble import Edit, Replace, assemble
@@ -123,7 +124,8 @@ def _key(m: Module) -> tuple[str, str, str]:
     return (m.volume, m.guid, m.arch)
 
 
-def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]]) -> tuple[list[str], int]:
+def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]],
+                    emu: emulate.Emulator) -> tuple[list[str], int]:
     """Emulate each rewritten function of `m` against the original; (problems, functions checked)."""
     orig = bytes(m.image.memory)
     new = bytearray(orig)
@@ -136,7 +138,7 @@ def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]]) -> t
         if f.function_rva is None or f.function_rva in done:
             continue
         done.add(f.function_rva)
-        diff = emulate.compare(orig, new_b, m.image.bits, f.function_rva, f.function or "")
+        diff = emu.compare(orig, new_b, m.image.bits, f.function_rva, f.function or "")
         runs += 1
         problems += [f"{m.name} {f.function}: {d}" for d in diff]
     return problems, runs
@@ -174,12 +176,12 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1,
             continue
         per_module.setdefault((f.volume, f.guid, f.arch), []).append((f, v.rewrite))
     edits: list[Edit | Replace] = []
-    runs0 = emulate.stats["runs"]
+    emu = emulate.Emulator()
     for key, finds in to_grow.items():
-        _grow_module(mods[key], finds, res, edits, symbols)
+        _grow_module(mods[key], finds, res, edits, emu, symbols)
     for key, plans in per_module.items():
         m = mods[key]
-        problems, checked = _emulate_module(m, plans)
+        problems, checked = _emulate_module(m, plans, emu)
         res.emulated_functions += checked
         if problems:
             for f, rw in plans:
@@ -194,7 +196,7 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1,
             res.rewrites.append(PlannedRewrite(f.module, f.guid, f.arch, f.volume, f.function, f.function_rva,
                                                f.rva, f.fd_offset, f.mnemonic, rw.shape, rw.old.hex(), rw.new.hex(),
                                                rw.note))
-    res.emulation_runs = emulate.stats["runs"] - runs0
+    res.emulation_runs = emu.runs
     res.rewrites.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
     res.refusals.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
     return res, edits
@@ -261,7 +263,7 @@ def _code_end(m: Module, symbols: BuildSymbols | None) -> int | None:
     return table.code_end if table is not None else None
 
 
-def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list,
+def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list, emu: emulate.Emulator,
                  symbols: BuildSymbols | None = None) -> None:
     """Grow `m` with IN/OUT loops for its IoFifo.nasm routines (in its slack when the build's
     symbols prove there is room); prove each by emulation."""
@@ -287,7 +289,7 @@ def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list,
     problems = []
     for rt in routines:
         loop_len = len(grow.loop_code(m.arch, rt.direction, rt.width))
-        problems += emulate.compare_redirected(orig, new, m.image.bits, rt.rva, rt.length, entries[rt.rva][2],
+        problems += emu.compare_redirected(orig, new, m.image.bits, rt.rva, rt.length, entries[rt.rva][2],
                                                loop_len, rt.name)
         res.emulated_functions += 1
     if problems:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ovmftool.boot.check import BootCheck, Terminated
+from ovmftool.report.document import to_json
 
 
 def _where(bc: BootCheck) -> str:
@@ -64,7 +65,8 @@ def boot_text(bc: BootCheck) -> str:
     out += [f"note: {n}" for n in bc.notes]
     if bc.kept:
         out.append(f"logs kept in {bc.kept} (serial.log, debug.log, trace.log"
-                   + (", count/" if bc.counted else "") + ")")
+                   + (", code.bin" if bc.logs.get("code") else "")
+                   + (", count/" if bc.logs.get("count_debug") else "") + ")")
     out.append(f"boot-check: {len(bc.executed)} string I/O instruction(s) executed"
                + ("" if bc.counted or not bc.executed else " (not counted: the second boot was skipped or "
                                                            "ran differently)"))
@@ -75,3 +77,13 @@ def terminated_line(t: Terminated, keep: str | None) -> str:
     """The one stderr line when a stop signal ended boot-check (exit `t.exit_code`)."""
     where = f"the logs so far are in {keep}" if keep else "its work directory removed"
     return f"ovmftool: terminated by {t.name}: boot-check stopped, QEMU killed, {where}"
+
+
+def render_boot(bc: BootCheck, fmt: str) -> str:
+    """`boot-check` in `fmt` ("text" or "json")."""
+    return to_json(bc.as_dict()) if fmt == "json" else boot_text(bc)
+
+
+def progress_line(seconds: float) -> str:
+    """The line a terminal sees (and overwrites) while the boot runs."""
+    return f"\rbooting... {seconds:5.0f} s"

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from ovmftool import __version__
 from ovmftool.errors import printable
+from ovmftool.report.document import header, to_json
 from ovmftool.triage.decode import RoutineMatch, Shorter, Triage
 from ovmftool.triage.log import HOW_TO_UNREDACT, MAX_DISTINCT, Group, LogTriage
 
@@ -29,8 +29,7 @@ def decode_json(t: Triage) -> dict:
     """The `decode --format json` document."""
     has_image = t.image_path is not None
     return {
-        "schema_version": DECODE_SCHEMA,
-        "tool": {"name": "ovmftool", "version": __version__},
+        **header(DECODE_SCHEMA),
         "bytes": t.data.hex(),
         "bits": t.bits,
         "instruction": t.instruction,
@@ -186,8 +185,7 @@ def decode_log_json(lt: LogTriage) -> dict:
     unr = _group_dict(lt.unreadable)
     unr["reasons"] = dict(sorted(lt.unreadable.reasons.items()))
     return {
-        "schema_version": DECODE_LOG_SCHEMA,
-        "tool": {"name": "ovmftool", "version": __version__},
+        **header(DECODE_LOG_SCHEMA),
         "log": {"path": lt.source, "compression": lt.compression, "lines_read": lt.lines_read},
         "bits": lt.bits,
         "verdict": lt.verdict,
@@ -265,3 +263,10 @@ def decode_log_text(lt: LogTriage) -> str:
     lines.append(f"log: {lt.source} ({lt.lines_read} line{'s' * (lt.lines_read != 1)} read{comp})"
                  + (f"; image: {lt.image_path}" if lt.image_path else ""))
     return "\n".join(printable(x) for x in lines) + "\n"
+
+
+def render(t: Triage | LogTriage, fmt: str) -> str:
+    """`decode` (a Triage) or `decode --log` (a LogTriage) as `fmt` ("text" or "json")."""
+    if isinstance(t, LogTriage):
+        return to_json(decode_log_json(t)) if fmt == "json" else decode_log_text(t)
+    return to_json(decode_json(t)) if fmt == "json" else decode_text(t)

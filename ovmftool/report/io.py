@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
-import tempfile
 
 from ovmftool.errors import OvmfToolError
 
@@ -47,6 +45,8 @@ def _cannot(path: str, reason: str | int) -> OvmfToolError:
 
 def _probe_dir(shown: str, d: str, directory: bool = False) -> None:
     """Raise unless a file (or directory) can be created in the existing directory `d`."""
+    import tempfile  # imported here: a run that writes no file does not pay for it
+
     if not os.path.exists(d):
         raise _cannot(shown, errno.ENOENT)
     if not os.path.isdir(d):
@@ -79,6 +79,18 @@ def check_output_file(path: str) -> None:
                 raise _cannot(path, e.strerror or str(e)) from None
             raise _cannot(path, errno.EACCES)
     _probe_dir(path, os.path.dirname(real))
+
+
+def check_patch_output(image: str, output: str | None, dry_run: bool) -> None:
+    """`patch`: an output unless `dry_run`; never the input image; in a directory that exists."""
+    if not dry_run and not output:
+        raise OvmfToolError("give -o OUTPUT (or --dry-run)")
+    if not output:
+        return
+    if os.path.exists(output) and os.path.exists(image) and os.path.samefile(output, image):
+        raise OvmfToolError(f"{output} is the input image; patch never modifies its input")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise OvmfToolError(f"directory {os.path.dirname(os.path.abspath(output))} does not exist")
 
 
 def check_output_dir(path: str, parents: bool = False) -> None:
@@ -120,6 +132,8 @@ def write_atomic(path: str, data: bytes) -> None:
     allowed, its owner). A symlink is followed (its target is replaced, the link stays). A path
     that is not a regular file — /dev/null, /dev/stdout, a FIFO — is written directly: renaming
     over it would replace the device with a file."""
+    import tempfile  # imported here: a run that writes no file does not pay for it
+
     shown = path
     path = os.path.realpath(path)
     if os.path.isdir(path):
@@ -163,6 +177,8 @@ def new_output_dir(path: str, parents: bool = False) -> str:
     """A temporary sibling of the output directory `path` to fill, with the mode `path` will have.
 
     Pass it to `commit_output_dir` once everything is written, or `discard_output_dir` on failure."""
+    import tempfile  # imported here: a run that writes no file does not pay for it
+
     real = os.path.realpath(path)
     parent = os.path.dirname(real)
     if parents:
@@ -196,6 +212,8 @@ def commit_output_dir(tmp: str, path: str) -> None:
 
 def discard_output_dir(tmp: str) -> None:
     """Remove a temporary output directory and everything in it."""
+    import shutil  # imported here: a run that writes no file does not pay for it
+
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from itertools import groupby
 
 from ovmftool.patch.patcher import PatchResult
+from ovmftool.report.document import to_json
 
 
 def patch_text(res: PatchResult, dry_run: bool) -> str:
@@ -34,3 +35,15 @@ def patch_text(res: PatchResult, dry_run: bool) -> str:
                    f"({res.modules_rescanned} changed module(s) rescanned, the rest byte-identical to clean input "
                    "modules)")
     return "\n".join(out) + "\n"
+
+
+def render_patch(res: PatchResult, fmt: str, dry_run: bool, written: str | None) -> str:
+    """`patch` in `fmt` ("text" or "json"); `written`: the output file written, if one was."""
+    if fmt == "json":
+        return to_json({**res.as_dict(), "written": written})
+    text = patch_text(res, dry_run)
+    if written:
+        text += f"wrote {written} (sha256 {res.output_sha256})\n"
+    elif not dry_run:
+        text += "nothing written: refused sites (see above; --allow-unknown leaves them in place)\n"
+    return text

@@ -6,13 +6,11 @@ scanned (`ScanFailure`) has an error entry where its report would be.
 
 from __future__ import annotations
 
-import json
 import os
-import textwrap
 from collections import Counter
 from pathlib import Path
 
-from ovmftool import __version__
+from ovmftool.report.document import header, image_ref, to_json
 from ovmftool.scan.advice import NextSteps, next_steps
 from ovmftool.scan.scanner import ScanFailure, ScanResult
 
@@ -22,9 +20,7 @@ SCAN_SCHEMA = "ovmftool.scan/1"
 def scan_json(r: ScanResult) -> dict:
     """The JSON document of one image's scan."""
     return {
-        "schema_version": SCAN_SCHEMA,
-        "tool": {"name": "ovmftool", "version": __version__},
-        "image": {"path": r.path, "sha256": r.sha256, "size": r.size},
+        **header(SCAN_SCHEMA, image=image_ref(r)),
         "modules": [m.as_dict() for m in r.modules],
         "findings": [f.as_dict() for f in r.findings],
         "summary": summary(r),
@@ -34,12 +30,7 @@ def scan_json(r: ScanResult) -> dict:
 
 def scan_error_json(f: ScanFailure) -> dict:
     """The JSON entry of an input that could not be scanned."""
-    return {
-        "schema_version": SCAN_SCHEMA,
-        "tool": {"name": "ovmftool", "version": __version__},
-        "image": {"path": f.path},
-        "error": f.message,
-    }
+    return {**header(SCAN_SCHEMA, image={"path": f.path}), "error": f.message}
 
 
 def scan_json_doc(outcomes: list[ScanResult | ScanFailure]):
@@ -102,6 +93,8 @@ def next_steps_lines(s: NextSteps) -> list[str]:
     """What to do about the sites: the patch command, then the source fix."""
     pad = " " * 21
 
+    import textwrap  # text output only: json and sarif do not pay for its import
+
     def wrap(text: str) -> list[str]:
         return textwrap.wrap(text, width=100, initial_indent=pad, subsequent_indent=pad, break_on_hyphens=False)
 
@@ -142,11 +135,11 @@ def scan_text_all(outcomes: list[ScanResult | ScanFailure]) -> str:
 def render(outcomes: list[ScanResult | ScanFailure], fmt: str, sarif_root: str | None = None) -> str:
     """The document of `scan --format FMT` over all inputs."""
     if fmt == "json":
-        return json.dumps(scan_json_doc(outcomes), indent=2, sort_keys=True) + "\n"
+        return to_json(scan_json_doc(outcomes))
     if fmt == "sarif":
         from ovmftool.report.sarif import sarif_log
 
-        return json.dumps(sarif_log(outcomes, sarif_root), indent=2, sort_keys=True) + "\n"
+        return to_json(sarif_log(outcomes, sarif_root))
     if fmt == "junit":
         from ovmftool.report.junit import junit_xml
 

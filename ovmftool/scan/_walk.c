@@ -9,7 +9,8 @@
  * linked at build time.
  *
  * One entry point: discover(mem, bits, ranges, strong, weak, handle, fn_malloc, fn_iter,
- * fn_free, kinds) -> (sizes, functions, calls, tails, sites, code_bytes).
+ * fn_free, kinds[, lean]) -> (sizes, functions, calls, tails, sites, code_bytes); lean and no
+ * string I/O site found: (None, number of functions, None, None, [], code_bytes).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,18 +41,21 @@ typedef void (*cs_free_t)(cs_insn5 *, size_t);
 enum { K_PLAIN, K_COND, K_JMP, K_CALL, K_END, K_SIO, K_LEA, K_ODD };
 #define MAX_GAP 4096
 #define D_UNKNOWN 0
-#define D_BAD 0xFF
+#define D_BAD 0xFF /* size 15, K_ODD, has-aux: no instruction (K_ODD has no aux) */
 
 typedef struct { uint64_t *v; size_t n, cap; } vec64;
 
-static int vpush(vec64 *v, uint64_t x) {
-    if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 64;
-        uint64_t *nv = realloc(v->v, cap * sizeof(uint64_t));
-        if (!nv) return -1;
-        v->v = nv;
-        v->cap = cap;
-    }
+static int vgrow(vec64 *v) {
+    size_t cap = v->cap ? v->cap * 2 : 64;
+    uint64_t *nv = realloc(v->v, cap * sizeof(uint64_t));
+    if (!nv) return -1;
+    v->v = nv;
+    v->cap = cap;
+    return 0;
+}
+
+static inline int vpush(vec64 *v, uint64_t x) {
+    if (v->n == v->cap && vgrow(v)) return -1;
     v->v[v->n++] = x;
     return 0;
 }
@@ -62,9 +66,9 @@ typedef struct {
     int bits;
     size_t nranges;
     uint64_t *lo, *hi;
-    /* decode cache: size (D_UNKNOWN / D_BAD / 1..15), kind, aux (has_aux flags it) */
-    uint8_t *dsize, *dkind, *dhas;
-    int64_t *daux;
+    /* decode cache, one byte an address: D_UNKNOWN, D_BAD, or size (bits 0-3, 1..15) | kind
+     * (bits 4-6) | has-aux (bit 7); an instruction with an aux is decoded again for its aux */
+    uint8_t *dcache;
     /* the code map so far, and the current trial */
     uint8_t *gsize, *tsize;   /* instruction starts: size, 0 = none */
     uint8_t *fflag;           /* bit 0: known function, bit 1: trial function */
@@ -76,6 +80,9 @@ typedef struct {
     vec64 leas;
     vec64 fn_todo, blocks;
     size_t nstarts;
+    uint64_t code_bytes;      /* sum of the merged instructions' sizes */
+    uint64_t span_lo, span_hi; /* [lowest range start, highest range end): where starts can be */
+    bool overlap;             /* some range starts inside the one before it */
     size_t nfuncs;            /* in-range functions merged (fflag bit 0) */
     bool ok, bare;
     cs_insn5 *insn;
@@ -407,29 +414,32 @@ static int decode_raw(W *w, uint64_t a, uint64_t end, int *kind, int64_t *aux, b
     return cs_decode(w, a, end, kind, aux, has);
 }
 
-/* Cached decode at a (limit: the end of a's executable range, as the Python walk decodes). */
-static int decode_at(W *w, uint64_t a, int *kind, int64_t *aux, bool *has) {
-    uint8_t s = w->dsize[a];
-    if (s == D_UNKNOWN) {
+/* Cached decode at a; `end`: the end of a's executable range (range_end), the limit the Python
+ * walk decodes with. */
+static inline int decode_at(W *w, uint64_t a, uint64_t end, int *kind, int64_t *aux, bool *has) {
+    uint8_t c = w->dcache[a];
+    if (c == D_BAD) return 0;
+    if (c == D_UNKNOWN || (c & 0x80)) {
+        /* not decoded yet, or decoded with an aux (a branch target or LEA address), which the
+         * cache does not hold: decoding is deterministic, so this gives the same instruction */
         int k = 0;
         int64_t x = 0;
         bool h = false;
-        int size = decode_raw(w, a, range_end(w, a), &k, &x, &h);
+        int size = decode_raw(w, a, end, &k, &x, &h);
         if (size == 0) {
-            w->dsize[a] = D_BAD;
+            w->dcache[a] = D_BAD;
             return 0;
         }
-        w->dsize[a] = (uint8_t)size;
-        w->dkind[a] = (uint8_t)k;
-        w->daux[a] = x;
-        w->dhas[a] = h;
-        s = (uint8_t)size;
+        w->dcache[a] = (uint8_t)(size | (k << 4) | (h ? 0x80 : 0));
+        *kind = k;
+        *aux = x;
+        *has = h;
+        return size;
     }
-    if (s == D_BAD) return 0;
-    *kind = w->dkind[a];
-    *aux = w->daux[a];
-    *has = w->dhas[a];
-    return s;
+    *kind = (c >> 4) & 7;
+    *aux = 0;
+    *has = false;
+    return c & 15;
 }
 
 /* The mnemonic of the instruction at a (for string I/O sites; decoded again, rarely needed). */
@@ -562,7 +572,8 @@ static void walk(W *w, uint64_t root, bool strict) {
                 int kind = 0;
                 int64_t aux = 0;
                 bool has = false;
-                int size = decode_at(w, a, &kind, &aux, &has);
+                /* range_end(w, a) is the block's end unless ranges overlap (a hostile module) */
+                int size = decode_at(w, a, w->overlap ? range_end(w, a) : end, &kind, &aux, &has);
                 if (!size) {
                     if (strict) w->ok = false;
                     break;
@@ -621,6 +632,7 @@ static void merge(W *w) {
     for (size_t i = 0; i < w->tstarts.n; i++) {
         uint64_t a = w->tstarts.v[i];
         w->gsize[a] = w->tsize[a];
+        w->code_bytes += w->tsize[a];
         w->tsize[a] = 0;
     }
     w->nstarts += w->tstarts.n;
@@ -673,6 +685,36 @@ static bool decodes_exactly(W *w, uint64_t p, uint64_t end) {
     return a == end && (last == K_JMP || last == K_END);
 }
 
+/* One bit in each byte of `word` that is not zero (bit 8k for byte k, in memory order), as
+ * memcpy loads it: little-endian hosts only (x86), which is where the scanner's x86 code runs;
+ * other hosts take the byte loop. */
+static uint64_t nonzero_bytes(uint64_t word) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t low7 = 0x7F7F7F7F7F7F7F7FULL;
+    uint64_t high = (((word & low7) + low7) | word) & ~low7; /* bit 7 of each non-zero byte */
+    return high >> 7;
+#else
+    const uint8_t *b = (const uint8_t *)&word;
+    uint64_t m = 0;
+    for (int i = 0; i < 8; i++)
+        if (b[i]) m |= 1ULL << (8 * i);
+    return m;
+#endif
+}
+
+static int lowest_bit(uint64_t m) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctzll(m);
+#else
+    int i = 0;
+    while (!(m & 1)) {
+        m >>= 1;
+        i++;
+    }
+    return i;
+#endif
+}
+
 static int fill_gaps(W *w) {
     vec64 gaps = {0};
     for (int pass = 0; pass < 2; pass++) {
@@ -680,14 +722,33 @@ static int fill_gaps(W *w) {
         gaps.n = 0;
         bool have = false;
         uint64_t prev_end = 0;
-        for (uint64_t a = 0; a < w->n; a++) {
-            if (!w->gsize[a]) continue;
-            if (have && a > prev_end && (vpush(&gaps, prev_end) || vpush(&gaps, a))) {
-                free(gaps.v);
-                return -1;
+        /* every instruction start in address order (they lie only inside executable ranges:
+         * [span_lo, span_hi)), eight bytes of gsize at a time: a mask of the non-zero ones */
+        const uint8_t *g = w->gsize;
+        uint64_t a = w->span_lo;
+        while (a < w->span_hi) {
+            uint64_t mask;
+            int width;
+            if (a + 8 <= w->span_hi) {
+                uint64_t word;
+                memcpy(&word, g + a, 8);
+                mask = nonzero_bytes(word);
+                width = 8;
+            } else {
+                mask = g[a] ? 1 : 0;
+                width = 1;
             }
-            prev_end = a + w->gsize[a];
-            have = true;
+            while (mask) {
+                uint64_t x = a + (uint64_t)(lowest_bit(mask) >> 3);
+                mask &= mask - 1;
+                if (have && x > prev_end && (vpush(&gaps, prev_end) || vpush(&gaps, x))) {
+                    free(gaps.v);
+                    return -1;
+                }
+                prev_end = x + g[x];
+                have = true;
+            }
+            a += (uint64_t)width;
         }
         for (size_t i = 0; i < gaps.n; i += 2) {
             uint64_t e0 = gaps.v[i], a1 = gaps.v[i + 1];
@@ -726,13 +787,7 @@ static PyObject *triples(const vec64 *v) {
 static void w_free(W *w) {
     free(w->lo);
     free(w->hi);
-    free(w->dsize);
-    free(w->dkind);
-    free(w->dhas);
-    free(w->daux);
-    free(w->gsize);
-    free(w->tsize);
-    free(w->fflag);
+    /* dcache, gsize, tsize and fflag are the arena's (arena_get) */
     vec64 *vs[] = {&w->gfx, &w->tfx, &w->tstarts, &w->tfuncs, &w->gcalls, &w->tcalls, &w->gtails, &w->ttails,
                    &w->gsites, &w->tsites, &w->leas, &w->fn_todo, &w->blocks};
     for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++) free(vs[i]->v);
@@ -761,14 +816,37 @@ static void w_init(W *w, const Py_buffer *mem, int bits, unsigned long long hand
     w->insn = ((cs_malloc_t)(uintptr_t)p_malloc)(w->handle);
 }
 
+/* The per-address tables of one walk (dcache, gsize, tsize, fflag, seen: 5 bytes an address),
+ * kept from one call to the next and cleared after each use: a scan walks a hundred modules,
+ * and fresh zeroed memory for each cost more in page faults than the walk itself. Kept only up
+ * to KEEP_ARENA (real modules are at most about 1 MiB); the GIL is held throughout a walk. */
+#define KEEP_ARENA ((size_t)8 << 20)
+static uint8_t *g_arena = NULL;
+static size_t g_arena_size = 0;
+
+static uint8_t *arena_get(size_t need) {
+    if (g_arena && g_arena_size >= need) return g_arena; /* all zero */
+    free(g_arena);
+    g_arena = calloc(need, 1);
+    g_arena_size = g_arena ? need : 0;
+    return g_arena;
+}
+
+static void arena_drop(void) {
+    free(g_arena);
+    g_arena = NULL;
+    g_arena_size = 0;
+}
+
 static PyObject *py_discover(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer mem, kinds;
     int bits;
     PyObject *ranges, *strong, *weak;
     unsigned long long handle, p_malloc, p_iter, p_free;
-    if (!PyArg_ParseTuple(args, "y*iOOOKKKKy*", &mem, &bits, &ranges, &strong, &weak, &handle, &p_malloc, &p_iter,
-                          &p_free, &kinds))
+    int lean = 0;
+    if (!PyArg_ParseTuple(args, "y*iOOOKKKKy*|p", &mem, &bits, &ranges, &strong, &weak, &handle, &p_malloc, &p_iter,
+                          &p_free, &kinds, &lean))
         return NULL;
     W w;
     w_init(&w, &mem, bits, handle, p_malloc, p_iter, &kinds);
@@ -779,14 +857,15 @@ static PyObject *py_discover(PyObject *self, PyObject *args) {
     if (nr < 0 || !w.insn) goto done;
     w.lo = calloc((size_t)nr + 1, sizeof(uint64_t));
     w.hi = calloc((size_t)nr + 1, sizeof(uint64_t));
-    w.dsize = calloc(n, 1);
-    w.dkind = calloc(n, 1);
-    w.dhas = calloc(n, 1);
-    w.daux = calloc(n, sizeof(int64_t));
-    w.gsize = calloc(n, 1);
-    w.tsize = calloc(n, 1);
-    w.fflag = calloc(n, 1);
-    if (!w.lo || !w.hi || !w.dsize || !w.dkind || !w.dhas || !w.daux || !w.gsize || !w.tsize || !w.fflag) {
+    w.dcache = n <= SIZE_MAX / 5 ? arena_get(5 * n) : NULL;
+    uint8_t *seen = NULL;
+    if (w.dcache) {
+        w.gsize = w.dcache + n;
+        w.tsize = w.dcache + 2 * n;
+        w.fflag = w.dcache + 3 * n;
+        seen = w.dcache + 4 * n;
+    }
+    if (!w.lo || !w.hi || !w.dcache) {
         PyErr_NoMemory();
         goto done;
     }
@@ -800,15 +879,14 @@ static PyObject *py_discover(PyObject *self, PyObject *args) {
         if (!okp) goto done;
         w.lo[i] = lo;
         w.hi[i] = hi < w.n ? hi : w.n;
+        if (i == 0 || lo < w.span_lo) w.span_lo = lo;
+        if (w.hi[i] > w.span_hi) w.span_hi = w.hi[i];
     }
     w.nranges = (size_t)nr;
+    for (Py_ssize_t i = 1; i < nr; i++)
+        if (w.lo[i] < w.hi[i - 1]) w.overlap = true;
 
     vec64 pending = {0}, queue = {0};
-    uint8_t *seen = calloc(n, 1);
-    if (!seen) {
-        PyErr_NoMemory();
-        goto done;
-    }
     Py_ssize_t ns = PySequence_Length(strong);
     for (Py_ssize_t i = 0; i < ns && !w.oom; i++) {
         PyObject *t = PySequence_GetItem(strong, i), *r;
@@ -849,7 +927,11 @@ static PyObject *py_discover(PyObject *self, PyObject *args) {
             PyErr_NoMemory();
         goto fail;
     }
-    {
+    if (lean && w.gsites.n == 0) {
+        /* lean, and no site: only the counts (what a scan reports of such a module) */
+        result = Py_BuildValue("(OnOO[]K)", Py_None, (Py_ssize_t)(w.nfuncs + w.gfx.n), Py_None, Py_None,
+                               (unsigned long long)w.code_bytes);
+    } else {
         PyObject *sizes = PyBytes_FromStringAndSize((const char *)w.gsize, (Py_ssize_t)w.n);
         PyObject *funcs = PyList_New(0);
         PyObject *calls = triples(&w.gcalls), *tails = triples(&w.gtails);
@@ -878,10 +960,8 @@ static PyObject *py_discover(PyObject *self, PyObject *args) {
                 PyList_SET_ITEM(sites, (Py_ssize_t)i, t);
             }
         }
-        unsigned long long code_bytes = 0;
-        for (uint64_t a = 0; a < w.n; a++) code_bytes += w.gsize[a];
         if (sizes && funcs && calls && tails && sites)
-            result = Py_BuildValue("(NNNNNK)", sizes, funcs, calls, tails, sites, code_bytes);
+            result = Py_BuildValue("(NNNNNK)", sizes, funcs, calls, tails, sites, (unsigned long long)w.code_bytes);
         else {
             Py_XDECREF(sizes);
             Py_XDECREF(funcs);
@@ -891,10 +971,21 @@ static PyObject *py_discover(PyObject *self, PyObject *args) {
         }
     }
 fail:
-    free(seen);
     free(pending.v);
     free(queue.v);
 done:
+    if (result && w.dcache) {
+        /* leave the arena all zero: the walk wrote the tables only inside the executable ranges
+         * ([span_lo, span_hi)), except function flags (any call target in the image) */
+        size_t lo = w.span_lo < n ? (size_t)w.span_lo : n, hi = w.span_hi < n ? (size_t)w.span_hi : n;
+        if (lo < hi)
+            for (int k = 0; k < 5; k++)
+                if (k != 3) memset(w.dcache + (size_t)k * n + lo, 0, hi - lo);
+        memset(w.fflag, 0, n);
+    } else {
+        arena_drop(); /* an error part-way: no telling what is left in it */
+    }
+    if (g_arena_size > KEEP_ARENA) arena_drop();
     if (w.insn) cs_free(w.insn, 1);
     w_free(&w);
     PyBuffer_Release(&mem);
@@ -938,12 +1029,196 @@ static PyObject *py_check_fast(PyObject *self, PyObject *args) {
     return Py_BuildValue("(KN)", handled, bad);
 }
 
+/* find_anchors(mem, ranges, anchors, limit): for each anchor (bytes), for each [lo, hi) range,
+ * every position p (ascending, overlapping ones included) with mem[p:p+len] == anchor inside
+ * the range (hi clamped to len(mem)): what the loop `p = mem.find(a, lo, hi)` ... `mem.find(a,
+ * p + 1, hi)` yields, in one pass over each range instead of one per anchor. None when the
+ * anchors' counts as bytes.count gives them (non-overlapping, left to right), summed over
+ * anchors and ranges, exceed `limit`. Anchors are at most 16 bytes. */
+static PyObject *py_find_anchors(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer mem;
+    PyObject *ranges, *anchors;
+    long long limit;
+    if (!PyArg_ParseTuple(args, "y*OOL", &mem, &ranges, &anchors, &limit)) return NULL;
+    PyObject *result = NULL, *lists = NULL;
+    Py_ssize_t na = PySequence_Length(anchors), nr = PySequence_Length(ranges);
+    const uint8_t *m = mem.buf;
+    uint64_t n = (uint64_t)mem.len;
+    enum { MAX_ANCHORS = 64, MAX_LEN = 16 };
+    const uint8_t *an[MAX_ANCHORS];
+    Py_ssize_t alen[MAX_ANCHORS];
+    PyObject *abytes[MAX_ANCHORS];
+    Py_ssize_t got = 0;
+    long long total = 0;
+    if (na < 0 || nr < 0) goto done;
+    if (na > MAX_ANCHORS) {
+        PyErr_SetString(PyExc_ValueError, "find_anchors: too many anchors");
+        goto done;
+    }
+    for (; got < na; got++) {
+        abytes[got] = PySequence_GetItem(anchors, got);
+        if (!abytes[got]) goto done;
+        if (!PyBytes_Check(abytes[got]) || PyBytes_GET_SIZE(abytes[got]) < 1
+            || PyBytes_GET_SIZE(abytes[got]) > MAX_LEN) {
+            got++;
+            PyErr_SetString(PyExc_ValueError, "find_anchors: anchors are bytes of 1 to 16");
+            goto done;
+        }
+        an[got] = (const uint8_t *)PyBytes_AS_STRING(abytes[got]);
+        alen[got] = PyBytes_GET_SIZE(abytes[got]);
+    }
+    bool first[256] = {false}; /* the anchors' first bytes */
+    for (Py_ssize_t i = 0; i < na; i++) first[an[i][0]] = true;
+    lists = PyList_New(na);
+    if (!lists) goto done;
+    for (Py_ssize_t i = 0; i < na; i++) {
+        PyObject *per = PyList_New(nr);
+        if (!per) goto done;
+        PyList_SET_ITEM(lists, i, per);
+        for (Py_ssize_t j = 0; j < nr; j++) {
+            PyObject *l = PyList_New(0);
+            if (!l) goto done;
+            PyList_SET_ITEM(per, j, l);
+        }
+    }
+    for (Py_ssize_t j = 0; j < nr; j++) {
+        PyObject *t = PySequence_GetItem(ranges, j);
+        unsigned long long lo, hi;
+        if (!t) goto done;
+        int okp = PyArg_ParseTuple(t, "KK", &lo, &hi);
+        Py_DECREF(t);
+        if (!okp) goto done;
+        if (hi > n) hi = n;
+        uint64_t next_free[MAX_ANCHORS]; /* bytes.count: the next match must start here or later */
+        for (Py_ssize_t i = 0; i < na; i++) next_free[i] = lo;
+        for (uint64_t p = lo; p < hi; p++) {
+            uint8_t c = m[p];
+            if (!first[c]) continue;
+            for (Py_ssize_t i = 0; i < na; i++) {
+                if (c != an[i][0] || p + (uint64_t)alen[i] > hi || memcmp(m + p, an[i], (size_t)alen[i]) != 0)
+                    continue;
+                if (p >= next_free[i]) {
+                    next_free[i] = p + (uint64_t)alen[i];
+                    if (++total > limit) {
+                        Py_CLEAR(lists);
+                        Py_INCREF(Py_None);
+                        result = Py_None;
+                        goto done;
+                    }
+                }
+                PyObject *x = PyLong_FromUnsignedLongLong(p);
+                int bad = !x || PyList_Append(PyList_GET_ITEM(PyList_GET_ITEM(lists, i), j), x);
+                Py_XDECREF(x);
+                if (bad) goto done;
+            }
+        }
+    }
+    result = lists;
+    lists = NULL;
+done:
+    Py_XDECREF(lists);
+    for (Py_ssize_t i = 0; i < got; i++) Py_XDECREF(abytes[i]);
+    PyBuffer_Release(&mem);
+    return result;
+}
+
+static uint64_t load_le(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+/* pointer_roots(mem, rvas, types, image_base, dir64, highlow): the sorted distinct targets
+ * (value - image_base, modulo 2**64) below len(mem) of the base relocations of type dir64
+ * (8-byte pointers) and highlow (4-byte) that lie whole inside mem; rvas: 8-byte unsigned
+ * integers in native order (array("Q")), types: one byte each (scanner._pointer_roots). */
+static PyObject *py_pointer_roots(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer mem, rvas, types;
+    unsigned long long base;
+    unsigned int dir64, highlow;
+    if (!PyArg_ParseTuple(args, "y*y*y*KII", &mem, &rvas, &types, &base, &dir64, &highlow)) return NULL;
+    PyObject *out = NULL;
+    uint64_t n = (uint64_t)mem.len, count = (uint64_t)types.len;
+    uint64_t *bits = NULL;
+    if ((uint64_t)rvas.len != count * 8) {
+        PyErr_SetString(PyExc_ValueError, "pointer_roots: one 8-byte rva per type byte");
+        goto done;
+    }
+    bits = calloc((size_t)(n / 64 + 1), sizeof(uint64_t));
+    if (!bits) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint8_t *m = mem.buf, *ty = types.buf;
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t rva, v;
+        memcpy(&rva, (const uint8_t *)rvas.buf + 8 * i, 8);
+        if (ty[i] == dir64 && rva <= n && n - rva >= 8) v = load_le(m + rva, 8);
+        else if (ty[i] == highlow && rva <= n && n - rva >= 4) v = load_le(m + rva, 4);
+        else continue;
+        uint64_t t = v - (uint64_t)base;
+        if (t < n) bits[t / 64] |= 1ULL << (t % 64);
+    }
+    out = PyList_New(0);
+    for (uint64_t wi = 0; out && wi <= n / 64; wi++) {
+        uint64_t word = bits[wi];
+        while (word) {
+            PyObject *x = PyLong_FromUnsignedLongLong(wi * 64 + (uint64_t)lowest_bit(word));
+            word &= word - 1;
+            if (!x || PyList_Append(out, x)) Py_CLEAR(out);
+            Py_XDECREF(x);
+            if (!out) break;
+        }
+    }
+done:
+    free(bits);
+    PyBuffer_Release(&mem);
+    PyBuffer_Release(&rvas);
+    PyBuffer_Release(&types);
+    return out;
+}
+
+/* disasm_lite(code, handle, cs_malloc, cs_disasm_iter, cs_free): [(address, size, mnemonic,
+ * op_str)] from address 0 up to the first byte capstone cannot decode: what capstone's
+ * Cs.disasm_lite(code, 0) yields, without the capstone Python package (signatures.tokens). */
+static PyObject *py_disasm_lite(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer code;
+    unsigned long long handle, p_malloc, p_iter, p_free;
+    if (!PyArg_ParseTuple(args, "y*KKKK", &code, &handle, &p_malloc, &p_iter, &p_free)) return NULL;
+    cs_insn5 *insn = ((cs_malloc_t)(uintptr_t)p_malloc)((size_t)handle);
+    cs_disasm_iter_t iter = (cs_disasm_iter_t)(uintptr_t)p_iter;
+    PyObject *out = insn ? PyList_New(0) : NULL;
+    const uint8_t *p = code.buf;
+    size_t left = (size_t)code.len;
+    uint64_t addr = 0;
+    while (out && left && iter((size_t)handle, &p, &left, &addr, insn)) {
+        PyObject *t = Py_BuildValue("(KHss)", (unsigned long long)insn->address, insn->size, insn->mnemonic,
+                                    insn->op_str);
+        if (!t || PyList_Append(out, t)) Py_CLEAR(out);
+        Py_XDECREF(t);
+    }
+    if (insn) ((cs_free_t)(uintptr_t)p_free)(insn, 1);
+    else PyErr_NoMemory();
+    PyBuffer_Release(&code);
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"disasm_lite", py_disasm_lite, METH_VARARGS,
+     "disasm_lite(code, handle, cs_malloc, cs_disasm_iter, cs_free) -> [(address, size, mnemonic, op_str)]"},
+    {"pointer_roots", py_pointer_roots, METH_VARARGS,
+     "pointer_roots(mem, rvas, types, image_base, dir64, highlow) -> sorted distinct targets inside mem"},
+    {"find_anchors", py_find_anchors, METH_VARARGS,
+     "find_anchors(mem, ranges, anchors, limit) -> [[positions per range] per anchor], or None over limit"},
     {"check_fast", py_check_fast, METH_VARARGS,
      "check_fast(mem, bits, handle, cs_malloc, cs_disasm_iter, cs_free, kinds) -> (handled, mismatches)"},
     {"discover", py_discover, METH_VARARGS,
-     "discover(mem, bits, ranges, strong, weak, handle, cs_malloc, cs_disasm_iter, cs_free, kinds)\n"
-     "-> (sizes, functions, calls, tails, sites, code_bytes): codemap.discover's walk in C."},
+     "discover(mem, bits, ranges, strong, weak, handle, cs_malloc, cs_disasm_iter, cs_free, kinds[, lean])\n"
+     "-> (sizes, functions, calls, tails, sites, code_bytes): codemap.discover's walk in C; lean and no site:\n"
+     "(None, number of functions, None, None, [], code_bytes)."},
     {NULL, NULL, 0, NULL},
 };
 

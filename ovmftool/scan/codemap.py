@@ -24,11 +24,11 @@ falls back to the `Discoverer` below otherwise; the two give equal code maps
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass, field
 
 from ovmftool.errors import LimitExceeded
-from ovmftool.scan.disasm import K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs, native_decoder
+from ovmftool.scan.disasm import (K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs, native_decoder,
+                                  native_walk_on)
 
 DECODE_INSNS = 32
 SWEEP_INSNS = 1024
@@ -73,7 +73,16 @@ class CodeMap:
     sites: list[Site] = field(default_factory=list)
     sizes: bytes | None = None  # the native walk's instruction starts: size per rva, 0 where none
     code_bytes: int = 0  # sum of instruction sizes
+    # A lean map (`discover(lean=True)` of a module without sites) holds only code_bytes and
+    # function_count: its starts, functions, calls and tails are left empty.
+    lean: bool = False
+    n_functions: int | None = None  # the lean map's count of functions
     _callers: dict | None = field(default=None, init=False, repr=False)  # target -> transfers, made once
+
+    @property
+    def function_count(self) -> int:
+        """How many functions the walk found (lean or not)."""
+        return self.n_functions if self.lean else len(self.functions)
 
     def instruction_starts(self) -> dict[int, int]:
         """Instruction rva -> size, whichever walk made the map."""
@@ -364,16 +373,47 @@ class Discoverer:
         return a == end and last_kind in (K_JMP, K_END)
 
 
+def pointer_targets(mem: bytes, relocations, image_base: int) -> list[int]:
+    """Sorted distinct targets of a module's relocated pointers that land inside `mem`: the value
+    of each DIR64 (8-byte) or HIGHLOW (4-byte) base relocation that lies whole inside `mem`,
+    minus `image_base` (modulo 2**64). One C pass when the native walk is built and the
+    relocations are the model's arrays (`pe.Relocations`), else Python; the same list."""
+    from ovmftool.model import structs as S
+
+    rvas, types = getattr(relocations, "rvas", None), getattr(relocations, "types", None)
+    if (native_available() and getattr(rvas, "typecode", None) == "Q" and isinstance(types, (bytes, bytearray))
+            and len(rvas) == len(types) and 0 <= image_base < 1 << 64):
+        from ovmftool.scan import _walk
+
+        return _walk.pointer_roots(mem, rvas, types, image_base, S.REL_BASED_DIR64, S.REL_BASED_HIGHLOW)
+    out = []
+    size = len(mem)
+    for rva, t in relocations:
+        if t == S.REL_BASED_DIR64 and rva + 8 <= size:
+            v = int.from_bytes(mem[rva : rva + 8], "little")
+        elif t == S.REL_BASED_HIGHLOW and rva + 4 <= size:
+            v = int.from_bytes(mem[rva : rva + 4], "little")
+        else:
+            continue
+        tgt = (v - image_base) & 0xFFFFFFFFFFFFFFFF
+        if tgt < size:
+            out.append(tgt)
+    return sorted(set(out))
+
+
 def native_available() -> bool:
     """True when `discover` will use the C walk."""
-    return not os.environ.get("OVMFTOOL_PURE_PYTHON") and native_decoder(64) is not None
+    return native_walk_on()
 
 
 def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: list[tuple[int, str]],
-             weak: list[int], native: bool | None = None) -> CodeMap:
+             weak: list[int], native: bool | None = None, lean: bool = False) -> CodeMap:
     """Find the code of a module: strong roots first, then validated weak roots, then gaps.
 
     `native` None: the C walk when built (and OVMFTOOL_PURE_PYTHON is unset), else Python.
+    `lean`: when the walk finds no string I/O site, the C walk returns a lean map (code_bytes
+    and function_count only: what a scan reports of such a module), saving the Python objects
+    of thousands of functions and calls; the Python walk always returns the whole map.
     """
     if native is None:
         native = native_available()
@@ -381,9 +421,12 @@ def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: 
     if walker is not None:
         fn, args = walker
         try:
-            sizes, functions, calls, tails, sites, code_bytes = fn(mem, bits, sorted(exec_ranges), strong, weak, *args)
+            sizes, functions, calls, tails, sites, code_bytes = fn(mem, bits, sorted(exec_ranges), strong, weak, *args,
+                                                                    lean)
         except OverflowError:  # the C walk's caps
             raise CodeMapLimit(_CAPS_MESSAGE) from None
+        if calls is None:
+            return CodeMap(code_bytes=code_bytes, lean=True, n_functions=functions)
         return CodeMap(functions=set(functions), calls=calls, tails=tails,
                        sites=[Site(a, n, mn, f) for a, n, mn, f in sites], sizes=sizes, code_bytes=code_bytes)
     return discover_python(mem, bits, exec_ranges, strong, weak)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -11,13 +12,6 @@ STRING_IO = {
     "insb": (8, "in"), "insw": (16, "in"), "insd": (32, "in"),
     "outsb": (8, "out"), "outsw": (16, "out"), "outsd": (32, "out"),
 }
-STRING_IO_MNEMONICS = frozenset(f"{p}{m}" for m in STRING_IO for p in ("", "rep ", "repne ", "repe ", "repnz "))
-# Instructions after which execution never falls through.
-TERMINATORS = frozenset({"ret", "retf", "retfq", "iret", "iretd", "iretq", "ud2", "int3", "jmp", "ljmp",
-                         "sysret", "sysexit", "rsm"})
-CONDITIONAL = frozenset({"jo", "jno", "jb", "jae", "je", "jne", "jbe", "ja", "js", "jns", "jp", "jnp", "jl",
-                         "jge", "jle", "jg", "loop", "loope", "loopne", "jrcxz", "jecxz", "jcxz"})
-_RIP = re.compile(r"\[rip ([+-]) 0x([0-9a-f]+)\]")
 
 
 @lru_cache(maxsize=None)
@@ -66,15 +60,6 @@ def direct_target(op_str: str) -> int | None:
     return None
 
 
-def rip_target(op_str: str, next_addr: int) -> int | None:
-    """Address a RIP-relative operand refers to."""
-    m = _RIP.search(op_str)
-    if not m:
-        return None
-    d = int(m.group(2), 16)
-    return next_addr + d if m.group(1) == "+" else next_addr - d
-
-
 # --- the fast path: capstone's C array read directly ---------------------------------------
 
 K_PLAIN, K_COND, K_JMP, K_CALL, K_END, K_SIO, K_LEA, K_ODD = 0, 1, 2, 3, 4, 5, 6, 7
@@ -83,9 +68,107 @@ _ROW = struct.Struct("<I4xQH230x")
 _RIP_B = re.compile(rb"\[rip ([+-]) 0x([0-9a-f]+)\]")
 
 
+def _x86_const():
+    """capstone's x86 instruction ids (X86_INS_*), without importing the capstone package (~25 ms
+    of start-up: every architecture's bindings) when it is not imported yet: read from the
+    package's own x86_const.py, a generated file of `X86_INS_NAME = NUMBER` lines
+    (tests/test_scan_native.py checks the ids equal the package's)."""
+    import sys
+    import types
+
+    path = os.path.join(_capstone_dir() or "", "x86_const.py")
+    if "capstone" in sys.modules or not os.path.isfile(path):
+        from capstone import x86_const
+
+        return x86_const
+    ids = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("X86_INS_"):
+                name, eq, value = line.partition(" = ")
+                if not eq or not value.strip().isdigit():
+                    from capstone import x86_const  # not the layout this reads: the package's own
+
+                    return x86_const
+                ids[name] = int(value)
+    return types.SimpleNamespace(**ids)
+
+
+def _capstone_dir() -> str | None:
+    """The capstone package's directory, found without importing it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("capstone")
+    except (ImportError, ValueError):
+        return None
+    locs = list(spec.submodule_search_locations or ()) if spec is not None else []
+    return locs[0] if locs else None
+
+
+@lru_cache(maxsize=None)
+def _capstone_lib():
+    """capstone's C library (ctypes) for the native walk, or None unless it is capstone 5.
+
+    The capstone package's own when the package is imported; else, on Linux, the file the package
+    loads first (in $LIBCAPSTONE_PATH, else in the package's lib/ directory, as
+    capstone/__init__.py looks), loaded the same way without importing the package; else the
+    package's (imported). One file either way, so both walks decode with the same library."""
+    import ctypes
+    import sys
+
+    lib = None
+    if "capstone" not in sys.modules and sys.platform.startswith("linux"):
+        pkg = _capstone_dir()
+        for d in (os.environ.get("LIBCAPSTONE_PATH"), os.path.join(pkg, "lib") if pkg else None):
+            if d is None:
+                continue
+            f = next((f for f in (os.path.join(d, "libcapstone.so"), os.path.join(d, "libcapstone.so.5"))
+                      if os.path.exists(f)), None)
+            if f is not None:
+                lib = ctypes.CDLL(f, mode=getattr(os, "RTLD_DEEPBIND", 0))
+                break
+    if lib is None:
+        import capstone
+
+        if not capstone.__version__.startswith("5."):
+            return None
+        lib = capstone._cs
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    lib.cs_version(ctypes.byref(major), ctypes.byref(minor))
+    return lib if major.value == 5 else None
+
+
+@lru_cache(maxsize=None)
+def _native_handle(bits: int) -> tuple[int, int, int, int] | None:
+    """(capstone handle for x86 `bits`, cs_malloc, cs_disasm_iter, cs_free) for the C side, or None.
+    A handle of its own, with capstone's defaults (detail off, Intel syntax), as `cs` has."""
+    import ctypes
+
+    lib = _capstone_lib()
+    if lib is None:
+        return None
+    handle = ctypes.c_size_t()
+    mode = {16: 1 << 1, 32: 1 << 2, 64: 1 << 3}[bits]  # CS_MODE_16/32/64
+    if lib.cs_open(3, mode, ctypes.byref(handle)) != 0:  # CS_ARCH_X86; CS_ERR_OK
+        return None
+    ptr = [ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in ("cs_malloc", "cs_disasm_iter", "cs_free")]
+    return (handle.value, *ptr)
+
+
+def disasm_lite(code: bytes, bits: int) -> list[tuple[int, int, str, str]]:
+    """capstone's `Cs.disasm_lite(code, 0)` as a list: (address, size, mnemonic, op_str) up to the
+    first byte that does not decode; through the native walk when it is built (no capstone package)."""
+    if native_walk_on():
+        from ovmftool.scan import _walk
+
+        return _walk.disasm_lite(code, *_native_handle(bits))
+    return list(cs(bits).disasm_lite(code, 0))
+
+
 @lru_cache(maxsize=None)
 def _kinds() -> dict[int, int]:
-    from capstone import x86_const as X
+    X = _x86_const()
 
     k: dict[int, int] = {}
     for name in ("JAE", "JA", "JBE", "JB", "JCXZ", "JECXZ", "JE", "JGE", "JG", "JLE", "JL", "JNE", "JNO", "JNP",
@@ -177,6 +260,11 @@ class RawDecoder:
         return addrs, sizes, special
 
 
+def native_walk_on() -> bool:
+    """True when the native walk is built and OVMFTOOL_PURE_PYTHON is unset (codemap.native_available)."""
+    return not os.environ.get("OVMFTOOL_PURE_PYTHON") and native_decoder(64) is not None
+
+
 @lru_cache(maxsize=None)
 def native_decoder(bits: int):
     """(ovmftool.scan._walk.discover, its capstone arguments) or None when the C walk is not built.
@@ -188,16 +276,11 @@ def native_decoder(bits: int):
         from ovmftool.scan import _walk
     except ImportError:
         return None
-    import ctypes
-
-    import capstone
-
-    if not capstone.__version__.startswith("5."):
+    handle = _native_handle(bits)
+    if handle is None:
         return None
-    lib = capstone._cs
-    ptr = [ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in ("cs_malloc", "cs_disasm_iter", "cs_free")]
     kinds = _kinds()
     table = bytearray(max(kinds) + 1)
     for iid, k in kinds.items():
         table[iid] = k
-    return _walk.discover, (cs(bits).csh.value, *ptr, bytes(table))
+    return _walk.discover, (*handle, bytes(table))

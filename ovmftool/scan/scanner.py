@@ -8,25 +8,64 @@ the function is reachable by direct calls from the entry point.
 from __future__ import annotations
 
 import bisect
+import copy
+import gc
+import hashlib
 import os
-import struct
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from ovmftool.errors import ImageError, LimitExceeded, OvmfToolError
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.node import Node, all_problems, walk
-from ovmftool.model.parser import FlashImage, read_image
+from ovmftool.model.flash import FlashImage
+from ovmftool.model.parser import read_image
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
 from ovmftool.model import structs as S
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
+from ovmftool.ops.tree import label as node_label, summary as node_summary
 from ovmftool.scan import signatures as sigs
-from ovmftool.scan.codemap import CodeMap, CodeMapLimit, discover
+from ovmftool.scan.codemap import CodeMap, CodeMapLimit, discover, pointer_targets
 from ovmftool.scan.disasm import string_io
 from ovmftool.scan.symbols import BuildSymbols, SymbolTable
+
+
+def ProcessPoolExecutor(*args, **kwargs):
+    """concurrent.futures.ProcessPoolExecutor, imported on first use: it and multiprocessing cost
+    a one-job scan ~10 ms of start-up for nothing."""
+    from concurrent.futures import ProcessPoolExecutor as pool
+
+    return pool(*args, **kwargs)
+
+if TYPE_CHECKING:
+    from ovmftool.scan.cache import ResultCache
+
+
+def plain(v):
+    """What dataclasses.asdict makes of the scanner's records (dataclasses holding lists, dicts,
+    tuples, str, int, bool, None): equal values, without asdict's deep copy of every leaf (a
+    fifth of rendering a scan)."""
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return v
+    if t is list:
+        return [plain(x) for x in v]
+    if t is dict:
+        return {k: plain(x) for k, x in v.items()}
+    if t is tuple:
+        return tuple(plain(x) for x in v)
+    names = _FIELD_NAMES.get(t)
+    if names is None and hasattr(t, "__dataclass_fields__"):
+        names = _FIELD_NAMES[t] = tuple(f.name for f in fields(t))
+    if names is None:
+        return v
+    return {n: plain(getattr(v, n)) for n in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 @dataclass
@@ -68,7 +107,7 @@ class Finding:
     fd_region: dict | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return plain(self)
 
 
 @dataclass
@@ -87,7 +126,7 @@ class ModuleSummary:
     symbols: str | None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return plain(self)
 
 
 @dataclass
@@ -133,20 +172,8 @@ def exec_ranges(img: PeImage) -> list[tuple[int, int]]:
 
 
 def _pointer_roots(img: PeImage, mem: bytes) -> list[int]:
-    """Relocated pointers whose value lands in an executable section."""
-    out = []
-    base, size = img.image_base, len(mem)
-    for rva, t in img.relocations:
-        if t == S.REL_BASED_DIR64 and rva + 8 <= size:
-            v = struct.unpack_from("<Q", mem, rva)[0]
-        elif t == S.REL_BASED_HIGHLOW and rva + 4 <= size:
-            v = struct.unpack_from("<I", mem, rva)[0]
-        else:
-            continue
-        tgt = (v - base) & 0xFFFFFFFFFFFFFFFF
-        if tgt < size:
-            out.append(tgt)
-    return sorted(set(out))
+    """Relocated pointers whose value lands inside the module's memory image (codemap.pointer_targets)."""
+    return pointer_targets(mem, img.relocations, img.image_base)
 
 
 @dataclass
@@ -166,13 +193,18 @@ def scan_module(m: Module, symbols: BuildSymbols | None = None, era: str | None 
 
     `era`: the EDK II tree era that names signature routines (`tree_era`); None: the module's
     own code decides (TDCALL in it: TDX era), else the newest trees' names."""
+    return _assemble(m, _analyse_checked(m, symbols, era))
+
+
+def _analyse_checked(m: Module, symbols: BuildSymbols | None, era: str | None) -> ModuleAnalysis:
+    """`analyse_module` within the walk's caps (LimitExceeded naming the module otherwise)."""
     img = m.image
-    place = f"0x{img.abs_offset:X}" if img.abs_offset is not None else f"{img.space.label}+0x{img.offset:X}"
+    place = img.place
     if img.mem_size > MAX_SCAN_MEMORY:
         raise LimitExceeded(f"module {m.name} is 0x{img.mem_size:X} bytes in memory, more than the scanner walks "
                             f"(0x{MAX_SCAN_MEMORY:X})", place)
     try:
-        return _scan_module(m, symbols, era)
+        return analyse_module(m, symbols, era)
     except CodeMapLimit as e:
         raise LimitExceeded(f"module {m.name}: {e}", place) from None
 
@@ -201,7 +233,95 @@ class _Matches(list):
         return self._at.get(start)
 
 
-def _scan_module(m: Module, symbols: BuildSymbols | None, era: str | None) -> _ModuleScan:
+@dataclass
+class SiteFacts:
+    """One site as the module's own bytes decide it (no place in the image): the unit of the cache."""
+
+    rva: int
+    size: int
+    mnemonic: str
+    bytes: str
+    function: str | None
+    function_rva: int | None
+    function_source: str | None
+    signature: dict | None
+    callers: list[Caller]
+    reachable: bool
+
+
+@dataclass
+class ModuleAnalysis:
+    """What a module's code holds, from its bytes, the era and the symbols alone: the code map's
+    size and every site (`SiteFacts`, by RVA). `_assemble` places it in the image."""
+
+    code_bytes: int
+    functions: int
+    sites: list[SiteFacts]
+    symbols: str | None = None
+
+    def payload(self) -> dict:
+        """JSON data for the cache."""
+        return {"code_bytes": self.code_bytes, "functions": self.functions,
+                "sites": [{**asdict(s), "callers": [[c.function, c.function_rva, c.call_rva, c.kind] for c in s.callers]}
+                          for s in self.sites]}
+
+    @classmethod
+    def from_payload(cls, doc, mem: bytes) -> ModuleAnalysis | None:
+        """The analysis a cache entry holds, or None unless it has the right shape and each site's
+        bytes are `mem`'s at its RVA (a string I/O instruction, in increasing RVA order)."""
+        try:
+            if set(doc) != {"code_bytes", "functions", "sites"} or not all(
+                    _nat(doc[k]) for k in ("code_bytes", "functions")) or not isinstance(doc["sites"], list):
+                return None
+            sites, last = [], -1
+            for d in doc["sites"]:
+                if set(d) != _SITE_FIELDS:
+                    return None
+                rva, size, mn, raw = d["rva"], d["size"], d["mnemonic"], d["bytes"]
+                if not (_nat(rva) and rva > last and _nat(size) and 1 <= size <= 15 and isinstance(mn, str)
+                        and string_io(mn) is not None and isinstance(raw, str) and rva + size <= len(mem)
+                        and mem[rva : rva + size].hex() == raw):
+                    return None
+                last = rva
+                if not (_opt(d["function"], str) and (d["function_rva"] is None or _nat(d["function_rva"]))
+                        and d["function_source"] in (None, "signature", "analysis")
+                        and isinstance(d["reachable"], bool) and _signature_ok(d["signature"])
+                        and isinstance(d["callers"], list)):
+                    return None
+                callers = []
+                for c in d["callers"]:
+                    if not (isinstance(c, list) and len(c) == 4 and isinstance(c[0], str) and _nat(c[1])
+                            and _nat(c[2]) and c[3] in ("call", "jmp")):
+                        return None
+                    callers.append(Caller(*c))
+                sites.append(SiteFacts(**{**d, "callers": callers}))
+            return cls(doc["code_bytes"], doc["functions"], sites)
+        except (TypeError, AttributeError, KeyError, ValueError):
+            return None
+
+
+_SITE_FIELDS = frozenset(SiteFacts.__dataclass_fields__)
+
+
+def _nat(v) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _opt(v, t) -> bool:
+    return v is None or isinstance(v, t)
+
+
+def _signature_ok(sig) -> bool:
+    if sig is None:
+        return True
+    return (isinstance(sig, dict) and set(sig) == {"routine", "library", "source", "aliases", "trees"}
+            and all(isinstance(sig[k], str) for k in ("routine", "library", "source"))
+            and all(isinstance(sig[k], list) and all(isinstance(x, str) for x in sig[k]) for k in ("aliases", "trees")))
+
+
+def analyse_module(m: Module, symbols: BuildSymbols | None, era: str | None) -> ModuleAnalysis:
+    """The module's analysis (`ModuleAnalysis`): a function of its bytes, `era` and `symbols`
+    (looked up by its name, GUID and arch) alone."""
     img = m.image
     mem = img.memory
     bits = img.bits
@@ -212,22 +332,29 @@ def _scan_module(m: Module, symbols: BuildSymbols | None, era: str | None) -> _M
     strong = [(img.entry_rva, "entry")] + [(r, "export") for r in sorted(img.exports)]
     strong = [(mt.rva, "signature") for mt in matches] + strong
     weak = _pointer_roots(img, mem)
-    cmap = discover(mem, bits, ranges, strong, weak)
+    cmap = discover(mem, bits, ranges, strong, weak, lean=True)  # lean: only counts without sites
     text = next((s for s in img.sections if s.name == ".text"), None)
     table: SymbolTable | None = None
     if symbols is not None:
         table = symbols.lookup(m.name, m.guid, m.arch, text.rva if text else None, img.entry_rva)
     reach = cmap.reachable_from(img.entry_rva) if cmap.sites else set()
     starts = _certain_starts(cmap, strong) if cmap.sites else []
-    findings = []
+    sites = []
     seen = set()
     for site in sorted(cmap.sites, key=lambda s: s.rva):
         if site.rva in seen:
             continue
         seen.add(site.rva)
-        findings.append(_finding(m, img, mem, site, cmap, matches, table, reach, starts))
-    summary = ModuleSummary(m.name, m.guid, m.file_type, m.arch, m.volume, m.fd_offset, cmap.code_bytes,
-                            len(cmap.functions), len(findings), table.source if table else None)
+        sites.append(_site_facts(mem, site, cmap, matches, table, reach, starts))
+    return ModuleAnalysis(cmap.code_bytes, cmap.function_count, sites, table.source if table else None)
+
+
+def _assemble(m: Module, a: ModuleAnalysis) -> _ModuleScan:
+    """The module's summary and findings: its analysis placed where the module is in the image."""
+    img = m.image
+    findings = [_finding(m, img, s) for s in a.sites]
+    summary = ModuleSummary(m.name, m.guid, m.file_type, m.arch, m.volume, m.fd_offset, a.code_bytes,
+                            a.functions, len(findings), a.symbols)
     return _ModuleScan(summary, findings)
 
 
@@ -293,14 +420,12 @@ def _fd_region(node: Node, fd_offset: int | None, length: int) -> dict | None:
         return {"offset": fd_offset, "length": length, "holder": "instruction"}
     for n in (node, *node.ancestors()):
         if n.abs_offset is not None:
-            return {"offset": n.abs_offset, "length": n.size, "holder": n.label()}
+            return {"offset": n.abs_offset, "length": n.size, "holder": node_label(n)}
     return None
 
 
-def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, table, reach,
-             starts: list[int]) -> Finding:
+def _site_facts(mem: bytes, site, cmap: CodeMap, matches, table, reach, starts: list[int]) -> SiteFacts:
     raw = mem[site.rva : site.rva + site.size]
-    sio = string_io(site.mnemonic)
     fn_rva: int | None = site.function
     fn_name: str | None = None
     source: str | None = None
@@ -321,15 +446,22 @@ def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, 
         fn_name, source = f"sub_{fn_rva:x}", "analysis"
     cfn = site.function  # the code map's function (what callers and reachability refer to)
     callers = _callers(cfn, cmap, starts, matches, table)
-    off = img.rva_to_offset(site.rva)
+    return SiteFacts(site.rva, site.size, site.mnemonic, raw.hex(), fn_name, fn_rva, source, sig_info, callers,
+                     cfn in reach)
+
+
+def _finding(m: Module, img: PeImage, s: SiteFacts) -> Finding:
+    sio = string_io(s.mnemonic)
+    off = img.rva_to_offset(s.rva)
     fd = img.abs_offset + off if (img.abs_offset is not None and off is not None) else None
-    sec = img.section_at(site.rva)
+    sec = img.section_at(s.rva)
     return Finding(
         module=m.name, guid=m.guid, file_type=m.file_type, arch=m.arch, volume=m.volume, fd_offset=fd,
-        container_offset=img.offset + (off or 0), rva=site.rva, pe_section=sec.name if sec else None,
-        bytes=raw.hex(), mnemonic=site.mnemonic, width=sio.width, direction=sio.direction, rep=sio.rep,
-        function=fn_name, function_rva=fn_rva, function_source=source, signature=sig_info, callers=callers,
-        reachable=cfn in reach, fd_region=_fd_region(img, fd, site.size),
+        container_offset=img.offset + (off or 0), rva=s.rva, pe_section=sec.name if sec else None,
+        bytes=s.bytes, mnemonic=s.mnemonic, width=sio.width, direction=sio.direction, rep=sio.rep,
+        function=s.function, function_rva=s.function_rva, function_source=s.function_source,
+        signature=copy.deepcopy(s.signature), callers=list(s.callers), reachable=s.reachable,
+        fd_region=_fd_region(img, fd, s.size),
     )
 
 
@@ -338,8 +470,8 @@ def _finding(m: Module, img: PeImage, mem: bytes, site, cmap: CodeMap, matches, 
 _WORK: dict = {}
 
 
-def _work(i: int) -> _ModuleScan:
-    return scan_module(_WORK["modules"][i], _WORK["symbols"], _WORK["era"])
+def _work(i: int) -> ModuleAnalysis:
+    return _analyse_checked(_WORK["modules"][i], _WORK["symbols"], _WORK["era"])
 
 
 def tree_era(modules: list[Module]) -> str | None:
@@ -393,26 +525,85 @@ def _era_note(era: str | None, findings: list[Finding]) -> str | None:
     return None
 
 
+def _module_key(m: Module, era: str | None) -> str:
+    from ovmftool.scan.cache import module_key
+
+    img = m.image
+    return module_key(hashlib.sha256(img.raw).hexdigest(), img.mem_size, m.arch, era)
+
+
+def _analyses(modules: list[Module], symbols: BuildSymbols | None, era: str | None, jobs: int,
+              cache: ResultCache | None) -> list[ModuleAnalysis]:
+    """Each module's analysis, in order: from the cache when it holds a valid entry (never with
+    symbols: their names come from files outside the image), else computed (over `jobs` worker
+    processes when there are enough modules) and stored."""
+    cache = cache if symbols is None else None
+    out: list[ModuleAnalysis | None] = [None] * len(modules)
+    keys: list[str] = []
+    if cache is not None:
+        for i, m in enumerate(modules):
+            keys.append(_module_key(m, era))
+            doc = cache.get(keys[i])
+            if doc is not None and m.image.mem_size <= MAX_SCAN_MEMORY:
+                out[i] = ModuleAnalysis.from_payload(doc, m.image.memory)
+                if out[i] is None:
+                    cache.reject()  # whole, but not of this module's shape or bytes: recomputed, rewritten
+    todo = [i for i, a in enumerate(out) if a is None]
+    pool = _fork_context() if jobs > 1 and len(todo) > 8 else None
+    if pool is not None:
+        _WORK.update(modules=modules, symbols=symbols, era=era)
+        try:
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=pool, initializer=_worker_init,
+                                     initargs=(os.getpid(),)) as ex:
+                done = list(ex.map(_work, todo, chunksize=max(1, len(todo) // (jobs * 4))))
+        finally:
+            _WORK.clear()
+    else:
+        done = [_analyse_checked(modules[i], symbols, era) for i in todo]
+    for i, a in zip(todo, done):
+        out[i] = a
+        if cache is not None:
+            cache.put(keys[i], a.payload())
+    return out
+
+
+def _worker_init(parent: int) -> None:
+    """In each worker: die with the parent (Linux: PR_SET_PDEATHSIG), so a scan killed by a
+    signal leaves no worker behind holding its output pipes open."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 15, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass  # not Linux: workers end when their queue does
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+def _fork_context():
+    """multiprocessing's fork context (workers inherit the parsed image), or None where there is
+    none (then the work runs in this process)."""
+    import multiprocessing
+
+    try:
+        return multiprocessing.get_context("fork")
+    except ValueError:
+        return None
+
+
 def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: int = 1,
-               root: FlashImage | None = None) -> ScanResult:
+               root: FlashImage | None = None, cache: ResultCache | None = None) -> ScanResult:
     """Scan every module of the image at `path` (parsed here unless `root` is given).
 
     `symbols_dir`: a build directory, or its already-opened `BuildSymbols` (so a caller that
-    needs the symbols too reads each symbol file once)."""
+    needs the symbols too reads each symbol file once). `cache`: module analyses are looked up
+    and stored there (`scan.cache`; not with symbols). `jobs` > 1: the modules are analysed in
+    that many worker processes."""
     root = root if root is not None else read_image(path)
     symbols = BuildSymbols(symbols_dir) if isinstance(symbols_dir, str) else symbols_dir
     modules = list(iter_modules(root))
     era = tree_era(modules)
-    if jobs > 1 and len(modules) > 8:
-        _WORK.update(modules=modules, symbols=symbols, era=era)
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as ex:
-            results = list(ex.map(_work, range(len(modules)), chunksize=max(1, len(modules) // (jobs * 4))))
-        _WORK.clear()
-    else:
-        results = [scan_module(m, symbols, era) for m in modules]
+    results = [_assemble(m, a) for m, a in zip(modules, _analyses(modules, symbols, era, jobs, cache))]
     findings = [f for r in results for f in r.findings]
     notes = []
     era_note = _era_note(era, findings)
@@ -435,7 +626,7 @@ def read_lazy_structures(root: FlashImage) -> None:
     before the verdict: `info` reads the same through the summaries, and scan workers (forked
     processes) would otherwise record it where the parent never sees it."""
     for n in walk(root):
-        n.summary()
+        node_summary(n)
         if isinstance(n, PeImage):
             for lazy in ("relocations", "exports", "debug_path"):  # cached properties: read once
                 getattr(n, lazy)
@@ -466,11 +657,6 @@ class Unread:
         return f"0x{self.size:X} bytes in {self.what} at {self.where} (its contents could hold code)"
 
 
-def _where(n: Node) -> str:
-    a = n.abs_offset
-    return f"0x{a:X}" if a is not None else f"{n.space.label}+0x{n.offset:X}"
-
-
 def unread_parts(root: Node) -> list[Unread]:
     """What the model left unread that could hold code, in flash order: a GUID-defined section
     whose GUID no decoder knows and whose attributes say PROCESSING_REQUIRED (without that bit
@@ -485,13 +671,13 @@ def unread_parts(root: Node) -> list[Unread]:
             continue
         if isinstance(n, Section) and n.type == 0x02 and n.decoded is None and not n.children:
             if n.guided_attributes & S.EFI_GUIDED_SECTION_PROCESSING_REQUIRED and n.size > n.header_size:
-                out.append(Unread(f"a GUID-defined section with unknown GUID {n.guid}", _where(n),
+                out.append(Unread(f"a GUID-defined section with unknown GUID {n.guid}", n.place,
                                   n.size - n.header_size))
         elif isinstance(n, Volume) and n.fs_guid not in READ_FILE_SYSTEMS and n.size > n.header_length:
-            out.append(Unread(f"a firmware volume with unknown file system {n.fs_guid}", _where(n),
+            out.append(Unread(f"a firmware volume with unknown file system {n.fs_guid}", n.place,
                               n.size - n.header_length))
         elif isinstance(n, FfsFile) and _unknown_file_type(n.type) and n.size > n.header_size:
-            out.append(Unread(f"FFS file {n.guid} of unknown type 0x{n.type:02X}", _where(n), n.size - n.header_size))
+            out.append(Unread(f"FFS file {n.guid} of unknown type 0x{n.type:02X}", n.place, n.size - n.header_size))
     return out
 
 
@@ -509,13 +695,13 @@ def unexecutable_modules(root: Node) -> list[str]:
         img = m.image
         ranges = exec_ranges(img)
         if img.machine not in ("IA32", "X64"):  # EBC byte code, ARM, RISC-V: not x86, so not read here
-            out.append(f"module {m.name} at {_where(img)}: machine {img.machine} is not x86 (IA32/X64), "
+            out.append(f"module {m.name} at {img.place}: machine {img.machine} is not x86 (IA32/X64), "
                        "its code is not read by this scanner")
         elif not ranges:
-            out.append(f"module {m.name} at {_where(img)}: no executable section ({len(img.sections)} "
+            out.append(f"module {m.name} at {img.place}: no executable section ({len(img.sections)} "
                        f"section{'s' * (len(img.sections) != 1)}, none marked code or executable)")
         elif not any(lo <= img.entry_rva < hi for lo, hi in ranges):
-            out.append(f"module {m.name} at {_where(img)}: entry point rva 0x{img.entry_rva:X} lies outside its "
+            out.append(f"module {m.name} at {img.place}: entry point rva 0x{img.entry_rva:X} lies outside its "
                        "executable sections")
     return out
 
@@ -557,13 +743,13 @@ def codeless_modules(res: ScanResult) -> list[str]:
 
 
 def scan_checked(path: str, symbols: str | BuildSymbols | None = None, jobs: int = 1,
-                 root: FlashImage | None = None) -> ScanResult:
+                 root: FlashImage | None = None, cache: ResultCache | None = None) -> ScanResult:
     """`scan_image` with the verdict rules: damaged images, parts that could hold code left unread,
     inputs without code and modules in which no code was found are errors (ImageError),
-    including damage the scan itself comes upon."""
+    including damage the scan itself comes upon. `cache`: for module analyses (`scan_image`)."""
     root = root if root is not None else read_image(path)
     check_scannable(path, root)
-    res = scan_image(path, symbols, jobs, root=root)
+    res = scan_image(path, symbols, jobs, root=root, cache=cache)
     _refuse_damage(path, root)  # damage the scan itself came upon
     _refuse_codeless(path, codeless_modules(res))
     return res
@@ -581,20 +767,173 @@ def open_symbols(build_dir: str | None, option: str = "--symbols") -> BuildSymbo
         raise OvmfToolError(option + msg[len("--symbols"):] if msg.startswith("--symbols:") else msg) from None
 
 
-def scan_paths(paths, symbols_dir: str | None = None, jobs: int = 1) -> list[ScanResult | ScanFailure]:
-    """Scan each input in turn: its result, or its failure, in the order given.
+def scan_paths(paths, symbols_dir: str | None = None, jobs: int | None = 1,
+               cache: ResultCache | None = None) -> list[ScanResult | ScanFailure]:
+    """Scan each input: its result, or its failure, in the order given. `paths` may hold
+    ScanFailure entries (inputs that named nothing to scan, `scan.inputs`): kept in their place.
+
+    `jobs`: worker processes (None: `default_jobs(n)` for n images). Several images are spread
+    over them, one image to a process (the largest first), each scanned with its modules in
+    turn; one image has its modules spread over them (`scan_image`). The result is the same
+    whatever the count. `cache`: whole images and module analyses are looked up and stored there
+    (`scan.cache`; not with symbols).
 
     An unusable `symbols_dir` is an error of the whole command (raised before any scan); each
     image gets its own index of the build's symbol files (their matches are per image)."""
     first = BuildSymbols(symbols_dir) if symbols_dir is not None else None  # fails once, up front
-    out: list[ScanResult | ScanFailure] = []
-    for i, p in enumerate(paths):
-        symbols = first if i == 0 or first is None else BuildSymbols(symbols_dir)
-        try:
-            out.append(scan_checked(p, symbols, jobs))
-        except OvmfToolError as e:
-            out.append(ScanFailure(p, str(e)))
+    items = list(paths)
+    todo = [i for i, p in enumerate(items) if not isinstance(p, ScanFailure)]
+    out: list = list(items)
+    looked = cache is not None and symbols_dir is None and len(todo) > 1
+    if looked:  # images seen before: no worker needed
+        for i in todo:
+            out[i] = _cached_image(items[i], cache)
+        todo = [i for i in todo if out[i] is None]
+    jobs = default_jobs(len(todo)) if jobs is None else jobs
+    pool = _fork_context() if jobs > 1 and len(todo) > 1 else None
+    if pool is None:
+        for n, i in enumerate(todo):
+            symbols = first if n == 0 or first is None else BuildSymbols(symbols_dir)
+            out[i] = _scan_input(items[i], symbols, jobs, cache, lookup=not looked)
+            if len(todo) > 1:
+                gc.collect()  # the image's tree (parent links: cycles) goes now, not images later
+        return out
+    for i, res in zip(todo, _scan_spread([items[i] for i in todo], symbols_dir, min(jobs, len(todo)), cache, pool,
+                                         not looked)):
+        out[i] = res
     return out
+
+
+def _scan_input(path: str, symbols: str | BuildSymbols | None, jobs: int, cache: ResultCache | None,
+                lookup: bool = True) -> ScanResult | ScanFailure:
+    """One input's result (from the cache's whole-image entry when it has one, unless `lookup`
+    is False: already missed) or its failure."""
+    from ovmftool.scan import cache as C
+
+    whole = C.ImageEntry(path, cache) if cache is not None and symbols is None else None
+    if whole is not None and lookup:
+        res = _cached_image(path, cache, whole)
+        if res is not None:
+            return res
+    try:
+        res = scan_checked(path, symbols, jobs, cache=cache)
+    except OvmfToolError as e:
+        return ScanFailure(path, str(e))
+    if whole is not None:
+        whole.put(res.sha256, res.size, result_payload(res))
+    return res
+
+
+def result_payload(res) -> dict:
+    """A checked `ScanResult` as JSON data, without its path."""
+    return {"sha256": res.sha256, "size": res.size, "modules": [asdict(m) for m in res.modules],
+            "findings": [asdict(f) for f in res.findings], "notes": list(res.notes),
+            "standalone": res.standalone, "era": res.era}
+
+
+_STR, _INT, _OPT_STR, _OPT_INT, _BOOL = "s", "i", "s?", "i?", "b"
+_MODULE_FIELDS = {"name": _STR, "guid": _STR, "file_type": _STR, "arch": _STR, "volume": _STR, "fd_offset": _OPT_INT,
+                  "code_bytes": _INT, "functions": _INT, "sites": _INT, "symbols": _OPT_STR}
+_FINDING_FIELDS = {"module": _STR, "guid": _STR, "file_type": _STR, "arch": _STR, "volume": _STR,
+                   "fd_offset": _OPT_INT, "container_offset": _INT, "rva": _INT, "pe_section": _OPT_STR,
+                   "bytes": _STR, "mnemonic": _STR, "width": _INT, "direction": _STR, "rep": _OPT_STR,
+                   "function": _OPT_STR, "function_rva": _OPT_INT, "function_source": _OPT_STR,
+                   "signature": None, "callers": None, "reachable": _BOOL, "fd_region": None}
+_CALLER_FIELDS = {"function": _STR, "function_rva": _INT, "call_rva": _INT, "kind": _STR}
+_REGION_FIELDS = {"offset": _INT, "length": _INT, "holder": _STR}
+
+
+def _typed(d, fields: dict) -> bool:
+    if not isinstance(d, dict) or set(d) != set(fields):
+        return False
+    for k, t in fields.items():
+        v = d[k]
+        if t is None:
+            continue
+        if v is None and t.endswith("?"):
+            continue
+        ok = {"s": isinstance(v, str), "i": type(v) is int and v >= 0, "b": isinstance(v, bool)}[t[0]]
+        if not ok:
+            return False
+    return True
+
+
+def result_from_payload(doc, path: str, sha256: str, size: int):
+    """The `ScanResult` a whole-image entry holds, under `path`, or None unless it is of that
+    file (sha256, size) and of the right shape: typed fields, sites a string I/O instruction
+    each, every module with code found and no symbols (the cache never serves --symbols)."""
+    try:
+        if (not isinstance(doc, dict) or set(doc) != {"sha256", "size", "modules", "findings", "notes", "standalone", "era"}
+                or doc["sha256"] != sha256 or doc["size"] != size or not isinstance(doc["standalone"], bool)
+                or not (doc["era"] is None or isinstance(doc["era"], str))
+                or not isinstance(doc["notes"], list) or not all(isinstance(n, str) for n in doc["notes"])
+                or not isinstance(doc["modules"], list) or not isinstance(doc["findings"], list)):
+            return None
+        modules = []
+        for m in doc["modules"]:
+            if not _typed(m, _MODULE_FIELDS) or m["code_bytes"] == 0 or m["symbols"] is not None:
+                return None
+            modules.append(ModuleSummary(**m))
+        findings = []
+        for f in doc["findings"]:
+            if (not _typed(f, _FINDING_FIELDS) or string_io(f["mnemonic"]) is None or not _signature_ok(f["signature"])
+                    or not isinstance(f["callers"], list) or not all(_typed(c, _CALLER_FIELDS) for c in f["callers"])
+                    or not (f["fd_region"] is None or _typed(f["fd_region"], _REGION_FIELDS))):
+                return None
+            findings.append(Finding(**{**f, "callers": [Caller(**c) for c in f["callers"]]}))
+        if sum(m.sites for m in modules) > len(findings):
+            return None
+        return ScanResult(path, sha256, size, modules, findings, list(doc["notes"]), doc["standalone"], doc["era"])
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+
+
+def _cached_image(path: str, cache: ResultCache, whole=None) -> ScanResult | None:
+    """The cached result of the image at `path` (its whole-image entry, `scan.cache`), or None."""
+    from ovmftool.scan import cache as C
+
+    whole = whole or C.ImageEntry(path, cache)
+    doc = whole.get()
+    if doc is None:
+        return None
+    res = result_from_payload(doc, path, whole.sha256, whole.size)
+    if res is None:
+        cache.reject()
+    return res
+
+
+def _spread_work(path: str, symbols_dir: str | None, cache: ResultCache | None,
+                 lookup: bool) -> ScanResult | ScanFailure:
+    try:
+        return _scan_input(path, BuildSymbols(symbols_dir) if symbols_dir is not None else None, 1, cache, lookup)
+    finally:
+        gc.collect()  # as in scan_paths: a worker holds one image's tree at a time
+
+
+def _scan_spread(paths: list[str], symbols_dir: str | None, jobs: int, cache: ResultCache | None,
+                 ctx, lookup: bool = True) -> list[ScanResult | ScanFailure]:
+    """`_scan_input` of each path in `jobs` worker processes, largest file first; in order."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    def size(p: str) -> int:
+        try:
+            return os.stat(p).st_size
+        except OSError:
+            return 0
+
+    order = sorted(range(len(paths)), key=lambda i: (-size(paths[i]), i))
+    ex = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        futures = {i: ex.submit(_spread_work, paths[i], symbols_dir, cache, lookup) for i in order}
+        return [futures[i].result() for i in range(len(paths))]
+    except BrokenProcessPool:
+        raise OvmfToolError("a scan worker process died (killed, or out of memory?)") from None
+    except BaseException:  # interrupted: no worker goes on scanning
+        for proc in list((getattr(ex, "_processes", None) or {}).values()):
+            proc.terminate()
+        raise
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def scan_blobs(root: FlashImage) -> list[Finding]:
@@ -618,10 +957,14 @@ def scan_blobs(root: FlashImage) -> list[Finding]:
     return out
 
 
-def default_jobs() -> int:
-    """Worker processes to use by default: 1 with the native walk (starting workers costs more
-    than it saves: measured 0.35 s vs 0.38 s on OVMF_CODE_4M.fd, 0.47 s vs 0.54 s on a DEBUG
-    build), else the CPU count, at most 4."""
+def default_jobs(images: int = 1) -> int:
+    """Worker processes to use by default. Several images: one each, up to the CPU count, at most
+    4. One image: 1 with the native walk (starting workers costs more than it saves: measured
+    0.35 s vs 0.38 s on OVMF_CODE_4M.fd, 0.47 s vs 0.54 s on a DEBUG build), else the CPU
+    count, at most 4."""
     from ovmftool.scan.codemap import native_available
 
-    return 1 if native_available() else max(1, min(4, os.cpu_count() or 1))
+    cpus = max(1, min(4, os.cpu_count() or 1))
+    if images > 1:
+        return min(images, cpus)
+    return 1 if native_available() else cpus

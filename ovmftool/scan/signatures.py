@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from ovmftool.scan.disasm import cs, direct_target, string_io
+from ovmftool.scan.disasm import direct_target, disasm_lite, string_io
 
 _BRANCHES = frozenset({"call", "jmp"}) | frozenset({"jo", "jno", "jb", "jae", "je", "jne", "jbe", "ja", "js",
                                                      "jns", "jp", "jnp", "jl", "jge", "jle", "jg", "loop",
@@ -41,14 +41,16 @@ class Signature:
     routine: str
     code: bytes
     trees: tuple[str, ...]
-    pattern: re.Pattern = field(compare=False, repr=False)
+    bits: int = field(compare=False, repr=False)  # 32 (IA32) or 64 (X64): how `code` decodes
     sites: tuple[int, ...] = ()  # offsets of string I/O instructions in the routine
     aliases: tuple[str, ...] = ()  # its names in other trees
     pre_tdx_name: str | None = None  # its name in trees without TDX support, when that differs
 
     @property
-    def carries_string_io(self) -> bool:
-        return bool(self.sites)
+    def pattern(self) -> re.Pattern:
+        """The routine's bytes as a regex (DOTALL), compiled on first use: a scan needs only those
+        whose anchor occurs, and compiling all 26 cost each scan ~8 ms."""
+        return _pattern(self.code, self.bits)
 
     def names(self, era: str | None) -> tuple[str, tuple[str, ...]]:
         """(name, other names) of the routine in a tree of `era`: PRE_TDX, TDX, or None when the
@@ -111,7 +113,7 @@ def tokens(code: bytes, bits: int) -> list[tuple[Token, bool]]:
     forms accept their twin encoding. Trailing bytes that do not decode are one literal token."""
     out: list[tuple[Token, bool]] = []
     pos = 0
-    for addr, size, mnem, op in cs(bits).disasm_lite(code, 0):
+    for addr, size, mnem, op in disasm_lite(code, bits):
         insn = code[addr : addr + size]
         if mnem in _BRANCHES and direct_target(op) is not None:
             # opcode bytes literal, displacement (last 1 or 4 bytes) wildcarded
@@ -130,15 +132,19 @@ def _alt_pattern(alt: tuple[int | None, ...]) -> bytes:
     return b"".join(b"." if b is None else re.escape(bytes([b])) for b in alt)
 
 
-def _compile(code: bytes, bits: int) -> tuple[re.Pattern, tuple[int, ...]]:
+@lru_cache(maxsize=None)
+def _pattern(code: bytes, bits: int) -> re.Pattern:
+    """The routine as a regex: each instruction's accepted encodings, wildcards as any byte."""
     parts: list[bytes] = []
-    sites = []
-    for (addr, alts), is_site in tokens(code, bits):
+    for (_addr, alts), _is_site in tokens(code, bits):
         pats = [_alt_pattern(a) for a in alts]
         parts.append(pats[0] if len(pats) == 1 else b"(?:" + b"|".join(pats) + b")")
-        if is_site:
-            sites.append(addr)
-    return re.compile(b"".join(parts), re.DOTALL), tuple(sites)
+    return re.compile(b"".join(parts), re.DOTALL)
+
+
+def _sites(code: bytes, bits: int) -> tuple[int, ...]:
+    """Offsets of the routine's string I/O instructions."""
+    return tuple(addr for (addr, _alts), is_site in tokens(code, bits) if is_site)
 
 
 # Eras of EDK II trees that name a routine differently (`Signature.names`).
@@ -172,10 +178,9 @@ def load() -> tuple[Signature, ...]:
     for r in doc["routines"]:
         code = bytes.fromhex(r["bytes"])
         bits = 64 if r["arch"] == "X64" else 32
-        pat, sites = _compile(code, bits)
         old = _pre_tdx_name(r["arch"], r["source"], r["routine"])
         out.append(Signature(r["arch"], r["library"], r["source"], r["routine"], code, tuple(r["trees"]),
-                             pat, sites, (old,) if old else (), old))
+                             bits, _sites(code, bits), (old,) if old else (), old))
     return tuple(out)
 
 
@@ -199,17 +204,42 @@ def find(mem: bytes, arch: str, ranges: list[tuple[int, int]]) -> list[Signature
                     end += 1
                 by_anchor.setdefault(sig.code[off:end], []).append((off, sig))
     found: dict[int, SignatureMatch] = {}
-    if sum(mem.count(anchor, lo, hi) for anchor in by_anchor for lo, hi in ranges) > MAX_ANCHORS:
+    positions = _anchor_positions(mem, ranges, list(by_anchor))
+    if positions is None:
         from ovmftool.scan.codemap import CodeMapLimit
 
         raise CodeMapLimit(f"more than {MAX_ANCHORS} string I/O instructions' bytes in the module's code")
-    for anchor, cands in by_anchor.items():
-        for lo, hi in ranges:
-            p = mem.find(anchor, lo, hi)
-            while p >= 0:
+    for (anchor, cands), per_range in zip(by_anchor.items(), positions):
+        for (lo, hi), at in zip(ranges, per_range):
+            for p in at:
                 for off, sig in cands:
                     start = p - off
                     if start >= lo and start not in found and sig.pattern.match(mem, start, hi):
                         found[start] = SignatureMatch(start, sig)
-                p = mem.find(anchor, p + 1, hi)
     return sorted(found.values(), key=lambda m: m.rva)
+
+
+def _anchor_positions(mem: bytes, ranges: list[tuple[int, int]], anchors: list[bytes]) -> list[list[list[int]]] | None:
+    """For each anchor, for each range, where the anchor's bytes occur in it (overlaps included,
+    ascending); None when more than MAX_ANCHORS occur (counted as bytes.count does). The native
+    walk's one pass over each range when it is built, else one bytes.find loop per anchor."""
+    from ovmftool.scan.codemap import native_available
+
+    if native_available():
+        from ovmftool.scan import _walk
+
+        return _walk.find_anchors(mem, ranges, anchors, MAX_ANCHORS)
+    if sum(mem.count(anchor, lo, hi) for anchor in anchors for lo, hi in ranges) > MAX_ANCHORS:
+        return None
+    out = []
+    for anchor in anchors:
+        per_range = []
+        for lo, hi in ranges:
+            at = []
+            p = mem.find(anchor, lo, hi)
+            while p >= 0:
+                at.append(p)
+                p = mem.find(anchor, p + 1, hi)
+            per_range.append(at)
+        out.append(per_range)
+    return out

@@ -282,6 +282,17 @@ def decode(data: bytes, bits: int = 64) -> Triage:
     return t
 
 
+def triage(text: str, bits: int = 64, image: str | None = None) -> Triage:
+    """`ovmftool decode TEXT [--image IMAGE]`: the bytes read from `text` and decoded, then found
+    in the image at `image` (read after the bytes, so bad bytes are the error reported first)."""
+    from ovmftool.model.parser import read_image
+
+    t = decode(parse_bytes(text), bits)
+    if image:
+        find_in_image(t, read_image(image))
+    return t
+
+
 # --- the signatures, one token per instruction -----------------------------------------------
 
 @lru_cache(maxsize=None)

@@ -465,3 +465,15 @@ def find_in_image(lt: LogTriage, root) -> None:
         find(g.triage, root)
     lt.image_path, lt.image_sha256 = root.path, root.sha256
     lt.image_standalone = isinstance(root, BinaryFile)
+
+
+def triage_log(path: str, bits: int = 64, image: str | None = None) -> LogTriage:
+    """`ovmftool decode --log FILE [--image IMAGE]`: the image read first (an unreadable image is
+    the error before the log is read), then every exit of the log, found in the image."""
+    from ovmftool.model.parser import read_image
+
+    root = read_image(image) if image else None
+    lt = read_log(path, bits)
+    if root is not None:
+        find_in_image(lt, root)
+    return lt
