@@ -1,7 +1,8 @@
 """Time `ovmftool scan` over a fleet of images (issue 15): one job, two jobs, and a warm cache.
 
 The fleet: Debian's packaged code images in corpus/images (2022.11: 2 MB and 4 MB; 2025.02:
-4 MB) and every finished corpus build's FV/OVMF.fd and FV/OVMF_CODE.fd under
+4 MB), every code image of the newest ovmf 2022.11 and 2025.02 packages (downloaded with apt:
+the 4 MB, secure-boot and Microsoft-keys variants; `--no-packages` leaves them out) and every finished corpus build's FV/OVMF.fd and FV/OVMF_CODE.fd under
 ${OVMFTOOL_CACHE:-~/.cache/ovmftool}/builds (read only: copied once into a temporary directory,
 so builds finishing meanwhile do not change it). At least 20 images, or the benchmark refuses.
 
@@ -17,7 +18,7 @@ RUNS times (after one warm-up run that is not timed), with its own XDG_CACHE_HOM
 
 Every run's JSON output must be byte-identical to the first one's, else the benchmark fails.
 
-    python bench/fleet.py [--runs N]
+    python bench/fleet.py [--runs N] [--no-packages]
 """
 
 from __future__ import annotations
@@ -54,6 +55,32 @@ def fleet_images() -> list[tuple[str, str]]:
     return out
 
 
+def debian_package_images(work: Path) -> list[tuple[str, str]]:
+    """Every code image (2 MB, 4 MB, secure-boot and Microsoft-keys variants) of Debian's newest
+    ovmf 2022.11 (bookworm) and 2025.02 (trixie) packages, downloaded with apt into `work`;
+    [] with a note when apt cannot get them (corpus/scripts/apt-sources.sh sets up the sources)."""
+    out = []
+    for up in ("2022.11", "2025.02"):
+        r = subprocess.run(["apt-cache", "madison", "ovmf"], capture_output=True, text=True)
+        # madison lists the newest version first
+        vers = [ln.split("|")[1].strip() for ln in r.stdout.splitlines()
+                if "|" in ln and ln.split("|")[1].strip().startswith(up + "-")][:1]
+        if not vers:
+            print(f"note: no ovmf {up}-* package visible to apt: its variants are not in the fleet", file=sys.stderr)
+            continue
+        d = work / f"deb-{up}"
+        d.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(["apt-get", "download", "-q", f"ovmf={vers[0]}"], cwd=d, capture_output=True).returncode:
+            print(f"note: apt-get download ovmf={vers[0]} failed: its variants are not in the fleet", file=sys.stderr)
+            continue
+        deb = next(d.glob("ovmf_*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(d / "x")], check=True)
+        for f in sorted((d / "x" / "usr" / "share" / "OVMF").glob("OVMF_CODE*.fd")):
+            if f.is_file() and not f.is_symlink():
+                out.append((f"debian-package/{up}/{f.name}", str(f)))
+    return out
+
+
 def timed(cmd: list[str], env: dict, out_path: str) -> tuple[float, float, int]:
     """(wall s, peak RSS MB, exit code) of one run, its stdout written to `out_path`."""
     with open(out_path, "wb") as out:
@@ -67,11 +94,13 @@ def timed(cmd: list[str], env: dict, out_path: str) -> tuple[float, float, int]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-packages", action="store_true",
+                    help="Leave out the variants of Debian's ovmf packages (downloaded with apt otherwise).")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ovmftool-fleet-"))
     try:
         fleet = work / "fleet"
-        images = fleet_images()
+        images = fleet_images() + ([] if a.no_packages else debian_package_images(work))
         for name, src in images:
             (fleet / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, fleet / name)
@@ -82,7 +111,8 @@ def main() -> int:
         print("## scan over a fleet (issue 15)")
         print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
         print(f"fleet: {len(images)} images, {total / 2**20:.0f} MiB ({sum(n.startswith('debian/') for n, _ in images)} "
-              f"Debian, {sum(n.startswith('builds/') for n, _ in images)} from corpus builds)")
+              f"Debian in corpus/, {sum(n.startswith('debian-package/') for n, _ in images)} from Debian's packages, "
+              f"{sum(n.startswith('builds/') for n, _ in images)} from corpus builds)")
         base = [sys.executable, "-m", "ovmftool", "scan", "--format", "json", str(fleet)]
         ref_digest = None
         results = {}

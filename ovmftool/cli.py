@@ -7,12 +7,12 @@ Every error is one line on stderr; no traceback unless OVMFTOOL_DEBUG=1.
 from __future__ import annotations
 
 import gc
-import json
 import sys
 
 import click
 
 from ovmftool import __version__
+from ovmftool.model.parser import read_image
 from ovmftool.report.console import Group as _Group, emit as _emit, fail as _fail, progress_printer
 from ovmftool.report.console import out_dir as _out_dir, out_dir_parents as _out_dir_parents
 from ovmftool.report.console import out_file as _out_file, out_path as _out_path
@@ -33,12 +33,6 @@ def main(ctx: click.Context) -> None:
         gc.set_threshold(*_GC_DEFAULT)
 
 
-def _load(image: str):
-    from ovmftool.model.parser import read_image
-
-    return read_image(image)
-
-
 @main.command()
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -53,7 +47,7 @@ def info(image: str, fmt: str, modules_only: bool, output: str | None) -> None:
     from ovmftool.model.node import all_problems
     from ovmftool.report.info_report import damage_line, render_info
 
-    root = _load(image)
+    root = read_image(image)
     _emit(render_info(root, fmt, modules_only), output)
     if probs := all_problems(root):
         _fail(damage_line(image, probs))
@@ -72,17 +66,10 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
     """
     from ovmftool.report.extraction import extract_checked, extraction_text
 
-    manifest, damage = extract_checked(image, _load(image), out_dir, allow_damaged)
+    manifest, damage = extract_checked(image, read_image(image), out_dir, allow_damaged)
     click.echo(extraction_text(manifest, out_dir), nl=False)
     if damage:
         _fail(damage)
-
-
-def _scan_one(image: str, symbols_dir: str | None = None, root=None):
-    """One image scanned (parsed unless `root` is) with `scan`'s verdict rules (`scan_checked`)."""
-    from ovmftool.scan.scanner import default_jobs, scan_checked
-
-    return scan_checked(image, symbols_dir, default_jobs(), root=root)
 
 
 @main.command()
@@ -108,7 +95,7 @@ def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int |
     or holds no code, e.g. a variable store). With several images: the worst of theirs; each
     keeps its place in the output, errors included.
     """
-    from ovmftool.report.scan_report import render
+    from ovmftool.report.scan_report import error_lines, render
     from ovmftool.scan.cache import default_cache
     from ovmftool.scan.inputs import expand_inputs
     from ovmftool.scan.scanner import scan_paths, worst_exit
@@ -117,9 +104,8 @@ def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int |
     text = render(outcomes, fmt, sarif_root)
     if text:
         _emit(text, output)
-    for o in outcomes:
-        if o.exit_code == 2:
-            click.echo(f"ovmftool: error: {o.message}", err=True)
+    for line in error_lines(outcomes):
+        click.echo(line, err=True)
     sys.exit(worst_exit(outcomes))
 
 
@@ -132,8 +118,9 @@ def baseline(image: str, output: str, symbols_dir: str | None) -> None:
     """Record today's string I/O sites of IMAGE as the accepted baseline."""
     from ovmftool.report.document import to_json
     from ovmftool.report.gate_report import baseline_doc, baseline_line
+    from ovmftool.scan.scanner import default_jobs, scan_checked
 
-    res = _scan_one(image, symbols_dir)
+    res = scan_checked(image, symbols_dir, default_jobs())
     _emit(to_json(baseline_doc(res)), output)
     click.echo(baseline_line(res, image, output), err=True)
 
@@ -247,33 +234,26 @@ def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify,
               help="Keep QEMU's logs in DIR (absent or empty; its parent must exist). Default: a temporary "
                    "directory, removed at the end.")
 @click.option("--no-count", is_flag=True,
-              help="Skip the second boot that counts executions and reads I/O ports.")
+              help="Do not count executions or read I/O ports (without the plugin: no second boot).")
 def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fmt, keep, no_count):
     """Boot IMAGE under QEMU (TCG) and report every string port-I/O instruction that executed.
 
-    When some did, a second boot logs just the blocks holding them: how often each ran, the
-    count it was given and the I/O port. Exit 0: it reached the UEFI shell (or the boot
+    With the TCG plugin built (corpus/scripts/qemu-plugin.sh) the same boot counts how often
+    each ran, the units it moved and its I/O port; without it a second boot does. Exit 0: it reached the UEFI shell (or the boot
     manager) and none executed; 1: some did (or --fail-fast stopped at the first); 2: error,
     including a boot that did not finish (hang, reset, QEMU exit, timeout); 143 (129):
     stopped by SIGTERM (SIGHUP), QEMU killed and the work directory removed.
     """
     from pathlib import Path
 
-    from ovmftool.boot.check import Terminated, boot_check, check_bootable, stop_on_signals
-    from ovmftool.boot.qemu import qemu_binary
-    from ovmftool.boot.varstore import plan_vars
+    from ovmftool.boot.check import Terminated, boot_image, stop_on_signals
     from ovmftool.report.boot_report import boot_failure, progress_line, render_boot, terminated_line
 
     progress = progress_printer(progress_line) if fmt == "text" else None
     try:
         with stop_on_signals():
-            root = _load(image)
-            check_bootable(image, root)
-            plan = plan_vars(image, vars_file)  # refusals first: the scan takes a while
-            qemu_binary()
-            # the scan runs while QEMU boots (boot_check calls it)
-            bc = boot_check(image, root, lambda: _scan_one(image, root=root), plan, machine, timeout, fail_fast,
-                            Path(keep) if keep else None, progress, count=not no_count, hang_after=hang_after)
+            bc = boot_image(image, vars_file, machine, timeout, fail_fast, Path(keep) if keep else None, progress,
+                            count=not no_count, hang_after=hang_after)
     except Terminated as t:
         click.echo(("\n" if progress else "") + terminated_line(t, keep), err=True)
         sys.exit(t.exit_code)
@@ -310,7 +290,7 @@ def patch_cmd(image, output, dry_run, allow_unknown, fmt, symbols_dir, jobs):
     from ovmftool.scan.scanner import default_jobs
 
     check_patch_output(image, output, dry_run)
-    res = patch(image, _load(image), jobs or default_jobs(), allow_unknown, dry_run, symbols_dir)
+    res = patch(image, read_image(image), jobs or default_jobs(), allow_unknown, dry_run, symbols_dir)
     written = output if res.output is not None and output else None
     if written:
         write_atomic(written, res.output)

@@ -30,5 +30,12 @@ for up in 2022.11 2025.02; do
   done
 done
 { echo '{"schema_version": "ovmftool.corpus/1", "images": ['; (IFS=$'\n'; echo "${entries[*]}" | sed '$!s/$/,/'); echo ']}'; } \
-  | python3 -c 'import json,sys; json.dump(json.load(sys.stdin), sys.stdout, indent=2, sort_keys=True); print()' > "$corpus/manifest.json"
+  | python3 -c 'import json,sys
+doc = json.load(sys.stdin)
+try:  # keep what other scripts recorded (the corpus builds)
+    doc["builds"] = json.load(open(sys.argv[1])).get("builds", [])
+except (OSError, ValueError):
+    pass
+json.dump(doc, sys.stdout, indent=2, sort_keys=True); print()' "$corpus/manifest.json" > "$work/manifest.json"
+mv "$work/manifest.json" "$corpus/manifest.json"
 cat "$corpus/manifest.json"

@@ -45,15 +45,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovmftool.boot import plugin
-from ovmftool.boot.qemu import Ending, Qemu, close_all, wait
-from ovmftool.boot.varstore import VarsPlan
+from ovmftool.boot.qemu import Ending, Qemu, close_all, qemu_binary, wait
+from ovmftool.boot.varstore import VarsPlan, plan_vars
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.flash import FlashImage
+from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.codemap import discover
-from ovmftool.scan.scanner import ScanResult, exec_ranges
+from ovmftool.scan.scanner import ScanResult, default_jobs, exec_ranges, scan_checked
 
 _INSN = re.compile(r"^0x([0-9a-f]+):\s+((?:[0-9a-f]{2} )+)\s*(\S.*?)\s*$")
 _LOAD = re.compile(r"Loading (?:PEIM|driver) at 0x([0-9A-Fa-f]+) EntryPoint=0x([0-9A-Fa-f]+) (\S+?)\.efi")
@@ -831,3 +832,18 @@ def boot_check(image: str, root: FlashImage, scan, vars_plan: VarsPlan, machine:
             close_all()
             if work is not None and not keep:
                 shutil.rmtree(work, ignore_errors=True)
+
+
+def boot_image(image: str, vars_file: str | None = None, machine: str = "q35", timeout: float = 180.0,
+               fail_fast: bool = False, keep: Path | None = None, progress=None, count: bool = True,
+               hang_after: float | None = 30.0, scan: ScanResult | None = None) -> BootCheck:
+    """`boot-check` of the file `image`: the refusals first (not an image that boots, a store of
+    the wrong size, no QEMU), before anything boots; then `boot_check`, with the image scanned
+    while QEMU boots unless `scan` is the image's result already."""
+    root = read_image(image)
+    check_bootable(image, root)
+    plan = plan_vars(image, vars_file)
+    qemu_binary()
+    todo = scan if scan is not None else (lambda: scan_checked(image, None, default_jobs(), root=root))
+    return boot_check(image, root, todo, plan, machine, timeout, fail_fast, keep, progress, count=count,
+                      hang_after=hang_after)

@@ -112,12 +112,10 @@ def verify_plan(p, series: list[Path], target: str, before_image: str | None, sc
 
 def _boot(fd: Path, scan, say) -> dict:
     """boot-check the patched build with the variable store the build made beside it."""
-    from ovmftool.boot.check import boot_check
-    from ovmftool.boot.varstore import plan_vars
-    from ovmftool.model.parser import read_image
+    from ovmftool.boot.check import boot_image
 
     say(f"verify: booting the patched {fd.name} under QEMU")
-    bc = boot_check(str(fd), read_image(str(fd)), scan, plan_vars(fd, None), timeout=300.0)
+    bc = boot_image(str(fd), timeout=300.0, scan=scan)
     return {"verdict": bc.verdict, "finished": bc.finished, "executed": len(bc.executed),
             "seconds": round(bc.seconds, 1), "vars": bc.vars.get("source", "")}
 

@@ -132,6 +132,11 @@ def scan_text_all(outcomes: list[ScanResult | ScanFailure]) -> str:
     return "".join(parts)
 
 
+def error_lines(outcomes: list[ScanResult | ScanFailure]) -> list[str]:
+    """The error line of each input that failed, in input order (stderr)."""
+    return [f"ovmftool: error: {o.message}" for o in outcomes if o.exit_code == 2]
+
+
 def render(outcomes: list[ScanResult | ScanFailure], fmt: str, sarif_root: str | None = None) -> str:
     """The document of `scan --format FMT` over all inputs."""
     if fmt == "json":
