@@ -2,9 +2,9 @@
 
 The fleet: Debian's packaged code images in corpus/images (2022.11: 2 MB and 4 MB; 2025.02:
 4 MB), every code image of the newest ovmf 2022.11 and 2025.02 packages (downloaded with apt:
-the 4 MB, secure-boot and Microsoft-keys variants; `--no-packages` leaves them out) and every finished corpus build's FV/OVMF.fd and FV/OVMF_CODE.fd under
-${OVMFTOOL_CACHE:-~/.cache/ovmftool}/builds (read only: copied once into a temporary directory,
-so builds finishing meanwhile do not change it). At least 20 images, or the benchmark refuses.
+the 4 MB, secure-boot and Microsoft-keys variants; `--no-packages` leaves them out) and every
+build the corpus keeps (corpus/builds/KEY: its OVMF_CODE.fd, and OVMF.fd made of its
+OVMF_VARS.fd and OVMF_CODE.fd as the build makes it). At least 20 images, or the benchmark refuses.
 
 Each configuration runs `python -m ovmftool scan --format json FLEET_DIR` in a fresh process,
 RUNS times (after one warm-up run that is not timed), with its own XDG_CACHE_HOME:
@@ -41,17 +41,15 @@ from harness import child_env, machine  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def fleet_images() -> list[tuple[str, str]]:
+def fleet_images(work: Path) -> list[tuple[str, str]]:
     """(name in the fleet directory, source path) of every image of the fleet."""
     out = [(f"debian/{Path(p).parent.name}/{Path(p).name}", p)
            for p in sorted(glob.glob(str(ROOT / "corpus" / "images" / "*" / "OVMF_CODE*.fd")))]
-    cache = os.environ.get("OVMFTOOL_CACHE", os.path.expanduser("~/.cache/ovmftool"))
-    for b in sorted(glob.glob(os.path.join(cache, "builds", "*", "FV"))):
-        build = Path(b).parent.name
-        files = [os.path.join(b, n) for n in ("OVMF.fd", "OVMF_CODE.fd")]
-        if build.endswith(".tmp") or not all(os.path.isfile(f) for f in files):
-            continue  # a build in progress
-        out += [(f"builds/{build}/{Path(f).name}", f) for f in files]
+    for b in sorted((ROOT / "corpus" / "builds").glob("*/OVMF_CODE.fd")):
+        full = work / "full" / b.parent.name / "OVMF.fd"
+        full.parent.mkdir(parents=True, exist_ok=True)
+        full.write_bytes(b.with_name("OVMF_VARS.fd").read_bytes() + b.read_bytes())
+        out += [(f"builds/{b.parent.name}/OVMF.fd", str(full)), (f"builds/{b.parent.name}/OVMF_CODE.fd", str(b))]
     return out
 
 
@@ -100,7 +98,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ovmftool-fleet-"))
     try:
         fleet = work / "fleet"
-        images = fleet_images() + ([] if a.no_packages else debian_package_images(work))
+        images = fleet_images(work) + ([] if a.no_packages else debian_package_images(work))
         for name, src in images:
             (fleet / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, fleet / name)

@@ -1,16 +1,20 @@
-"""Shared fixtures: the corpus images and OVMF builds from Debian's edk2 source.
+"""Shared fixtures: the corpus images, the OVMF builds the corpus keeps, and builds from source.
 
-Builds come from corpus/scripts/build-ovmf.sh, which caches them under
-${OVMFTOOL_CACHE:-~/.cache/ovmftool}/builds; the first run on a machine builds (minutes), later
-runs reuse. Set OVMFTOOL_SKIP_BUILDS=1 to skip the tests that need a build (they are reported
-as skipped, never as passed).
+Stored builds (corpus/builds/KEY: firmware and ground truth) need nothing. Builds from source come
+from corpus/scripts/build-ovmf.sh, which caches them under ${OVMFTOOL_CACHE:-~/.cache/ovmftool}/builds;
+the first run on a machine builds (minutes), later runs reuse. Set OVMFTOOL_SKIP_BUILDS=1 to skip
+the tests that need a build from source (they are reported as skipped, never as passed), and
+OVMFTOOL_FROM_SOURCE=1 to run the stored-build tests on fresh builds instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,67 +25,97 @@ MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
 CORPUS_IMAGES = {e["path"]: CORPUS / e["path"] for e in MANIFEST["images"]}
 CODE_IMAGES = {k: v for k, v in CORPUS_IMAGES.items() if "_CODE" in k}  # firmware, not variable stores
 
-# (edk2 version, DSC, target, defines): the builds tests use. Debian's Shell patch needs secure boot.
-BUILDS = {
-    "2022.11-X64-DEBUG": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
-    "2022.11-X64-RELEASE": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"]),
-    "2025.02-X64-DEBUG": ("2025.02", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
-    "2022.11-Ia32X64-DEBUG": ("2022.11", "OvmfPkg/OvmfPkgIa32X64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"]),
-    "2025.02-Ia32X64-RELEASE": ("2025.02", "OvmfPkg/OvmfPkgIa32X64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"]),
-}
-# Builds with a patch applied to a copy of the tree (tests/data/*.patch).
-VARIANT_BUILDS = {
-    # 2025.02 switched to the non-Sev IoLib, whose FIFO routines are C loops (IoLibFifo.c); the
-    # INF fix supplies CcProbeLib, which PlatformInitLib uses but only got through the Sev IoLib.
-    "2025.02-X64-DEBUG-cloop": ("2025.02", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"],
-                                ["edk2-2025.02-c-loop-fifo.patch"]),
-    # 2022.11 switched to the non-Sev IoLib: it builds IoFifo.nasm, pure REP string I/O.
-    "2022.11-X64-DEBUG-nonsev": ("2022.11", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"],
-                                 ["edk2-2022.11-non-sev-iolib.patch"]),
-    # The same for OvmfPkgIa32X64: IA32 PEI modules carry Ia32/IoFifo.nasm (the patcher grows them).
-    "2022.11-Ia32X64-RELEASE-nonsev": ("2022.11", "OvmfPkg/OvmfPkgIa32X64.dsc", "RELEASE", ["SECURE_BOOT_ENABLE=TRUE"],
-                                       ["edk2-2022.11-ia32x64-non-sev-iolib.patch"]),
-}
-# Builds of other EDK II trees: Oxide's fork (propolis' firmware), based on edk2-stable202105. Its
-# X64 Sev FIFO routines are the same code as Debian's, exported under their pre-TDX names.
-# Built as the fork's illumos/build.sh builds it (DEBUG), and RELEASE.
-OXIDE_DEFS = ["FD_SIZE_2MB", "MPT_SCSI_ENABLE=FALSE"]
-OXIDE_SERIES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edk2-patches" / "oxide-edk2-stable202105" / "OvmfPkgX64").glob("0*.patch"))
-FORK_BUILDS = {
-    "oxide-202105-X64-DEBUG": ("oxide-202105", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", OXIDE_DEFS),
-    "oxide-202105-X64-RELEASE": ("oxide-202105", "OvmfPkg/OvmfPkgX64.dsc", "RELEASE", OXIDE_DEFS),
-}
-# The committed series for the fork applied to its source (not a fixture of every-build tests).
-SERIES_BUILDS = {
-    "oxide-202105-X64-DEBUG-series": ("oxide-202105", "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", OXIDE_DEFS, OXIDE_SERIES),
-}
+
+def beside_checkout(rel: str) -> Path:
+    """shared/REL beside the project root or beside one of its parents (the work area's shared
+    folder, for a checkout anywhere inside it), as corpus/scripts/oxide-source.sh looks for it;
+    the first candidate when there is none."""
+    cands = [p / "shared" / rel for p in ROOT.parents]
+    return next((c for c in cands if c.exists()), cands[0])
+
+# The OVMF builds tests use (corpus/builds.json): Debian's trees, variants of them, Oxide's fork,
+# and trees with a series applied. Each is kept in corpus/builds/KEY/ (firmware, ground truth from
+# its .debug files, provenance) by corpus/scripts/store_builds.py; the ones marked "rebuilt" are
+# also built from source by the tests that need a build directory (symbols, maps, build outputs),
+# and test_stored_builds.py compares a rebuild with what is stored.
+sys.path.insert(0, str(CORPUS / "scripts"))
+import store_builds  # noqa: E402
+
+BUILD_DEFS = store_builds.DEFS
+STOCK = ["2022.11-X64-DEBUG", "2022.11-X64-RELEASE", "2025.02-X64-DEBUG", "2022.11-Ia32X64-DEBUG",
+         "2025.02-Ia32X64-RELEASE"]  # Debian's trees as they are
+TREE_BUILDS = STOCK + ["2025.02-X64-DEBUG-cloop", "2022.11-X64-DEBUG-nonsev", "2022.11-Ia32X64-RELEASE-nonsev",
+                       "oxide-202105-X64-DEBUG", "oxide-202105-X64-RELEASE"]  # every tree and variant scanned
+REBUILT = sorted(k for k, d in BUILD_DEFS.items() if d.get("rebuilt"))
+OXIDE_DEFS = BUILD_DEFS["oxide-202105-X64-DEBUG"]["defines"]
+OXIDE_SERIES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / BUILD_DEFS["oxide-202105-X64-DEBUG-series"]["series"]).glob("0*.patch"))
+FROM_SOURCE = bool(os.environ.get("OVMFTOOL_FROM_SOURCE"))  # stored builds made again from source
 _built: dict[str, Path] = {}
 
 
 def build_dir(key: str) -> Path:
-    """Directory of a cached OVMF build (building it first if needed)."""
+    """Directory of a cached OVMF build of corpus/builds.json (building it first if needed)."""
     if key not in _built:
-        ver, dsc, target, defs, *rest = {**BUILDS, **VARIANT_BUILDS, **FORK_BUILDS, **SERIES_BUILDS}[key]
-        # patches: tests/data/NAME, or a path from the project root
-        patches = [ROOT / p if "/" in p else ROOT / "tests" / "data" / p for p in (rest[0] if rest else [])]
-        _built[key] = build_with(ver, dsc, target, defs, patches)
+        if os.environ.get("OVMFTOOL_SKIP_BUILDS"):
+            pytest.skip("OVMFTOOL_SKIP_BUILDS is set")
+        d = BUILD_DEFS[key]
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                _built[key] = store_builds.build(d, store_builds.patches_of(d, Path(tmp)))
+            except store_builds.BuildFailed as e:
+                pytest.fail(str(e))
     return _built[key]
 
 
-def build_with(ver: str, dsc: str, target: str, defs: list[str], patches: list[Path]) -> Path:
-    """corpus/scripts/build-ovmf.sh: the build of that tree with those patches (cached, keyed by the
-    patches' contents, so a series that is written again the same way is built once)."""
-    if os.environ.get("OVMFTOOL_SKIP_BUILDS"):
-        pytest.skip("OVMFTOOL_SKIP_BUILDS is set")
-    cmd = ["bash", str(CORPUS / "scripts" / "build-ovmf.sh"), ver, dsc, target]
-    for d in defs:
-        cmd += ["-D", d]
-    for p in patches:
-        cmd += ["-p", str(p)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.fail(f"build {ver} {dsc} {target} failed: {res.stderr[-2000:]}")
-    return Path(res.stdout.strip().splitlines()[-1])
+@dataclass
+class StoredBuild:
+    """A build as corpus/builds/KEY keeps it: `fv` holds OVMF_CODE.fd and OVMF_VARS.fd, `truth` the
+    ground truth from its .debug files (tests/truth.py), `meta` its provenance (build.json)."""
+
+    key: str
+    fv: Path
+    truth: dict
+    meta: dict
+
+    @property
+    def code(self) -> Path:
+        return self.fv / "OVMF_CODE.fd"
+
+    @property
+    def vars(self) -> Path:
+        return self.fv / "OVMF_VARS.fd"
+
+    def sites(self) -> dict[tuple[str, str, int], tuple[str, str, str]]:
+        """(guid, volume, rva) -> (routine, mnemonic, function holding it) of every string I/O site."""
+        return {(m["guid"], m["volume"], s["rva"]): (s["routine"], s["mnemonic"], s["function"])
+                for m in self.truth["modules"] for s in m["sites"]}
+
+    def full(self, tmp: Path) -> Path:
+        """OVMF.fd (the variable store, then the code) written under tmp."""
+        assert self.meta["ovmf_fd"]["is_vars_then_code"], self.key
+        out = tmp / f"{self.key}-OVMF.fd"
+        out.write_bytes(self.vars.read_bytes() + self.code.read_bytes())
+        assert hashlib.sha256(out.read_bytes()).hexdigest() == self.meta["ovmf_fd"]["sha256"]
+        return out
+
+
+_stored: dict[str, StoredBuild] = {}
+
+
+def stored(key: str) -> StoredBuild:
+    """The build KEY as the corpus keeps it (no build needed); with OVMFTOOL_FROM_SOURCE=1, built
+    from source and its truth derived again."""
+    if key not in _stored:
+        d = CORPUS / "builds" / key
+        meta = json.loads((d / "build.json").read_text())
+        if FROM_SOURCE:
+            from truth import build_truth
+
+            b = build_dir(key)
+            _stored[key] = StoredBuild(key, b / "FV", build_truth(b), meta)
+        else:
+            _stored[key] = StoredBuild(key, d, json.loads((d / "truth.json").read_text()), meta)
+    return _stored[key]
 
 
 @pytest.fixture(params=sorted(CODE_IMAGES), ids=lambda p: p.split("/", 1)[1])
@@ -90,15 +124,21 @@ def corpus_image(request) -> Path:
     return CODE_IMAGES[request.param]
 
 
-@pytest.fixture(params=sorted(BUILDS))
-def ovmf_build(request) -> Path:
-    """Each OVMF build from Debian's edk2 source in turn."""
-    return build_dir(request.param)
+@pytest.fixture(params=STOCK)
+def stock_build(request) -> StoredBuild:
+    """Each stored build of Debian's edk2 trees in turn."""
+    return stored(request.param)
 
 
-@pytest.fixture(params=sorted(BUILDS) + sorted(VARIANT_BUILDS) + sorted(FORK_BUILDS))
-def any_build(request) -> Path:
-    """Every OVMF build of the test suite in turn: Debian's trees, their variants, Oxide's fork."""
+@pytest.fixture(params=TREE_BUILDS)
+def any_build(request) -> StoredBuild:
+    """Every stored build of a tree in turn: Debian's trees, their variants, Oxide's fork."""
+    return stored(request.param)
+
+
+@pytest.fixture(params=REBUILT)
+def real_build(request) -> Path:
+    """Each build the suite makes from source (a build directory: symbols, maps, build outputs)."""
     return build_dir(request.param)
 
 

@@ -26,6 +26,7 @@ FORBIDDEN = {
     "model": {"ops", "scan", "patch", "edk2", "boot", "triage", "gate", "report", "cli"},
     "ops": {"scan", "patch", "edk2", "boot", "triage", "gate", "report", "cli"},
     "scan": {"patch", "edk2", "boot", "triage", "gate", "report", "cli"},
+    **{stage: {"report", "cli"} for stage in ("patch", "edk2", "boot", "triage", "gate")},
     "report": {"cli"},
 }
 

@@ -24,7 +24,7 @@ from ovmftool.errors import OvmfToolError
 from ovmftool.model import structs as S
 from ovmftool.model.parser import read_image
 
-from conftest import CORPUS_IMAGES, ROOT, build_dir
+from conftest import CORPUS_IMAGES, ROOT, stored
 
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "boot-check-1.json").read_text())
 
@@ -103,9 +103,10 @@ def test_debian_release_reads_fw_cfg_with_rep_insb(ver, tmp_path):
             assert e["candidates"], e
 
 
+@pytest.mark.build
 @needs_qemu
 def test_debug_build_writes_its_log_with_rep_outsb(tmp_path):
-    b = build_dir("2022.11-X64-DEBUG") / "FV"
+    b = stored("2022.11-X64-DEBUG").fv
     code, doc = _boot(b / "OVMF_CODE.fd", b / "OVMF_VARS.fd", keep=tmp_path / "logs")
     assert code == 1 and doc["ended"] == "shell"
     outsb = [e for e in doc["executed"] if e["mnemonic"] == "rep outsb"]
@@ -284,7 +285,8 @@ def test_spinning_reset_vector_is_a_hang(tmp_path):
 def test_triple_fault_is_a_reset(tmp_path):
     img = _modified(tmp_path, "tf.fd", bytes.fromhex("0f011e0000" "cc"))  # lidt [0] (limit 0), int3
     err, doc = _fails([str(img)])
-    assert (doc["verdict"], doc["detail"]) == ("reset", "triple fault") and doc["seconds"] < 10
+    # at once, not at the 180 s timeout (a loaded machine starts QEMU slowly: no tighter bound)
+    assert (doc["verdict"], doc["detail"]) == ("reset", "triple fault") and doc["seconds"] < 60
     st = doc["stopped_at"]
     assert (st["address"], st["source"], st["module"]) == (0xFFFFFFF0, "last-translated", "ResetVector")
     assert "the guest reset (triple fault)" in err

@@ -19,10 +19,10 @@ from referencing import Registry, Resource
 from ovmftool.cli import main
 from ovmftool.triage.log import MAX_LINE, read_log
 
-from conftest import CORPUS_IMAGES, MANIFEST, ROOT
+from conftest import CORPUS_IMAGES, MANIFEST, ROOT, beside_checkout
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
-WRITEUP = ROOT.parent / "shared" / "background" / "oxide-at-home-part2-nested-virtualization.txt"
+WRITEUP = beside_checkout("background/oxide-at-home-part2-nested-virtualization.txt")
 
 # The write-up's crashes, verbatim: first with production propolis (bytes redacted), then with a
 # debug build (Oxide's OVMF: the Sev IoLib), then after switching the DSC to the non-Sev IoLib of a
@@ -105,7 +105,7 @@ def _validate(doc):
 
 def test_crash_lines_are_the_writeups_verbatim():
     if not WRITEUP.exists():
-        pytest.skip("shared/background is not beside the checkout")
+        pytest.skip(f"{WRITEUP} not found: shared/background is beside no parent of the checkout")
     text = WRITEUP.read_text()
     for s in (PANIC_AT, REDACTED, CRASH_1, CRASH_2_DATA):
         assert s in text

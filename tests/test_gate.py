@@ -13,7 +13,7 @@ from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan.scanner import scan_image
 
-from conftest import CORPUS_IMAGES, ROOT, build_dir
+from conftest import CORPUS_IMAGES, ROOT, stored
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 CRASH_1 = "vCPU 0: Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 110, 235, 10, 227, 8, 138, 6, 238, 72, 255, 198, 226, 248, 76], len: 15 })"
@@ -63,10 +63,10 @@ def test_sarif_physical_location_for_uncompressed_code(tmp_path):
 def test_fingerprints_stable_across_builds_at_new_addresses():
     """The same X64 DXE drivers linked into OvmfPkgX64 and OvmfPkgIa32X64 sit at other RVAs in
     other images; their sites keep their fingerprints."""
-    from ovmftool.report.identity import site_keys
+    from ovmftool.scan.identity import site_keys
 
-    a = scan_image(str(build_dir("2022.11-X64-DEBUG") / "FV" / "OVMF_CODE.fd"), jobs=2)
-    b = scan_image(str(build_dir("2022.11-Ia32X64-DEBUG") / "FV" / "OVMF_CODE.fd"), jobs=2)
+    a = scan_image(str(stored("2022.11-X64-DEBUG").code), jobs=2)
+    b = scan_image(str(stored("2022.11-Ia32X64-DEBUG").code), jobs=2)
     ka = {(f.guid, k): f for f, k in zip(a.findings, site_keys(a.findings)) if f.arch == "X64"}
     kb = {(f.guid, k): f for f, k in zip(b.findings, site_keys(b.findings)) if f.arch == "X64"}
     common = {g for g, _ in ka} & {g for g, _ in kb}
@@ -156,8 +156,8 @@ def test_diff_self_is_empty():
 
 @pytest.mark.build
 def test_diff_stock_against_c_loop_build_removes_every_site():
-    stock = str(build_dir("2025.02-X64-DEBUG") / "FV" / "OVMF_CODE.fd")
-    cloop = str(build_dir("2025.02-X64-DEBUG-cloop") / "FV" / "OVMF_CODE.fd")
+    stock = str(stored("2025.02-X64-DEBUG").code)
+    cloop = str(stored("2025.02-X64-DEBUG-cloop").code)
     n = len(scan_image(stock, jobs=2).findings)
     assert n > 500
     r = CliRunner().invoke(main, ["scan", cloop])
@@ -188,7 +188,7 @@ def test_decode_finds_the_sev_routine_in_debian_image(text, routine):
 
 @pytest.mark.build
 def test_decode_finds_iofifo_routine_in_non_sev_build():
-    img = str(build_dir("2022.11-X64-DEBUG-nonsev") / "FV" / "OVMF_CODE.fd")
+    img = str(stored("2022.11-X64-DEBUG-nonsev").code)
     r = CliRunner().invoke(main, ["decode", "--format", "json", "--image", img, CRASH_2])
     doc = json.loads(r.output)
     best = doc["matches"][0]

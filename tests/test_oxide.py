@@ -1,20 +1,20 @@
 """Oxide's EDK II fork (propolis' firmware) as a target like Debian's trees: its DEBUG build (as the
-fork's illumos/build.sh makes it) and RELEASE build are patched, rescanned and booted; the
-committed series applies to the fork's source and a build of it has no site left.
+fork's illumos/build.sh makes it) and RELEASE build, as the corpus keeps them, are patched,
+rescanned and booted; the committed series applies to the fork's source, and the build of it the
+corpus keeps (made from exactly these patches) has no site left.
 
 Names and precision/recall against the .debug files are in test_scan_build.py (`any_build`)."""
 
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from ovmftool.cli import main
 
-from conftest import OXIDE_SERIES, ROOT, build_dir
+from conftest import OXIDE_SERIES, ROOT, stored, store_builds
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 from .ci/run")
@@ -41,7 +41,7 @@ def test_fork_build_patched_rescans_clean_and_boots_with_no_string_io(key, tmp_p
     """boot-check of the stock fork build lists the string I/O that executes (in the FIFO
     routines, named as the fork names them, in scanned sites); `patch` output rescans to 0 and
     boots to the shell with none executed."""
-    fv = build_dir(key) / "FV"
+    fv = stored(key).fv
     code, stock = _scan(fv / "OVMF_CODE.fd")
     assert code == 1 and stock["findings"]
     sites = {(f["module"], f["rva"]) for f in stock["findings"]}
@@ -67,7 +67,7 @@ def test_committed_series_applies_to_the_fork_source(tmp_path):
     build fixes), and `plan` writes the same series for that tree today."""
     if not shutil.which("git"):
         pytest.skip("git from .ci/run")
-    tree = build_dir("oxide-202105-X64-DEBUG") and _oxide_tree()
+    tree = store_builds.tree_of("oxide-202105")
     work = tmp_path / "t"
     shutil.copytree(tree / "MdePkg" / "Library" / "BaseIoLibIntrinsic", work / "MdePkg" / "Library" / "BaseIoLibIntrinsic")
     for p in OXIDE_SERIES:
@@ -85,14 +85,18 @@ def test_committed_series_applies_to_the_fork_source(tmp_path):
 
 
 @needs_qemu
-def test_build_of_committed_series_has_no_site_and_boots():
-    """corpus/scripts/build-ovmf.sh with the committed series (-p): 0 sites, and the image boots
-    to the shell with no string I/O executed."""
-    fv = build_dir("oxide-202105-X64-DEBUG-series") / "FV"
-    for name in ("OVMF_CODE.fd", "OVMF.fd"):
-        code, doc = _scan(fv / name)
-        assert code == 0 and doc["findings"] == [], name
-    rc, doc = _boot(fv / "OVMF_CODE.fd", fv / "OVMF_VARS.fd")
+def test_build_of_committed_series_has_no_site_and_boots(tmp_path):
+    """corpus/scripts/build-ovmf.sh with the committed series (-p), as the corpus keeps it (built
+    from these very patches: their sha256 are its provenance): 0 sites, and the image boots to the
+    shell with no string I/O executed."""
+    b = stored("oxide-202105-X64-DEBUG-series")
+    assert [(p["name"], p["sha256"]) for p in b.meta["patches"]] == \
+        [(p.name, store_builds.sha256(p)) for p in sorted(SERIES_DIR.glob("0*.patch"))], \
+        "the series changed: store its build again (corpus/scripts/store_builds.py oxide-202105-X64-DEBUG-series)"
+    for image in (b.code, b.full(tmp_path)):
+        code, doc = _scan(image)
+        assert code == 0 and doc["findings"] == [], image.name
+    rc, doc = _boot(b.code, b.vars)
     assert rc == 0 and doc["verdict"] == "shell" and doc["executed"] == []
 
 
@@ -106,10 +110,5 @@ def test_committed_summary_records_the_measured_builds():
     assert v["boot"]["verdict"] == "shell" and v["boot"]["executed"] == 0
     text = (SERIES_DIR / "SUMMARY.md").read_text()
     assert f"{v['dsc_switch']['sites']} sites — switching the DSC removes nothing in this tree" in text
-    assert f"with this series: 0 sites" in text and "shell in" in text
+    assert "with this series: 0 sites" in text and "shell in" in text
 
-
-def _oxide_tree():
-    r = subprocess.run(["bash", str(ROOT / "corpus" / "scripts" / "oxide-source.sh")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return Path(r.stdout.strip().splitlines()[-1])

@@ -17,7 +17,7 @@ from ovmftool.patch import emulate, shapes
 from ovmftool.patch.patcher import patch
 from ovmftool.scan.scanner import scan_image
 
-from conftest import BUILDS, CODE_IMAGES, CORPUS_IMAGES, build_dir
+from conftest import CODE_IMAGES, CORPUS_IMAGES, STOCK, build_dir, stored
 
 DEB_4M = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]
 
@@ -69,11 +69,13 @@ def test_rebuild_of_unmodified_image_is_byte_identical(name):
     assert out == data and asm.reencoded == []
 
 
-@pytest.mark.parametrize("key", sorted(BUILDS))
-def test_rebuild_of_unmodified_build_is_byte_identical(key):
-    for fd in ("OVMF_CODE.fd", "OVMF.fd"):
-        data = (build_dir(key) / "FV" / fd).read_bytes()
-        out, _ = assemble(parse_flash(data, fd), [], force=True)
+@pytest.mark.build
+@pytest.mark.parametrize("key", STOCK)
+def test_rebuild_of_unmodified_build_is_byte_identical(key, tmp_path):
+    b = stored(key)
+    for fd in (b.code, b.full(tmp_path)):
+        data = fd.read_bytes()
+        out, _ = assemble(parse_flash(data, fd.name), [], force=True)
         assert out == data
 
 
@@ -98,6 +100,27 @@ def test_recompressed_volume_that_no_longer_fits_fails_clearly():
     assert m is not None and edits
     with pytest.raises(A.VolumeFull, match="needs 0x[0-9A-F]+ more bytes"):
         A.Assembler(root, edits, "fast").build()
+
+
+def test_an_lzma_effort_that_does_not_fit_gives_way_to_the_next(monkeypatch):
+    """The assembler takes the fastest encoder effort whose stream fits: with the fastest made
+    useless (a 4 KiB dictionary: the 13 MB DXE stream, 2.5 MB then, no longer fits the 2 MB
+    image's 1.7 MB volume), the next one is used and the output is valid; when every effort
+    overflows, the volume's error stands."""
+    from ovmftool.model import encoders
+    from ovmftool.ops import assemble as A
+
+    path = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
+    root = read_image(str(path))
+    assert patch(str(path), root, jobs=1).lzma_effort == "fast"
+    monkeypatch.setitem(encoders.LZMA_EFFORTS, "fast", {**encoders.LZMA_EFFORTS["fast"], "dict_cap": 4096})
+    res = patch(str(path), root, jobs=1)
+    assert res.lzma_effort == "tight" and res.sites_after == 0
+    assert all_problems(parse_flash(res.output, "patched")) == []
+    for name in encoders.LZMA_EFFORTS:
+        monkeypatch.setitem(encoders.LZMA_EFFORTS, name, {**encoders.LZMA_EFFORTS[name], "dict_cap": 4096})
+    with pytest.raises(A.VolumeFull, match="needs 0x[0-9A-F]+ more bytes"):
+        patch(str(path), root, jobs=1)
 
 
 def _guid_names():
@@ -196,9 +219,10 @@ def test_patch_debian_images(name):
     _check_patched(path, res.output, res)
 
 
-@pytest.mark.parametrize("key", sorted(BUILDS))
+@pytest.mark.build
+@pytest.mark.parametrize("key", STOCK)
 def test_patch_builds(key):
-    path = build_dir(key) / "FV" / "OVMF_CODE.fd"
+    path = stored(key).code
     res = patch(str(path), read_image(str(path)), jobs=2)
     assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 0
     _check_patched(path, res.output, res)
@@ -216,11 +240,12 @@ def _xip_bases(root):
     return out
 
 
+@pytest.mark.build
 @pytest.mark.parametrize("key", ["2022.11-X64-DEBUG-nonsev", "2022.11-Ia32X64-RELEASE-nonsev"])
 def test_non_sev_build_is_patched_by_growing_modules(key, tmp_path):
     """IoFifo.nasm (pure REP): modules grow (new section, or the last section extended where the
     header has no room), volumes are laid out again, moved PEIMs rebased."""
-    path = build_dir(key) / "FV" / "OVMF_CODE.fd"
+    path = stored(key).code
     root = read_image(str(path))
     res = patch(str(path), root, jobs=2)
     assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 0
@@ -254,6 +279,7 @@ def _elf_text_end(build, m) -> int:
         return text["sh_addr"] + text["sh_size"]
 
 
+@pytest.mark.build
 def test_slack_after_text_is_used_when_the_build_symbols_prove_it(tmp_path):
     """With --symbols, IoFifo loops go into the zero bytes after the linker's .text (GenFw's
     padding up to the section alignment) where they fit: those modules keep their size and
@@ -467,10 +493,11 @@ def test_patched_debian_image_boots_to_the_shell_without_string_io(name, tmp_pat
     assert code == 0 and doc["ended"] == "shell" and doc["executed"] == []
 
 
+@pytest.mark.build
 @needs_qemu
 @pytest.mark.parametrize("key", ["2022.11-X64-DEBUG", "2022.11-X64-RELEASE"])
 def test_patched_build_boots_to_the_shell_without_string_io(key, tmp_path):
-    b = build_dir(key) / "FV"
+    b = stored(key).fv
     out = tmp_path / "OVMF_CODE.fd"
     assert CliRunner().invoke(main, ["patch", "-o", str(out), str(b / "OVMF_CODE.fd")]).exit_code == 0
     code, doc = _boot(out, b / "OVMF_VARS.fd")

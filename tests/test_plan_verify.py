@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from ovmftool.cli import main
 
-from conftest import ROOT, build_dir, build_with
+from conftest import ROOT, store_builds, stored
 from test_plan import tree
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
@@ -30,7 +30,7 @@ def test_plan_verify_builds_scans_and_boots(tmp_path):
     """`plan --verify` end to end (its own scratch build, not a cached one): 0 sites after, the
     boot of the patched build reaches the shell with none executed, all recorded in plan.json
     and SUMMARY.md; the stock build boots as far and does execute string I/O."""
-    stock = build_dir(STOCK["2022.11"]) / "FV"
+    stock = stored(STOCK["2022.11"]).fv
     out = tmp_path / "plan"
     r = CliRunner().invoke(main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", "OvmfPkg/OvmfPkgX64.dsc",
                                   "-D", "SECURE_BOOT_ENABLE=TRUE", "-o", str(out),
@@ -46,21 +46,24 @@ def test_plan_verify_builds_scans_and_boots(tmp_path):
 
 
 @needs_qemu
-@pytest.mark.parametrize("ver", ["2022.11", "2025.02"])
-@pytest.mark.parametrize("strategy", ["unroll", "dsc-inf"])
+@pytest.mark.parametrize("ver,strategy", [("2022.11", "dsc-inf"), ("2025.02", "unroll"), ("2025.02", "dsc-inf")])
 def test_series_build_leaves_no_site_and_boots(tmp_path, ver, strategy):
-    """Each strategy's series on each tree, built by corpus/scripts/build-ovmf.sh (cached by the
-    series' contents, so a warm run builds nothing): 0 sites, and it boots as far as the stock
-    build does (the UEFI shell, or the boot manager) with no string I/O executed."""
+    """Each strategy's series on each tree (2022.11's unroll is the series `plan --verify` builds
+    above): the build of it the corpus keeps was made from the series `plan` writes today (the
+    patches' sha256 are its provenance); it has 0 sites, and it boots as far as the stock build
+    does (the UEFI shell, or the boot manager) with no string I/O executed."""
     out = tmp_path / "plan"
     r = CliRunner().invoke(main, ["plan", "--edk2", str(tree(ver)), "--dsc", "OvmfPkg/OvmfPkgX64.dsc",
                                   "-D", "SECURE_BOOT_ENABLE=TRUE", "--strategy", strategy, "-o", str(out)])
     assert r.exit_code == 0, r.output
-    fv = build_with(ver, "OvmfPkg/OvmfPkgX64.dsc", "DEBUG", ["SECURE_BOOT_ENABLE=TRUE"],
-                    sorted(out.glob("0*.patch"))) / "FV"
-    r = CliRunner().invoke(main, ["scan", "--format", "json", str(fv / "OVMF_CODE.fd")])
+    key = f"{ver}-X64-DEBUG-{strategy}"
+    b = stored(key)
+    assert [(p["name"], p["sha256"]) for p in b.meta["patches"]] == \
+        [(p.name, store_builds.sha256(p)) for p in sorted(out.glob("0*.patch"))], \
+        f"plan writes another series now: store its build again (corpus/scripts/store_builds.py {key})"
+    r = CliRunner().invoke(main, ["scan", "--format", "json", str(b.code)])
     assert r.exit_code == 0 and json.loads(r.output)["findings"] == [], r.output[-2000:]
-    rc, doc = _boot(fv / "OVMF_CODE.fd", fv / "OVMF_VARS.fd")
+    rc, doc = _boot(b.code, b.vars)
     assert rc == 0 and doc["executed"] == [] and doc["verdict"] == _stock_verdict(ver)
 
 
@@ -71,7 +74,7 @@ def _stock_verdict(ver: str) -> str:
     """How far the stock build boots: the UEFI shell, or BDS's boot manager fallback where the
     build has no shell boot option (2025.02 with these options); and it executes string I/O."""
     if ver not in _STOCK_VERDICT:
-        stock = build_dir(STOCK[ver]) / "FV"
+        stock = stored(STOCK[ver]).fv
         rc, doc = _boot(stock / "OVMF_CODE.fd", stock / "OVMF_VARS.fd")
         assert rc == 1 and doc["executed"] and doc["verdict"] in ("shell", "boot-manager")
         _STOCK_VERDICT[ver] = doc["verdict"]

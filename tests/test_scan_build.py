@@ -1,4 +1,5 @@
-"""scan against the ground truth of OVMF builds from Debian's edk2 source."""
+"""scan against the ground truth of OVMF builds: the builds the corpus keeps (firmware and the truth
+from their .debug files) and, where a build directory is needed (symbols, maps), builds from source."""
 
 import json
 
@@ -12,8 +13,8 @@ from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import exec_ranges, scan_image, tree_era
 
-from conftest import build_dir
-from truth import debug_file, fifo_sites, function_containing
+from conftest import stored
+from truth import debug_file, fifo_sites
 
 pytestmark = pytest.mark.build
 
@@ -29,57 +30,57 @@ def _truth(build):
     return root, truth
 
 
-def test_precision_and_recall_without_symbols(ovmf_build):
-    root, truth = _truth(ovmf_build)
-    res = scan_image(str(ovmf_build / "FV" / "OVMF_CODE.fd"), root=root, jobs=2)
+def test_precision_and_recall_without_symbols(stock_build):
+    truth = stock_build.sites()
+    res = scan_image(str(stock_build.code), jobs=2)
     got = {(f.guid, f.volume, f.rva): f for f in res.findings}
     assert set(got) == set(truth)  # precision and recall 1.0
     assert len(truth) >= 60  # every build here links the Sev FIFO routines into many modules (RELEASE: fw_cfg)
     for k, f in got.items():
-        routine, mnem = truth[k]
+        routine, mnem, _ = truth[k]
         assert f.mnemonic == mnem
         assert f.function_source == "signature"
         assert f.function == routine, (f.module, f.rva)
         assert f.signature["library"] == "BaseIoLibIntrinsicSev"
 
 
-def test_with_symbols_names_equal_symbol_table(ovmf_build):
-    root, truth = _truth(ovmf_build)
-    res = scan_image(str(ovmf_build / "FV" / "OVMF_CODE.fd"), symbols_dir=str(ovmf_build), root=root, jobs=2)
+def test_with_symbols_names_equal_symbol_table(real_build):
+    root, truth = _truth(real_build)
+    res = scan_image(str(real_build / "FV" / "OVMF_CODE.fd"), symbols_dir=str(real_build), root=root, jobs=2)
     assert {(f.guid, f.volume, f.rva) for f in res.findings} == set(truth)
     for f in res.findings:
         assert f.function_source == "symbols"
         assert f.function == truth[(f.guid, f.volume, f.rva)][0]
 
 
-def test_debug_builds_write_debug_output_with_rep_outsb(ovmf_build):
-    res = scan_image(str(ovmf_build / "FV" / "OVMF_CODE.fd"), jobs=2)
+def test_debug_builds_write_debug_output_with_rep_outsb(stock_build):
+    res = scan_image(str(stock_build.code), jobs=2)
     outsb = [f for f in res.findings if f.mnemonic == "rep outsb"]
     reach = [f for f in outsb if f.reachable]
-    if "DEBUG" in ovmf_build.name:
+    if "DEBUG" in stock_build.key:
         # DEBUG() goes through SevIoWriteFifo8 (port 0x402): reachable from many entry points
         assert len(reach) > 20
     insb = [f for f in res.findings if f.mnemonic == "rep insb" and f.callers]
     assert insb  # fw_cfg reads have direct callers in every build
 
 
-def test_scan_json_cli_on_build(ovmf_build, tmp_path):
+def test_scan_json_cli_on_build(stock_build, tmp_path):
     out = tmp_path / "scan.json"
-    r = CliRunner().invoke(main, ["scan", "--format", "json", "-o", str(out), str(ovmf_build / "FV" / "OVMF_CODE.fd")])
+    r = CliRunner().invoke(main, ["scan", "--format", "json", "-o", str(out), str(stock_build.code)])
     assert r.exit_code == 1, r.output
     doc = json.loads(out.read_text())
     assert doc["schema_version"] == "ovmftool.scan/1"
     assert doc["summary"]["sites"] == len(doc["findings"]) >= 60
 
 
-def test_map_files_name_functions_when_no_debug_files(ovmf_build, tmp_path):
+def test_map_files_name_functions_when_no_debug_files(real_build, tmp_path):
     import shutil
 
     (tmp_path / "X64").mkdir()
-    for p in (ovmf_build / "X64").glob("*.map"):
+    for p in (real_build / "X64").glob("*.map"):
         shutil.copy(p, tmp_path / "X64" / p.name)
-    root, truth = _truth(ovmf_build)
-    res = scan_image(str(ovmf_build / "FV" / "OVMF_CODE.fd"), symbols_dir=str(tmp_path), root=root, jobs=2)
+    root, truth = _truth(real_build)
+    res = scan_image(str(real_build / "FV" / "OVMF_CODE.fd"), symbols_dir=str(tmp_path), root=root, jobs=2)
     named = [f for f in res.findings if f.function_source == "symbols"]
     # The FIFO routines are global, so maps list them; a map that belongs to another build of a
     # module (the build keeps one map per name) is refused and the signature names the routine.
@@ -96,58 +97,53 @@ def test_symbols_dir_errors_are_one_line(tmp_path):
 # --- names without symbols, on every build (Debian's trees, their variants, Oxide's fork) -------
 
 def _is_oxide(build) -> bool:
-    return build.name.startswith("oxide-")
+    return build.key.startswith("oxide-")
 
 
 def test_names_without_symbols_are_the_symbol_tables(any_build):
     """Without symbols, every site's function is the name the build's own symbol table gives the
     function holding it (exact; the X64 Sev routines are SevIoReadFifo8... in 2022.11 and 2025.02,
     IoReadFifo8... in Oxide's 202105 fork, the same code), and the sites are the truth's."""
-    root, truth = _truth(any_build)
-    res = scan_image(str(any_build / "FV" / "OVMF_CODE.fd"), root=root, jobs=2)
-    mods = {(m.guid, m.volume): m for m in iter_modules(root)}
-    names = {}
-    exact = 0
+    truth = any_build.sites()
+    res = scan_image(str(any_build.code), jobs=2)
     findings = [f for f in res.findings if f.module != "ResetVector"]  # raw code: no symbol file
     assert {(f.guid, f.volume, f.rva) for f in findings} == set(truth)
     for f in findings:
-        m = mods[(f.guid, f.volume)]
-        if (f.guid, f.volume) not in names:
-            names[(f.guid, f.volume)] = function_containing(debug_file(any_build, m.arch, m.name, m.guid))
-        want = names[(f.guid, f.volume)](f.rva)[1]
+        want = truth[(f.guid, f.volume, f.rva)][2]
         assert f.function == want, (f.module, hex(f.rva), f.function, want)
         assert f.function_source == "signature"
         if f.signature["aliases"]:  # the routine's name in the other era is kept
             assert f.signature["routine"] == f.function and f.function not in f.signature["aliases"]
-        exact += 1
-    assert exact == len(truth)
     if _is_oxide(any_build):
         assert {f.function for f in findings} == {f"Io{d}Fifo{w}" for d in ("Read", "Write") for w in (8, 16, 32)}
         assert all(f.signature["aliases"] == ["Sev" + f.function] for f in findings)
 
 
 def test_tdcall_tells_the_tree_era(any_build):
-    """The evidence that names the routines: wherever TDCALL's bytes occur they are the
+    """The evidence that names the routines: wherever TDCALL's bytes occur in code they are the
     instruction (the code of the function holding them decodes up to them exactly: never data
-    nor the middle of another instruction), some X64 module of every 2022.11/2025.02 build has
-    them, its DXE core among them (also where LTO folded the TDX I/O paths away:
-    OvmfPkgIa32X64), Oxide's 202105 fork has them nowhere, and each build has its X64 DXE core."""
+    nor the middle of another instruction), and they are where the .debug files' .text has them;
+    some X64 module of every 2022.11/2025.02 build has them, its DXE core among them (also where
+    LTO folded the TDX I/O paths away: OvmfPkgIa32X64), Oxide's 202105 fork has them nowhere, and
+    each build has its X64 DXE core."""
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    root = read_image(str(any_build / "FV" / "OVMF_CODE.fd"))
+    root = read_image(str(any_build.code))
     modules = list(iter_modules(root))
+    truth = {(e["guid"], e["volume"]): {t["rva"]: t for t in e["tdcall"]} for e in any_build.truth["modules"]}
     with_tdcall = set()
     for m in modules:
         img = m.image
         ranges = exec_ranges(img)
         hits = [p for lo, hi in ranges for p in _find_all(img.memory, sigs.TDCALL, lo, hi)]
+        want = truth.get((m.guid, m.volume), {})
+        assert sorted(hits) == sorted(want), (m.name, [hex(h) for h in hits])
         if not hits:
             continue
         assert m.arch == "X64", m.name
-        fn = function_containing(debug_file(any_build, m.arch, m.name, m.guid))
         for p in hits:
-            start, name = fn(p)
+            start = want[p]["function_rva"]
             assert start is not None, (m.name, hex(p))
-            assert p in _boundaries(md, img.memory, start, p + 1), (m.name, name, hex(p))  # TdCall, TdVmCall...
+            assert p in _boundaries(md, img.memory, start, p + 1), (m.name, want[p]["function"], hex(p))
         with_tdcall.add(m.name)
     assert any(m.file_type == "DXE_CORE" and m.arch == "X64" for m in modules)
     if _is_oxide(any_build):
@@ -186,10 +182,10 @@ def test_oxide_fork_sites_and_names_in_every_format(tmp_path):
     """Oxide's fork (edk2-stable202105): its 660 sites in 110 modules (precision and recall 1.0
     against the .debug files), named IoReadFifo8... as its symbol table does, with the later trees'
     SevIoReadFifo8... as alias; text, JSON and SARIF give the same names, and a note says why."""
-    build = build_dir("oxide-202105-X64-DEBUG")
-    root, truth = _truth(build)
+    build = stored("oxide-202105-X64-DEBUG")
+    truth = build.sites()
     assert len(truth) == 660
-    fd = str(build / "FV" / "OVMF.fd")
+    fd = str(build.full(tmp_path))
     runner = CliRunner()
     out = {}
     for fmt in ("json", "sarif", "text"):

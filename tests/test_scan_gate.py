@@ -366,7 +366,8 @@ def _holding(funcs, rva):
 
 
 @pytest.mark.build
-def test_callers_are_the_functions_that_contain_the_calls(ovmf_build):
+def test_callers_are_the_functions_that_contain_the_calls(real_build):
+    ovmf_build = real_build
     from truth import debug_file
 
     fd = str(ovmf_build / "FV" / "OVMF_CODE.fd")
@@ -563,12 +564,12 @@ def test_series_are_found_from_the_working_directory_as_after_pip_install(tmp_pa
 def test_oxide_image_matches_the_oxide_series_and_debian_images_do_not():
     """The Sev FIFO routines are the same bytes in every tree; an image without TDCALL (Oxide's
     edk2-stable202105 fork) is matched to the series made for that fork, never to Debian's."""
-    from conftest import build_dir
+    from conftest import stored
     from ovmftool.scan import advice
     from ovmftool.scan import signatures as sigs
     from ovmftool.scan.scanner import scan_checked
 
-    fd = build_dir("oxide-202105-X64-DEBUG") / "FV" / "OVMF_CODE.fd"
+    fd = stored("oxide-202105-X64-DEBUG").code
     r = scan_checked(str(fd))
     assert r.era == sigs.PRE_TDX and len(r.findings) == 660
     steps = advice.next_steps(r, ROOT / "edk2-patches")

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import CODE_IMAGES, ROOT, build_dir
+from conftest import CODE_IMAGES, ROOT, stored
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
 from ovmftool.scan import scanner, signatures as sigs
@@ -72,7 +72,7 @@ def test_native_walk_equals_python_walk_on_debian_images(key):
 @pytest.mark.build
 @pytest.mark.slow
 def test_native_walk_equals_python_walk_on_debug_build():
-    modules, sites, diff = _same_maps(build_dir("2022.11-Ia32X64-DEBUG") / "FV" / "OVMF_CODE.fd")
+    modules, sites, diff = _same_maps(stored("2022.11-Ia32X64-DEBUG").code)
     assert modules > 100 and sites >= 600
     assert diff == []
 

@@ -85,3 +85,49 @@ def function_containing(debug: Path):
         return (addrs[i], pairs[addrs[i]]) if i >= 0 else (None, None)
 
     return at
+
+
+TDCALL = bytes.fromhex("660f01cc")  # Intel TDX's TDCALL: BaseLib's TdCall.nasm/TdVmcall.nasm (2022.08+)
+TRUTH_SCHEMA = "ovmftool.corpus-truth/1"
+
+
+def _tdcall_sites(debug: Path) -> list[int]:
+    """Addresses of TDCALL's bytes in the `.text` of a `.debug` ELF file."""
+    with open(debug, "rb") as fh:
+        text = ELFFile(fh).get_section_by_name(".text")
+        data, base = text.data(), text["sh_addr"]
+    out, p = [], data.find(TDCALL)
+    while p >= 0:
+        out.append(base + p)
+        p = data.find(TDCALL, p + 1)
+    return out
+
+
+def build_truth(build: Path) -> dict:
+    """The ground truth of a build's OVMF_CODE.fd from its `.debug` files, as corpus/builds/*/truth.json
+    keeps it: for every module that has one, its FIFO routines' string I/O instructions (routine,
+    mnemonic, the function the symbol table says holds it) and where TDCALL's bytes are (with the
+    function holding them). Modules are enumerated by ovmftool's model; everything else comes from
+    the ELF files and capstone."""
+    from ovmftool.model.parser import read_image
+    from ovmftool.ops.modules import iter_modules
+
+    root = read_image(str(build / "FV" / "OVMF_CODE.fd"))
+    modules = []
+    count = 0
+    for m in iter_modules(root):
+        count += 1
+        dbg = debug_file(build, m.arch, m.name, m.guid)
+        if dbg is None:
+            raise AssertionError(f"{m.name} {m.guid}: no .debug file in {build}")
+        fn = function_containing(dbg)
+        sites = [{"rva": rva, "routine": r, "mnemonic": mn, "function": fn(rva)[1]}
+                 for rva, (r, mn) in sorted(fifo_sites(dbg, m.image.bits).items())]
+        tdcall = [{"rva": rva, "function_rva": fn(rva)[0], "function": fn(rva)[1]} for rva in _tdcall_sites(dbg)]
+        if sites or tdcall:
+            modules.append({"volume": m.volume, "guid": m.guid, "arch": m.arch, "name": m.name,
+                            "sites": sites, "tdcall": tdcall})
+    modules.sort(key=lambda e: (e["volume"], e["guid"], e["arch"]))
+    return {"schema_version": TRUTH_SCHEMA, "modules_in_image": count,
+            "sites": sum(len(e["sites"]) for e in modules),
+            "modules_with_sites": sum(1 for e in modules if e["sites"]), "modules": modules}

@@ -23,10 +23,10 @@ done
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${OVMFTOOL_CACHE:-$HOME/.cache/ovmftool}
 case "$ver" in
-  oxide-*) src_script=oxide-source.sh ;;  # Oxide's fork (propolis' firmware), e.g. oxide-202105
-  *) src_script=edk2-source.sh ;;
+  oxide-*) src=(oxide-source.sh) ;;  # Oxide's fork (propolis' firmware), e.g. oxide-202105: one commit
+  *) src=(edk2-source.sh "$ver") ;;
 esac
-tree=${OVMFTOOL_EDK2_TREE:-$(bash "$here/$src_script" "$ver")}
+tree=${OVMFTOOL_EDK2_TREE:-$(bash "$here/${src[0]}" "${src[@]:1}")}
 if [ ${#patches[@]} -gt 0 ]; then
   phash=$(cat "${patches[@]}" | sha256sum | cut -c1-12)
   ptree=$cache/src/edk2-$ver-p$phash

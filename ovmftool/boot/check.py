@@ -54,7 +54,7 @@ from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.codemap import discover
-from ovmftool.scan.scanner import ScanResult, default_jobs, exec_ranges, scan_checked
+from ovmftool.scan.scanner import ScanResult, _pointer_roots, default_jobs, exec_ranges, scan_checked
 
 _INSN = re.compile(r"^0x([0-9a-f]+):\s+((?:[0-9a-f]{2} )+)\s*(\S.*?)\s*$")
 _LOAD = re.compile(r"Loading (?:PEIM|driver) at 0x([0-9A-Fa-f]+) EntryPoint=0x([0-9A-Fa-f]+) (\S+?)\.efi")
@@ -580,8 +580,6 @@ def _function_name(mem: bytes, bits: int, ranges: list[tuple[int, int]], strong,
 
 
 def _module_function(m: Module, rva: int) -> str | None:
-    from ovmftool.scan.scanner import _pointer_roots
-
     img = m.image
     mem = img.memory
     ranges = exec_ranges(img)

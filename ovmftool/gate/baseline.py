@@ -1,7 +1,7 @@
 """Baselines and waivers: accept today's sites, fail CI only on new ones.
 
 Baseline file (schema ovmftool.baseline/1, docs/schema/baseline-1.json): the image it was taken
-from and one entry per site with its stable key (see report.identity). Waivers file (schema
+from and one entry per site with its stable key (see scan.identity). Waivers file (schema
 ovmftool.waivers/1, docs/schema/waivers-1.json):
 
     {"schema_version": "ovmftool.waivers/1",
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ovmftool.errors import OvmfToolError
-from ovmftool.report.identity import site_keys
+from ovmftool.scan.identity import site_keys
 from ovmftool.scan.scanner import Finding, ScanResult, default_jobs, scan_checked
 
 BASELINE_SCHEMA = "ovmftool.baseline/1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ovmftool.report.identity import site_keys
+from ovmftool.scan.identity import site_keys
 from ovmftool.scan.scanner import Finding, ScanResult, default_jobs, open_symbols, scan_checked
 
 

@@ -17,11 +17,17 @@ from ovmftool.errors import OvmfToolError
 from ovmftool.model import structs as S
 from ovmftool.model.codecs import x86_convert
 
-# Encoder effort levels, fastest first. "edk2" is what LzmaEncProps_Init's level 5 selects
-# (normal mode, fb 32, bt4, mc 32), the level EDK II's LzmaCompress uses.
+# Encoder effort levels, fastest first; the assembler takes the first whose output fits. "edk2" is
+# what LzmaEncProps_Init's level 5 selects (normal mode, fb 32, bt4, mc 32), the level EDK II's
+# LzmaCompress uses. The faster levels search a dictionary of at most `dict_cap` bytes: the stream
+# still carries the original header (a decoder given a larger dictionary than the encoder used
+# decodes the same), and liblzma's match finders take about 7.5 times the dictionary in memory
+# (16 MiB, OVMF's usual, is about 120 MB; 4 MiB about 30 MB).
+MIB = 1 << 20
 LZMA_EFFORTS = {
-    "fast": {"mode": lzma.MODE_FAST, "nice_len": 32, "mf": lzma.MF_HC4, "depth": 0},
-    "edk2": {"mode": lzma.MODE_NORMAL, "nice_len": 32, "mf": lzma.MF_BT4, "depth": 32},
+    "fast": {"mode": lzma.MODE_FAST, "nice_len": 16, "mf": lzma.MF_HC3, "depth": 0, "dict_cap": 4 * MIB},
+    "tight": {"mode": lzma.MODE_FAST, "nice_len": 32, "mf": lzma.MF_HC4, "depth": 0, "dict_cap": 16 * MIB},
+    "edk2": {"mode": lzma.MODE_NORMAL, "nice_len": 32, "mf": lzma.MF_BT4, "depth": 32, "dict_cap": None},
 }
 
 
@@ -53,7 +59,11 @@ def lzma_props(old_stream: bytes, size: int | None = None) -> dict:
 
 def encode_lzma(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
     """LZMA-compress `data` with the properties of `old_stream`, in EDK II's header format."""
-    f = dict(lzma_props(old_stream, len(data)), id=lzma.FILTER_LZMA1, **LZMA_EFFORTS[effort])
+    level = dict(LZMA_EFFORTS[effort])
+    cap = level.pop("dict_cap")
+    f = dict(lzma_props(old_stream, len(data)), id=lzma.FILTER_LZMA1, **level)
+    if cap is not None:
+        f["dict_size"] = min(f["dict_size"], cap)
     try:
         out = bytearray(lzma.compress(data, format=lzma.FORMAT_ALONE, filters=[f]))
     except lzma.LZMAError as e:

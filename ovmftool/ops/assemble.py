@@ -305,10 +305,13 @@ def _file_bytes(header: bytearray, body: bytes, attributes: int, name: str) -> b
 
 
 def assemble(root: FlashImage, edits: list[Edit | Replace], force: bool = False) -> tuple[bytes, Assembler]:
-    """Assemble with the fast encoder; if a volume overflows, again with EDK II's effort."""
-    try:
-        a = Assembler(root, edits, "fast", force)
-        return a.build(), a
-    except VolumeFull:
-        a = Assembler(root, edits, "edk2", force)
-        return a.build(), a
+    """Assemble with the fastest LZMA effort whose output fits (encoders.LZMA_EFFORTS, fastest
+    first, EDK II's own last); a volume that overflows even then fails (VolumeFull)."""
+    efforts = list(encoders.LZMA_EFFORTS)
+    for effort in efforts:
+        a = Assembler(root, edits, effort, force)
+        try:
+            return a.build(), a
+        except VolumeFull:
+            if effort == efforts[-1] or not a.reencoded:
+                raise

@@ -28,6 +28,7 @@ _MAX_INSNS = 20_000
 # INS/OUTS is one instruction to the instruction cap however many times it repeats, so without
 # this a mutated count register ran for minutes and recorded gigabytes of accesses.
 _MAX_PORTS = 4096
+_BUF_PATTERN = bytes((i * 7 + 3) & 0xFF for i in range(_BUF_SIZE))  # the buffer's bytes before each call
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
     uc.mem_map(_BUF, _BUF_SIZE)
     uc.mem_map(_RET, 0x1000)
     uc.mem_write(_RET, b"\xf4")  # hlt, never reached: emulation stops at _RET
-    uc.mem_write(_BUF, bytes((i * 7 + 3) & 0xFF for i in range(_BUF_SIZE)))
+    uc.mem_write(_BUF, _BUF_PATTERN)
     ports: list[tuple] = []
 
     def on_in(_uc, port, size, _ud):
@@ -120,7 +121,7 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
     for addr, n in executed:  # unicorn reports an undecodable instruction's size as 0xF1F1F1F1: cap at 15
         touched.update(range(addr - _BASE, addr - _BASE + min(n, 15)))
     pc = uc.reg_read(X.UC_X86_REG_RIP if bits == 64 else X.UC_X86_REG_EIP)
-    return Run(
+    run = Run(
         ports=tuple(ports),
         buffer=bytes(uc.mem_read(_BUF, _BUF_SIZE)),
         frame=bytes(uc.mem_read(top - 0x40, 0x100)),
@@ -130,6 +131,13 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
         error=error,
         touched=frozenset(touched),
     )
+    # The binding's engine object sits in a reference cycle, so without this every engine (a few MB
+    # each, about 100 per patch) lived until the next garbage collection: close it now (uc_close,
+    # through the finalizer the binding registers for it).
+    close = getattr(uc, "_Uc__finalizer", None)
+    if close is not None:
+        close()
+    return run
 
 
 def routine_io(name: str) -> tuple[str, int] | None:
@@ -147,12 +155,11 @@ _C_ENTRY, _C_LOOP = 0x100, 0x800  # canonical placement of a redirected routine 
 
 class Emulator:
     """The emulation of one patch run: the memo of routines compared so far and how many
-    emulator runs were made (`runs`) or answered from the memo (`memoised`)."""
+    emulator runs were made (`runs`)."""
 
     def __init__(self) -> None:
         self.memo: dict[tuple, list[tuple[tuple[int, ...], bytes | None, bytes | None, list[str]]]] = {}
         self.runs = 0
-        self.memoised = 0
 
     def compare(self, original: bytes, rewritten: bytes, bits: int, entry: int, routine: str) -> list[str]:
         """Differences between the two memory images' routine at `entry`, over every count; empty
@@ -173,7 +180,6 @@ class Emulator:
         key = (bits, routine, original[entry : entry + 16], rewritten[entry : entry + 16])
         for rel, old, new, problems in self.memo.get(key, ()):
             if _at(original, entry, rel) == old and _at(rewritten, entry, rel) == new:
-                self.memoised += 1
                 return list(problems), rel
         problems, touched = _compare(original, rewritten, bits, entry, io[1])
         self.runs += 2 * len(COUNTS)

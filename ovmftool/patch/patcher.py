@@ -19,7 +19,9 @@ that carries an Authenticode signature is not rewritten (the copy's signature wo
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.binary import BinaryFile
@@ -28,11 +30,10 @@ from ovmftool.model.flash import FlashImage
 from ovmftool.model.parser import parse_flash
 from ovmftool.model.node import Space
 from ovmftool.model.pe import parse_image
-from ovmftool.ops.assemble import Edit, Replace, assemble
+from ovmftool.ops.assemble import Assembler, Edit, Replace, assemble
 from ovmftool.ops.modules import Module, iter_modules
 from ovmftool.patch import emulate, grow, shapes
-from ovmftool.scan import signatures as sigs
-from ovmftool.scan.scanner import Finding, scan_blobs, exec_ranges, scan_checked, scan_module
+from ovmftool.scan.scanner import Finding, scan_blobs, scan_checked, scan_module
 from ovmftool.scan.symbols import BuildSymbols
 
 
@@ -144,12 +145,14 @@ def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]],
     return problems, runs
 
 
-def plan_patch(path: str, root: FlashImage, jobs: int = 1,
-               symbols_dir: str | None = None) -> tuple[PatchResult, list[Edit]]:
+def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | None = None,
+               early: Callable[[list], None] | None = None) -> tuple[PatchResult, list[Edit | Replace]]:
     """Scan, classify and emulate: the rewrites and refusals, and the edits to apply.
 
     `symbols_dir`: the image's build directory; its symbols name functions and show where each
-    module's `.text` ends, so that IoFifo loops can go into the slack after it."""
+    module's `.text` ends, so that IoFifo loops can go into the slack after it. `early`: called
+    with the edits every rewrite would make, before emulation checks them (`patch` assembles
+    them meanwhile); the edits returned equal those when emulation refuses none."""
     bad = all_problems(root)
     if bad:
         raise OvmfToolError(f"{path}: image is damaged ({bad[0]}); refusing to patch")
@@ -175,10 +178,19 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1,
             res.refusals.append(_refusal(f, v.shape, v.reason or ""))
             continue
         per_module.setdefault((f.volume, f.guid, f.arch), []).append((f, v.rewrite))
+    code_end = {(s.volume, s.guid, s.arch): s.code_end for s in scan.modules}  # from the scan's symbol tables
+    grown = [g for key, finds in to_grow.items() if (g := _prepare_grow(mods[key], finds, res, code_end.get(key)))]
+    placed = {key: [(f, rw, mods[key].image.rva_to_offset(rw.rva)) for f, rw in plans]
+              for key, plans in per_module.items()}
+    if early is not None:
+        early([Replace(g.module.image, g.grown.data) for g in grown]
+              + [Edit(mods[key].image, off, rw.old, rw.new) for key, ps in placed.items() for _f, rw, off in ps
+                 if off is not None])
     edits: list[Edit | Replace] = []
     emu = emulate.Emulator()
-    for key, finds in to_grow.items():
-        _grow_module(mods[key], finds, res, edits, emu, symbols)
+    for g in grown:
+        if _verify_grow(g, res, emu):
+            edits.append(Replace(g.module.image, g.grown.data))
     for key, plans in per_module.items():
         m = mods[key]
         problems, checked = _emulate_module(m, plans, emu)
@@ -187,8 +199,7 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1,
             for f, rw in plans:
                 res.refusals.append(_refusal(f, rw.shape, "emulation: " + "; ".join(problems[:3])))
             continue
-        for f, rw in plans:
-            off = m.image.rva_to_offset(rw.rva)
+        for f, rw, off in placed[key]:
             if off is None:
                 res.refusals.append(_refusal(f, rw.shape, "site has no file bytes"))
                 continue
@@ -200,6 +211,41 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1,
     res.rewrites.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
     res.refusals.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
     return res, edits
+
+
+class _Speculation:
+    """The assembly of the edits planned before emulation, run in a thread while emulation checks
+    them (the LZMA encoder, most of the assembly's time, releases the GIL); used only when the
+    edits that passed are exactly those, else the edits are assembled again."""
+
+    def __init__(self, root: FlashImage) -> None:
+        self.root = root
+        self.edits: list | None = None
+        self.thread: threading.Thread | None = None
+        self.outcome: tuple | None = None
+
+    def start(self, edits: list) -> None:
+        if not edits:
+            return
+        self.edits = edits
+
+        def run() -> None:
+            try:
+                self.outcome = (True, assemble(self.root, edits))
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by take()
+                self.outcome = (False, e)
+
+        self.thread = threading.Thread(target=run, name="ovmftool-assemble", daemon=True)
+        self.thread.start()
+
+    def take(self, edits: list) -> tuple[bytes, Assembler]:
+        if self.thread is not None and edits == self.edits:
+            self.thread.join()
+            ok, value = self.outcome
+            if not ok:
+                raise value
+            return value
+        return assemble(self.root, edits)
 
 
 _DIR_SECURITY = 4  # the Authenticode certificate table (a file offset, not an RVA)
@@ -219,12 +265,13 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
           symbols_dir: str | None = None) -> PatchResult:
     """Plan, assemble and prove. `result.output` holds the bytes to write (None for a dry run
     or when sites were refused and not allowed)."""
-    res, edits = plan_patch(path, root, jobs, symbols_dir)
+    spec = None if dry_run else _Speculation(root)
+    res, edits = plan_patch(path, root, jobs, symbols_dir, early=spec.start if spec else None)
     if dry_run or (res.refusals and not allow_unknown):
         return res
     if edits and isinstance(root, BinaryFile):
         _check_unsigned(path, root)
-    out, asm = assemble(root, edits)
+    out, asm = spec.take(edits)
     res.lzma_effort = asm.effort if asm.reencoded else None
     res.reencoded = [{"space": s.space.label, "offset": s.offset, "compression": s.compression, "old_size": a,
                       "new_size": b} for s, a, b in asm.reencoded]
@@ -243,61 +290,63 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
     return res
 
 
-def _iofifo_routines(m: Module) -> list[grow.Routine]:
-    """The module's IoFifo.nasm routines (signature matches), in address order."""
-    img = m.image
-    out = []
-    for mt in sigs.find(img.memory, m.arch, exec_ranges(img)):
-        io = emulate.routine_io(mt.signature.routine)
-        if mt.signature.source.endswith("IoFifo.nasm") and io is not None:
-            out.append(grow.Routine(mt.rva, len(mt.signature.code), mt.signature.routine, io[0], io[1]))
-    return out
-
-
-def _code_end(m: Module, symbols: BuildSymbols | None) -> int | None:
-    """Where the build's `.text` output section of `m` ends, when its symbols are at hand."""
-    if symbols is None:
+def _iofifo_routine(f: Finding) -> grow.Routine | None:
+    """The IoFifo.nasm routine holding the site, as the scan's signature match found it."""
+    sig = f.signature
+    io = emulate.routine_io(sig["routine"]) if sig else None
+    if sig is None or io is None or not sig["source"].endswith("IoFifo.nasm"):
         return None
-    text = next((s for s in m.image.sections if s.name == ".text"), None)
-    table = symbols.lookup(m.name, m.guid, m.arch, text.rva if text else None, m.image.entry_rva)
-    return table.code_end if table is not None else None
+    if not sig["rva"] <= f.rva < sig["rva"] + sig["size"]:
+        return None
+    return grow.Routine(sig["rva"], sig["size"], sig["routine"], io[0], io[1])
 
 
-def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list, emu: emulate.Emulator,
-                 symbols: BuildSymbols | None = None) -> None:
-    """Grow `m` with IN/OUT loops for its IoFifo.nasm routines (in its slack when the build's
-    symbols prove there is room); prove each by emulation."""
-    known = _iofifo_routines(m)
-    owner = {id(f): next((r for r in known if r.rva <= f.rva < r.rva + r.length), None) for f in finds}
+@dataclass
+class _Grow:
+    """A module grown with IN/OUT loops for its IoFifo.nasm routines, before emulation checks it."""
 
-    def refuse(reason: str, only: list[Finding]) -> None:
-        res.refusals.extend(_refusal(f, "rep-fifo", reason) for f in only)
+    module: Module
+    finds: list[Finding]
+    owner: dict[int, grow.Routine]  # id(finding) -> its routine
+    routines: list[grow.Routine]
+    grown: grow.Grown
 
-    refuse("no IoFifo.nasm signature matches the routine", [f for f in finds if owner[id(f)] is None])
-    finds = [f for f in finds if owner[id(f)] is not None]
+
+def _prepare_grow(m: Module, finds: list[Finding], res: PatchResult, code_end: int | None) -> _Grow | None:
+    """Grow `m` for the routines holding `finds` (in its slack after `code_end`, where the build's
+    .text ends by its symbols, when there is room); sites it cannot take are refused."""
+    owner = {id(f): r for f in finds if (r := _iofifo_routine(f)) is not None}
+    res.refusals.extend(_refusal(f, "rep-fifo", "no IoFifo.nasm signature matches the routine")
+                        for f in finds if id(f) not in owner)
+    finds = [f for f in finds if id(f) in owner]
     if not finds:
-        return
+        return None
     routines = sorted({owner[id(f)] for f in finds}, key=lambda r: r.rva)
     try:
-        g = grow.grow(m.image, m.arch, routines, _code_end(m, symbols))
+        g = grow.grow(m.image, m.arch, routines, code_end)
     except grow.CannotGrow as e:
-        refuse(f"cannot grow the module: {e}", finds)
-        return
+        res.refusals.extend(_refusal(f, "rep-fifo", f"cannot grow the module: {e}") for f in finds)
+        return None
+    return _Grow(m, finds, owner, routines, g)
+
+
+def _verify_grow(p: _Grow, res: PatchResult, emu: emulate.Emulator) -> bool:
+    """Prove each redirected routine of a grown module by emulation; its rewrites, or refusals."""
+    m, g = p.module, p.grown
     new_img = parse_image(Space(g.data, None, "grown"), 0, len(g.data), None)
     orig, new = bytes(m.image.memory), bytes(new_img.memory)
     entries = {rva: (old, new_b, target) for rva, old, new_b, target in g.entries}
     problems = []
-    for rt in routines:
+    for rt in p.routines:
         loop_len = len(grow.loop_code(m.arch, rt.direction, rt.width))
         problems += emu.compare_redirected(orig, new, m.image.bits, rt.rva, rt.length, entries[rt.rva][2],
-                                               loop_len, rt.name)
+                                           loop_len, rt.name)
         res.emulated_functions += 1
     if problems:
-        refuse("emulation: " + "; ".join(problems[:3]), finds)
-        return
-    edits.append(Replace(m.image, g.data))
-    for f in finds:
-        rt = owner[id(f)]
+        res.refusals.extend(_refusal(f, "rep-fifo", "emulation: " + "; ".join(problems[:3])) for f in p.finds)
+        return False
+    for f in p.finds:
+        rt = p.owner[id(f)]
         old, new_b, target = entries[rt.rva]
         res.rewrites.append(PlannedRewrite(
             f.module, f.guid, f.arch, f.volume, f.function, f.function_rva, rt.rva, f.fd_offset, f.mnemonic,
@@ -305,6 +354,7 @@ def _grow_module(m: Module, finds: list[Finding], res: PatchResult, edits: list,
             f"entry jumps to an IN/OUT loop at rva 0x{target:X} ({g.placement}); " + (
                 "in the slack after the build's .text, the module keeps its size" if g.placement == "slack" else
                 f"the module grows by {len(g.data) - m.image.size} bytes")))
+    return True
 
 
 def _digest(m: Module) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ovmftool.gate.baseline import BASELINE_SCHEMA, CheckResult
 from ovmftool.gate.diff import DiffResult
 from ovmftool.report.document import header, image_ref, to_json
-from ovmftool.report.identity import site_keys
+from ovmftool.scan.identity import site_keys
 from ovmftool.scan.scanner import Finding, ScanResult
 
 DIFF_SCHEMA = "ovmftool.diff/1"

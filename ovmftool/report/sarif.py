@@ -4,7 +4,7 @@ Made for GitHub code scanning (docs/ci.md): every result has a physical location
 file, as a URI relative to the source root (`%SRCROOT%`: the working directory, or
 `--sarif-root`), and the byte region of the instruction, or of the compressed section holding
 it — plus the address chain module > function > instruction (`run.addresses`) and the logical
-locations module > function. Fingerprints hash what survives a rebuild (report.identity), not
+locations module > function. Fingerprints hash what survives a rebuild (scan.identity), not
 addresses. Each run records its verdict in `invocations[0]` (exit code 0/1/2); an input that
 could not be scanned is a run with no results, `executionSuccessful: false` and the message as
 a tool execution notification. With several inputs each run has its own category
@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ovmftool import __version__
-from ovmftool.report.identity import fingerprint, site_keys
+from ovmftool.scan.identity import fingerprint, site_keys
 from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"

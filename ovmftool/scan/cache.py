@@ -37,7 +37,7 @@ import json
 import os
 import stat
 
-FORMAT = 1  # the entries' layout; bump when what an entry holds changes
+FORMAT = 2  # the entries' layout; bump when what an entry holds changes
 _PACKAGES = ("model", "ops", "scan")  # the code a scan result is a function of (with errors.py)
 _SUFFIXES = (".py", ".json", ".c", ".so", ".pyd")
 

@@ -124,6 +124,7 @@ class ModuleSummary:
     functions: int
     sites: int
     symbols: str | None
+    code_end: int | None = None  # with symbols: where the build's .text output section ends (RVA)
 
     def as_dict(self) -> dict:
         return plain(self)
@@ -258,6 +259,7 @@ class ModuleAnalysis:
     functions: int
     sites: list[SiteFacts]
     symbols: str | None = None
+    code_end: int | None = None
 
     def payload(self) -> dict:
         """JSON data for the cache."""
@@ -314,8 +316,9 @@ def _opt(v, t) -> bool:
 def _signature_ok(sig) -> bool:
     if sig is None:
         return True
-    return (isinstance(sig, dict) and set(sig) == {"routine", "library", "source", "aliases", "trees"}
+    return (isinstance(sig, dict) and set(sig) == {"routine", "library", "source", "aliases", "trees", "rva", "size"}
             and all(isinstance(sig[k], str) for k in ("routine", "library", "source"))
+            and _nat(sig["rva"]) and _nat(sig["size"])
             and all(isinstance(sig[k], list) and all(isinstance(x, str) for x in sig[k]) for k in ("aliases", "trees")))
 
 
@@ -346,7 +349,8 @@ def analyse_module(m: Module, symbols: BuildSymbols | None, era: str | None) -> 
             continue
         seen.add(site.rva)
         sites.append(_site_facts(mem, site, cmap, matches, table, reach, starts))
-    return ModuleAnalysis(cmap.code_bytes, cmap.function_count, sites, table.source if table else None)
+    return ModuleAnalysis(cmap.code_bytes, cmap.function_count, sites, table.source if table else None,
+                          table.code_end if table else None)
 
 
 def _assemble(m: Module, a: ModuleAnalysis) -> _ModuleScan:
@@ -354,7 +358,7 @@ def _assemble(m: Module, a: ModuleAnalysis) -> _ModuleScan:
     img = m.image
     findings = [_finding(m, img, s) for s in a.sites]
     summary = ModuleSummary(m.name, m.guid, m.file_type, m.arch, m.volume, m.fd_offset, a.code_bytes,
-                            a.functions, len(findings), a.symbols)
+                            a.functions, len(findings), a.symbols, a.code_end)
     return _ModuleScan(summary, findings)
 
 
@@ -436,7 +440,7 @@ def _site_facts(mem: bytes, site, cmap: CodeMap, matches, table, reach, starts: 
         s = match.signature
         name, others = s.names(getattr(matches, "era", None))
         sig_info = {"routine": name, "library": s.library, "source": s.source, "aliases": list(others),
-                    "trees": list(s.trees)}
+                    "trees": list(s.trees), "rva": match.rva, "size": match.end - match.rva}
     hit = table.function_at(site.rva) if table is not None else None
     if hit is not None:
         fn_rva, fn_name, source = hit[0], hit[1], "symbols"
@@ -833,7 +837,8 @@ def result_payload(res) -> dict:
 
 _STR, _INT, _OPT_STR, _OPT_INT, _BOOL = "s", "i", "s?", "i?", "b"
 _MODULE_FIELDS = {"name": _STR, "guid": _STR, "file_type": _STR, "arch": _STR, "volume": _STR, "fd_offset": _OPT_INT,
-                  "code_bytes": _INT, "functions": _INT, "sites": _INT, "symbols": _OPT_STR}
+                  "code_bytes": _INT, "functions": _INT, "sites": _INT, "symbols": _OPT_STR,
+                  "code_end": _OPT_INT}
 _FINDING_FIELDS = {"module": _STR, "guid": _STR, "file_type": _STR, "arch": _STR, "volume": _STR,
                    "fd_offset": _OPT_INT, "container_offset": _INT, "rva": _INT, "pe_section": _OPT_STR,
                    "bytes": _STR, "mnemonic": _STR, "width": _INT, "direction": _STR, "rep": _OPT_STR,
@@ -871,7 +876,8 @@ def result_from_payload(doc, path: str, sha256: str, size: int):
             return None
         modules = []
         for m in doc["modules"]:
-            if not _typed(m, _MODULE_FIELDS) or m["code_bytes"] == 0 or m["symbols"] is not None:
+            if (not _typed(m, _MODULE_FIELDS) or m["code_bytes"] == 0 or m["symbols"] is not None
+                    or m["code_end"] is not None):
                 return None
             modules.append(ModuleSummary(**m))
         findings = []

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Keep OVMF builds in the corpus: firmware, ground truth and provenance.
+
+    python corpus/scripts/store_builds.py [KEY ...]      (default: every build of corpus/builds.json)
+
+For each build of corpus/builds.json: build it with corpus/scripts/build-ovmf.sh (reusing a cached
+build of the same tree, flags and patches), then write corpus/builds/KEY/:
+  OVMF_CODE.fd, OVMF_VARS.fd  the build's firmware and its empty variable store
+  truth.json                  the ground truth from the build's .debug files (tests/truth.py:
+                              every FIFO routine's string I/O instruction, where TDCALL is)
+  build.json                  provenance: command, source, toolchain, patches and files (sha256)
+and record the build in corpus/manifest.json's "builds". A build with a 'strategy' is of the
+series `ovmftool plan --strategy S` writes for that tree today; with 'series', of a committed one.
+The test suite reads these instead of building (and rebuilds the ones marked 'rebuilt'), through
+this module's `patches_of` and `build`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = ROOT / "corpus"
+SCRIPTS = CORPUS / "scripts"
+DEFS = json.loads((CORPUS / "builds.json").read_text())["builds"]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from truth import build_truth  # noqa: E402  (tests/truth.py: the ground truth the tests use)
+
+LICENSES = {"2022.11": "licenses/debian-ovmf-2022.11.copyright", "2025.02": "licenses/debian-ovmf-2025.02.copyright",
+            "oxide-202105": "licenses/oxide-edk2-License.txt"}
+
+
+def sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def tree_of(ver: str) -> Path:
+    script = "oxide-source.sh" if ver.startswith("oxide-") else "edk2-source.sh"
+    args = ["bash", str(SCRIPTS / script)] + ([] if ver.startswith("oxide-") else [ver])
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def patches_of(d: dict, scratch: Path) -> list[Path]:
+    """The patches a build applies: listed ones, a committed series, or plan's series for a strategy."""
+    if "patches" in d:
+        return [ROOT / p for p in d["patches"]]
+    if "series" in d:
+        return sorted((ROOT / d["series"]).glob("0*.patch"))
+    if "strategy" in d:
+        out = scratch / "series"
+        cmd = [sys.executable, "-m", "ovmftool", "plan", "--edk2", str(tree_of(d["tree"])), "--dsc", d["dsc"],
+               "--strategy", d["strategy"], "-o", str(out)]
+        for x in d["defines"]:
+            cmd += ["-D", x]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return sorted(out.glob("0*.patch"))
+    return []
+
+
+def build_command(d: dict, patches: list[Path]) -> list[str]:
+    cmd = ["bash", str(SCRIPTS / "build-ovmf.sh"), d["tree"], d["dsc"], d["target"]]
+    for x in d["defines"]:
+        cmd += ["-D", x]
+    for p in patches:
+        cmd += ["-p", str(p)]
+    return cmd
+
+
+class BuildFailed(Exception):
+    pass
+
+
+def build(d: dict, patches: list[Path]) -> Path:
+    """corpus/scripts/build-ovmf.sh for this definition: the build's directory."""
+    r = subprocess.run(build_command(d, patches), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildFailed(f"build {d['tree']} {d['dsc']} {d['target']} failed: {r.stderr[-2000:]}")
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0].strip()
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def store(key: str) -> dict:
+    d = DEFS[key]
+    with tempfile.TemporaryDirectory() as tmp:
+        patches = patches_of(d, Path(tmp))
+        bdir = build(d, patches)
+        tree = tree_of(d["tree"])
+        out = CORPUS / "builds" / key
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        fv = bdir / "FV"
+        for name in ("OVMF_CODE.fd", "OVMF_VARS.fd"):
+            shutil.copyfile(fv / name, out / name)
+        full = (fv / "OVMF.fd").read_bytes()
+        truth = build_truth(bdir)
+        (out / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
+        lic = LICENSES[d["tree"]]
+        if not (CORPUS / lic).exists():  # the fork's own License.txt (BSD-2-Clause-Patent)
+            shutil.copyfile(tree / "License.txt", CORPUS / lic)
+        meta = json.loads((bdir / "build.json").read_text())
+        rel = lambda p: str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else f"(plan --strategy {d['strategy']}) {p.name}"
+        doc = {
+            "schema_version": "ovmftool.corpus-build/1",
+            "key": key,
+            "what": d["what"],
+            "command": " ".join(["corpus/scripts/build-ovmf.sh", d["tree"], d["dsc"], d["target"]]
+                                + [f"-D {x}" for x in d["defines"]] + [f"-p {rel(p)}" for p in patches]),
+            "source": (tree / ".ovmftool-ready").read_text().splitlines()[0],
+            "dsc": d["dsc"], "target": d["target"], "defines": d["defines"],
+            "strategy": d.get("strategy"),
+            "patches": [{"name": p.name, "path": rel(p), "sha256": sha256(p)} for p in patches],
+            "toolchain": {"tag": "GCC5", "gcc": _version(["gcc", "--version"]), "nasm": _version(["nasm", "-v"]),
+                          "iasl": next((ln.strip() for ln in subprocess.run(["iasl", "-v"], capture_output=True,
+                                        text=True).stdout.splitlines() if "version" in ln.lower()), "unknown")},
+            "build_seconds": meta.get("seconds"),
+            "stored": datetime.date.today().isoformat(),
+            "files": {name: {"sha256": sha256(out / name), "size": (out / name).stat().st_size}
+                      for name in ("OVMF_CODE.fd", "OVMF_VARS.fd", "truth.json")},
+            "ovmf_fd": {"sha256": hashlib.sha256(full).hexdigest(),
+                        "is_vars_then_code": full == (out / "OVMF_VARS.fd").read_bytes() + (out / "OVMF_CODE.fd").read_bytes()},
+            "string_io_sites": {"sites": truth["sites"], "modules": truth["modules_with_sites"]},
+            "license": lic,
+        }
+        (out / "build.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        return doc
+
+
+def record_in_manifest() -> None:
+    """corpus/manifest.json's "builds": one entry per stored build, from its build.json."""
+    path = CORPUS / "manifest.json"
+    man = json.loads(path.read_text())
+    man["builds"] = [{"name": k, "path": f"builds/{k}", **{f: doc[f] for f in ("what", "command", "source", "toolchain",
+                                                                           "string_io_sites", "license")},
+                      "files": {n: v["sha256"] for n, v in doc["files"].items()}}
+                     for k in sorted(DEFS) if (doc := _stored(k))]
+    path.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
+
+
+def _stored(key: str) -> dict | None:
+    p = CORPUS / "builds" / key / "build.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("keys", nargs="*", help="builds of corpus/builds.json (default: all)")
+    keys = ap.parse_args().keys or sorted(DEFS)
+    unknown = [k for k in keys if k not in DEFS]
+    if unknown:
+        raise SystemExit(f"store_builds: not in corpus/builds.json: {', '.join(unknown)}")
+    for k in keys:
+        try:
+            doc = store(k)
+        except (BuildFailed, subprocess.CalledProcessError) as e:
+            raise SystemExit(f"store_builds: {k}: {e}")
+        print(f"{k}: {doc['string_io_sites']['sites']} sites in {doc['string_io_sites']['modules']} modules")
+    record_in_manifest()
+
+
+if __name__ == "__main__":
+    main()
