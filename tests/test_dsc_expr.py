@@ -17,6 +17,8 @@ from ovmftool.edk2.expr import evaluate
     ('"$(TOOL_CHAIN_TAG)" != "XCODE5"', {"TOOL_CHAIN_TAG": "GCC5"}, True),
     ("$(A) EQ 0x10", {"A": "16"}, True),
     ("$(A) > 3", {"A": "4"}, True),
+    ("$(CUSTOM_STACK_CHECK_LIB) == DYNAMIC", {"CUSTOM_STACK_CHECK_LIB": "DYNAMIC"}, True),  # bare words: 2025.02
+    ("$(CUSTOM_STACK_CHECK_LIB) == DYNAMIC", {"CUSTOM_STACK_CHECK_LIB": "STATIC"}, False),
     ("gEfiMdeModulePkgTokenSpaceGuid.PcdFoo == TRUE", {}, False),  # a PCD's value is not known
     ("$(A) == TRUE", {"A": "__import__('os').system('false')"}, False),  # a value is never code
     ("(" * 5000 + "TRUE" + ")" * 5000, {}, False),
@@ -33,3 +35,23 @@ def test_no_eval_in_the_planner():
     src = Path(__file__).resolve().parent.parent / "ovmftool"
     assert [p.name for p in src.rglob("*.py") if "eval(" in p.read_text().replace("evaluate(", "")] == []
     assert evaluate("TRUE") and not evaluate("")
+
+
+def test_library_class_precedence_is_the_builds(tmp_path):
+    """A component's own mapping first, then the arch before the module type (BaseTools' lookup):
+    [LibraryClasses.X64] wins over [LibraryClasses.common.DXE_DRIVER] for an X64 DXE driver."""
+    from ovmftool.edk2.dsc import read_dsc
+
+    (tmp_path / "P.dsc").write_text(
+        "[Defines]\n  OUTPUT_DIRECTORY = Build/P\n"
+        "[LibraryClasses]\n  IoLib|Common.inf\n"
+        "[LibraryClasses.common.DXE_DRIVER]\n  IoLib|CommonDxe.inf\n"
+        "[LibraryClasses.X64]\n  IoLib|X64.inf\n"
+        "[LibraryClasses.X64.PEIM]\n  IoLib|X64Peim.inf\n"
+        "[Components]\n  A/A.inf {\n    <LibraryClasses>\n      IoLib|Own.inf\n  }\n")
+    d = read_dsc(tmp_path, "P.dsc", {})
+    assert d.resolve("IoLib", "X64", "DXE_DRIVER") == "X64.inf"
+    assert d.resolve("IoLib", "X64", "PEIM") == "X64Peim.inf"
+    assert d.resolve("IoLib", "IA32", "DXE_DRIVER") == "CommonDxe.inf"
+    assert d.resolve("IoLib", "IA32", "PEIM") == "Common.inf"
+    assert d.resolve("IoLib", "X64", "DXE_DRIVER", "A/A.inf") == "Own.inf"

@@ -44,14 +44,17 @@ class Dsc:
         return [m for m in self.mappings if m.library_class == library_class]
 
     def resolve(self, library_class: str, arch: str, module_type: str, component: str | None = None) -> str | None:
-        """The instance a module of that arch and type (and INF) links for `library_class`."""
+        """The instance a module of that arch and type (and INF) links for `library_class`: the
+        component's own <LibraryClasses> first, then [LibraryClasses.ARCH.TYPE],
+        [LibraryClasses.ARCH], [LibraryClasses.common.TYPE], [LibraryClasses] (BaseTools looks the
+        arch up before the module type); among equals the last line read."""
         best, best_rank = None, -1
         for m in self.instances(library_class):
             if m.component is not None and m.component != component:
                 continue
             if m.arch not in ("common", arch.lower()) or m.module_type not in ("common", module_type.lower()):
                 continue
-            rank = (4 if m.component else 0) + (2 if m.module_type != "common" else 0) + (1 if m.arch != "common" else 0)
+            rank = (4 if m.component else 0) + (2 if m.arch != "common" else 0) + (1 if m.module_type != "common" else 0)
             if rank >= best_rank:
                 best, best_rank = m.instance, rank
         return best

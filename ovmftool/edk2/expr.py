@@ -1,5 +1,5 @@
 """Conditional expressions of DSC/FDF `!if`/`!elseif` (EDK II DSC spec, 'Expressions'), evaluated
-without eval: literals TRUE/FALSE, numbers, "strings"; NOT/!, ==/!=/EQ/NE, <, >, <=, >= (LT, GT,
+without eval: literals TRUE/FALSE, numbers, "strings" and bare words (strings too); NOT/!, ==/!=/EQ/NE, <, >, <=, >= (LT, GT,
 LE, GE), AND/&&, OR/||, parentheses. An undefined macro is the empty string; a PCD (TokenSpace.Name)
 is unknown and compares as the empty string; a malformed expression is false."""
 
@@ -103,4 +103,5 @@ class _Parser:
                 return False
             if "." in text:
                 return ""  # a PCD: its value is not known here
+            return text  # a bare word is a string: `$(CUSTOM_STACK_CHECK_LIB) == DYNAMIC` (2025.02)
         raise _Malformed
