@@ -502,3 +502,37 @@ def test_patched_build_boots_to_the_shell_without_string_io(key, tmp_path):
     assert CliRunner().invoke(main, ["patch", "-o", str(out), str(b / "OVMF_CODE.fd")]).exit_code == 0
     code, doc = _boot(out, b / "OVMF_VARS.fd")
     assert code == 0 and doc["ended"] == "shell" and doc["executed"] == []
+
+
+def test_re_encoded_stream_is_proven_as_it_is_written():
+    """encode_lzma decodes what it writes (the header it writes, the parser's own decoder) while it
+    writes it, and fails if that is not the data; the re-parse of the output takes the proven bytes
+    and gives the same tree as a parse that decodes everything."""
+    import lzma as L
+
+    from ovmftool.model import encoders
+    from ovmftool.model.encoders import EncodeError, _Proof
+
+    root = read_image(str(DEB_4M))
+    res = patch(str(DEB_4M), root, jobs=1, dry_run=True)
+    assert res.rewrites
+    _, edits = __import__("ovmftool.patch.patcher", fromlist=["plan_patch"]).plan_patch(str(DEB_4M), root)
+    out, asm = assemble(root, edits)
+    assert len(asm.proven) == 1
+    fast, full = parse_flash(out, "p", known=asm.proven), parse_flash(out, "p")
+    view = lambda r: [(m.name, m.guid, m.volume, m.image.data) for m in iter_modules(r)]
+    assert view(fast) == view(full) and all_problems(fast) == [] and all_problems(full) == []
+    data = bytes(range(256)) * 4096
+    header = bytes([0x5D, 0, 0, 0, 1]) + len(data).to_bytes(8, "little")
+    good = L.compress(data, format=L.FORMAT_ALONE)
+    for stream, ok in ((good, True), (L.compress(data[::-1], format=L.FORMAT_ALONE), False),
+                       (good[: len(good) // 2], False)):
+        p = _Proof(header, data)
+        for i in range(0, len(stream), 1000):
+            p.put(stream[i : i + 1000])
+        if ok:
+            p.close()
+        else:
+            with pytest.raises(EncodeError, match="failed its proof"):
+                p.close()
+    assert encoders.encode_lzma(data, header) [13:] and encoders.PROVEN

@@ -20,29 +20,49 @@ class DecodeError(ImageError):
     """Compressed data could not be decoded."""
 
 
+class LzmaStream:
+    """The decoding of one LZMA stream in EDK II's format (".lzma alone" as LzmaCompress writes it:
+    5 property bytes, u64 size, then the stream), fed piece by piece: `feed` returns the bytes
+    each piece decodes to, `end` checks the total. `_lzma` decodes a whole section with it; the
+    encoder proves a stream it writes with it while it writes it."""
+
+    def __init__(self, header: bytes, limits: Limits, where: str) -> None:
+        hsize = S.LZMA_HEADER.size
+        if len(header) < hsize:
+            raise DecodeError(f"LZMA data shorter than its {hsize}-byte header", where)
+        self.size = S.LZMA_UNCOMPRESSED_SIZE.get(header)
+        if self.size == 0xFFFFFFFFFFFFFFFF:
+            raise DecodeError("LZMA stream without a declared size", where)
+        limits.charge_expansion(self.size, where)
+        self.where, self.got = where, 0
+        # EDK II decodes into the output buffer (its dictionary size is not used); liblzma allocates
+        # the dictionary the header declares (up to 4 GiB). A dictionary larger than the output is
+        # never reached into, so decode with one no larger than the output: same bytes, bounded memory.
+        head = bytearray(header[:hsize])
+        if S.LZMA_DICTIONARY_SIZE.get(head) > max(self.size, 4096):
+            S.LZMA_DICTIONARY_SIZE.put(head, 0, max(self.size, 4096))
+        self._dec = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
+        self.feed(bytes(head))
+
+    def feed(self, piece) -> bytes:
+        """What `piece` (the stream's next bytes) decodes to; never more than the declared size + 1."""
+        try:
+            out = self._dec.decompress(piece, max_length=self.size + 1 - self.got)
+        except lzma.LZMAError as e:
+            raise DecodeError(f"LZMA decode failed ({e})", self.where) from None
+        self.got += len(out)
+        return out
+
+    def end(self) -> None:
+        """The stream yielded exactly the size its header declares."""
+        if self.got != self.size:
+            raise DecodeError(f"LZMA stream yields {self.got} bytes, header says {self.size}", self.where)
+
+
 def _lzma(data: bytes, limits: Limits, where: str) -> bytes:
-    # The ".lzma alone" format EDK II's LzmaCompress writes: 5 property bytes, u64 size, stream.
-    hsize = S.LZMA_HEADER.size
-    if len(data) < hsize:
-        raise DecodeError(f"LZMA data shorter than its {hsize}-byte header", where)
-    size = S.LZMA_UNCOMPRESSED_SIZE.get(data)
-    if size == 0xFFFFFFFFFFFFFFFF:
-        raise DecodeError("LZMA stream without a declared size", where)
-    limits.charge_expansion(size, where)
-    # EDK II decodes into the output buffer (its dictionary size is not used); liblzma allocates
-    # the dictionary the header declares (up to 4 GiB). A dictionary larger than the output is
-    # never reached into, so decode with one no larger than the output: same bytes, bounded memory.
-    head = bytearray(data[:hsize])
-    if S.LZMA_DICTIONARY_SIZE.get(head) > max(size, 4096):
-        S.LZMA_DICTIONARY_SIZE.put(head, 0, max(size, 4096))
-    dec = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
-    try:
-        out = dec.decompress(bytes(head), max_length=size + 1)
-        out += dec.decompress(memoryview(data)[hsize:], max_length=size + 1 - len(out))
-    except lzma.LZMAError as e:
-        raise DecodeError(f"LZMA decode failed ({e})", where) from None
-    if len(out) != size:
-        raise DecodeError(f"LZMA stream yields {len(out)} bytes, header says {size}", where)
+    s = LzmaStream(data, limits, where)
+    out = s.feed(memoryview(data)[S.LZMA_HEADER.size:])
+    s.end()
     return out
 
 

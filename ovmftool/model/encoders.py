@@ -11,11 +11,15 @@ chosen for speed first, with EDK II's own level-5 effort as the fallback when sp
 from __future__ import annotations
 
 import lzma
+import os
+import queue
+import threading
 from typing import Callable
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.model import structs as S
-from ovmftool.model.codecs import x86_convert
+from ovmftool.model.codecs import DecodeError, LzmaStream, x86_convert
+from ovmftool.model.limits import Limits
 
 # Encoder effort levels, fastest first; the assembler takes the first whose output fits. "edk2" is
 # what LzmaEncProps_Init's level 5 selects (normal mode, fb 32, bt4, mc 32), the level EDK II's
@@ -25,7 +29,7 @@ from ovmftool.model.codecs import x86_convert
 # (16 MiB, OVMF's usual, is about 120 MB; 4 MiB about 30 MB).
 MIB = 1 << 20
 LZMA_EFFORTS = {
-    "fast": {"mode": lzma.MODE_FAST, "nice_len": 16, "mf": lzma.MF_HC3, "depth": 0, "dict_cap": 4 * MIB},
+    "fast": {"mode": lzma.MODE_FAST, "nice_len": 8, "mf": lzma.MF_HC3, "depth": 0, "dict_cap": 4 * MIB},
     "tight": {"mode": lzma.MODE_FAST, "nice_len": 32, "mf": lzma.MF_HC4, "depth": 0, "dict_cap": 16 * MIB},
     "edk2": {"mode": lzma.MODE_NORMAL, "nice_len": 32, "mf": lzma.MF_BT4, "depth": 32, "dict_cap": None},
 }
@@ -57,22 +61,87 @@ def lzma_props(old_stream: bytes, size: int | None = None) -> dict:
     return {"lc": lc, "lp": lp, "pb": pb, "dict_size": max(dict_size, 4096)}
 
 
+_PIECE = 1 << 20  # bytes fed to the encoder at a time (the proof decodes each piece meanwhile)
+
+
+class _Proof:
+    """Decodes the stream the encoder writes, piece by piece in a thread while it is written (the
+    decoder, like the encoder, releases the GIL: the two run on two cores), with the section decoder
+    the parser uses (`codecs.LzmaStream`), and compares it with the data: the stream, with the
+    header that will be written, decodes to exactly the data or the encoding fails."""
+
+    def __init__(self, header: bytes, data: bytes) -> None:
+        self.header, self.data = header, data
+        self.pieces: queue.SimpleQueue = queue.SimpleQueue()
+        self.problem: str | None = None
+        self.thread = threading.Thread(target=self._run, name="ovmftool-lzma-proof", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        ended = False  # the writer's end mark (None) was taken
+        try:  # the lowest CPU priority (Linux: per thread): the proof takes what the encoder and
+            # the emulation running beside it leave of the two cores, instead of slowing them
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        try:
+            dec = LzmaStream(self.header, Limits(), "the re-encoded stream")
+            skip, pos = S.LZMA_HEADER.size, 0  # liblzma's own header: replaced by `header`
+            while (piece := self.pieces.get()) is not None:
+                if skip:
+                    piece, skip = piece[skip:], max(0, skip - len(piece))
+                out = dec.feed(piece)
+                if out != self.data[pos : pos + len(out)]:
+                    raise DecodeError(f"decodes to other bytes at offset 0x{pos:X}", "")
+                pos += len(out)
+            ended = True
+            dec.end()
+        except Exception as e:  # noqa: BLE001 - reported by close()
+            self.problem = str(e).strip() or type(e).__name__
+            while not ended:  # let the writer finish
+                ended = self.pieces.get() is None
+
+    def put(self, piece: bytes) -> None:
+        if piece:
+            self.pieces.put(piece)
+
+    def close(self) -> None:
+        self.pieces.put(None)
+        self.thread.join()
+        if self.problem:
+            raise EncodeError(f"the re-encoded LZMA stream failed its proof: {self.problem}")
+
+
 def encode_lzma(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
-    """LZMA-compress `data` with the properties of `old_stream`, in EDK II's header format."""
+    """LZMA-compress `data` with the properties of `old_stream`, in EDK II's header format; the
+    stream is proven to decode to `data` (`_Proof`) before it is returned (so `PROVEN`)."""
     level = dict(LZMA_EFFORTS[effort])
     cap = level.pop("dict_cap")
     f = dict(lzma_props(old_stream, len(data)), id=lzma.FILTER_LZMA1, **level)
     if cap is not None:
         f["dict_size"] = min(f["dict_size"], cap)
+    # liblzma writes "size unknown" (all ones) and an end marker; EDK II's decoder reads the size
+    # from the header (and accepts the end marker), so the header written has the real size.
+    header = bytes(old_stream[0 : S.LZMA_PROPERTIES_SIZE]) + len(data).to_bytes(8, "little")
     try:
-        out = bytearray(lzma.compress(data, format=lzma.FORMAT_ALONE, filters=[f]))
+        comp = lzma.LZMACompressor(format=lzma.FORMAT_ALONE, filters=[f])
     except lzma.LZMAError as e:
         raise EncodeError(f"LZMA encoder refused lc={f['lc']} lp={f['lp']} pb={f['pb']} dictionary "
                           f"0x{f['dict_size']:X} ({e})") from None
-    # liblzma writes "size unknown" (all ones) and an end marker; EDK II's decoder reads the size
-    # from the header (and accepts the end marker), so write the real size.
-    S.LZMA_UNCOMPRESSED_SIZE.put(out, 0, len(data))
-    out[0 : S.LZMA_PROPERTIES_SIZE] = old_stream[0 : S.LZMA_PROPERTIES_SIZE]
+    proof = _Proof(header, data)
+    out = bytearray()
+    view = memoryview(data)
+    try:
+        for i in range(0, len(data), _PIECE):
+            piece = comp.compress(view[i : i + _PIECE])
+            out += piece
+            proof.put(piece)
+        piece = comp.flush()
+        out += piece
+        proof.put(piece)
+    finally:
+        proof.close()
+    out[0 : S.LZMA_HEADER.size] = header
     return bytes(out)
 
 
@@ -114,5 +183,8 @@ GUIDED_ENCODERS: dict[str, Encoder] = {
     S.BROTLI_GUID: _brotli,
 }
 COMPRESSION_ENCODERS: dict[int, Encoder] = {1: _efi}
+# Encoders whose output is proven, as it is written, to decode to their input with the parser's
+# own decoder: the re-parse of an assembled image takes the decoded bytes instead of decoding again.
+PROVEN: frozenset[Encoder] = frozenset({encode_lzma})
 
 

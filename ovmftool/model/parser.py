@@ -73,9 +73,10 @@ def read_image(path: str, limits: Limits | None = None) -> FlashImage:
         raise LimitExceeded(f"{path}: {e}") from None
 
 
-def parse_flash(data: bytes, path: str = "", limits: Limits | None = None) -> FlashImage:
+def parse_flash(data: bytes, path: str = "", limits: Limits | None = None, known: dict | None = None) -> FlashImage:
     """Parse the bytes of a flash image (pass 1, then the fix-ups of pass 2). Bytes that start
-    with MZ/VZ and hold no firmware volume are a standalone PE/TE file (`model.binary`)."""
+    with MZ/VZ and hold no firmware volume are a standalone PE/TE file (`model.binary`).
+    `known`: sections' decoded bytes already proven (`ParseContext.known`)."""
     if not data:
         raise ImageError(f"{path or 'input'} is empty")
     if looks_like_binary(data) and not has_volume(data):
@@ -83,7 +84,7 @@ def parse_flash(data: bytes, path: str = "", limits: Limits | None = None) -> Fl
     space = Space(data, 0, os.path.basename(path) or "image")
     root = FlashImage(space, 0, len(data), None)
     root.path, root.sha256 = path, hashlib.sha256(data).hexdigest()
-    parse_flash_contents(Parse(limits or Limits()), root)
+    parse_flash_contents(Parse(limits or Limits(), known=known or {}), root)
     if not any(isinstance(c, Volume) for c in root.children):
         raise ImageError(f"{path or 'input'} holds no firmware volume (no _FVH signature) and is not a PE32/TE "
                          "image: not a flash image or UEFI binary")

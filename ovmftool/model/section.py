@@ -149,8 +149,11 @@ def _parse_body(ctx: ParseContext, sec: Section) -> None:
 
 def _decode_into(ctx: ParseContext, sec: Section, decoder, expect: int | None = None) -> None:
     where = sec.place
+    body = sec.body
     try:
-        out = decoder(sec.body, ctx.limits, where)
+        out = ctx.known.get((decoder, body)) if ctx.known else None
+        if out is None:
+            out = decoder(body, ctx.limits, where)
     except codecs.DecodeError as e:
         sec.damage(str(e).removesuffix(f" at {where}"))
         return

@@ -78,6 +78,7 @@ class Assembler:
         self.replaced: dict[int, bytes] = {}
         self.dirty: set[int] = set()
         self.reencoded: list[tuple[Section, int, int]] = []  # (section, old size, new size)
+        self.proven: dict = {}  # (decoder, encoded body) -> decoded bytes, for parse_flash's `known`
         self.moved: list[tuple[str, int, int]] = []  # (file, old offset, new offset) within its volume
         self.rebased: list[tuple[str, int]] = []  # (module, delta)
         for e in edits:
@@ -186,12 +187,14 @@ class Assembler:
     def _encode(self, sec: Section, decoded: bytes) -> bytes:
         old = sec.body
         if sec.type == S.EFI_SECTION_COMPRESSION:
-            enc = encoders.COMPRESSION_ENCODERS.get(1)
+            enc, dec = encoders.COMPRESSION_ENCODERS.get(1), codecs.COMPRESSION_DECODERS.get(1)
         else:
-            enc = encoders.GUIDED_ENCODERS.get(sec.guid or "")
+            enc, dec = encoders.GUIDED_ENCODERS.get(sec.guid or ""), codecs.GUIDED_DECODERS.get(sec.guid or "")
         if enc is None:
             raise AssemblyError(f"cannot re-encode {sec.compression} section at {sec.space.label}+0x{sec.offset:X}")
         body = enc(decoded, old, self.effort)
+        if enc in encoders.PROVEN and dec is not None:
+            self.proven[(dec, body)] = decoded
         self.reencoded.append((sec, len(old), len(body)))
         return body
 

@@ -277,7 +277,7 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
                       "new_size": b} for s, a, b in asm.reencoded]
     res.moved = [{"file": n, "old_offset": a, "new_offset": b} for n, a, b in asm.moved]
     res.rebased = [{"module": n, "delta": d} for n, d in asm.rebased]
-    new_root = parse_flash(out, path)
+    new_root = parse_flash(out, path, known=asm.proven)  # the re-encoded streams were proven as written
     bad = all_problems(new_root)
     if bad:
         raise PatchFailed(f"the assembled image does not parse cleanly ({bad[0]}); nothing written")
