@@ -149,3 +149,10 @@ def _result_cache(tmp_path_factory, monkeypatch):
     on what another one cached (nor on code it monkeypatched). OVMF builds are not under it."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.delenv("OVMFTOOL_NO_CACHE", raising=False)
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tests first (those marked both `build` and `slow`: builds from source,
+    `plan --verify`, the fork's boots), so that with `-n 2` both workers start on them and neither
+    is left with a long one at the end. Otherwise the order of collection."""
+    items.sort(key=lambda it: 0 if it.get_closest_marker("slow") and it.get_closest_marker("build") else 1)
