@@ -516,7 +516,9 @@ def test_re_encoded_stream_is_proven_as_it_is_written():
     root = read_image(str(DEB_4M))
     res = patch(str(DEB_4M), root, jobs=1, dry_run=True)
     assert res.rewrites
-    _, edits = __import__("ovmftool.patch.patcher", fromlist=["plan_patch"]).plan_patch(str(DEB_4M), root)
+    from ovmftool.patch.patcher import plan_patch
+
+    _, edits = plan_patch(str(DEB_4M), root)
     out, asm = assemble(root, edits)
     assert len(asm.proven) == 1
     fast, full = parse_flash(out, "p", known=asm.proven), parse_flash(out, "p")
@@ -535,4 +537,8 @@ def test_re_encoded_stream_is_proven_as_it_is_written():
         else:
             with pytest.raises(EncodeError, match="failed its proof"):
                 p.close()
-    assert encoders.encode_lzma(data, header) [13:] and encoders.PROVEN
+    from ovmftool.model import codecs
+    from ovmftool.model.limits import Limits
+
+    assert codecs._lzma(encoders.encode_lzma(data, header), Limits(), "t") == data
+    assert encoders.encode_lzma in encoders.PROVEN
