@@ -49,5 +49,12 @@ class ImageError(OvmfToolError):
         super().__init__(f"{message} at {where}" if where else message)
 
 
+class NothingToCheck(ImageError):
+    """The input holds nothing the tool checks: no firmware volume and no PE/TE image, volumes
+    without modules (a variable store), a PE that is no UEFI module, firmware for another
+    architecture. Named on the command line it is an error like any other; found in a directory
+    or by a pattern it is listed as skipped (`scan.inputs`)."""
+
+
 class LimitExceeded(ImageError):
     """A resource cap (expanded size, nesting depth, node count) was hit: a likely bomb."""

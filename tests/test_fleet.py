@@ -74,23 +74,41 @@ def test_directory_and_glob_expansion(fleet, tmp_path):
     assert expand_inputs([str(fleet)]) == [z, a, b, str(fleet / "broken.rom"), str(odd)]
 
 
-def test_directory_scan_keeps_input_order_and_reports_failures(fleet):
+def test_directory_scan_keeps_input_order_skips_non_code_and_fails_on_damage(fleet):
+    """In a directory, a variable store, a blob with no firmware volume, a Windows-style PE and an
+    AArch64-style image are skipped with their reason (verdict unchanged); a damaged image is
+    still an error (2); identical contents are scanned once and reported under each name."""
     shutil.copy(VARS, fleet / "a-2022" / "OVMF_VARS.fd")
     (fleet / "junk.bin").write_bytes(os.urandom(8192))
     r = _scan("--format", "json", fleet)
-    assert r.exit_code == 2
+    assert r.exit_code == 1, r.stderr
     docs = json.loads(r.stdout)
     paths = [d["image"]["path"] for d in docs]
     assert paths == [str(fleet / p) for p in ("Z.FD", "a-2022/OVMF_CODE.fd", "a-2022/OVMF_VARS.fd",
                                              "b-2025/OVMF_CODE_4M.fd", "junk.bin")]
     assert [len(d.get("findings", [])) for d in docs] == [90, 90, 0, 108, 0]
-    assert ["error" in d for d in docs] == [False, False, True, False, True]
-    err = r.stderr.splitlines()
-    assert len(err) == 2 and all(line.startswith("ovmftool: error: ") for line in err)
-    assert "OVMF_VARS.fd: no PE/TE modules" in err[0] and "junk.bin" in err[1]
-    # the text report: every image in its place, the total counts the failures
+    assert ["skipped" in d for d in docs] == [False, False, True, False, True]
+    assert not any("error" in d for d in docs) and r.stderr == ""
+    assert "no PE/TE modules" in docs[2]["skipped"] and "holds no firmware volume" in docs[4]["skipped"]
     r = _scan(fleet)
-    assert r.exit_code == 2 and "total: 288 sites in 3 of 5 images; 2 errors" in r.stdout
+    assert r.exit_code == 1 and "total: 288 sites in 3 of 3 images; 0 errors; 2 files skipped" in r.stdout
+    assert f"{fleet}/a-2022/OVMF_VARS.fd\n  skipped: " in r.stdout
+    # named on the command line, the same files are errors
+    r = _scan(fleet / "a-2022" / "OVMF_VARS.fd", fleet / "junk.bin")
+    assert r.exit_code == 2 and r.stderr.count("ovmftool: error: ") == 2
+    # a damaged image among them: 2, named
+    data = bytearray(Path(DEB22).read_bytes())
+    data[0x1000:0x1010] = b"\0" * 16
+    (fleet / "damaged.fd").write_bytes(bytes(data))
+    r = _scan(fleet)
+    assert r.exit_code == 2 and "damaged.fd" in r.stderr and r.stderr.count("\n") == 1
+    os.remove(fleet / "damaged.fd")
+    # the same contents under two names: scanned once, reported under each
+    shutil.copy(DEB22, fleet / "copy.fd")
+    r = _scan("--format", "json", "--no-cache", fleet)
+    docs = {d["image"]["path"]: d for d in json.loads(r.stdout)}
+    a, b = docs[str(fleet / "a-2022/OVMF_CODE.fd")], docs[str(fleet / "copy.fd")]
+    assert a["findings"] == b["findings"] and b["notes"][-1] == f"same contents as {fleet}/a-2022/OVMF_CODE.fd: scanned once"
 
 
 def test_empty_glob_and_imageless_directory_exit_2(tmp_path):
@@ -149,10 +167,12 @@ def test_cache_serves_images_and_shared_modules(tmp_path):
     assert cache.hits - hits == len(ref.modules) and cache.bad == 0
     assert rw.findings == scan_image(str(whole)).findings and rw.findings != ref.findings  # other fd offsets
     assert [f.rva for f in rw.findings] == [f.rva for f in ref.findings]
-    # several images seen before, two jobs: each served whole by this process, in order
+    # several images seen before, two jobs: each served whole by this process, in order; the
+    # copy of DEB22 is not looked up again (same contents: scanned once, reported under its name)
     hits = cache.hits
     again = scan_paths([str(whole), str(DEB22), str(other)], jobs=2, cache=cache)
-    assert cache.hits - hits == 3 and cache.bad == 0
+    assert cache.hits - hits == 2 and cache.bad == 0
+    assert again[2].notes == ref.notes + [f"same contents as {DEB22}: scanned once"]
     assert [r.path for r in again] == [str(whole), str(DEB22), str(other)]
     assert [r.findings for r in again] == [rw.findings, ref.findings, res.findings]
 

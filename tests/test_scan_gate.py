@@ -19,6 +19,7 @@ from ovmftool.model.node import all_problems
 from ovmftool.model.parser import parse_flash, read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.ops.tree import label
+from ovmftool.scan import advice
 from ovmftool.scan.advice import known_series, next_steps
 from ovmftool.scan.scanner import Caller, Finding, ModuleSummary, ScanResult, scan_image
 
@@ -290,18 +291,26 @@ def test_fingerprints_are_stable_across_scans_and_flash_layouts():
 
 # --- 6. next steps --------------------------------------------------------------------------
 
-def test_text_ends_with_next_steps_without_claiming_a_match():
+def test_text_ends_with_next_steps_naming_a_series_only_for_a_known_image(tmp_path):
+    """Debian's packaged 2022.11 image is a known build of that tree (edk2-patches/images.json):
+    its series is named. The same image with one byte changed is no known build: the routines are
+    the same code in every tree, so no series is named, only the trees edk2-patches/ covers."""
     out = _stdout(_run("scan", DEB))
     tail = " ".join(out[out.index("next steps:"):].split())
     assert f"ovmftool patch {DEB} -o {DEB[:-3]}.patched.fd" in tail
     assert "ovmftool plan --edk2 TREE --dsc OvmfPkg/OvmfPkgIa32X64.dsc -o DIR" in tail
-    # the Sev FIFO routines are the same code in both trees: both trees' Ia32X64 series fit, none matches
-    assert "edk2-patches/debian-2022.11/OvmfPkgIa32X64 or edk2-patches/debian-2025.02/OvmfPkgIa32X64" in tail
-    assert "none matches for certain" in tail and "the matching series" not in tail
+    assert "fix the source: edk2-patches/debian-2022.11/OvmfPkgIa32X64" in tail
+    assert "the image is Debian's ovmf 2022.11-6+deb12u2 /usr/share/OVMF/OVMF_CODE_4M.fd, built from edk2 2022.11" in tail
     assert out.endswith(")\n") and out.count("next steps:") == 1
+    other = tmp_path / "other.fd"
+    other.write_bytes(Path(DEB).read_bytes() + b"\xff" * 0x1000)  # one more erased block: another file
+    r = _run("scan", str(other))
+    tail = " ".join(_stdout(r)[_stdout(r).index("next steps:"):].split())
+    assert "edk2-patches/debian" not in tail and "no series named: the image is no build edk2-patches/ knows" in tail
+    assert "edk2-patches/ has series for edk2 2022.11, 2025.02, oxide-edd7239108" in tail
 
 
-def _result(sigs: list[tuple[str, str, str, list[str]]]) -> ScanResult:
+def _result(sigs: list[tuple[str, str, str, list[str]]], sha256: str = "0" * 64) -> ScanResult:
     """A scan result whose sites lie in routines with these (arch, library, source, trees)."""
     fs = []
     for i, (arch, lib, src, trees) in enumerate(sigs):
@@ -313,35 +322,38 @@ def _result(sigs: list[tuple[str, str, str, list[str]]]) -> ScanResult:
                                      "trees": trees}, callers=[Caller("f", 0, 0, "call")]))
     arches = sorted({a for a, *_ in sigs})
     mods = [ModuleSummary("M", "g", "DRIVER", a, "V", None, 1, 1, 1, None) for a in arches]
-    return ScanResult("img.fd", "0" * 64, 1, mods, fs)
+    return ScanResult("img.fd", sha256, 1, mods, fs)
 
 
-def test_a_series_is_matching_only_when_it_removes_every_site():
+def test_a_series_is_matching_only_for_a_known_image_when_it_removes_every_site():
     assert sorted(str(s.path.relative_to(ROOT / "edk2-patches")) for s in known_series()) == [
         "debian-2022.11/OvmfPkgIa32X64", "debian-2022.11/OvmfPkgX64", "debian-2025.02/OvmfPkgIa32X64",
         "debian-2025.02/OvmfPkgX64", "oxide-edk2-stable202105/OvmfPkgX64"]
-    sev = ("X64", "BaseIoLibIntrinsicSev", "X64/IoFifoSev.nasm")
-    # routines only one tree has, which that tree's series unrolls: matching
-    s = next_steps(_result([(*sev, ["2022.11"])]))
+    known = advice.known_images()
+    deb22 = next(k for k, e in known.items() if e["tree"] == "2022.11" and "OVMF_CODE.fd" in e["what"])
+    deb25 = next(k for k, e in known.items() if e["tree"] == "2025.02" and "OVMF_CODE_4M.fd" in e["what"])
+    sev = ("X64", "BaseIoLibIntrinsicSev", "X64/IoFifoSev.nasm", ["2022.11", "2025.02"])
+    ia32 = ("IA32", "BaseIoLibIntrinsicSev", "Ia32/IoFifoSev.nasm", ["2022.11", "2025.02"])
+    # an image of unknown provenance: no series, whatever its routines
+    s = next_steps(_result([sev]))
+    assert s.matching is None and "does not show which tree built it" in s.reason
+    # a known 2022.11 image: 2022.11's X64 series (unroll)
+    s = next_steps(_result([sev], deb22))
     assert s.matching is not None and s.matching.path.parts[-2:] == ("debian-2022.11", "OvmfPkgX64")
-    s = next_steps(_result([(*sev, ["2025.02"])]))  # dsc-inf: the switch away from the Sev instance removes it
+    s = next_steps(_result([sev], deb25))  # dsc-inf: the switch away from the Sev instance removes it
     assert s.matching is not None and s.matching.path.parts[-2:] == ("debian-2025.02", "OvmfPkgX64")
     # IoFifo.nasm (the non-Sev instance): 2022.11's series unrolls only IoFifoSev.nasm: no match
-    s = next_steps(_result([("X64", "BaseIoLibIntrinsic", "X64/IoFifo.nasm", ["2022.11"])]))
-    assert s.matching is None and not s.candidates and "ovmftool plan" in s.plan_command
-    # both trees: candidates, not a match
-    s = next_steps(_result([(*sev, ["2022.11", "2025.02"])]))
-    assert s.matching is None and [c.tree for c in s.candidates] == ["2022.11", "2025.02"]
+    s = next_steps(_result([("X64", "BaseIoLibIntrinsic", "X64/IoFifo.nasm", ["2022.11"])], deb22))
+    assert s.matching is None and "no series in edk2-patches/ for that tree removes all of them" in s.reason
     # an IA32 + X64 image needs the Ia32X64 series
-    s = next_steps(_result([(*sev, ["2022.11"]), ("IA32", "BaseIoLibIntrinsicSev", "Ia32/IoFifoSev.nasm",
-                                                 ["2022.11"])]))
+    s = next_steps(_result([sev, ia32], deb22))
     assert s.matching is not None and s.matching.path.name == "OvmfPkgIa32X64"
     assert "OvmfPkgIa32X64.dsc" in s.plan_command
     # a site no signature names: no series can be matched
-    r = _result([(*sev, ["2022.11"])])
+    r = _result([sev], deb22)
     r.findings[0].signature = None
     s = next_steps(r)
-    assert s.matching is None and not s.candidates and "no built-in signature" in s.reason
+    assert s.matching is None and "no built-in signature" in s.reason
     # nothing found: nothing to do
     assert next_steps(ScanResult("x", "0" * 64, 1, [], [])) is None
 
@@ -556,7 +568,7 @@ def test_series_are_found_from_the_working_directory_as_after_pip_install(tmp_pa
     monkeypatch.chdir(tmp_path)  # outside any checkout: says where the series live
     assert advice.series_dir() is None and advice.known_series() == []
     s = next_steps(res)
-    assert s.matching is None and not s.candidates
+    assert s.matching is None
     assert "edk2-patches/ of ovmftool's source repository" in s.reason and "not in or above" in s.reason
 
 
@@ -576,5 +588,5 @@ def test_oxide_image_matches_the_oxide_series_and_debian_images_do_not():
     assert steps.matching is not None and steps.matching.path == ROOT / "edk2-patches/oxide-edk2-stable202105/OvmfPkgX64"
     deb = scan_checked(str(ROOT / "corpus/images/debian-2022.11/OVMF_CODE.fd"))
     assert deb.era == sigs.TDX
-    cands = advice.next_steps(deb, ROOT / "edk2-patches").candidates
-    assert cands and all("oxide" not in str(s.path) for s in cands)
+    steps = advice.next_steps(deb, ROOT / "edk2-patches")
+    assert steps.matching is not None and steps.matching.path == ROOT / "edk2-patches/debian-2022.11/OvmfPkgX64"

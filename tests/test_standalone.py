@@ -414,8 +414,7 @@ def test_standalone_module_advice_names_no_dsc(extracted):
     out = _run("scan", str(d / e["file"])).stdout
     tail = " ".join(out[out.index("next steps:"):].split())
     assert "ovmftool plan --edk2 TREE --dsc YOUR.dsc -o DIR" in tail and "OvmfPkgIa32.dsc" not in tail
-    assert "edk2-patches/debian-2022.11/OvmfPkgIa32X64 or edk2-patches/debian-2025.02/OvmfPkgIa32X64" in tail
-    assert "none matches for certain: a standalone module does not tell which platform DSC built it" in tail
-    assert "OvmfPkgX64" not in tail  # made for X64 alone: no IA32 module in it
+    assert "edk2-patches/debian" not in tail  # no series named
+    assert "no series named: a standalone module does not tell which tree and DSC built it" in tail
     whole = _run("scan", DEB).stdout
     assert "--dsc OvmfPkg/OvmfPkgIa32X64.dsc" in whole  # the image tells: IA32 and X64 modules

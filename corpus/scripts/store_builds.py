@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from truth import build_truth  # noqa: E402  (tests/truth.py: the ground truth the tests use)
 
-LICENSES = {"2022.11": "licenses/debian-ovmf-2022.11.copyright", "2025.02": "licenses/debian-ovmf-2025.02.copyright",
+LICENSES = {"2020.11": "licenses/debian-ovmf-2020.11.copyright", "2022.11": "licenses/debian-ovmf-2022.11.copyright",
+            "2025.02": "licenses/debian-ovmf-2025.02.copyright", "2026.08": "licenses/debian-ovmf-2026.08.copyright",
             "oxide-202105": "licenses/oxide-edk2-License.txt"}
 
 
@@ -67,13 +68,19 @@ def patches_of(d: dict, scratch: Path) -> list[Path]:
     return []
 
 
+def tool_args(d: dict) -> list[str]:
+    """build-ovmf.sh's -t (a toolchain other than GCC5) and -n (a NASM other than the system's)."""
+    return (["-t", d["toolchain"]] if d.get("toolchain", "GCC5") != "GCC5" else []) + \
+        (["-n", d["nasm"]] if d.get("nasm") else [])
+
+
 def build_command(d: dict, patches: list[Path]) -> list[str]:
     cmd = ["bash", str(SCRIPTS / "build-ovmf.sh"), d["tree"], d["dsc"], d["target"]]
     for x in d["defines"]:
         cmd += ["-D", x]
     for p in patches:
         cmd += ["-p", str(p)]
-    return cmd
+    return cmd + tool_args(d)
 
 
 class BuildFailed(Exception):
@@ -93,6 +100,21 @@ def _version(cmd: list[str]) -> str:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0].strip()
     except (OSError, IndexError):
         return "unknown"
+
+
+def toolchain(meta: dict) -> dict:
+    """The tools that made the build, as build-ovmf.sh recorded them from the build's own
+    environment (`nasm -v` with its PATH and NASM_PREFIX, the compiler and linker of its tag);
+    a build cached before it recorded them gets this machine's gcc and nasm."""
+    tag = meta.get("toolchain", "GCC5")
+    out = {"tag": tag,
+           "nasm": meta.get("nasm") or _version(["nasm", "-v"]),
+           "clang" if tag.startswith("CLANG") else "gcc": meta.get("compiler") or _version(["gcc", "--version"])}
+    if meta.get("linker"):
+        out["linker"] = meta["linker"]
+    out["iasl"] = next((ln.strip() for ln in subprocess.run(["iasl", "-v"], capture_output=True, text=True)
+                        .stdout.splitlines() if "version" in ln.lower()), "unknown")
+    return out
 
 
 def store(key: str) -> dict:
@@ -120,14 +142,13 @@ def store(key: str) -> dict:
             "key": key,
             "what": d["what"],
             "command": " ".join(["corpus/scripts/build-ovmf.sh", d["tree"], d["dsc"], d["target"]]
-                                + [f"-D {x}" for x in d["defines"]] + [f"-p {rel(p)}" for p in patches]),
+                                + [f"-D {x}" for x in d["defines"]] + [f"-p {rel(p)}" for p in patches]
+                                + tool_args(d)),
             "source": (tree / ".ovmftool-ready").read_text().splitlines()[0],
             "dsc": d["dsc"], "target": d["target"], "defines": d["defines"],
             "strategy": d.get("strategy"),
             "patches": [{"name": p.name, "path": rel(p), "sha256": sha256(p)} for p in patches],
-            "toolchain": {"tag": "GCC5", "gcc": _version(["gcc", "--version"]), "nasm": _version(["nasm", "-v"]),
-                          "iasl": next((ln.strip() for ln in subprocess.run(["iasl", "-v"], capture_output=True,
-                                        text=True).stdout.splitlines() if "version" in ln.lower()), "unknown")},
+            "toolchain": toolchain(meta),
             "build_seconds": meta.get("seconds"),
             "stored": datetime.date.today().isoformat(),
             "files": {name: {"sha256": sha256(out / name), "size": (out / name).stat().st_size}

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ovmftool.errors import ImageError
+from ovmftool.errors import ImageError, NothingToCheck
 from ovmftool.model import structs as S
 from ovmftool.model.node import Space
 from ovmftool.model.flash import FlashImage
@@ -67,6 +67,10 @@ def parse_binary(data: bytes, path: str = "") -> BinaryFile:
         root.guid = m.group("guid").lower()
         root.file_name = m.group("name")
     img = parse_image(space, 0, len(data), root)
+    if not img.problems and img.subsystem not in S.EFI_SUBSYSTEMS:
+        kind = S.OTHER_SUBSYSTEMS.get(img.subsystem, "not a UEFI subsystem")
+        raise NothingToCheck(f"{what} is not a UEFI module: its {img.format} header names subsystem {img.subsystem} "
+                         f"({kind}), not an EFI application or driver")
     root.children.append(img)
     if not img.problems:
         if not img.sections:

@@ -14,15 +14,17 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ovmftool.errors import ImageError, LimitExceeded
-from ovmftool.model.binary import looks_like_binary, parse_binary
+from ovmftool.errors import ImageError, LimitExceeded, NothingToCheck
+from ovmftool.model import structs as S
+from ovmftool.model.binary import BinaryFile, looks_like_binary, parse_binary
 from ovmftool.model.blob import CodeBlob
 from ovmftool.model.context import ParseContext
 from ovmftool.model.ffs import parse_files
 from ovmftool.model.fixups import resolve
 from ovmftool.model.flash import FlashImage, parse_flash_contents
+from ovmftool.model.gap import Gap, elf_machine
 from ovmftool.model.limits import Limits
-from ovmftool.model.node import Node, Space
+from ovmftool.model.node import Node, Space, walk
 from ovmftool.model.pe import PeImage, parse_image
 from ovmftool.model.section import parse_sections
 from ovmftool.model.volume import Volume, has_volume, parse_volume
@@ -68,9 +70,30 @@ def read_image(path: str, limits: Limits | None = None) -> FlashImage:
     except OSError as e:
         raise ImageError(f"cannot read {path}: {e.strerror}") from None
     try:
-        return parse_flash(data, path, limits)
+        root = parse_flash(data, path, limits)
     except LimitExceeded as e:  # a cap hit deep in the parse: say which input, as every other error does
         raise LimitExceeded(f"{path}: {e}") from None
+    foreign = None if isinstance(root, BinaryFile) else foreign_machine(root)  # a module: scan names its machine
+    if foreign:
+        raise NothingToCheck(f"{path}: not x86: {foreign}; ovmftool reads x86 (IA32/X64) firmware")
+    return root
+
+
+def foreign_machine(root: FlashImage) -> str | None:
+    """What the image is built for when that is not x86: every PE/TE module's machine is another
+    (AArch64, RISC-V, LoongArch, ARM...), or the ELF header before its volume names another.
+    None for x86 images, mixed ones and images without modules (other rules judge those)."""
+    machines: dict[str, int] = {}
+    for n in walk(root):
+        if isinstance(n, PeImage) and n.format:
+            machines[n.machine] = machines.get(n.machine, 0) + 1
+    elf = next((c.elf_machine for c in root.children if isinstance(c, Gap) and c.elf_machine), None)
+    if elf is not None and elf not in S.X86_MACHINES:
+        return f"{elf} firmware (its ELF header's machine)"
+    if not machines or any(m in S.X86_MACHINES for m in machines):
+        return None
+    named = ", ".join(f"{k} ({v} module{'s' * (v != 1)})" for k, v in sorted(machines.items(), key=lambda x: -x[1]))
+    return f"{max(machines, key=lambda k: machines[k])} firmware: its modules are {named}"
 
 
 def parse_flash(data: bytes, path: str = "", limits: Limits | None = None, known: dict | None = None) -> FlashImage:
@@ -86,7 +109,10 @@ def parse_flash(data: bytes, path: str = "", limits: Limits | None = None, known
     root.path, root.sha256 = path, hashlib.sha256(data).hexdigest()
     parse_flash_contents(Parse(limits or Limits(), known=known or {}), root)
     if not any(isinstance(c, Volume) for c in root.children):
-        raise ImageError(f"{path or 'input'} holds no firmware volume (no _FVH signature) and is not a PE32/TE "
+        elf = elf_machine(data)
+        if elf is not None and elf not in S.X86_MACHINES:
+            raise NothingToCheck(f"{path or 'input'}: not x86: an ELF executable for {elf}, not a UEFI flash image")
+        raise NothingToCheck(f"{path or 'input'} holds no firmware volume (no _FVH signature) and is not a PE32/TE "
                          "image: not a flash image or UEFI binary")
     resolve(root)
     return root

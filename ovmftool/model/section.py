@@ -133,7 +133,8 @@ def _parse_body(ctx: ParseContext, sec: Section) -> None:
         else:
             sec.damage("firmware volume image section holds no volume header", hs)
     elif t in S.IMAGE_SECTION_TYPES:  # PE32, PIC, TE
-        sec.children.append(ctx.image(space, hs, sec.end, sec))
+        if sec.end > hs:  # an empty one is a placeholder (AmdSev's Grub file before grub.efi is put in)
+            sec.children.append(ctx.image(space, hs, sec.end, sec))
     elif t == S.EFI_SECTION_USER_INTERFACE:
         sec.text = _ucs2(data[hs : sec.end])
     elif t == S.EFI_SECTION_VERSION:

@@ -27,6 +27,8 @@ def label(n: Node) -> str:
     if isinstance(n, FlashImage):
         return f"flash {os.path.basename(n.path) or '<bytes>'} ({n.size} bytes)"
     if isinstance(n, Gap):
+        if n.elf_machine is not None:
+            return f"gap (ELF header, {n.elf_machine})"
         return "gap (erased)" if n.erased else "gap (data)"
     if isinstance(n, Volume):
         return f"volume {n.name}"
@@ -55,7 +57,7 @@ def summary(n: Node) -> dict:
     if isinstance(n, FlashImage):  # a BinaryFile too
         return {"path": n.path, "sha256": n.sha256, "size": n.size}
     if isinstance(n, Gap):
-        return {"erased": n.erased}
+        return {"erased": n.erased, "elf_machine": n.elf_machine}
     if isinstance(n, Volume):
         d = {
             "name": n.name,

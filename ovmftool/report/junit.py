@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ovmftool.scan.scanner import ScanFailure, ScanResult
+from ovmftool.scan.scanner import ScanFailure, ScanResult, ScanSkipped
 
 
 def _result_suite(suites: ET.Element, r: ScanResult) -> tuple[int, int]:
@@ -45,6 +45,11 @@ def junit_xml(outcomes: list[ScanResult | ScanFailure]) -> str:
             t, fl = _result_suite(suites, o)
             total_t += t
             total_f += fl
+        elif isinstance(o, ScanSkipped):
+            suite = ET.SubElement(suites, "testsuite", name=o.path, tests="1", failures="0", errors="0", skipped="1")
+            case = ET.SubElement(suite, "testcase", classname="ovmftool.scan", name=f"scan {o.path}")
+            ET.SubElement(case, "skipped", message=o.message)
+            total_t += 1
         else:
             _failure_suite(suites, o)
             total_t += 1

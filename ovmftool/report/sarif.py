@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from ovmftool import __version__
 from ovmftool.scan.identity import fingerprint, site_keys
-from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult
+from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, ScanSkipped
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFO_URI = "https://github.com/oxidecomputer/propolis/issues/1168"
@@ -227,7 +227,7 @@ def sarif_log(outcomes: list[ScanResult | ScanFailure], root: str | None = None)
     """A SARIF log with one run per input. `root`: the directory URIs are relative to (default:
     the working directory)."""
     root = os.path.realpath(root if root is not None else os.getcwd())
-    runs = [_run(o, root) for o in outcomes]
+    runs = [_run(o, root) for o in outcomes if not isinstance(o, ScanSkipped)]  # nothing checked, nothing to say
     if len(runs) > 1:
         seen: dict[str, int] = {}
         for run in runs:

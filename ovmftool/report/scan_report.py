@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ovmftool.report.document import header, image_ref, to_json
 from ovmftool.scan.advice import NextSteps, next_steps
-from ovmftool.scan.scanner import ScanFailure, ScanResult
+from ovmftool.scan.scanner import ScanFailure, ScanResult, ScanSkipped
 
 SCAN_SCHEMA = "ovmftool.scan/1"
 
@@ -29,8 +29,8 @@ def scan_json(r: ScanResult) -> dict:
 
 
 def scan_error_json(f: ScanFailure) -> dict:
-    """The JSON entry of an input that could not be scanned."""
-    return {**header(SCAN_SCHEMA, image={"path": f.path}), "error": f.message}
+    """The JSON entry of an input that could not be scanned, or was skipped."""
+    return {**header(SCAN_SCHEMA, image={"path": f.path}), "skipped" if isinstance(f, ScanSkipped) else "error": f.message}
 
 
 def scan_json_doc(outcomes: list[ScanResult | ScanFailure]):
@@ -105,14 +105,10 @@ def next_steps_lines(s: NextSteps) -> list[str]:
         lines.append(f"  fix the source:    {_shown(s.matching.path)}")
         lines += wrap(f"(the matching series: {s.reason}; made for {s.matching.dsc}; for another DSC or tree: "
                       f"{s.plan_command})")
-    elif s.candidates:
-        lines.append(f"  fix the source:    {s.plan_command}")
-        lines += wrap(f"or the series of your tree: {' or '.join(_shown(c.path) for c in s.candidates)} (none "
-                      f"matches for certain: {s.reason})")
     else:
         lines.append(f"  fix the source:    {s.plan_command}")
         if s.reason:
-            lines += wrap(f"(no matching series: {s.reason})")
+            lines += wrap(f"(no series named: {s.reason})")
     return lines
 
 
@@ -123,12 +119,15 @@ def scan_text_all(outcomes: list[ScanResult | ScanFailure]) -> str:
     if len(outcomes) == 1:
         o = outcomes[0]
         return scan_text(o) if isinstance(o, ScanResult) else ""
-    parts = [scan_text(o) if isinstance(o, ScanResult) else f"{o.path}\n  error: {o.message}\n" for o in outcomes]
+    parts = [scan_text(o) if isinstance(o, ScanResult) else
+             f"{o.path}\n  {'skipped' if isinstance(o, ScanSkipped) else 'error'}: {o.message}\n" for o in outcomes]
     done = [o for o in outcomes if isinstance(o, ScanResult)]
+    skipped = sum(1 for o in outcomes if isinstance(o, ScanSkipped))
     sites = sum(len(r.findings) for r in done)
-    errors = len(outcomes) - len(done)
+    errors = len(outcomes) - len(done) - skipped
     parts.append(f"total: {sites} site{'s' * (sites != 1)} in {sum(1 for r in done if r.findings)} of "
-                 f"{len(outcomes)} images; {errors} error{'s' * (errors != 1)}\n")
+                 f"{len(outcomes) - skipped} images; {errors} error{'s' * (errors != 1)}"
+                 + (f"; {skipped} file{'s' * (skipped != 1)} skipped (nothing to check)" if skipped else "") + "\n")
     return "".join(parts)
 
 

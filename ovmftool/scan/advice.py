@@ -1,15 +1,18 @@
 """What to do about the sites a scan found: rewrite them in the image (`ovmftool patch`), or fix
-the EDK II source with a series from edk2-patches/ — named as matching only when it provably
-removes every site of this image — or one `ovmftool plan` writes for the user's tree.
+the EDK II source with a series from edk2-patches/ — named only when the image proves it was
+built from that series' tree — or one `ovmftool plan` writes for the user's tree.
 
-A series matches when (1) every site lies in a routine a built-in signature names, (2) every
-site's signature was generated from the series' tree (`signature.trees`), and only one tree
-fits, (3) the series was made for the image's architectures, and (4) the series removes each
-site's routine: it patches that routine's source file (`unroll`), or it switches the DSC from
-the site's library instance to one whose FIFO routines are C loops (`dsc-inf`). The FIFO
-routines of BaseIoLibIntrinsicSev assemble to the same bytes in edk2 2022.11 and 2025.02, so an
-image built from either tree fits both trees' series: that is reported as such, never as a match.
-A standalone module (an extracted .efi) never matches: it does not tell which DSC built it.
+A series is named when (1) the image is one whose tree is known: its sha256 is listed in
+edk2-patches/images.json (Debian's packaged images of that source version, the stored builds of
+the tree; `tools/series_images.py` writes it from corpus/), (2) every site lies in a routine a
+built-in signature names, (3) the series was made for the image's architectures, and (4) it
+removes each site's routine: it patches that routine's source file (`unroll`), or it switches
+the DSC from the site's library instance to one whose FIFO routines are C loops (`dsc-inf`).
+The FIFO routines assemble to the same code in every tree that has them, so nothing else in an
+image shows which tree built it: any other image is told which trees edk2-patches/ covers, and
+no series is named for it. A standalone module (an extracted .efi) is never matched.
+
+The DSC the `plan` command names is the platform the image's modules show (`platform_dsc`).
 
 The series are read from edk2-patches/ of the checkout holding the working directory, else of
 the package's own source tree (`series_dir`), so that an installed copy advises as an editable
@@ -33,6 +36,29 @@ SOURCE_SERIES_DIR = Path(__file__).resolve().parents[2] / "edk2-patches"
 SERIES_REPO_PATH = "edk2-patches/"  # where the series live in ovmftool's source repository
 _DSC_FOR_ARCHES = {("X64",): "OvmfPkg/OvmfPkgX64.dsc", ("IA32", "X64"): "OvmfPkg/OvmfPkgIa32X64.dsc",
                    ("IA32",): "OvmfPkg/OvmfPkgIa32.dsc"}
+# X64 platforms of OvmfPkg told apart by modules only they build (their FDFs, edk2 2022.11 to
+# 2025.02): (DSC, modules any of which shows it, modules none of which it has, why)
+_X64_PLATFORMS = (
+    ("OvmfPkg/OvmfXen.dsc", {"XenPlatformPei", "XenAcpiPlatformDxe", "XenPvBlkDxe"}, set(), "Xen's platform modules"),
+    ("OvmfPkg/Bhyve/BhyveX64.dsc", {"BhyveRfbDxe"}, set(), "BhyveRfbDxe"),
+    ("OvmfPkg/AmdSev/AmdSevX64.dsc", {"SecretPei", "SecretDxe"}, set(), "the SEV launch-secret modules"),
+    ("OvmfPkg/Microvm/MicrovmX64.dsc", {"FdtClientDxe", "VirtioFdtDxe"}, set(), "the FDT-described virtio modules"),
+    ("OvmfPkg/IntelTdx/IntelTdxX64.dsc", {"TdxDxe"}, {"PeiCore", "DxeIpl", "PlatformPei"},
+     "TdxDxe with no PEI phase"),
+    ("OvmfPkg/CloudHv/CloudHvX64.dsc", {"SerialDxe"}, {"PciSioSerialDxe", "XenPlatformPei", "FdtClientDxe"},
+     "SerialDxe without the ISA serial driver"),
+)
+
+
+def platform_dsc(arches: tuple[str, ...], modules: set[str]) -> tuple[str, str]:
+    """(DSC, why) of the OvmfPkg platform an image with these module arches and names was built
+    from; ("YOUR_PLATFORM.dsc", why) when the arches fit none."""
+    if arches == ("X64",):
+        for dsc, any_of, none_of, why in _X64_PLATFORMS:
+            if modules & any_of and not modules & none_of:
+                return dsc, why
+    dsc = _DSC_FOR_ARCHES.get(arches)
+    return (dsc, f"{'/'.join(arches)} modules") if dsc else ("YOUR_PLATFORM.dsc", f"{'/'.join(arches)} modules")
 
 
 @dataclass
@@ -86,6 +112,16 @@ def series_dir(cwd: Path | None = None, source: Path | None = None) -> Path | No
     return source if _has_series(source) else None
 
 
+def known_images(base: Path | None = None) -> dict[str, dict]:
+    """sha256 -> {tree, what} of the images whose tree is known (edk2-patches/images.json)."""
+    base = base if base is not None else series_dir()
+    try:
+        doc = json.loads((base / "images.json").read_text()) if base is not None else {}
+        return {e["sha256"]: e for e in doc.get("images", []) if isinstance(e.get("tree"), str)}
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        return {}
+
+
 def known_series(base: Path | None = None) -> list[Series]:
     """Every series under `base` (DIR/debian-VERSION/DSC/plan.json; default `series_dir()`),
     sorted by path."""
@@ -108,7 +144,6 @@ class NextSteps:
     patch_command: str
     plan_command: str
     matching: Series | None = None
-    candidates: list[Series] = field(default_factory=list)  # fit, but the image cannot tell them apart
     reason: str = ""
 
 
@@ -122,52 +157,43 @@ def next_steps(r: ScanResult, base: Path | None = None) -> NextSteps | None:
     (default `series_dir()`).
 
     A standalone module (an extracted .efi) does not tell which platform DSC built it: the plan
-    command names none (`--dsc YOUR.dsc`), and a series is at most a candidate (its tree fits, it
-    was made for the module's arch and removes every site), never a match."""
+    command names none (`--dsc YOUR.dsc`), and no series is named."""
     if not r.findings:
         return None
     arches = tuple(sorted({m.arch for m in r.modules})) or ("X64",)
-    dsc = "YOUR.dsc" if r.standalone else _DSC_FOR_ARCHES.get(arches, "YOUR_PLATFORM.dsc")
+    dsc = "YOUR.dsc" if r.standalone else platform_dsc(arches, {m.name for m in r.modules})[0]
     steps = NextSteps(f"ovmftool patch {shlex.quote(r.path)} -o {shlex.quote(_out_name(r.path))}",
                       f"ovmftool plan --edk2 TREE --dsc {dsc} -o DIR")
     base = base if base is not None else series_dir()
     series = known_series(base) if base is not None else []
+    if not series:
+        steps.reason = (f"the verified series are in {SERIES_REPO_PATH} of ovmftool's source repository, which is "
+                        "not in or above the working directory (run scan in a checkout to match them)")
+        return steps
+    trees = ", ".join(sorted({s.tree for s in series}))
+    known = None if r.standalone else known_images(base).get(r.sha256)
+    if known is None:
+        steps.reason = (("a standalone module does not tell which tree and DSC built it" if r.standalone else
+                         "the image is no build edk2-patches/ knows, and its FIFO routines are the same code in "
+                         "every tree that has them, so it does not show which tree built it")
+                        + f"; edk2-patches/ has series for edk2 {trees}: `plan` writes the one for your tree")
+        return steps
     unnamed = [f for f in r.findings if f.signature is None]
     if unnamed:
         n = len(unnamed)
-        steps.reason = (f"{n} site{'s' * (n != 1)} lie{'s' * (n == 1)} in code no built-in signature names, "
-                        "so no series can be matched; `plan` finds the sources in your tree")
+        steps.reason = (f"the image is {known['what']} (edk2 {known['tree']}), but {n} site{'s' * (n != 1)} "
+                        f"lie{'s' * (n == 1)} in code no built-in signature names; `plan` finds the sources in "
+                        "your tree")
         return steps
-    trees = set.intersection(*(set(f.signature["trees"]) for f in r.findings))
-    fits_arch = (lambda s: set(arches) <= set(s.arches)) if r.standalone else (lambda s: s.arches == arches)
-    # The Sev routines are the same bytes in every tree (`signature.trees` names those they were
-    # generated from); the image's era (TDCALL in its code, or not) tells pre-TDX trees apart.
-    if r.era == sigs.PRE_TDX:
-        fits_tree = lambda s: s.era == sigs.PRE_TDX  # noqa: E731
-    else:
-        fits_tree = lambda s: s.tree in trees and s.era == sigs.TDX  # noqa: E731
-    fit = [s for s in series if fits_arch(s) and fits_tree(s)
+    fit = [s for s in series if s.tree == known["tree"] and s.arches == arches
            and all(s.removes(f.signature, f.arch) for f in r.findings)]
-    if fit and r.standalone:
-        steps.candidates = fit
-        trees_fit = sorted({s.tree for s in fit})
-        steps.reason = ("a standalone module does not tell which platform DSC built it"
-                        + (f" (nor, for these routines, which of edk2 {' and '.join(trees_fit)})"
-                           if len(trees_fit) > 1 else ""))
-    elif len(fit) == 1:
+    if fit:
         steps.matching = fit[0]
         libs = sorted({f"{f.signature['library']} {f.signature['source']}" for f in r.findings})
-        steps.reason = (f"every site is in {', '.join(libs)} as built from edk2 {fit[0].tree} "
-                        f"({'/'.join(arches)}), which it {'unrolls' if fit[0].strategy == 'unroll' else 'replaces'}")
-    elif fit:
-        steps.candidates = fit
-        steps.reason = (f"the routines of these sites are the same code in edk2 "
-                        f"{' and '.join(sorted({s.tree for s in fit}))}, so the image does not tell which tree it "
-                        "was built from")
-    elif not series:
-        steps.reason = (f"the verified series are in {SERIES_REPO_PATH} of ovmftool's source repository, which is "
-                        "not in or above the working directory (run scan in a checkout to match them)")
+        steps.reason = (f"the image is {known['what']}, built from edk2 {known['tree']}; every site is in "
+                        f"{', '.join(libs)}, which the series "
+                        f"{'unrolls' if fit[0].strategy == 'unroll' else 'replaces'}")
     else:
-        steps.reason = (f"no series in edk2-patches/ removes all of them (trees {', '.join(sorted(trees)) or 'none'}, "
-                        f"arches {'/'.join(arches)})")
+        steps.reason = (f"the image is {known['what']} (edk2 {known['tree']}), but no series in edk2-patches/ "
+                        f"for that tree removes all of them ({'/'.join(arches)})")
     return steps

@@ -15,8 +15,13 @@
   (a matched directory expands as above). A pattern that matches nothing fails: `PATTERN: no
   file matches`. An argument that exists as a file or directory is never read as a pattern.
 
-Inputs keep the order of the arguments; a file named twice is scanned twice. A failing input
-(`ScanFailure`) keeps its place and makes the exit code 2, as an unreadable image does.
+Inputs keep the order of the arguments. Files of identical contents (a file named twice, a copy
+under another name) are scanned once and reported under each name. A failing input
+(`ScanFailure`) keeps its place and makes the exit code 2, as an unreadable image does, except
+that a file a directory or pattern brought in which holds nothing the tool checks (a variable
+store, a blob `extract` wrote, a PE that is no UEFI module, firmware for another architecture:
+`errors.NothingToCheck`) is listed as skipped with the reason and does not change the verdict.
+Named on the command line, such a file is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import glob
 import os
 
-from ovmftool.scan.scanner import ScanFailure
+from ovmftool.scan.scanner import Found, ScanFailure
 
 IMAGE_SUFFIXES = (".fd", ".fv", ".rom", ".bin", ".efi", ".te")
 _MAGIC = frozenset("*?[")
@@ -44,7 +49,7 @@ def expand_inputs(args) -> list[str | ScanFailure]:
             if not matches:
                 out.append(ScanFailure(arg, f"{arg}: no file matches"))
             for m in matches:
-                out += _expand_path(m)
+                out += [Found(x) if isinstance(x, str) else x for x in _expand_path(m)]
         else:
             out += _expand_path(arg)
     return out
@@ -57,7 +62,7 @@ def _expand_path(path: str) -> list[str | ScanFailure]:
     if not found:
         kinds = ", ".join("*" + s for s in IMAGE_SUFFIXES)
         return [ScanFailure(path, f"{path}: no firmware image ({kinds}) in this directory")]
-    return list(found)
+    return [Found(x) if isinstance(x, str) else x for x in found]
 
 
 def directory_images(top: str) -> list[str | ScanFailure]:

@@ -12,14 +12,14 @@ import copy
 import gc
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
-from ovmftool.errors import ImageError, LimitExceeded, OvmfToolError
+from ovmftool.errors import ImageError, LimitExceeded, NothingToCheck, OvmfToolError
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.node import Node, all_problems, walk
 from ovmftool.model.flash import FlashImage
-from ovmftool.model.parser import read_image
+from ovmftool.model.parser import MAX_IMAGE_SIZE, read_image
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
@@ -152,14 +152,28 @@ class ScanResult:
 @dataclass
 class ScanFailure:
     """An input that could not be scanned (unreadable, damaged, or holding no code): it keeps
-    its place in every report, and its verdict is 2."""
+    its place in every report, and its verdict is 2. `nothing`: the input holds nothing the
+    tool checks (`errors.NothingToCheck`)."""
 
     path: str
     message: str
+    nothing: bool = False
 
     @property
     def exit_code(self) -> int:
         return 2
+
+
+@dataclass
+class ScanSkipped(ScanFailure):
+    """A file a directory or pattern brought in that holds nothing the tool checks (a variable
+    store, a blob `extract` wrote, a PE that is no UEFI module, firmware for another
+    architecture): listed with the reason, verdict 0. Named on the command line it would be a
+    `ScanFailure`."""
+
+    @property
+    def exit_code(self) -> int:
+        return 0
 
 
 def worst_exit(outcomes) -> int:
@@ -725,7 +739,7 @@ def check_scannable(path: str, root: FlashImage) -> None:
     if unread:
         raise ImageError(f"{path}: not checked: {unread[0]}{_more(unread)}")
     if not any(True for _ in iter_modules(root)) and not any(True for _ in iter_code_blobs(root)):
-        raise ImageError(f"{path}: no PE/TE modules: {no_code_hint(root)}")
+        raise NothingToCheck(f"{path}: no PE/TE modules: {no_code_hint(root)}")
     _refuse_codeless(path, unexecutable_modules(root))
 
 
@@ -771,8 +785,55 @@ def open_symbols(build_dir: str | None, option: str = "--symbols") -> BuildSymbo
         raise OvmfToolError(option + msg[len("--symbols"):] if msg.startswith("--symbols:") else msg) from None
 
 
+class Found(str):
+    """An input path a directory or a pattern brought in (`scan.inputs`), not one named: when it
+    holds nothing the tool checks it is skipped, not an error."""
+
+
+def _content_key(path: str) -> tuple[int, str] | None:
+    """(size, sha256) of the regular file at `path`, or None (the scan then says what is wrong)."""
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > MAX_IMAGE_SIZE:
+            return None
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_IMAGE_SIZE + 1)
+    except OSError:
+        return None
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
 def scan_paths(paths, symbols_dir: str | None = None, jobs: int | None = 1,
                cache: ResultCache | None = None) -> list[ScanResult | ScanFailure]:
+    """Scan each input (`scan_inputs`), files of identical contents once: each is reported under
+    its own name, with a note naming the first. A file a directory or pattern brought in
+    (`Found`) that holds nothing the tool checks is `ScanSkipped`."""
+    items = list(paths)
+    first: dict[int, int] = {}
+    if sum(1 for p in items if not isinstance(p, ScanFailure)) > 1:
+        seen: dict[tuple[int, str], int] = {}
+        for i, p in enumerate(items):
+            key = None if isinstance(p, ScanFailure) else _content_key(p)
+            if key is not None:
+                first[i] = seen.setdefault(key, i)
+    unique = [i for i in range(len(items)) if first.get(i, i) == i]
+    done = dict(zip(unique, scan_inputs([items[i] for i in unique], symbols_dir, jobs, cache)))
+    out: list[ScanResult | ScanFailure] = []
+    for i, p in enumerate(items):
+        o = done.get(i)
+        if o is None:  # same contents as an input before it
+            o0, p0 = done[first[i]], items[first[i]]
+            if isinstance(o0, ScanResult):
+                o = replace(o0, path=p, notes=o0.notes + [f"same contents as {p0}: scanned once"])
+            else:
+                o = ScanFailure(p, o0.message.replace(p0, p, 1), o0.nothing)
+        if isinstance(o, ScanFailure) and o.nothing and isinstance(p, Found):
+            o = ScanSkipped(o.path, o.message, True)
+        out.append(o)
+    return out
+
+
+def scan_inputs(paths, symbols_dir: str | None = None, jobs: int | None = 1,
+                cache: ResultCache | None = None) -> list[ScanResult | ScanFailure]:
     """Scan each input: its result, or its failure, in the order given. `paths` may hold
     ScanFailure entries (inputs that named nothing to scan, `scan.inputs`): kept in their place.
 
@@ -822,7 +883,7 @@ def _scan_input(path: str, symbols: str | BuildSymbols | None, jobs: int, cache:
     try:
         res = scan_checked(path, symbols, jobs, cache=cache)
     except OvmfToolError as e:
-        return ScanFailure(path, str(e))
+        return ScanFailure(path, str(e), isinstance(e, NothingToCheck))
     if whole is not None:
         whole.put(res.sha256, res.size, result_payload(res))
     return res

@@ -1,0 +1,175 @@
+"""Firmware from elsewhere: Debian sid's images (edk2 2026.08, assembled by NASM 3.01, which
+orders prefixes 66 F3), platform layouts (AmdSev, IntelTdx, a PVH ELF header), firmware that is
+not x86, and inputs that are no UEFI module. All on real images of corpus/images."""
+
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ovmftool.cli import main
+from ovmftool.errors import NothingToCheck
+from ovmftool.model import structs as S
+from ovmftool.model.node import all_problems
+from ovmftool.model.parser import parse_flash, read_image
+from ovmftool.ops.modules import iter_modules
+from ovmftool.patch.patcher import patch
+from ovmftool.scan import signatures as sigs
+from ovmftool.scan.scanner import scan_checked
+
+from conftest import CORPUS_IMAGES
+
+SID = CORPUS_IMAGES["images/debian-2026.08/OVMF_CODE_4M.fd"]
+TRIXIE = CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"]
+AMDSEV = CORPUS_IMAGES["images/debian-2026.08/OVMF.amdsev.fd"]
+TDX = CORPUS_IMAGES["images/debian-2026.08/OVMF.inteltdx.ms.fd"]
+AARCH64 = CORPUS_IMAGES["images/debian-2026.08/QEMU_EFI.fd"]
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_nasm3_image_every_site_named():
+    """sid's image: 114 sites, the 16-bit ones written 66 F3 (NASM 3), every one in a routine the
+    signatures name (before instruction-level matching, 38 were `sub_*`)."""
+    r = scan_checked(str(SID))
+    assert len(r.findings) == 114
+    assert {f.bytes for f in r.findings if f.width == 16} == {"66f36d", "66f36f"}
+    assert all(f.function_source == "signature" and not f.function.startswith("sub_") for f in r.findings)
+    assert {f.function for f in r.findings} == {f"SevIo{d}Fifo{w}" for d in ("Read", "Write") for w in (8, 16, 32)}
+    assert r.era == sigs.TDX
+
+
+def test_nasm3_image_patches_to_zero():
+    res = patch(str(SID), read_image(str(SID)), jobs=2)
+    assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == 114
+    assert {r.shape for r in res.rewrites} == {"sev-fifo"}
+    new = parse_flash(res.output, "patched")
+    assert all_problems(new) == []
+
+
+def test_diff_trixie_to_sid_shows_only_real_changes():
+    """Same routines, other prefix order: unchanged. What is added is a new module's six sites."""
+    r = _run("diff", "--format", "json", TRIXIE, SID)
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1
+    assert len(doc["removed"]) == 0 and len(doc["added"]) == 6 and len(doc["unchanged"]) == 108
+    assert {f["module"] for f in doc["added"]} == {"SdMmcPciHcDxe"}
+
+
+def test_signature_matches_other_encodings(tmp_path):
+    """The same routine assembled with near jumps, NOP padding inside it and an imm32 form (what
+    another assembler or other options emit): matched by its instructions, its extent and its
+    site where they are in this encoding."""
+    nasm = shutil.which("nasm")
+    if nasm is None:
+        pytest.skip("nasm is not installed (.ci/run installs it)")
+    src = tmp_path / "v.nasm"
+    src.write_text("""BITS 64
+Helper:
+  xor eax, eax
+  ret
+align 16
+Fifo16:
+  xchg rcx, rdx
+  xchg rdi, r8
+  call strict near Helper
+  test eax, eax
+  jnz strict near NoRep
+  cld
+  nop
+  rep insw
+  jmp strict near Done
+NoRep:
+  jrcxz Done
+Loop:
+  in ax, dx
+  mov [rdi], ax
+  add rdi, strict qword 2
+  loop Loop
+Done:
+  mov rdi, r8
+  ret
+""")
+    subprocess.run([nasm, "-f", "bin", "-o", str(tmp_path / "v.bin"), str(src)], check=True)
+    code = (tmp_path / "v.bin").read_bytes()
+    (m,) = sigs.find(code, "X64", [(0, len(code))])
+    assert m.signature.routine == "SevIoReadFifo16" and m.rva == 0x10 and m.end == len(code)
+    assert m.sites == (code.index(b"\xf3\x66\x6d"),) and m.size != len(m.signature.code)
+    # the same bytes with one instruction changed: no match
+    bad = code.replace(b"\x66\xed", b"\x66\xe5")  # in ax, dx -> in ax, imm8
+    assert sigs.find(bad, "X64", [(0, len(bad))]) == []
+
+
+def test_amdsev_grub_placeholder_is_not_damage():
+    """OVMF.amdsev.fd carries an empty PE32 section for Grub (filled in by whoever builds with
+    grub.efi): a placeholder, not damage. The advice names the AmdSev DSC."""
+    root = read_image(str(AMDSEV))
+    assert all_problems(root) == []
+    r = _run("scan", AMDSEV)
+    assert r.exit_code == 1 and "--dsc OvmfPkg/AmdSev/AmdSevX64.dsc" in r.stdout
+    res = patch(str(AMDSEV), root, jobs=2)
+    assert res.refusals == [] and res.sites_after == 0
+
+
+def test_inteltdx_advice_names_its_dsc():
+    r = _run("scan", TDX)
+    assert r.exit_code == 1 and "--dsc OvmfPkg/IntelTdx/IntelTdxX64.dsc" in r.stdout
+    assert "OvmfPkgX64.dsc" not in r.stdout
+
+
+@pytest.mark.parametrize("cmd", [["info"], ["scan"], ["patch", "--dry-run"], ["extract", "-o", "OUT"]])
+def test_aarch64_firmware_is_not_x86(cmd, tmp_path):
+    args = [a if a != "OUT" else tmp_path / "out" for a in cmd]
+    r = _run(*args[:1], AARCH64, *args[1:])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == (f"ovmftool: error: {AARCH64}: not x86: AARCH64 firmware: its modules are AARCH64 "
+                                "(104 modules); ovmftool reads x86 (IA32/X64) firmware")
+    assert "damaged" not in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_elf_executable_for_another_machine_is_not_x86(tmp_path):
+    elf = tmp_path / "slof.bin"
+    ident = b"\x7fELF\x02\x02\x01" + b"\0" * 9
+    elf.write_bytes(ident + struct.pack("<HH", 2, 21) + b"\0" * 4096)
+    with pytest.raises(NothingToCheck, match="not x86: an ELF executable for PPC64"):
+        read_image(str(elf))
+
+
+def test_pvh_elf_header_before_the_volume_is_a_layout(tmp_path):
+    """CloudHv's and OvmfXen's images start with an ELF header (PVH boot) before the volume:
+    a gap holding it is no damage; its machine is shown."""
+    code = Path(TRIXIE).read_bytes()
+    hdr = bytearray(0x1000)
+    hdr[:16] = b"\x7fELF\x02\x01\x01\x03" + b"\0" * 8
+    struct.pack_into("<HH", hdr, 16, 2, 62)  # ET_EXEC, EM_X86_64
+    img = tmp_path / "CLOUDHV.fd"
+    img.write_bytes(bytes(hdr) + code)
+    root = read_image(str(img))
+    assert all_problems(root) == []
+    assert root.children[0].elf_machine == "X64"
+    assert _run("info", img).exit_code == 0 and "gap (ELF header, X64)" in _run("info", img).stdout
+    assert _run("scan", img).exit_code == 1
+
+
+def test_windows_dll_is_not_a_uefi_module(tmp_path):
+    """A PE whose subsystem is not EFI's (here a module of the corpus image with its subsystem set
+    to Windows console) is exit 2, "not a UEFI module", for scan and patch alike."""
+    root = read_image(str(TRIXIE))
+    m = next(m for m in iter_modules(root) if m.image.format == "PE32+" and m.image.abs_offset is None)
+    data = bytearray(m.image.data)
+    lfanew = S.DOS_E_LFANEW.get(data)
+    opt = lfanew + len(S.PE_MAGIC) + S.COFF_HEADER.size
+    sub = opt + 68  # Subsystem: the same offset in PE32 and PE32+ optional headers
+    assert struct.unpack_from("<H", data, sub)[0] == m.image.subsystem
+    struct.pack_into("<H", data, sub, 3)
+    dll = tmp_path / "thing.dll.efi"
+    dll.write_bytes(bytes(data))
+    for cmd in (["scan"], ["patch", "--dry-run"]):
+        r = _run(*cmd, dll)
+        assert r.exit_code == 2 and "is not a UEFI module" in r.stderr and "Windows console" in r.stderr
