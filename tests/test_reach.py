@@ -58,8 +58,11 @@ def test_diff_trixie_to_sid_shows_only_real_changes():
     r = _run("diff", "--format", "json", TRIXIE, SID)
     doc = json.loads(r.stdout)
     assert r.exit_code == 1
-    assert len(doc["removed"]) == 0 and len(doc["added"]) == 6 and len(doc["unchanged"]) == 108
-    assert {f["module"] for f in doc["added"]} == {"SdMmcPciHcDxe"}
+    assert (len(doc["removed"]), len(doc["added"]), doc["unchanged"]) == (0, 6, 108)
+    assert len(doc["modules_added"]) == 7 and doc["modules_removed"] == []
+    text = _run("diff", TRIXIE, SID).stdout
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("+ ") and " module " not in line] == \
+        ["SdMmcPciHcDxe"] * 6
 
 
 def test_signature_matches_other_encodings(tmp_path):
