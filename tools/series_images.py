@@ -24,7 +24,7 @@ def main() -> None:
     defs = json.loads((ROOT / "corpus/builds.json").read_text())["builds"]
     out = []
     for im in manifest["images"]:
-        if "_VARS" in im["path"]:
+        if "_VARS" in im["path"] or not im["package"].startswith("ovmf"):
             continue
         tree = im["version"].split("-")[0].split("+")[0]
         out.append({"sha256": im["sha256"], "tree": tree,

@@ -24,10 +24,9 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import ScanResult
 
 # The package's own source tree (a checkout, or an editable install); an installed copy
@@ -72,12 +71,6 @@ class Series:
     strategy: str
     patched_files: tuple[str, ...]
     iolib_fifo: dict
-
-    @property
-    def era(self) -> str:
-        """The tree era of the series (`signatures.TDX` or `PRE_TDX`): Oxide's fork is based on
-        edk2-stable202105, before TDX; Debian's 2022.11 and 2025.02 trees have it."""
-        return sigs.PRE_TDX if self.tree.startswith("oxide") else sigs.TDX
 
     def removes(self, signature: dict, arch: str) -> bool:
         """True when applying the series removes the routine `signature` describes (for `arch`)."""
