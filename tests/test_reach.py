@@ -176,3 +176,20 @@ def test_windows_dll_is_not_a_uefi_module(tmp_path):
     for cmd in (["scan"], ["patch", "--dry-run"]):
         r = _run(*cmd, dll)
         assert r.exit_code == 2 and "is not a UEFI module" in r.stderr and "Windows console" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is installed by .ci/run")
+@pytest.mark.parametrize("image", [SID, AMDSEV, TDX], ids=lambda p: Path(p).name)
+def test_sid_images_patch_and_boot_with_none_executed(image, tmp_path):
+    """sid's generic, AmdSev and IntelTdx images: patch -> rescan 0 -> boot to the end their BDS
+    reaches under QEMU (the boot manager fallback: AmdSev says "No bootable option was found.")
+    with no string I/O executed; unpatched, the boot executes some."""
+    out = tmp_path / "patched.fd"
+    assert _run("patch", image, "-o", out).exit_code == 0
+    vars_ = ["--vars", CORPUS_IMAGES["images/debian-2026.08/OVMF_VARS_4M.fd"]] if image == SID else []
+    r = _run("boot-check", out, *vars_, "--timeout", "120", "--format", "json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["finished"] and doc["ended"] in ("shell", "boot-manager") and doc["executed"] == [], r.stdout
+    if image == AMDSEV:
+        r = _run("boot-check", image, "--timeout", "120", "--format", "json")
+        assert r.exit_code == 1 and json.loads(r.stdout)["executed"]

@@ -23,9 +23,11 @@ from ovmftool.errors import OvmfToolError
 
 SHELL_MARKERS = (b"Shell>", b"UEFI Interactive Shell")
 # Where BDS ends when there is no shell boot option (e.g. a build without the shell in its boot
-# options) or nothing to boot: the boot manager fallback counts as a completed boot.
-FALLBACK_MARKERS = (b"No bootable option or device was found", b"Press any key to enter the Boot Manager Menu",
-                    b">>Start PXE")
+# options) or nothing to boot: the boot manager fallback counts as a completed boot (AmdSev's
+# BDS, which has no boot manager menu, says "No bootable option was found."; PXE and HTTP boot
+# attempts are where a network boot begins).
+FALLBACK_MARKERS = (b"No bootable option or device was found", b"No bootable option was found.",
+                    b"Press any key to enter the Boot Manager Menu", b">>Start PXE", b">>Start HTTP Boot")
 FINISHED = ("shell", "boot-manager")
 POLL = 0.5  # seconds between looks at the logs
 
