@@ -141,7 +141,7 @@ VARS_FILES = sorted(k for k in CORPUS_IMAGES if "/OVMF_VARS" in k)
 
 def test_corpus_has_the_stores_compared_below():
     assert VARS_FILES == ["images/debian-2022.11/OVMF_VARS.fd", "images/debian-2022.11/OVMF_VARS_4M.fd",
-                          "images/debian-2025.02/OVMF_VARS_4M.fd"]
+                          "images/debian-2025.02/OVMF_VARS_4M.fd", "images/debian-2026.08/OVMF_VARS_4M.fd"]
 
 
 @pytest.mark.parametrize("key", VARS_FILES)
