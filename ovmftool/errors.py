@@ -56,5 +56,11 @@ class NothingToCheck(ImageError):
     or by a pattern it is listed as skipped (`scan.inputs`)."""
 
 
+class NoVolume(NothingToCheck):
+    """No firmware volume and no PE/TE image: a blob, or a flash image cut before its first
+    volume header (a file named like an image, `.fd`/`.fv`/`.rom`, is then an error even in a
+    directory: `scan.scanner.scan_paths`)."""
+
+
 class LimitExceeded(ImageError):
     """A resource cap (expanded size, nesting depth, node count) was hit: a likely bomb."""

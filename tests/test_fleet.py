@@ -103,6 +103,11 @@ def test_directory_scan_keeps_input_order_skips_non_code_and_fails_on_damage(fle
     r = _scan(fleet)
     assert r.exit_code == 2 and "damaged.fd" in r.stderr and r.stderr.count("\n") == 1
     os.remove(fleet / "damaged.fd")
+    # an image cut before its first volume header: no volume, but named as an image: an error
+    (fleet / "cut.fd").write_bytes(Path(DEB22).read_bytes()[:0x20])
+    r = _scan(fleet)
+    assert r.exit_code == 2 and "cut.fd holds no firmware volume" in r.stderr and r.stderr.count("\n") == 1
+    os.remove(fleet / "cut.fd")
     # the same contents under two names: scanned once, reported under each
     shutil.copy(DEB22, fleet / "copy.fd")
     r = _scan("--format", "json", "--no-cache", fleet)

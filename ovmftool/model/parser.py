@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ovmftool.errors import ImageError, LimitExceeded, NothingToCheck
+from ovmftool.errors import ImageError, LimitExceeded, NothingToCheck, NoVolume
 from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile, looks_like_binary, parse_binary
 from ovmftool.model.blob import CodeBlob
@@ -112,7 +112,7 @@ def parse_flash(data: bytes, path: str = "", limits: Limits | None = None, known
         elf = elf_machine(data)
         if elf is not None and elf not in S.X86_MACHINES:
             raise NothingToCheck(f"{path or 'input'}: not x86: an ELF executable for {elf}, not a UEFI flash image")
-        raise NothingToCheck(f"{path or 'input'} holds no firmware volume (no _FVH signature) and is not a PE32/TE "
+        raise NoVolume(f"{path or 'input'} holds no firmware volume (no _FVH signature) and is not a PE32/TE "
                          "image: not a flash image or UEFI binary")
     resolve(root)
     return root

@@ -20,7 +20,8 @@ under another name) are scanned once and reported under each name. A failing inp
 (`ScanFailure`) keeps its place and makes the exit code 2, as an unreadable image does, except
 that a file a directory or pattern brought in which holds nothing the tool checks (a variable
 store, a blob `extract` wrote, a PE that is no UEFI module, firmware for another architecture:
-`errors.NothingToCheck`) is listed as skipped with the reason and does not change the verdict.
+`errors.NothingToCheck`; but not a `.fd`/`.fv`/`.rom` with no volume: a cut image) is listed as
+skipped with the reason and does not change the verdict.
 Named on the command line, such a file is an error.
 """
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
-from ovmftool.errors import ImageError, LimitExceeded, NothingToCheck, OvmfToolError
+from ovmftool.errors import ImageError, LimitExceeded, NothingToCheck, NoVolume, OvmfToolError
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.node import Node, all_problems, walk
 from ovmftool.model.flash import FlashImage
@@ -883,7 +883,9 @@ def _scan_input(path: str, symbols: str | BuildSymbols | None, jobs: int, cache:
     try:
         res = scan_checked(path, symbols, jobs, cache=cache)
     except OvmfToolError as e:
-        return ScanFailure(path, str(e), isinstance(e, NothingToCheck))
+        # a flash image's name with no volume in it is a cut image, not a blob: an error anywhere
+        cut = isinstance(e, NoVolume) and path.lower().endswith((".fd", ".fv", ".rom"))
+        return ScanFailure(path, str(e), isinstance(e, NothingToCheck) and not cut)
     if whole is not None:
         whole.put(res.sha256, res.size, result_payload(res))
     return res
