@@ -103,6 +103,13 @@ def test_directory_scan_keeps_input_order_skips_non_code_and_fails_on_damage(fle
     r = _scan(fleet)
     assert r.exit_code == 2 and "damaged.fd" in r.stderr and r.stderr.count("\n") == 1
     os.remove(fleet / "damaged.fd")
+    # a directory of nothing but such files checks nothing: each is an error
+    only = fleet / "only"
+    only.mkdir()
+    shutil.copy(VARS, only / "OVMF_VARS.fd")
+    r = _scan(only)
+    assert r.exit_code == 2 and "OVMF_VARS.fd: no PE/TE modules" in r.stderr
+    shutil.rmtree(only)
     # an image cut before its first volume header: no volume, but named as an image: an error
     (fleet / "cut.fd").write_bytes(Path(DEB22).read_bytes()[:0x20])
     r = _scan(fleet)

@@ -806,7 +806,8 @@ def scan_paths(paths, symbols_dir: str | None = None, jobs: int | None = 1,
                cache: ResultCache | None = None) -> list[ScanResult | ScanFailure]:
     """Scan each input (`scan_inputs`), files of identical contents once: each is reported under
     its own name, with a note naming the first. A file a directory or pattern brought in
-    (`Found`) that holds nothing the tool checks is `ScanSkipped`."""
+    (`Found`) that holds nothing the tool checks is `ScanSkipped`, unless every input is: then
+    nothing was checked, and each is the error it would be if named."""
     items = list(paths)
     first: dict[int, int] = {}
     if sum(1 for p in items if not isinstance(p, ScanFailure)) > 1:
@@ -829,6 +830,8 @@ def scan_paths(paths, symbols_dir: str | None = None, jobs: int | None = 1,
         if isinstance(o, ScanFailure) and o.nothing and isinstance(p, Found):
             o = ScanSkipped(o.path, o.message, True)
         out.append(o)
+    if out and all(isinstance(o, ScanSkipped) for o in out):  # nothing checked at all: not a clean verdict
+        out = [ScanFailure(o.path, o.message, True) for o in out]
     return out
 
 
