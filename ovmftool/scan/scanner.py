@@ -790,16 +790,41 @@ class Found(str):
     holds nothing the tool checks it is skipped, not an error."""
 
 
-def _content_key(path: str) -> tuple[int, str] | None:
-    """(size, sha256) of the regular file at `path`, or None (the scan then says what is wrong)."""
+def _file_size(path: str) -> int | None:
+    """The size of the regular file at `path` (within MAX_IMAGE_SIZE), else None: the scan then
+    says what is wrong."""
     try:
-        if not os.path.isfile(path) or os.path.getsize(path) > MAX_IMAGE_SIZE:
-            return None
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_IMAGE_SIZE + 1)
+        size = os.path.getsize(path) if os.path.isfile(path) else None
     except OSError:
         return None
-    return len(data), hashlib.sha256(data).hexdigest()
+    return size if size is not None and size <= MAX_IMAGE_SIZE else None
+
+
+def _sha256_of(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read(MAX_IMAGE_SIZE + 1)).hexdigest()
+    except OSError:
+        return None
+
+
+def _same_contents(items: list) -> dict[int, int]:
+    """index -> index of the first input with the same contents, for the inputs that are files;
+    only files whose size another shares are read to compare."""
+    sizes = {i: _file_size(p) for i, p in enumerate(items) if not isinstance(p, ScanFailure)}
+    count: dict[int, int] = {}
+    for s in sizes.values():
+        if s is not None:
+            count[s] = count.get(s, 0) + 1
+    first: dict[int, int] = {}
+    seen: dict[tuple[int, str], int] = {}
+    for i, s in sizes.items():
+        if s is None or count[s] < 2:
+            continue
+        digest = _sha256_of(items[i])
+        if digest is not None:
+            first[i] = seen.setdefault((s, digest), i)
+    return first
 
 
 def scan_paths(paths, symbols_dir: str | None = None, jobs: int | None = 1,
@@ -809,13 +834,7 @@ def scan_paths(paths, symbols_dir: str | None = None, jobs: int | None = 1,
     (`Found`) that holds nothing the tool checks is `ScanSkipped`, unless every input is: then
     nothing was checked, and each is the error it would be if named."""
     items = list(paths)
-    first: dict[int, int] = {}
-    if sum(1 for p in items if not isinstance(p, ScanFailure)) > 1:
-        seen: dict[tuple[int, str], int] = {}
-        for i, p in enumerate(items):
-            key = None if isinstance(p, ScanFailure) else _content_key(p)
-            if key is not None:
-                first[i] = seen.setdefault(key, i)
+    first = _same_contents(items)
     unique = [i for i in range(len(items)) if first.get(i, i) == i]
     done = dict(zip(unique, scan_inputs([items[i] for i in unique], symbols_dir, jobs, cache)))
     out: list[ScanResult | ScanFailure] = []

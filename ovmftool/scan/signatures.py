@@ -287,14 +287,15 @@ def _compare_at(mem: bytes, start: int, hi: int, sig: Signature) -> tuple[int, t
     return where[-1][1], tuple(start + a for a, _end, mnem in where if string_io(mnem))
 
 
-def _window(sig: Signature, off: int) -> list[int]:
+@lru_cache(maxsize=None)
+def _window(sig: Signature, off: int) -> tuple[int, ...]:
     """Where, relative to `off` (a string I/O instruction's offset in the signature), the routine
     may start in another encoding: nearest first. Each branch before the site may be short or
     near (4 bytes either way), alignment padding or other operand forms add up to 16 bytes."""
     before = sum(1 for (a, _alts), _site in tokens(sig.code, sig.bits) if a < off
                  and any(len(alt) and alt[-1] is None for alt in _alts))
     w = 16 + 4 * before
-    return sorted(range(-w, w + 1), key=lambda d: (abs(d), d))
+    return tuple(sorted(range(-w, w + 1), key=lambda d: (abs(d), d)))
 
 
 def find(mem: bytes, arch: str, ranges: list[tuple[int, int]]) -> list[SignatureMatch]:
