@@ -22,7 +22,7 @@ fi
 rows=(
   "2022.11|bookworm|ovmf|/usr/share/OVMF|OVMF_CODE.fd OVMF_VARS.fd OVMF_CODE_4M.fd OVMF_VARS_4M.fd"
   "2025.02|trixie|ovmf|/usr/share/OVMF|OVMF_CODE_4M.fd OVMF_VARS_4M.fd"
-  "2026.08|sid|ovmf-generic|/usr/share/OVMF|OVMF_CODE_4M.fd OVMF_VARS_4M.fd"
+  "2026.08|sid|ovmf-generic|/usr/share/OVMF|OVMF_CODE_4M.fd OVMF_CODE_4M.secboot.fd OVMF_VARS_4M.fd"
   "2026.08|sid|ovmf-amdsev|/usr/share/ovmf|OVMF.amdsev.fd"
   "2026.08|sid|ovmf-inteltdx|/usr/share/ovmf|OVMF.inteltdx.ms.fd"
   "2026.08|sid|qemu-efi-aarch64|/usr/share/qemu-efi-aarch64|QEMU_EFI.fd"
