@@ -12,6 +12,7 @@ import sys
 import click
 
 from ovmftool import __version__
+from ovmftool.errors import OvmfToolError
 from ovmftool.model.parser import read_image
 from ovmftool.report.console import Group as _Group, emit as _emit, fail as _fail, progress_printer
 from ovmftool.report.console import out_dir as _out_dir, out_dir_parents as _out_dir_parents
@@ -247,13 +248,16 @@ def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fm
     from pathlib import Path
 
     from ovmftool.boot.check import Terminated, boot_image, stop_on_signals
-    from ovmftool.report.boot_report import boot_failure, progress_line, render_boot, terminated_line
+    from ovmftool.report.boot_report import boot_error_json, boot_failure, progress_line, render_boot, terminated_line
 
     progress = progress_printer(progress_line) if fmt == "text" else None
     try:
         with stop_on_signals():
             bc = boot_image(image, vars_file, machine, timeout, fail_fast, Path(keep) if keep else None, progress,
                             count=not no_count, hang_after=hang_after)
+    except OvmfToolError as e:  # JSON is written on every exit: here its error form
+        click.echo(boot_error_json(image, str(e)) if fmt == "json" else "", nl=False)
+        raise
     except Terminated as t:
         click.echo(("\n" if progress else "") + terminated_line(t, keep), err=True)
         sys.exit(t.exit_code)

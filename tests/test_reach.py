@@ -209,3 +209,22 @@ def test_smm_secure_boot_build_boots_to_its_end_without_the_plugin():
     assert r.exit_code == 1 and doc["finished"] and doc["ended"] in ("shell", "boot-manager"), r.stdout
     assert doc["first"]["function"] == "SevIoReadFifo8" and doc["first"]["module"] == "PlatformPei"
     assert doc["seconds"] < 30
+
+
+def test_boot_check_refuses_before_qemu_and_writes_its_json_on_exit_2():
+    """Firmware QEMU's x86 machine cannot boot is refused before QEMU starts (fast), and
+    `--format json` still writes its document (the error form of its schema)."""
+    import time
+
+    import jsonschema
+
+    from conftest import ROOT
+
+    t = time.monotonic()
+    r = _run("boot-check", AARCH64, "--format", "json")
+    assert r.exit_code == 2 and time.monotonic() - t < 5
+    doc = json.loads(r.stdout)
+    schema = json.loads((ROOT / "docs/schema/boot-check-1.json").read_text())
+    jsonschema.validate(doc, schema)
+    assert "not x86: AARCH64" in doc["error"] and doc["image"] == str(AARCH64)
+    assert r.stderr.count("\n") == 1 and "not x86" in r.stderr

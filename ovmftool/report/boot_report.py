@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ovmftool.boot.check import BootCheck, Terminated
-from ovmftool.report.document import to_json
+from ovmftool.report.document import header, to_json
 
 
 def _where(bc: BootCheck) -> str:
@@ -77,6 +77,12 @@ def terminated_line(t: Terminated, keep: str | None) -> str:
     """The one stderr line when a stop signal ended boot-check (exit `t.exit_code`)."""
     where = f"the logs so far are in {keep}" if keep else "its work directory removed"
     return f"ovmftool: terminated by {t.name}: boot-check stopped, QEMU killed, {where}"
+
+
+def boot_error_json(image: str, message: str) -> str:
+    """The JSON document of a boot-check that stopped before or without a boot (exit 2): the
+    image and the error line (schema ovmftool.boot-check/1, its error form)."""
+    return to_json(header("ovmftool.boot-check/1", image=image, error=message))
 
 
 def render_boot(bc: BootCheck, fmt: str) -> str:
