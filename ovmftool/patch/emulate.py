@@ -251,3 +251,135 @@ def _compare(original: bytes, rewritten: bytes, bits: int, entry: int, width: in
             if getattr(a, what) != getattr(b, what):
                 problems.append(f"count {count}: {what} differ" + (f" ({b.error})" if what == "returned" else ""))
     return problems, touched
+
+
+# --- detours (patch.detour): the window and its new code, on randomised states ---------------
+
+_W_CODE, _W_SITE, _W_NEW = 0x0, 0x100000, 0x200000  # canonical places of the window and the detour
+_W_CODE_SIZE = 0x400000
+_W_BUF, _W_BUF_SIZE = 0x600000, 0x3000  # the pointer starts 3 bytes before (or after) a page boundary
+_W_STACK, _W_STACK_SIZE = 0x800000, 0x10000
+_W_SENTINEL = 0x00F00000  # a return address nothing maps: a displaced RET ends there
+WINDOW_COUNTS = (0, 1, 2, 5, 37)
+_GPR64 = ("RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12", "R13", "R14",
+          "R15")
+_GPR32 = ("EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "ESP")
+_FLAGS_MASK = 0xCD5 | 0x400  # CF PF AF ZF SF OF and DF
+
+
+@dataclass(frozen=True)
+class WindowRun:
+    ports: tuple
+    regs: tuple
+    flags: int
+    buffer: bytes
+    stack: bytes
+    exit: int | None
+    error: str | None
+
+
+def _run_window(code: bytes, new: bytes | None, bits: int, state: dict) -> WindowRun:
+    """Run from the window's canonical place until execution leaves the window (and the detour,
+    `new`, mapped at _W_NEW when given)."""
+    from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_32, UC_MODE_64, Uc, UcError
+    from unicorn import x86_const as X
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_64 if bits == 64 else UC_MODE_32)
+    uc.mem_map(_W_CODE, _W_CODE_SIZE)
+    uc.mem_write(_W_SITE, code)
+    inside = [(_W_SITE, _W_SITE + len(code))]
+    if new is not None:
+        uc.mem_write(_W_NEW, new)
+        inside.append((_W_NEW, _W_NEW + len(new)))
+    uc.mem_map(_W_BUF, _W_BUF_SIZE)
+    uc.mem_write(_W_BUF, _BUF_PATTERN[: _W_BUF_SIZE // 2] * 2)
+    uc.mem_map(_W_STACK, _W_STACK_SIZE)
+    ports: list[tuple] = []
+    left: list[int] = []
+
+    def on_in(_uc, port, size, _ud):
+        v = (0x5A + 0x11 * len(ports)) & ((1 << (8 * size)) - 1)
+        ports.append(("in", port, size, v))
+        if len(ports) >= _MAX_PORTS:
+            _uc.emu_stop()
+        return v
+
+    def on_out(_uc, port, size, value, _ud):
+        ports.append(("out", port, size, value))
+        if len(ports) >= _MAX_PORTS:
+            _uc.emu_stop()
+
+    def on_code(_uc, addr, _size, _ud):
+        if not any(lo <= addr < hi for lo, hi in inside):
+            left.append(addr)
+            _uc.emu_stop()
+
+    uc.hook_add(UC_HOOK_CODE, on_code, None, 1, 0)
+    uc.hook_add(UC_HOOK_INSN, on_in, None, 1, 0, X.UC_X86_INS_IN)
+    uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, X.UC_X86_INS_OUT)
+    names = _GPR64 if bits == 64 else _GPR32
+    regs = [getattr(X, f"UC_X86_REG_{n}") for n in names]
+    for n, r in zip(names, regs):
+        uc.reg_write(r, state[n])
+    sp = state["RSP" if bits == 64 else "ESP"]
+    uc.mem_write(sp, _W_SENTINEL.to_bytes(bits // 8, "little"))
+    uc.reg_write(X.UC_X86_REG_EFLAGS, state["FLAGS"])
+    error = None
+    try:
+        uc.emu_start(_W_SITE, _W_SENTINEL + 0x1000, count=_MAX_INSNS)
+    except UcError as e:
+        pc = uc.reg_read(X.UC_X86_REG_RIP if bits == 64 else X.UC_X86_REG_EIP)
+        if any(lo <= pc < hi for lo, hi in inside):
+            error = str(e)
+        else:
+            left.append(pc)  # left for code nothing maps (the sentinel of a displaced RET)
+    if len(ports) >= _MAX_PORTS:
+        error = f"stopped after {_MAX_PORTS} port accesses"
+    final_sp = uc.reg_read(regs[names.index("RSP" if bits == 64 else "ESP")])
+    lo = max(min(final_sp, sp), _W_STACK)
+    run = WindowRun(tuple(ports), tuple(uc.reg_read(r) for r in regs), uc.reg_read(X.UC_X86_REG_EFLAGS) & _FLAGS_MASK,
+                    bytes(uc.mem_read(_W_BUF, _W_BUF_SIZE)),
+                    bytes(uc.mem_read(lo, _W_STACK + _W_STACK_SIZE - lo)),
+                    left[0] if left else None, error)
+    close = getattr(uc, "_Uc__finalizer", None)
+    if close is not None:
+        close()
+    return run
+
+
+def _window_states(bits: int, direction: str, rep: bool):
+    """Randomised register states (seeded: the same every run): counts 0 to 37 for REP, DF 0 and
+    1, the pointer 3 bytes from a page boundary it crosses, the port in DX."""
+    import random
+
+    rng = random.Random(0x510)
+    mask = (1 << bits) - 1
+    for count in (WINDOW_COUNTS if rep else (1,)):
+        for df in (0, 1):
+            st = {n: rng.getrandbits(bits) & mask for n in (_GPR64 if bits == 64 else _GPR32)}
+            ptr = _W_BUF + 0x1000 + (2 if df else -3)
+            st["RCX" if bits == 64 else "ECX"] = count if rep else st["RCX" if bits == 64 else "ECX"]
+            st["RDX" if bits == 64 else "EDX"] = (st["RDX" if bits == 64 else "EDX"] & ~0xFFFF) | 0x510
+            st[("RDI" if bits == 64 else "EDI") if direction == "in" else ("RSI" if bits == 64 else "ESI")] = ptr
+            st["RSP" if bits == 64 else "ESP"] = _W_STACK + _W_STACK_SIZE - 0x800
+            st["FLAGS"] = 0x2 | (rng.getrandbits(12) & 0x8D5) | (df << 10)
+            yield count, df, st
+
+
+def compare_window(window: bytes, site_new: bytes, detour: bytes, bits: int, direction: str, rep: bool) -> list[str]:
+    """Differences between the window's original code and its detour (the window's new bytes
+    jumping to `detour`, both built for the canonical places: `window` at _W_SITE, `detour` at
+    _W_NEW) over randomised states: port accesses, registers, flags, buffer, the caller's stack,
+    where execution leaves. Empty when they agree in every state."""
+    problems = []
+    for count, df, st in _window_states(bits, direction, rep):
+        a = _run_window(window, None, bits, st)
+        b = _run_window(site_new, detour, bits, st)
+        where = f"count {count}, DF {df}"
+        if a.error or a.exit is None:
+            problems.append(f"{where}: the original did not leave the window ({a.error or 'no exit'})")
+            continue
+        for what in ("exit", "ports", "regs", "flags", "buffer", "stack", "error"):
+            if getattr(a, what) != getattr(b, what):
+                problems.append(f"{where}: {what} differ")
+    return problems

@@ -117,26 +117,36 @@ def slack_room(img: PeImage, code_end: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _redirect(img: PeImage, raw: bytearray, routines: list[Routine], start: int,
-              offsets: list[int]) -> list[tuple[int, bytes, bytes, int]]:
-    """Turn each routine's entry into `jmp rel32` to its loop at start + offset; INT3 the rest."""
-    entries = []
-    for rt, off in zip(routines, offsets):
-        target = start + off
-        jmp = b"\xe9" + struct.pack("<i", target - (rt.rva + 5))
-        new = jmp + b"\xcc" * (rt.length - 5)
-        fo = img.rva_to_offset(rt.rva)
-        old = bytes(raw[fo : fo + rt.length])
-        raw[fo : fo + rt.length] = new
-        entries.append((rt.rva, old, new, target))
-    return entries
-
-
 def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None = None) -> Grown:
     """Add the loops for `routines` to `img` and redirect each routine's entry to its loop.
 
     `code_end`: where the build's `.text` output section ends (from its symbols); the slack after
     it is used when the loops fit there."""
+    for rt in routines:
+        if img.relocated_in(rt.rva, rt.rva + rt.length):
+            raise CannotGrow(f"{rt.name} has bytes covered by a base relocation")
+    code, offsets = _pieces(arch, routines)
+    entries: list[tuple[int, bytes, bytes, int]] = []
+
+    def build(start: int) -> tuple[bytes, list[tuple[int, bytes]]]:
+        entries.clear()
+        patches = []
+        for rt, off in zip(routines, offsets):
+            target = start + off
+            new = b"\xe9" + struct.pack("<i", target - (rt.rva + 5)) + b"\xcc" * (rt.length - 5)
+            entries.append((rt.rva, bytes(img.memory[rt.rva : rt.rva + rt.length]), new, target))
+            patches.append((rt.rva, new))
+        return code, patches
+
+    data, placement = add_code(img, build, code_end)
+    return Grown(data, tuple(entries), placement)
+
+
+def add_code(img: PeImage, build, code_end: int | None = None) -> tuple[bytes, str]:
+    """`img`'s bytes with new code added and bytes patched: `build(start)` gives the code to
+    place at rva `start` (its length the same whatever `start`) and the (rva, bytes) patches to
+    make, which may depend on `start`. The code goes into the slack after `code_end`, a new
+    section, or the end of the last section (the module doc). Returns (data, placement)."""
     if img.format == "TE":
         raise CannotGrow("TE images have no room for another section header")
     raw = bytearray(img.data)
@@ -147,15 +157,13 @@ def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None 
     if any(s.rva != s.raw_offset for s in img.sections if s.raw_size):
         raise CannotGrow("sections are not placed at file offset == RVA")
     first_raw = min((s.raw_offset for s in img.sections if s.raw_size), default=len(raw))
-    for rt in routines:
-        if img.relocated_in(rt.rva, rt.rva + rt.length):
-            raise CannotGrow(f"{rt.name} has bytes covered by a base relocation")
-    code, offsets = _pieces(arch, routines)
+    size = len(build(0)[0])
     room = slack_room(img, code_end) if code_end is not None else None
-    if room is not None and room[0] + len(code) <= room[1]:
+    if room is not None and room[0] + size <= room[1]:
+        code, patches = build(room[0])
         raw[room[0] : room[0] + len(code)] = code
-        entries = _redirect(img, raw, routines, room[0], offsets)
-        return Grown(bytes(raw), tuple(entries), "slack")
+        _apply(img, raw, patches)
+        return bytes(raw), "slack"
     salign, falign = img.section_alignment or 0x20, img.file_alignment or 0x20
     for what, a in (("section", salign), ("file", falign)):
         if a & (a - 1) or a > 0x10000:  # padding to it would take gigabytes
@@ -170,6 +178,7 @@ def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None 
         if start < len(raw) and any(raw[start:]):
             raise CannotGrow("data follows the last section")
         placement = "last-section"
+    code, patches = build(start)
     raw_size = _align(len(code), falign)
     if len(raw) < start:
         raw += b"\0" * (start - len(raw))
@@ -195,5 +204,11 @@ def grow(img: PeImage, arch: str, routines: list[Routine], code_end: int | None 
     S.OPT_SIZE_OF_IMAGE.put(raw, opt, max(img.size_of_image, image_end))
     size_of_code = S.OPT_SIZE_OF_CODE.get(raw, opt)
     S.OPT_SIZE_OF_CODE.put(raw, opt, size_of_code + _align(len(code), falign))
-    entries = _redirect(img, raw, routines, start, offsets)
-    return Grown(bytes(raw), tuple(entries), placement)
+    _apply(img, raw, patches)
+    return bytes(raw), placement
+
+
+def _apply(img: PeImage, raw: bytearray, patches: list[tuple[int, bytes]]) -> None:
+    for rva, new in patches:
+        fo = img.rva_to_offset(rva)
+        raw[fo : fo + len(new)] = new

@@ -2,9 +2,12 @@
 
 1. Parse and scan the input (a damaged input is refused).
 2. Match each site to a routine shape (`shapes`): IoFifoSev routines are rewritten in place,
-   IoFifo.nasm routines by growing their module (`grow`); unknown shapes are refused unless
-   allowed.
-3. Check every rewrite by emulation (`emulate`): original and rewritten routine must agree.
+   IoFifo.nasm routines by growing their module (`grow`); in a module with a site of no known
+   routine, every site is rewritten by a detour (`detour`: the instructions around it move into
+   grown space, the string I/O becomes an IN/OUT loop); a site no detour can take is refused,
+   with its reason, unless refusals are allowed.
+3. Check every rewrite by emulation (`emulate`): original and rewritten routine (a detour: window)
+   must agree.
 4. Assemble the output (`ops.assemble`): edited modules, re-encoded sections, checksums.
 5. Re-parse the output (no damage allowed) and rescan it: no sites may remain but the ones
    explicitly left in place. Modules byte-identical to an input module that scanned clean are
@@ -32,8 +35,8 @@ from ovmftool.model.node import Space
 from ovmftool.model.pe import parse_image
 from ovmftool.ops.assemble import Assembler, Edit, Replace, assemble
 from ovmftool.ops.modules import Module, iter_modules
-from ovmftool.patch import emulate, grow, shapes
-from ovmftool.scan.scanner import Finding, scan_blobs, scan_checked, scan_module
+from ovmftool.patch import detour, emulate, grow, shapes
+from ovmftool.scan.scanner import Finding, code_map, scan_blobs, scan_checked, scan_module
 from ovmftool.scan.symbols import BuildSymbols
 
 
@@ -146,13 +149,17 @@ def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]],
 
 
 def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | None = None,
-               early: Callable[[list], None] | None = None) -> tuple[PatchResult, list[Edit | Replace]]:
+               early: Callable[[list], None] | None = None,
+               detour_all: bool = False) -> tuple[PatchResult, list[Edit | Replace]]:
     """Scan, classify and emulate: the rewrites and refusals, and the edits to apply.
 
     `symbols_dir`: the image's build directory; its symbols name functions and show where each
     module's `.text` ends, so that IoFifo loops can go into the slack after it. `early`: called
     with the edits every rewrite would make, before emulation checks them (`patch` assembles
-    them meanwhile); the edits returned equal those when emulation refuses none."""
+    them meanwhile); the edits returned equal those when emulation refuses none.
+
+    A module with a site no known shape covers has every site rewritten by a detour (`detour`);
+    `detour_all` does that for every module (the tests prove detours on whole real images)."""
     bad = all_problems(root)
     if bad:
         raise OvmfToolError(f"{path}: image is damaged ({bad[0]}); refusing to patch")
@@ -166,11 +173,20 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | No
     res.clean_modules = {_digest(m) for k, m in mods.items() if k not in with_sites}
     per_module: dict[tuple, list[tuple[Finding, shapes.Rewrite]]] = {}
     to_grow: dict[tuple, list[Finding]] = {}
+    verdicts = {}
     for f in scan.findings:
         m = mods.get((f.volume, f.guid, f.arch))
         size = len(bytes.fromhex(f.bytes))
-        v = shapes.classify(m.image, f.rva, size) if m is not None else \
+        verdicts[id(f)] = shapes.classify(m.image, f.rva, size) if m is not None else \
             shapes.Verdict("unknown", None, "not inside a PE/TE module (raw code)")
+    to_detour: dict[tuple, list[Finding]] = {}
+    detoured = {key for f in scan.findings if (key := (f.volume, f.guid, f.arch)) in mods
+                and (detour_all or _needs_detour(f, verdicts[id(f)]))}
+    for f in scan.findings:
+        v = verdicts[id(f)]
+        if (f.volume, f.guid, f.arch) in detoured:
+            to_detour.setdefault((f.volume, f.guid, f.arch), []).append(f)
+            continue
         if v.shape == "rep-fifo" and v.reason is None:
             to_grow.setdefault((f.volume, f.guid, f.arch), []).append(f)
             continue
@@ -180,10 +196,13 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | No
         per_module.setdefault((f.volume, f.guid, f.arch), []).append((f, v.rewrite))
     code_end = {(s.volume, s.guid, s.arch): s.code_end for s in scan.modules}  # from the scan's symbol tables
     grown = [g for key, finds in to_grow.items() if (g := _prepare_grow(mods[key], finds, res, code_end.get(key)))]
+    detours = [d for key, finds in sorted(to_detour.items()) if (d := _prepare_detours(mods[key], finds, res,
+                                                                                       code_end.get(key)))]
     placed = {key: [(f, rw, mods[key].image.rva_to_offset(rw.rva)) for f, rw in plans]
               for key, plans in per_module.items()}
     if early is not None:
         early([Replace(g.module.image, g.grown.data) for g in grown]
+              + [Replace(d.module.image, d.data) for d in detours]
               + [Edit(mods[key].image, off, rw.old, rw.new) for key, ps in placed.items() for _f, rw, off in ps
                  if off is not None])
     edits: list[Edit | Replace] = []
@@ -191,6 +210,10 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | No
     for g in grown:
         if _verify_grow(g, res, emu):
             edits.append(Replace(g.module.image, g.grown.data))
+    memo: dict[tuple, list[str]] = {}
+    for d in detours:
+        if _verify_detours(d, res, memo):
+            edits.append(Replace(d.module.image, d.data))
     for key, plans in per_module.items():
         m = mods[key]
         problems, checked = _emulate_module(m, plans, emu)
@@ -262,11 +285,11 @@ def _check_unsigned(path: str, root: BinaryFile) -> None:
 
 
 def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = False, dry_run: bool = False,
-          symbols_dir: str | None = None) -> PatchResult:
+          symbols_dir: str | None = None, detour_all: bool = False) -> PatchResult:
     """Plan, assemble and prove. `result.output` holds the bytes to write (None for a dry run
     or when sites were refused and not allowed)."""
     spec = None if dry_run else _Speculation(root)
-    res, edits = plan_patch(path, root, jobs, symbols_dir, early=spec.start if spec else None)
+    res, edits = plan_patch(path, root, jobs, symbols_dir, early=spec.start if spec else None, detour_all=detour_all)
     if dry_run or (res.refusals and not allow_unknown):
         return res
     if edits and isinstance(root, BinaryFile):
@@ -288,6 +311,77 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
     res.output = out
     res.output_sha256 = hashlib.sha256(out).hexdigest()
     return res
+
+
+def _needs_detour(f: Finding, v: shapes.Verdict) -> bool:
+    """A site no tidy rewrite covers: no known shape, or an IoFifo.nasm-like REP routine no
+    signature names."""
+    return v.shape == "unknown" or (v.shape == "rep-fifo" and _iofifo_routine(f) is None)
+
+
+@dataclass
+class _Detours:
+    """A module grown with a detour for each of its sites, before emulation checks them."""
+
+    module: Module
+    finds: list[Finding]
+    planned: list[tuple[Finding, detour.Window, int, bytes, bytes]]  # finding, window, target, old, new
+    data: bytes
+    placement: str
+
+
+def _prepare_detours(m: Module, finds: list[Finding], res: PatchResult, code_end: int | None) -> _Detours | None:
+    """Plan a detour for each site of `m` and grow the module with their code; the sites that
+    cannot have one are refused, each with its reason."""
+    img = m.image
+    by_rva = {f.rva: f for f in finds}
+    windows, refused = detour.plan_module(img, code_map(m), sorted(by_rva), img.bits)
+    res.refusals.extend(_refusal(by_rva[rva], "detour", why) for rva, why in sorted(refused.items()))
+    if not windows:
+        return None
+    make = detour.build(windows, img.bits)
+    targets: list[int] = []
+
+    def recorded(start: int):
+        code, patches = make(start)
+        targets[:] = [int.from_bytes(new[1:5], "little", signed=True) + rva + 5 for rva, new in patches]
+        return code, patches
+
+    try:
+        data, placement = grow.add_code(img, recorded, code_end)
+    except grow.CannotGrow as e:
+        res.refusals.extend(_refusal(by_rva[s], "detour", f"cannot grow the module: {e}") for s, _w in windows)
+        return None
+    planned = [(by_rva[s], w, t, bytes(img.memory[w.rva:w.end]), detour.site_bytes(w, t))
+               for (s, w), t in zip(windows, targets)]
+    return _Detours(m, finds, planned, data, placement)
+
+
+def _verify_detours(d: _Detours, res: PatchResult, memo: dict) -> bool:
+    """Prove each detour against its window by emulation (in canonical places: the same window
+    in another module is proved once); the module's rewrites, or refusals for all its sites."""
+    bits = d.module.image.bits
+    problems = []
+    for f, w, _t, old, _new in d.planned:
+        key = (bits, old, w.site)
+        if key not in memo:
+            k = emulate._W_SITE - w.rva
+            canon = detour.detour_code(w, bits, emulate._W_NEW - k)
+            memo[key] = emulate.compare_window(old, detour.site_bytes(w, emulate._W_NEW - k), canon, bits,
+                                               w.direction, w.rep)
+            res.emulated_functions += 1
+            res.emulation_runs += 2 * len(emulate.WINDOW_COUNTS if w.rep else (1,)) * 2
+        problems += [f"{f.module} rva 0x{f.rva:X}: {p}" for p in memo[key]]
+    if problems:
+        res.refusals.extend(_refusal(f, "detour", "emulation: " + "; ".join(problems[:3])) for f, *_ in d.planned)
+        return False
+    for f, w, t, old, new in d.planned:
+        res.rewrites.append(PlannedRewrite(
+            f.module, f.guid, f.arch, f.volume, f.function, f.function_rva, f.rva, f.fd_offset, f.mnemonic,
+            "detour", old.hex(), new.hex(),
+            f"{w.size} bytes from rva 0x{w.rva:X} jump to IN/OUT code at rva 0x{t:X} ({d.placement}), which "
+            "runs the displaced instructions and jumps back"))
+    return True
 
 
 def _iofifo_routine(f: Finding) -> grow.Routine | None:

@@ -685,6 +685,25 @@ static bool decodes_exactly(W *w, uint64_t p, uint64_t end) {
     return a == end && (last == K_JMP || last == K_END);
 }
 
+/* Where a function may start after `q` in a hole: after the first unconditional end a linear
+ * decode from `q` meets, and its padding; `end` when there is none (codemap._next_gap_start). */
+static uint64_t next_gap_start(W *w, uint64_t q, uint64_t end) {
+    uint64_t a = q;
+    while (a < end) {
+        int kind = 0;
+        int64_t aux;
+        bool has;
+        int size = decode_raw(w, a, end, &kind, &aux, &has);
+        if (!size) { /* a byte that does not decode (TDCALL, data): stepped over */
+            a++;
+            continue;
+        }
+        a += (uint64_t)size;
+        if (kind == K_JMP || kind == K_END) return skip_pad(w, a, end);
+    }
+    return end;
+}
+
 /* One bit in each byte of `word` that is not zero (bit 8k for byte k, in memory order), as
  * memcpy loads it: little-endian hosts only (x86), which is where the scanner's x86 code runs;
  * other hosts take the byte loop. */
@@ -753,12 +772,17 @@ static int fill_gaps(W *w) {
         for (size_t i = 0; i < gaps.n; i += 2) {
             uint64_t e0 = gaps.v[i], a1 = gaps.v[i + 1];
             if (a1 - e0 > MAX_GAP || !in_exec(w, (int64_t)e0) || range_end(w, e0) < a1) continue;
-            uint64_t p = skip_pad(w, e0, a1);
-            if (p >= a1 || looks_like_string(w, p)) continue;
-            if (decodes_exactly(w, p, a1)) {
-                size_t before = w->nstarts;
-                add_root(w, (int64_t)p, true);
-                added |= w->nstarts > before;
+            uint64_t q = skip_pad(w, e0, a1);
+            while (q < a1) {
+                if (!looks_like_string(w, q) && decodes_exactly(w, q, a1)) {
+                    size_t before = w->nstarts;
+                    add_root(w, (int64_t)q, true);
+                    if (w->nstarts > before) {
+                        added = true;
+                        break;
+                    }
+                }
+                q = next_gap_start(w, q, a1);
             }
         }
         if (!added) break;

@@ -337,21 +337,44 @@ class Discoverer:
         return a
 
     def fill_gaps(self) -> None:
-        """Accept holes between code that decode exactly up to the code after them."""
+        """Accept code in holes between code: from the hole's start (after padding), or from
+        the first place after an unconditional end (JMP, RET) and its padding where the hole
+        decodes exactly up to the code after it and the walk accepts the root. A hole that
+        starts with other code the walk refuses (a dead loop, a routine that does not validate)
+        can still hold a routine nothing calls and no signature names: an IoFifo routine of
+        another tree, the last one of its file."""
         for _ in range(2):
             added = False
             for e0, a1 in self.gaps():
                 if a1 - e0 > MAX_GAP or not self.in_exec(e0) or self._range_end(e0) < a1:
                     continue
-                p = self._skip_pad(e0, a1)
-                if p >= a1 or self.looks_like_string(p):
-                    continue
-                if self._decodes_exactly(p, a1):
-                    before = len(self.map.starts)
-                    self.add_root(p, "gap", weak=True)
-                    added |= len(self.map.starts) > before
+                q = self._skip_pad(e0, a1)
+                while q < a1:
+                    if not self.looks_like_string(q) and self._decodes_exactly(q, a1):
+                        before = len(self.map.starts)
+                        self.add_root(q, "gap", weak=True)
+                        if len(self.map.starts) > before:
+                            added = True
+                            break
+                    q = self._next_gap_start(q, a1)
             if not added:
                 break
+
+    def _next_gap_start(self, q: int, end: int) -> int:
+        """Where a function may start after `q` in a hole: after the first unconditional end a
+        linear decode from `q` meets, and its padding; `end` when there is none. A byte that does
+        not decode (TDCALL, which capstone 5 does not know, or data) is stepped over."""
+        a = q
+        while a < end:
+            addrs, sizes, special = self.raw.decode(a, end, 1)
+            if not addrs:
+                a += 1
+                continue
+            kind = special.get(addrs[0], (0, None))[0]
+            a = addrs[0] + sizes[0]
+            if kind in (K_JMP, K_END):
+                return self._skip_pad(a, end)
+        return end
 
     def _decodes_exactly(self, p: int, end: int) -> bool:
         last_kind = None

@@ -346,9 +346,7 @@ def analyse_module(m: Module, symbols: BuildSymbols | None, era: str | None) -> 
     if era is None and m.arch == "X64" and sigs.has_tdcall(mem, ranges):
         era = sigs.TDX
     matches = _Matches(sigs.find(mem, m.arch, ranges), era)
-    strong = [(img.entry_rva, "entry")] + [(r, "export") for r in sorted(img.exports)]
-    strong = [(mt.rva, "signature") for mt in matches] + strong
-    weak = _pointer_roots(img, mem)
+    strong, weak = _roots(m, matches)
     cmap = discover(mem, bits, ranges, strong, weak, lean=True)  # lean: only counts without sites
     text = next((s for s in img.sections if s.name == ".text"), None)
     table: SymbolTable | None = None
@@ -365,6 +363,23 @@ def analyse_module(m: Module, symbols: BuildSymbols | None, era: str | None) -> 
         sites.append(_site_facts(mem, site, cmap, matches, table, reach, starts))
     return ModuleAnalysis(cmap.code_bytes, cmap.function_count, sites, table.source if table else None,
                           table.code_end if table else None)
+
+
+def _roots(m: Module, matches) -> tuple[list[tuple[int, str]], list]:
+    """The walk's strong roots (signature matches, entry point, exports) and weak ones (pointers)."""
+    img = m.image
+    strong = [(mt.rva, "signature") for mt in matches] + [(img.entry_rva, "entry")] + \
+        [(r, "export") for r in sorted(img.exports)]
+    return strong, _pointer_roots(img, img.memory)
+
+
+def code_map(m: Module) -> CodeMap:
+    """The module's whole code map (every instruction start, function, call and tail jump), as
+    the scan's walk finds it: for the patcher's detours, which must know where branches land."""
+    img = m.image
+    ranges = exec_ranges(img)
+    strong, weak = _roots(m, sigs.find(img.memory, m.arch, ranges))
+    return discover(img.memory, img.bits, ranges, strong, weak)
 
 
 def _assemble(m: Module, a: ModuleAnalysis) -> _ModuleScan:

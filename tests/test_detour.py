@@ -1,0 +1,163 @@
+"""Sites in routines nobody wrote a signature for: found (gap fill past code it refuses) and
+rewritten by a detour, each proved by emulation on randomised states, then by the rescan and a
+boot. On real builds: the corpus' stored builds, one with a routine changed so no signature knows
+it, and every site of whole images forced through detours."""
+
+import os
+import shutil
+from collections import Counter
+
+import pytest
+
+from ovmftool.model.parser import read_image
+from ovmftool.ops.assemble import Edit, assemble
+from ovmftool.ops.modules import iter_modules
+from ovmftool.patch import detour, emulate
+from ovmftool.patch.patcher import patch
+from ovmftool.scan.scanner import code_map, scan_image, scan_module
+
+from conftest import CORPUS_IMAGES, stored
+
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                                reason="qemu-system-x86 is installed by .ci/run")
+NONSEV = "2022.11-X64-DEBUG-nonsev"
+DEB25 = CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"]
+
+
+@pytest.fixture(scope="module")
+def unknown_routine(tmp_path_factory):
+    """The non-Sev 2022.11 DEBUG build with SecMain's IoReadFifo8 changed (its CLD made a NOP):
+    no signature names it, nothing calls it, and the code before it in its hole (a dead loop, a
+    routine with TDCALL, which capstone does not decode) is refused by the walk."""
+    b = stored(NONSEV)
+    root = read_image(str(b.code))
+    m = next(m for m in iter_modules(root) if m.name == "SecMain")
+    off = m.image.rva_to_offset(0x77A0)
+    assert m.image.data[off:off + 13].hex() == "fc4887ca4987f8f36c4c89c7c3"  # IoFifo.nasm's IoReadFifo8
+    out, _ = assemble(root, [Edit(m.image, off, b"\xfc", b"\x90")])
+    p = tmp_path_factory.mktemp("unknown") / "OVMF_CODE.fd"
+    p.write_bytes(out)
+    return p, b
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["native", "python"])
+def test_gap_fill_finds_a_routine_nothing_calls_past_refused_code(unknown_routine, pure, monkeypatch):
+    if pure:
+        monkeypatch.setenv("OVMFTOOL_PURE_PYTHON", "1")
+    path, b = unknown_routine
+    res = scan_image(str(path), jobs=1)
+    sec = [f for f in res.findings if f.module == "SecMain"]
+    assert len(res.findings) == len(b.sites()) == 648 and len(sec) == 6
+    f = next(f for f in sec if f.rva == 0x77A7)
+    assert f.function == "sub_77a1" and f.function_source == "analysis" and f.signature is None
+
+
+def test_unknown_routine_is_patched_by_detours(unknown_routine, tmp_path):
+    path, b = unknown_routine
+    res = patch(str(path), read_image(str(path)), jobs=2)
+    assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == 648
+    shapes = Counter((r.module == "SecMain", r.shape) for r in res.rewrites)
+    assert shapes == {(True, "detour"): 6, (False, "rep-fifo"): 642}  # the module holding it: every site
+    out = tmp_path / "patched.fd"
+    out.write_bytes(res.output)
+    assert scan_image(str(out)).findings == []
+    if shutil.which("qemu-system-x86_64"):
+        from click.testing import CliRunner
+
+        from ovmftool.cli import main
+
+        r = CliRunner().invoke(main, ["boot-check", str(out), "--vars", str(b.vars), "--timeout", "120"])
+        assert r.exit_code == 0 and "0 string I/O instruction(s) executed" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("image", [DEB25, "2022.11-Ia32X64-DEBUG"], ids=["debian-2025.02", "2022.11-Ia32X64-DEBUG"])
+def test_every_site_of_a_whole_image_by_detour(image, tmp_path):
+    """Every site of real images (the Sev routines: the window starts at the CLD before the REP,
+    jumps re-encoded; IA32 and X64 modules) rewritten by detours: none refused, rescan 0; the
+    X64 image boots to the shell with none executed."""
+    path = str(image if not isinstance(image, str) or image.startswith("/") else stored(image).code)
+    res = patch(path, read_image(path), jobs=2, detour_all=True)
+    assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 100
+    assert {r.shape for r in res.rewrites} == {"detour"}
+    assert res.emulated_functions < 20  # the same window in every module is proved once
+    out = tmp_path / "detoured.fd"
+    out.write_bytes(res.output)
+    if image == DEB25 and shutil.which("qemu-system-x86_64"):
+        from click.testing import CliRunner
+
+        from ovmftool.cli import main
+
+        vars_ = CORPUS_IMAGES["images/debian-2025.02/OVMF_VARS_4M.fd"]
+        r = CliRunner().invoke(main, ["boot-check", str(out), "--vars", str(vars_), "--timeout", "120"])
+        assert r.exit_code == 0 and "0 string I/O instruction(s) executed" in r.stdout, r.stdout + r.stderr
+
+
+def test_clang_build_function_with_an_indirect_jump_is_refused_by_name():
+    """CLANG's LTO put a FIFO site into a function with an indirect jump: a detour there is
+    refused, naming why (the jump could land in the window)."""
+    path = str(stored("2025.02-X64-DEBUG-clang").code)
+    res = patch(path, read_image(path), jobs=2, detour_all=True, dry_run=True)
+    assert len(res.refusals) == 1 and "an indirect jump in its function" in res.refusals[0].reason
+    assert len(res.rewrites) == res.sites_before - 1
+
+
+def _window_of(module: str, rva: int):
+    m = next(m for m in iter_modules(read_image(str(DEB25))) if m.name == module)
+    windows, refused = detour.plan_module(m.image, code_map(m), [rva], m.image.bits)
+    return m, windows, refused
+
+
+def test_emulation_catches_a_wrong_detour():
+    m, windows, _ = _window_of("CpuIo2Dxe", next(f.rva for f in scan_module(
+        next(m for m in iter_modules(read_image(str(DEB25))) if m.name == "CpuIo2Dxe")).findings))
+    (_s, w), = windows
+    old = bytes(m.image.memory[w.rva:w.end])
+    k = emulate._W_SITE - w.rva
+    good = detour.detour_code(w, 64, emulate._W_NEW - k)
+    site = detour.site_bytes(w, emulate._W_NEW - k)
+    assert emulate.compare_window(old, site, good, 64, w.direction, w.rep) == []
+    bad = bytearray(good)
+    bad[bad.index(0x75)] = 0x74  # the direction flag read the wrong way round
+    assert any("regs differ" in p for p in emulate.compare_window(old, site, bytes(bad), 64, w.direction, w.rep))
+    no_flags = good.replace(b"\x58\x9d", b"\x58\x90")  # flags not restored
+    assert any("flags differ" in p or "stack differ" in p or "regs differ" in p
+               for p in emulate.compare_window(old, site, no_flags, 64, w.direction, w.rep))
+
+
+@pytest.mark.parametrize("code, reason", [
+    (b"\x67\xf3\x6c\x90\x90\x90\xc3", "address-size prefix"),
+    (b"\xf2\x6c\x90\x90\x90\xc3", "REPNE"),
+    (b"\x64\xf3\x6e\x90\x90\x90\xc3", "segment override other than DS"),
+    (b"\xf3\x6c\xc3", "only 3 bytes of code"),
+    (b"\xf3\x6c\xf3\x6e\x90\xc3", "another string I/O instruction"),
+    (b"\xf3\x6c\x48\x8b\x05\x00\x00\x00\x00\xc3", "RIP-relative operand"),
+    (b"\xf3\x6c\xe3\x02\x90\x90\xc3", "jrcxz"),
+])
+def test_each_window_refusal_names_its_reason(code, reason):
+    site = 0
+    with pytest.raises(detour.CannotDetour, match=reason):
+        detour.window_at(code, 64, 0, site, len(code))
+
+
+def test_branch_target_inside_the_window_is_refused():
+    code = b"\xf3\x6c\x90\x90\x90\xc3"
+    w = detour.window_at(code, 64, 0, 0, len(code))
+    with pytest.raises(detour.CannotDetour, match="branch target at rva 0x3 inside the displaced window"):
+        detour.check_targets(w, {3})
+    detour.check_targets(w, {0, 5})  # the window's start and its end are fine
+
+
+def test_patch_json_with_detours_validates(unknown_routine):
+    import json
+
+    import jsonschema
+    from click.testing import CliRunner
+
+    from conftest import ROOT
+    from ovmftool.cli import main
+
+    path, _b = unknown_routine
+    r = CliRunner().invoke(main, ["patch", "--dry-run", "--format", "json", str(path)])
+    doc = json.loads(r.stdout)
+    jsonschema.validate(doc, json.loads((ROOT / "docs/schema/patch-1.json").read_text()))
+    assert r.exit_code == 0 and sum(1 for x in doc["rewrites"] if x["shape"] == "detour") == 6
