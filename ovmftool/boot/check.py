@@ -53,6 +53,7 @@ from ovmftool.model.flash import FlashImage
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
 from ovmftool.scan import signatures as sigs
+from ovmftool.scan.advice import platform_dsc
 from ovmftool.scan.codemap import discover
 from ovmftool.scan.scanner import ScanResult, _pointer_roots, default_jobs, exec_ranges, scan_checked
 
@@ -680,11 +681,29 @@ def stopped_where(end: Ending, root: FlashImage, work: Path) -> StoppedAt:
 # --- the whole check ------------------------------------------------------------------------------
 
 
+# OvmfPkg platforms whose firmware QEMU's q35/pc machines do not boot: why, and what does
+_OTHER_VMM = {
+    "OvmfPkg/CloudHv/CloudHvX64.dsc": "a Cloud Hypervisor firmware (CloudHvX64: a PVH ELF image): boot it with "
+                                      "cloud-hypervisor",
+    "OvmfPkg/OvmfXen.dsc": "a Xen firmware (OvmfXen): it boots as a Xen HVM/PVH guest's firmware",
+    "OvmfPkg/Bhyve/BhyveX64.dsc": "a bhyve firmware (BhyveX64: bhyve's devices and ACPI): boot it with bhyve",
+    "OvmfPkg/Microvm/MicrovmX64.dsc": "a microvm firmware (MicrovmX64): QEMU boots it only as `-M microvm -bios`, "
+                                      "without the flash and debug port boot-check relies on",
+}
+
+
 def check_bootable(image: str, root: FlashImage) -> None:
-    """Refuse (before any work) an input boot-check cannot boot: a standalone module."""
+    """Refuse (before any work) an input boot-check cannot boot: a standalone module, the
+    firmware of a platform QEMU's q35/pc machines do not boot (named by its modules, as `scan`'s
+    advice names the DSC)."""
     if isinstance(root, BinaryFile):
         raise OvmfToolError(f"{image} is a standalone UEFI module, not a flash image: boot-check boots a firmware "
                             "image (OVMF_CODE.fd or OVMF.fd)")
+    mods = list(iter_modules(root))
+    dsc, why = platform_dsc(tuple(sorted({m.arch for m in mods})), {m.name for m in mods})
+    if dsc in _OTHER_VMM:
+        raise OvmfToolError(f"{image} is {_OTHER_VMM[dsc]} ({why}); boot-check boots firmware for QEMU's q35 and "
+                            "pc machines")
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a cancelled CI job, a closed terminal
