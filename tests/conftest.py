@@ -73,8 +73,9 @@ def build_dir(key: str) -> Path:
 
 @dataclass
 class StoredBuild:
-    """A build as corpus/builds/KEY keeps it: `fv` holds OVMF_CODE.fd and OVMF_VARS.fd, `truth` the
-    ground truth from its .debug files (tests/truth.py), `meta` its provenance (build.json)."""
+    """A build as corpus/builds/KEY keeps it: `fv` holds OVMF_CODE.fd and OVMF_VARS.fd (or the files
+    build.json's "firmware" and "vars" name: `code`, `vars`), `truth` the ground truth from its
+    .debug files (tests/truth.py), `meta` its provenance (build.json)."""
 
     key: str
     fv: Path
@@ -83,11 +84,15 @@ class StoredBuild:
 
     @property
     def code(self) -> Path:
-        return self.fv / "OVMF_CODE.fd"
+        """The firmware: OVMF_CODE.fd, or the file build.json names (CLOUDHV.fd, BHYVE_CODE.fd...)."""
+        return self.fv / self.meta.get("firmware", "OVMF_CODE.fd")
 
     @property
-    def vars(self) -> Path:
-        return self.fv / "OVMF_VARS.fd"
+    def vars(self) -> Path | None:
+        """The empty variable store: OVMF_VARS.fd, or the file build.json names; None for a
+        platform that makes a single image (build.json: "vars": null)."""
+        name = self.meta.get("vars", "OVMF_VARS.fd")
+        return self.fv / name if name else None
 
     def sites(self) -> dict[tuple[str, str, int], tuple[str, str, str]]:
         """(guid, volume, rva) -> (routine, mnemonic, function holding it) of every string I/O site."""
@@ -96,7 +101,7 @@ class StoredBuild:
 
     def full(self, tmp: Path) -> Path:
         """OVMF.fd (the variable store, then the code) written under tmp."""
-        assert self.meta["ovmf_fd"]["is_vars_then_code"], self.key
+        assert (self.meta["ovmf_fd"] or {}).get("is_vars_then_code"), self.key  # None: a single image
         out = tmp / f"{self.key}-OVMF.fd"
         out.write_bytes(self.vars.read_bytes() + self.code.read_bytes())
         assert hashlib.sha256(out.read_bytes()).hexdigest() == self.meta["ovmf_fd"]["sha256"]
@@ -113,10 +118,8 @@ def stored(key: str) -> StoredBuild:
         d = CORPUS / "builds" / key
         meta = json.loads((d / "build.json").read_text())
         if FROM_SOURCE:
-            from truth import build_truth
-
             b = build_dir(key)
-            _stored[key] = StoredBuild(key, b / "FV", build_truth(b), meta)
+            _stored[key] = StoredBuild(key, b / "FV", store_builds.truth_of(b, meta.get("firmware", "OVMF_CODE.fd")), meta)
         else:
             _stored[key] = StoredBuild(key, d, json.loads((d / "truth.json").read_text()), meta)
     return _stored[key]

@@ -344,7 +344,7 @@ def test_a_series_is_matching_only_for_a_known_image_when_it_removes_every_site(
     assert s.matching is not None and s.matching.path.parts[-2:] == ("debian-2025.02", "OvmfPkgX64")
     # IoFifo.nasm (the non-Sev instance): 2022.11's series unrolls only IoFifoSev.nasm: no match
     s = next_steps(_result([("X64", "BaseIoLibIntrinsic", "X64/IoFifo.nasm", ["2022.11"])], deb22))
-    assert s.matching is None and "no series in edk2-patches/ for that tree removes all of them" in s.reason
+    assert s.matching is None and "no series in edk2-patches/ for that tree and OvmfPkg/OvmfPkgX64.dsc removes all of them" in s.reason
     # an IA32 + X64 image needs the Ia32X64 series
     s = next_steps(_result([sev, ia32], deb22))
     assert s.matching is not None and s.matching.path.name == "OvmfPkgIa32X64"

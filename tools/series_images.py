@@ -31,10 +31,11 @@ def main() -> None:
                     "what": f"Debian's ovmf {im['version']} {im['source_path']}"})
     for b in manifest.get("builds", []):
         d = defs.get(b["name"], {})
-        if any(k in d for k in ("patches", "series", "strategy")) or "OVMF_CODE.fd" not in b["files"]:
+        firmware = [f for f in b["files"] if f.endswith(".fd") and "VARS" not in f]
+        if any(k in d for k in ("patches", "series", "strategy")) or len(firmware) != 1:
             continue
         tree = SERIES_TREE.get(d["tree"], d["tree"])
-        out.append({"sha256": b["files"]["OVMF_CODE.fd"], "tree": tree,
+        out.append({"sha256": b["files"][firmware[0]], "tree": tree,
                     "what": f"the corpus build {b['name']} ({b['command']})"})
     out.sort(key=lambda e: (e["tree"], e["what"]))
     doc = {"schema_version": "ovmftool.series-images/1",

@@ -86,6 +86,16 @@ case "$(basename "$dsc")" in
   OvmfPkgIa32X64.dsc) archs=(-a IA32 -a X64) ;;
   OvmfPkgIa32.dsc) archs=(-a IA32) ;;
 esac
+# AmdSevX64 embeds OvmfPkg/AmdSev/Grub/grub.efi, which its PREBUILD (grub.sh) would make with
+# grub-mkimage and GRUB's sevsecret module: no Debian grub has that module (bookworm's
+# grub-efi-amd64-bin 2.06-13 neither). Debian's rules for ovmf-amdsev use an empty grub.efi, which
+# grub.sh keeps (sid's changelog: "Remove empty OvmfPkg/AmdSev/Grub/grub.efi on clean"; sid's
+# OVMF.amdsev.fd has an empty PE32 section there). So do we.
+extra=""
+case "$(basename "$dsc")" in
+  AmdSevX64.dsc) : > "$tree/OvmfPkg/AmdSev/Grub/grub.efi"
+                 extra=', "grub_efi": "empty placeholder (as Debian'"'"'s ovmf-amdsev)"' ;;
+esac
 plat=$(awk -F= '/^[[:space:]]*OUTPUT_DIRECTORY/{gsub(/[[:space:]]/,"",$2); print $2; exit}' "$tree/$dsc")
 [ -n "$plat" ] || { echo "build-ovmf.sh: no OUTPUT_DIRECTORY in $dsc" >&2; exit 2; }
 rm -rf "$out.tmp"; mkdir -p "$out.tmp"
@@ -126,7 +136,7 @@ cat > "$out.tmp/build.json" <<JSON
  "dsc": "$dsc", "target": "$target", "toolchain": "$tc", "archs": "${archs[*]}",
  "nasm": "$(sed -n 1p "$out.tmp/tools.txt")", "compiler": "$(sed -n 2p "$out.tmp/tools.txt")",
  "linker": "$(sed -n 3p "$out.tmp/tools.txt")",
- "defines": "${defs[*]:-}", "patches": "${patches[*]:-}", "seconds": $(( $(date +%s) - start ))}
+ "defines": "${defs[*]:-}", "patches": "${patches[*]:-}", "seconds": $(( $(date +%s) - start ))$extra}
 JSON
 rm -rf "$out"; mv "$out.tmp" "$out"
 echo "$out"

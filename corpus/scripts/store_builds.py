@@ -5,7 +5,11 @@
 
 For each build of corpus/builds.json: build it with corpus/scripts/build-ovmf.sh (reusing a cached
 build of the same tree, flags and patches), then write corpus/builds/KEY/:
-  OVMF_CODE.fd, OVMF_VARS.fd  the build's firmware and its empty variable store
+  OVMF_CODE.fd, OVMF_VARS.fd  the build's firmware and its empty variable store; a platform whose
+                              FDs have other names keeps them under their own names (Bhyve:
+                              BHYVE_CODE.fd, BHYVE_VARS.fd), and one that makes a single image keeps
+                              that alone (CloudHv: CLOUDHV.fd; AmdSev: OVMF.fd); build.json's
+                              "firmware" and "vars" name them
   truth.json                  the ground truth from the build's .debug files (tests/truth.py:
                               every FIFO routine's string I/O instruction, where TDCALL is)
   build.json                  provenance: command, source, toolchain, patches and files (sha256)
@@ -83,6 +87,37 @@ def build_command(d: dict, patches: list[Path]) -> list[str]:
     return cmd + tool_args(d)
 
 
+def firmware_files(fv: Path) -> tuple[str, str | None, str | None]:
+    """(firmware, variable store, whole image) of a build's FV directory, by name: OvmfPkg's
+    P_CODE.fd, P_VARS.fd and P.fd (OVMF_*, Bhyve's BHYVE_*), or, for a platform that makes a
+    single image (CloudHv's CLOUDHV.fd, Microvm's MICROVM.fd, AmdSev's OVMF.fd), that image alone
+    (MEMFD.fd, the PEI/DXE memory layout, is no firmware)."""
+    fds = sorted(p.name for p in fv.glob("*.fd") if p.name != "MEMFD.fd")
+    codes = [n for n in fds if n.endswith("_CODE.fd")]
+    if len(codes) == 1:
+        prefix = codes[0][: -len("_CODE.fd")]
+        vars_, full = f"{prefix}_VARS.fd", f"{prefix}.fd"
+        return codes[0], vars_ if vars_ in fds else None, full if full in fds else None
+    if len(fds) == 1:
+        return fds[0], None, None
+    raise BuildFailed(f"{fv}: which FD is the firmware? {', '.join(fds) or 'none'}")
+
+
+def truth_of(bdir: Path, firmware: str = "OVMF_CODE.fd") -> dict:
+    """tests/truth.py's build_truth for a build whose firmware is FV/FIRMWARE (build_truth reads
+    FV/OVMF_CODE.fd: another name is given to it as that, beside the build's .debug files)."""
+    if firmware == "OVMF_CODE.fd":
+        return build_truth(bdir)
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp)
+        (view / "FV").mkdir()
+        (view / "FV" / "OVMF_CODE.fd").symlink_to(bdir / "FV" / firmware)
+        for arch in ("IA32", "X64"):
+            if (bdir / arch).is_dir():
+                (view / arch).symlink_to(bdir / arch)
+        return build_truth(view)
+
+
 class BuildFailed(Exception):
     pass
 
@@ -127,10 +162,12 @@ def store(key: str) -> dict:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         fv = bdir / "FV"
-        for name in ("OVMF_CODE.fd", "OVMF_VARS.fd"):
+        code, vars_, whole = firmware_files(fv)
+        kept = [code] + ([vars_] if vars_ else [])
+        for name in kept:
             shutil.copyfile(fv / name, out / name)
-        full = (fv / "OVMF.fd").read_bytes()
-        truth = build_truth(bdir)
+        full = (fv / whole).read_bytes() if whole else None
+        truth = truth_of(bdir, code)
         (out / "truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
         lic = LICENSES[d["tree"]]
         if not (CORPUS / lic).exists():  # the fork's own License.txt (BSD-2-Clause-Patent)
@@ -152,12 +189,17 @@ def store(key: str) -> dict:
             "build_seconds": meta.get("seconds"),
             "stored": datetime.date.today().isoformat(),
             "files": {name: {"sha256": sha256(out / name), "size": (out / name).stat().st_size}
-                      for name in ("OVMF_CODE.fd", "OVMF_VARS.fd", "truth.json")},
-            "ovmf_fd": {"sha256": hashlib.sha256(full).hexdigest(),
-                        "is_vars_then_code": full == (out / "OVMF_VARS.fd").read_bytes() + (out / "OVMF_CODE.fd").read_bytes()},
+                      for name in kept + ["truth.json"]},
+            "ovmf_fd": full and {"sha256": hashlib.sha256(full).hexdigest(),
+                                 "is_vars_then_code": vars_ is not None and full == (out / vars_).read_bytes() + (out / code).read_bytes()},
             "string_io_sites": {"sites": truth["sites"], "modules": truth["modules_with_sites"]},
             "license": lic,
         }
+        # which file is the firmware (tests/conftest.py: StoredBuild.code), the variable store (None:
+        # a single image) and the whole image (ovmf_fd); a build.json without them: OVMF_CODE.fd, OVMF_VARS.fd
+        doc.update(firmware=code, vars=vars_, whole_image=whole)
+        if meta.get("grub_efi"):
+            doc["grub_efi"] = meta["grub_efi"]
         (out / "build.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         return doc
 

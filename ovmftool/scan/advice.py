@@ -38,8 +38,11 @@ _DSC_FOR_ARCHES = {("X64",): "OvmfPkg/OvmfPkgX64.dsc", ("IA32", "X64"): "OvmfPkg
 # X64 platforms of OvmfPkg told apart by modules only they build (their FDFs, edk2 2022.11 to
 # 2025.02): (DSC, modules any of which shows it, modules none of which it has, why)
 _X64_PLATFORMS = (
-    ("OvmfPkg/OvmfXen.dsc", {"XenPlatformPei", "XenAcpiPlatformDxe", "XenPvBlkDxe"}, set(), "Xen's platform modules"),
-    ("OvmfPkg/Bhyve/BhyveX64.dsc", {"BhyveRfbDxe"}, set(), "BhyveRfbDxe"),
+    # XenPlatformPei and XenAcpiPlatform (XenAcpiPlatformDxe's module), not the Xen PV drivers
+    # OvmfPkgX64 also carried until 2021 (Debian's 2020.11, Oxide's 202105 fork)
+    ("OvmfPkg/OvmfXen.dsc", {"XenPlatformPei", "XenAcpiPlatform", "XenIoPvhDxe"}, set(), "Xen's platform modules"),
+    ("OvmfPkg/Bhyve/BhyveX64.dsc", {"BhyveRfbDxe", "EmuGopDxe", "HpetTimerDxe"}, set(),
+     "bhyve's framebuffer (BhyveRfbDxe, named EmuGopDxe) or the HPET timer driver"),
     ("OvmfPkg/AmdSev/AmdSevX64.dsc", {"SecretPei", "SecretDxe"}, set(), "the SEV launch-secret modules"),
     ("OvmfPkg/Microvm/MicrovmX64.dsc", {"FdtClientDxe", "VirtioFdtDxe"}, set(), "the FDT-described virtio modules"),
     ("OvmfPkg/IntelTdx/IntelTdxX64.dsc", {"TdxDxe"}, {"PeiCore", "DxeIpl", "PlatformPei"},
@@ -178,7 +181,7 @@ def next_steps(r: ScanResult, base: Path | None = None) -> NextSteps | None:
                         f"lie{'s' * (n == 1)} in code no built-in signature names; `plan` finds the sources in "
                         "your tree")
         return steps
-    fit = [s for s in series if s.tree == known["tree"] and s.arches == arches
+    fit = [s for s in series if s.tree == known["tree"] and s.arches == arches and s.dsc == dsc
            and all(s.removes(f.signature, f.arch) for f in r.findings)]
     if fit:
         steps.matching = fit[0]
@@ -188,5 +191,5 @@ def next_steps(r: ScanResult, base: Path | None = None) -> NextSteps | None:
                         f"{'unrolls' if fit[0].strategy == 'unroll' else 'replaces'}")
     else:
         steps.reason = (f"the image is {known['what']} (edk2 {known['tree']}), but no series in edk2-patches/ "
-                        f"for that tree removes all of them ({'/'.join(arches)})")
+                        f"for that tree and {dsc} removes all of them")
     return steps
