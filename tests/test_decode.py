@@ -31,7 +31,7 @@ len: 15
 WRITEUP_CRASH_2 = "inst_data: [243, 110, 76, 137, 198, 195, 252, 72, 135, 202, 73, 135, 240, 243, 102]"
 
 VERDICT_1 = ("REP OUTSB: SevIoWriteFifo8 of BaseIoLibIntrinsicSev (X64/IoFifoSev.nasm, Sev; IoWriteFifo8 before "
-             "edk2-stable202111)")
+             "edk2-stable202205)")
 VERDICT_2 = "REP OUTSB: IoWriteFifo8 of BaseIoLibIntrinsic (X64/IoFifo.nasm, non-Sev)"
 
 

@@ -40,7 +40,7 @@ CRASH_2_DATA = "inst_data: [243, 110, 76, 137, 198, 195, 252, 72, 135, 202, 73, 
 CRASH_2 = f"vCPU 0: Unhandled VM exit: InstEmul(InstEmul {{\n{CRASH_2_DATA},\nlen: 15\n}})"
 
 VERDICT_1 = ("REP OUTSB: SevIoWriteFifo8 of BaseIoLibIntrinsicSev (X64/IoFifoSev.nasm, Sev; IoWriteFifo8 before "
-             "edk2-stable202111)")
+             "edk2-stable202205)")
 VERDICT_2 = "REP OUTSB: IoWriteFifo8 of BaseIoLibIntrinsic (X64/IoFifo.nasm, non-Sev)"
 BYTES_1 = "f36eeb0ae3088a06ee48ffc6e2f84c"
 BYTES_2 = "f36e4c89c6c3fc4887ca4987f0f366"

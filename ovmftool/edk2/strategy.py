@@ -22,7 +22,7 @@ from ovmftool.errors import OvmfToolError
 IOLIB_DIR = "MdePkg/Library/BaseIoLibIntrinsic"
 SEV_INF = f"{IOLIB_DIR}/BaseIoLibIntrinsicSev.inf"
 PLAIN_INF = f"{IOLIB_DIR}/BaseIoLibIntrinsic.inf"
-TDX_SOURCE = f"{IOLIB_DIR}/IoLibInternalTdx.c"  # edk2-stable202111 on: the Sev instance handles TDX too
+TDX_SOURCE = f"{IOLIB_DIR}/IoLibInternalTdx.c"  # edk2-stable202205 on: the Sev instance handles TDX too
 ARCH_DIR = {"X64": "X64", "IA32": "Ia32"}
 _REP_IO = re.compile(r"^\s*rep\s+(ins|outs)[bwd]\b", re.I | re.M)
 _ANY_IO = re.compile(r"\b(rep\s+)?(ins|outs)[bwd]\b", re.I)

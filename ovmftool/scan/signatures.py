@@ -12,8 +12,9 @@ pattern that accepts the prefix orders and twin encodings (but every instruction
 signature's length) is tried first: it is the same comparison restricted to equal lengths, at C
 speed, and decides every routine of the builds the tests hold.
 
-Names: in trees with TDX support (edk2's TDX series, tianocore/edk2 #2727: after
-edk2-stable202105; 2022.11 and 2025.02 have it) the X64 Sev routines are `SevIoReadFifo8`...
+Names: in trees with TDX support (edk2's TDX series, tianocore/edk2 #2727: from
+edk2-stable202205, which is the first tag whose IoFifoSev.nasm exports `SevIoReadFifo8` and whose
+BaseLib has TdCall.nasm; 202111 and 202202 have neither; 2022.11 and 2025.02 have both) the X64 Sev routines are `SevIoReadFifo8`...
 behind C wrappers named `IoReadFifo8`... (IoLibFifo.c); in older trees (edk2-stable202105, the
 base of Oxide's fork) the same code is exported as `IoReadFifo8`... The bytes are identical
 (assembled from both trees), so the tree's era comes from other code: the TDCALL instruction

@@ -30,7 +30,7 @@ from ovmftool.scan.disasm import cs, string_io
 _INST_DATA = re.compile(r"inst_data\s*:\s*\[([^\]]*)\]")
 _LEN = re.compile(r"\blen\s*:\s*(\d+)")
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
-_RENAMED_IN = "edk2-stable202111"  # the TDX wrapper renamed the X64 Sev routines SevIo*
+_RENAMED_IN = "edk2-stable202205"  # the TDX wrapper renamed the X64 Sev routines SevIo*
 
 
 _SEPARATORS = re.compile(r"[\s,:]+")
