@@ -294,11 +294,20 @@ def test_triple_fault_is_a_reset(tmp_path):
 
 @needs_qemu
 def test_timeout_names_the_module_that_was_running(tmp_path, monkeypatch):
-    img = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
-    # with the TCG plugin this image can reach the shell within the shortest --timeout (5 s); the
-    # translation log of the two-boot path slows it well past that
+    # PlatformPei's entry point made `jmp $`: the boot runs on in PlatformPei until the timeout
+    # (hang detection is off: 30 s is not below 5 s); both boot paths
+    from ovmftool.ops.assemble import Edit, assemble
+    from ovmftool.ops.modules import iter_modules
+
+    root = read_image(str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]))
+    m = next(m for m in iter_modules(root) if m.name == "PlatformPei")
+    off = m.image.rva_to_offset(m.image.entry_rva)
+    out, _ = assemble(root, [Edit(m.image, off, bytes(m.image.data[off:off + 2]), b"\xeb\xfe")])
+    img = tmp_path / "OVMF_CODE.fd"
+    img.write_bytes(out)
     monkeypatch.setenv("OVMFTOOL_BOOT_PLUGIN", "0")
     err, doc = _fails(["--timeout", "5", "--no-count", str(img)])
+    assert doc["stopped_at"]["module"] == "PlatformPei"
     assert doc["verdict"] == "timeout" and doc["hang_after"] is None  # 30 s is not below 5 s: off
     st = doc["stopped_at"]
     assert st["source"] == "cpu" and st["module"] and st["phase"] in ("SEC", "PEI", "DXE")

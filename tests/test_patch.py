@@ -13,7 +13,7 @@ from ovmftool.model.node import all_problems, walk
 from ovmftool.model.parser import parse_flash, read_image
 from ovmftool.ops.assemble import Edit, assemble
 from ovmftool.ops.modules import iter_modules
-from ovmftool.patch import emulate, shapes
+from ovmftool.patch import detour, emulate, shapes
 from ovmftool.patch.patcher import patch
 from ovmftool.scan.scanner import scan_image
 
@@ -417,11 +417,16 @@ def test_cli_refusals_write_nothing_unless_allowed(tmp_path, monkeypatch):
         return shapes.Verdict("unknown", None, "test: treated as unknown") if img.machine == "IA32" else v
 
     monkeypatch.setattr(shapes, "classify", classify)
+
+    def no_window(*_a, **_k):
+        raise detour.CannotDetour("test: no detour either")
+
+    monkeypatch.setattr(detour, "window_at", no_window)  # an unknown site gets a detour: refuse it too
     path = DEB_4M
     out = tmp_path / "o.fd"
     r = CliRunner().invoke(main, ["patch", "-o", str(out), str(path)])
     assert r.exit_code == 1 and "nothing written" in r.output and not out.exists()
-    assert "treated as unknown" in r.output and "PlatformPei" in r.output
+    assert "test: no detour either" in r.output and "PlatformPei" in r.output
     r = CliRunner().invoke(main, ["patch", "--allow-unknown", "--format", "json", "-o", str(out), str(path)])
     assert r.exit_code == 1
     doc = json.loads(r.output)
