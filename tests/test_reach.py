@@ -272,3 +272,20 @@ def test_every_ovmfpkg_platform_scanned_named_patched(key, tmp_path):
         assert r.exit_code == 0 and "0 string I/O instruction(s) executed" in r.stdout, r.stdout + r.stderr
     else:
         assert r.exit_code == 2 and boot in r.stderr and r.stderr.count("\n") == 1 and r.stdout == ""
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None or shutil.which("gcc") is None,
+                    reason="qemu-system-x86 and gcc are installed by .ci/run")
+def test_plugin_builds_at_first_use_from_the_carried_header(tmp_path, monkeypatch):
+    """Without QEMU's source or development files: boot-check's plugin is compiled at first use
+    against the qemu-plugin.h this package carries for the installed QEMU (7.2)."""
+    from ovmftool.boot import plugin
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    version = plugin.qemu_version()
+    if plugin.carried_header(version) is None:
+        pytest.skip(f"no carried qemu-plugin.h for QEMU {version}")
+    assert plugin.plugin_path(version) is None
+    so = plugin.build_at_first_use()
+    assert so is not None and so.is_file() and str(so).startswith(str(tmp_path))
+    assert not any(tmp_path.rglob("headers"))  # nothing fetched

@@ -811,7 +811,7 @@ def boot_check(image: str, root: FlashImage, scan, vars_plan: VarsPlan, machine:
         work.mkdir(exist_ok=True)
         template = vars_plan.template(work)
         pending = _InBackground(scan) if callable(scan) else None
-        so = plugin.plugin_path() if plugin.enabled() else None
+        so = plugin.build_at_first_use() if plugin.enabled() else None
         end = None
         if so is not None:
             end, table, answers = run_plugin_boot(Path(image), template, machine, timeout, fail_fast, work, so,
@@ -821,8 +821,9 @@ def boot_check(image: str, root: FlashImage, scan, vars_plan: VarsPlan, machine:
                 end = None
                 (work / "code.bin").unlink(missing_ok=True)
         elif plugin.enabled():
-            notes.append("two boots (the second counts executions and reads ports): the boot-check TCG plugin is "
-                         "not built for this QEMU (corpus/scripts/qemu-plugin.sh)")
+            notes.append("two boots (the second counts executions and reads ports): the boot-check TCG plugin "
+                         "could not be built for this QEMU (a C compiler and its qemu-plugin.h are needed: "
+                         "corpus/scripts/qemu-plugin.sh)")
         counted = False
         if end is not None:  # one boot: the plugin counted
             counted = count and not fail_fast and end.finished

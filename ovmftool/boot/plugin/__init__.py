@@ -85,11 +85,43 @@ def plugin_path(version: str | None = None) -> Path | None:
     return p if p.is_file() else None
 
 
-def _header(log) -> Path:
-    """qemu-plugin.h of the installed QEMU: the system's, a cached one, or Debian's source."""
+def carried_header(version: str | None) -> Path | None:
+    """The plugin API header this package carries for QEMU `version` (major.minor: 7.2), or None."""
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    p = SOURCE.with_name(f"qemu-{m.group(1)}.{m.group(2)}") / "qemu-plugin.h" if m else None
+    return p if p is not None and p.is_file() else None
+
+
+def _local_header(version: str | None) -> Path | None:
+    """qemu-plugin.h without fetching anything: the system's, or the one this package carries."""
     for p in (Path("/usr/include/qemu-plugin.h"), Path("/usr/include/qemu/qemu-plugin.h")):
         if p.is_file():
             return p
+    return carried_header(version)
+
+
+def build_at_first_use(log=lambda s: None) -> Path | None:
+    """The plugin for the installed QEMU, built now if it is not (with a header found locally
+    and a C compiler: a second or two); None when it cannot be built here (then two boots)."""
+    version = qemu_version()
+    if version is None or not SOURCE.is_file():
+        return None
+    if plugin_path(version) is not None:
+        return plugin_path(version)
+    if _local_header(version) is None or not (shutil.which("gcc") or shutil.which("cc")):
+        return None
+    try:
+        return build(log)
+    except OvmfToolError:
+        return None
+
+
+def _header(log) -> Path:
+    """qemu-plugin.h of the installed QEMU: the system's, the one this package carries for its
+    version, a cached one, or Debian's source."""
+    local = _local_header(qemu_version())
+    if local is not None:
+        return local
     try:
         srcver = subprocess.run(["dpkg-query", "-W", "-f", "${source:Version}", "qemu-system-x86"],
                                 capture_output=True, text=True, check=True).stdout.strip()
