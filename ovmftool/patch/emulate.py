@@ -45,6 +45,25 @@ class Run:
     touched: frozenset = frozenset()  # module offsets executed, read or written
 
 
+def _port_hooks(ports: list[tuple]):
+    """unicorn's IN and OUT hooks, recording into `ports`: every IN returns the next value of a
+    fixed sequence; both stop the run after _MAX_PORTS accesses."""
+
+    def on_in(uc, port, size, _ud):
+        v = (0x5A + 0x11 * len(ports)) & ((1 << (8 * size)) - 1)
+        ports.append(("in", port, size, v))
+        if len(ports) >= _MAX_PORTS:
+            uc.emu_stop()
+        return v
+
+    def on_out(uc, port, size, value, _ud):
+        ports.append(("out", port, size, value))
+        if len(ports) >= _MAX_PORTS:
+            uc.emu_stop()
+
+    return on_in, on_out
+
+
 def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
     """Call the routine at `entry` of the code `mem` (mapped at _BASE) with `count`."""
     from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MODE_32,
@@ -61,18 +80,7 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
     uc.mem_write(_RET, b"\xf4")  # hlt, never reached: emulation stops at _RET
     uc.mem_write(_BUF, _BUF_PATTERN)
     ports: list[tuple] = []
-
-    def on_in(_uc, port, size, _ud):
-        v = (0x5A + 0x11 * len(ports)) & ((1 << (8 * size)) - 1)
-        ports.append(("in", port, size, v))
-        if len(ports) >= _MAX_PORTS:
-            _uc.emu_stop()
-        return v
-
-    def on_out(_uc, port, size, value, _ud):
-        ports.append(("out", port, size, value))
-        if len(ports) >= _MAX_PORTS:
-            _uc.emu_stop()
+    on_in, on_out = _port_hooks(ports)
 
     touched: set[int] = set()
     executed: set[tuple[int, int]] = set()  # (address, size): loops repeat the same few, expanded once below
@@ -296,18 +304,7 @@ def _run_window(code: bytes, new: bytes | None, bits: int, state: dict) -> Windo
     uc.mem_map(_W_STACK, _W_STACK_SIZE)
     ports: list[tuple] = []
     left: list[int] = []
-
-    def on_in(_uc, port, size, _ud):
-        v = (0x5A + 0x11 * len(ports)) & ((1 << (8 * size)) - 1)
-        ports.append(("in", port, size, v))
-        if len(ports) >= _MAX_PORTS:
-            _uc.emu_stop()
-        return v
-
-    def on_out(_uc, port, size, value, _ud):
-        ports.append(("out", port, size, value))
-        if len(ports) >= _MAX_PORTS:
-            _uc.emu_stop()
+    on_in, on_out = _port_hooks(ports)
 
     def on_code(_uc, addr, _size, _ud):
         if not any(lo <= addr < hi for lo, hi in inside):
