@@ -161,3 +161,24 @@ def test_patch_json_with_detours_validates(unknown_routine):
     doc = json.loads(r.stdout)
     jsonschema.validate(doc, json.loads((ROOT / "docs/schema/patch-1.json").read_text()))
     assert r.exit_code == 0 and sum(1 for x in doc["rewrites"] if x["shape"] == "detour") == 6
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_walk_stops_at_a_string_after_a_call(native):
+    """A call that does not return with a string after it (SecMain's entry calling
+    SecCoreStartupWithStack, PrintLib's "<null string>" after it, as GCC laid out
+    edk2-stable201905/201911): the walk does not fall through into the text, whose l/n/o letters
+    would decode as INSB/OUTSB (12 false sites on each of those builds before)."""
+    from ovmftool.scan.codemap import discover, native_available
+
+    if native and not native_available():
+        pytest.skip("the native walk is not built")
+    text = b"<null string>\x00<null guid>\x00<null time>\x00"
+    code = b"\x48\x89\xe9" + b"\xe8" + (0x40 - 8).to_bytes(4, "little", signed=True) + text
+    code = code.ljust(0x40, b"\xcc") + b"\xc3"  # the callee at 0x40: ret
+    cmap = discover(code, 64, [(0, len(code))], [(0, "entry")], [], native=native)
+    assert cmap.sites == [] and 0x40 in cmap.functions
+    # the same bytes with code after the call instead: walked on
+    code2 = code[:8] + b"\xf3\x6c\xc3" + code[11:]
+    cmap2 = discover(code2, 64, [(0, len(code2))], [(0, "entry")], [], native=native)
+    assert [s.rva for s in cmap2.sites] == [8]

@@ -594,6 +594,8 @@ static void walk(W *w, uint64_t root, bool strict) {
                             if (vpush(&w->fn_todo, t)) w->oom = 1;
                         }
                     }
+                    /* a string right after a call: the call does not return (codemap._walk) */
+                    if (looks_like_string(w, a)) break;
                 } else if (kind == K_JMP) {
                     if (has) {
                         uint64_t t = (uint64_t)aux;

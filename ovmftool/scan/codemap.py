@@ -260,6 +260,12 @@ class Discoverer:
                                 if aux not in trial.functions and aux not in functions:
                                     trial.functions.add(aux)
                                     fn_todo.append(aux)
+                            # A string right after a call: the call does not return (SecMain's
+                            # entry calls SecCoreStartupWithStack, and GCC put PrintLib's
+                            # "<null string>" after it in edk2-stable201905/201911): code does not
+                            # fall through into it.
+                            if self.looks_like_string(a):
+                                break
                         elif kind == K_JMP:
                             if aux is not None:
                                 if aux in functions or aux in trial.functions:
