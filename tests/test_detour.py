@@ -182,3 +182,40 @@ def test_walk_stops_at_a_string_after_a_call(native):
     code2 = code[:8] + b"\xf3\x6c\xc3" + code[11:]
     cmap2 = discover(code2, 64, [(0, len(code2))], [(0, "entry")], [], native=native)
     assert [s.rva for s in cmap2.sites] == [8]
+
+
+class _Img:
+    """A module image stand-in: its memory, one executable section, the relocations asked for."""
+
+    def __init__(self, mem: bytes, relocated: bool = False, fmt: str = "PE32+") -> None:
+        self.memory = mem
+        self.format = fmt
+        self._relocated = relocated
+
+        class _Sec:
+            rva, virtual_size, raw_size, executable = 0, len(mem), len(mem), True
+
+        self.sections = [_Sec()]
+
+    def relocated_in(self, lo: int, hi: int) -> bool:
+        return self._relocated
+
+
+@pytest.mark.parametrize("code, relocated, reason", [
+    (b"\xf3\x6c\x90\x90\x90\xc3", True, "bytes covered by a base relocation"),
+    (b"\xf3\x6c\x90\x90\x90\xff\xe0", False, "an indirect jump in its function"),
+])
+def test_module_refusals_name_their_reason(code, relocated, reason):
+    from ovmftool.scan.codemap import discover
+
+    site = code.index(b"\xf3\x6c")
+    cmap = discover(code, 64, [(0, len(code))], [(0, "entry"), (site, "export")], [], native=False)
+    windows, refused = detour.plan_module(_Img(code, relocated), cmap, [site], 64)
+    assert windows == [] and reason in refused[site]
+
+
+def test_te_module_cannot_grow_for_a_detour():
+    from ovmftool.patch import grow
+
+    with pytest.raises(grow.CannotGrow, match="TE images have no room"):
+        grow.add_code(_Img(b"\xc3", fmt="TE"), lambda start: (b"\x90", []))
