@@ -111,35 +111,46 @@ def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int |
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("-o", "--output", required=True, metavar="FILE|-", callback=_out_file,
               help="Baseline file to write (`-`: stdout).")
 @click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False))
-def baseline(image: str, output: str, symbols_dir: str | None) -> None:
-    """Record today's string I/O sites of IMAGE as the accepted baseline."""
+def baseline(images: tuple[str, ...], output: str, symbols_dir: str | None) -> None:
+    """Record today's string I/O sites of each image (files, directories, patterns) as accepted."""
     from ovmftool.report.document import to_json
     from ovmftool.report.gate_report import baseline_doc, baseline_line
-    from ovmftool.scan.scanner import default_jobs, scan_checked
+    from ovmftool.scan.cache import default_cache
+    from ovmftool.scan.inputs import expand_inputs
+    from ovmftool.scan.scanner import ScanFailure, ScanResult, default_jobs, scan_paths
 
-    res = scan_checked(image, symbols_dir, default_jobs())
-    _emit(to_json(baseline_doc(res)), output)
-    click.echo(baseline_line(res, image, output), err=True)
+    inputs = expand_inputs(images)
+    outcomes = scan_paths(inputs, symbols_dir, default_jobs(len(inputs)), default_cache())
+    failed = [o for o in outcomes if isinstance(o, ScanFailure) and o.exit_code]
+    if failed:  # nothing written: a baseline must not silently leave out an image
+        _fail(failed[0].message + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+    results = [o for o in outcomes if isinstance(o, ScanResult)]
+    _emit(to_json(baseline_doc(results[0] if len(results) == 1 else results)), output)
+    click.echo(baseline_line(results, output), err=True)
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--baseline", "baseline_file", type=click.Path(dir_okay=False), help="From `ovmftool baseline`.")
 @click.option("--waivers", "waivers_file", type=click.Path(dir_okay=False), help="JSON waivers (docs/ci.md).")
 @click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False))
-def check(image: str, baseline_file: str | None, waivers_file: str | None, symbols_dir: str | None) -> None:
-    """Fail (exit 1) only for sites of IMAGE that are neither in the baseline nor waived."""
-    from ovmftool.gate.baseline import check_image
-    from ovmftool.report.gate_report import check_lines
+def check(images: tuple[str, ...], baseline_file: str | None, waivers_file: str | None,
+          symbols_dir: str | None) -> None:
+    """Fail (exit 1) only for sites that are neither in the image's baseline entry nor waived."""
+    from ovmftool.gate.baseline import check_images
+    from ovmftool.report.gate_report import check_exit, check_report
+    from ovmftool.scan.inputs import expand_inputs
 
-    out = check_image(image, baseline_file, waivers_file, symbols_dir)
-    for line, err in check_lines(out):
+    checks = check_images(expand_inputs(images), baseline_file, waivers_file, symbols_dir)
+    if len(checks) == 1 and check_exit(checks) == 2:
+        _fail(checks[0].message)
+    for line, err in check_report(checks):
         click.echo(line, err=err)
-    sys.exit(1 if out.new else 0)
+    sys.exit(check_exit(checks))
 
 
 @main.command()

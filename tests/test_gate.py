@@ -1,6 +1,7 @@
 """CI gating: SARIF, JUnit, baseline/check/waivers, diff, crash decode, on real images."""
 
 import json
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import jsonschema
@@ -38,7 +39,7 @@ def test_sarif_is_schema_valid_on_real_images(image, tmp_path):
     for res in run["results"]:
         assert [l["kind"] for l in res["locations"][0]["logicalLocations"]] == ["module", "function"]
         # all inside LZMA: the region is the compressed section (tests/test_scan_gate.py), volume + offset as properties
-        assert res["locations"][0]["physicalLocation"]["region"]["byteLength"] > 2
+        assert res["relatedLocations"][0]["physicalLocation"]["region"]["byteLength"] > 2
         assert res["properties"]["compressed"] and res["properties"]["volume"].startswith("FVMAIN_COMPACT/LZMA")
     fps = [res["partialFingerprints"]["ovmftoolSite/v1"] for res in run["results"]]
     assert len(set(fps)) == len(fps)
@@ -55,7 +56,7 @@ def test_sarif_physical_location_for_uncompressed_code(tmp_path):
     jsonschema.validate(doc, _sarif_schema())
     data = p.read_bytes()
     for res in doc["runs"][0]["results"]:
-        reg = res["locations"][0]["physicalLocation"]["region"]
+        reg = res["relatedLocations"][0]["physicalLocation"]["region"]
         assert data[reg["byteOffset"] : reg["byteOffset"] + reg["byteLength"]].hex() == res["properties"]["bytes"]
 
 
@@ -209,7 +210,8 @@ DEB25 = str(CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"])
 
 
 def _schema(name):
-    return json.loads((ROOT / "docs" / "schema" / f"{name}-1.json").read_text())
+    name = name if name[-1].isdigit() else f"{name}-1"  # "baseline" is baseline-1, "baseline-2" as named
+    return json.loads((ROOT / "docs" / "schema" / f"{name}.json").read_text())
 
 
 def _valid(doc, name):
@@ -269,7 +271,7 @@ def _baseline_doc():
 # (mutation, the field the one-line error must name)
 BASELINE_BAD = [
     (lambda d: d.pop("schema_version"), "schema_version: missing"),
-    (lambda d: d.update(schema_version="ovmftool.baseline/2"), "schema_version: 'ovmftool.baseline/2' is not"),
+    (lambda d: d.update(schema_version="ovmftool.baseline/3"), "schema_version: 'ovmftool.baseline/3' is not"),
     (lambda d: d.pop("sites"), "sites: missing"),
     (lambda d: d.update(sites={}), "sites: {} is not an array"),
     (lambda d: d["sites"].append(7), "sites[90]: is not an object"),
@@ -353,3 +355,83 @@ def test_load_waivers_accepts_what_the_schema_accepts(tmp_path):
     assert ws[1].function is None and ws[1].expires is None
     r = CliRunner().invoke(main, ["check", DEB, "--waivers", str(p)])
     assert r.exit_code == 1 and "waived  PlatformPei" in r.stdout  # other modules' sites are still new
+
+
+def _baseline_doc_2():
+    from ovmftool.report.gate_report import baseline_doc
+
+    return baseline_doc([scan_image(DEB, jobs=1), scan_image(DEB25, jobs=1)])
+
+
+BASELINE_2_BAD = [
+    (lambda d: d.pop("images"), "images: missing"),
+    (lambda d: d.update(images={}), "images: {} is not an array"),
+    (lambda d: d["images"].append(3), "images[2]: is not an object"),
+    (lambda d: d["images"][1].pop("image"), "images[1].image: missing"),
+    (lambda d: d["images"][1]["image"].update(sha256="x"), "images[1].image.sha256: \"x\" does not match"),
+    (lambda d: d["images"][0]["sites"][4].update(bytes="zz"), "images[0].sites[4].bytes: \"zz\" does not match"),
+    (lambda d: d["images"][1].update(sites=None), "images[1].sites: null is not an array"),
+]
+
+
+@pytest.mark.parametrize("mutate,field", BASELINE_2_BAD, ids=[f for _, f in BASELINE_2_BAD])
+def test_load_baseline_2_rejects_what_its_schema_rejects(tmp_path, mutate, field):
+    from ovmftool.errors import OvmfToolError
+    from ovmftool.gate.baseline import load_baseline_images
+
+    doc = _baseline_doc_2()
+    assert _valid(doc, "baseline-2"), list(jsonschema.Draft202012Validator(_schema("baseline-2")).iter_errors(doc))[:2]
+    mutate(doc)
+    assert not _valid(doc, "baseline-2")
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(doc))
+    with pytest.raises(OvmfToolError) as e:
+        load_baseline_images(str(p))
+    assert str(e.value).startswith(f"baseline {p}: {field}") and "\n" not in str(e.value)
+
+
+def test_one_baseline_file_for_several_images(tmp_path):
+    """`baseline A B` records both; `check` gives each its own entry by path, else by contents (a
+    moved image), and an image with no entry has every site new."""
+    from ovmftool.gate.baseline import load_baseline_images
+
+    a, b = tmp_path / "a.fd", tmp_path / "b.fd"
+    a.write_bytes(Path(DEB).read_bytes())
+    b.write_bytes(Path(DEB25).read_bytes())
+    base = tmp_path / "base.json"
+    r = CliRunner().invoke(main, ["baseline", str(a), str(b), "-o", str(base)])
+    assert r.exit_code == 0 and r.stderr == f"baseline: 198 sites of 2 images recorded in {base}\n"
+    doc = json.loads(base.read_text())
+    assert _valid(doc, "baseline-2") and doc["schema_version"] == "ovmftool.baseline/2"
+    entries = load_baseline_images(str(base))
+    assert [(e.path, len(e.keys)) for e in entries] == [(str(a), 90), (str(b), 108)]
+    r = CliRunner().invoke(main, ["check", "--baseline", str(base), str(a), str(b)])
+    assert r.exit_code == 0 and r.stdout.rstrip().endswith("check: 0 new in 0 of 2 images; 0 errors")
+    moved = tmp_path / "moved" / "b.fd"  # another path, the same contents: its entry by sha256
+    moved.parent.mkdir()
+    moved.write_bytes(b.read_bytes())
+    r = CliRunner().invoke(main, ["check", "--baseline", str(base), str(moved)])
+    assert r.exit_code == 0 and "108 in baseline" in r.stdout
+    other = tmp_path / "other.fd"  # neither path nor contents: every site new, and said so
+    other.write_bytes(Path(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]).read_bytes())
+    r = CliRunner().invoke(main, ["check", "--baseline", str(base), str(a), str(other)])
+    assert r.exit_code == 1
+    assert f"{other}: no baseline entry for this image: every site is new" in r.stdout
+    assert "check: 90 new in 1 of 2 images; 0 errors" in r.stdout
+    # a one-image baseline still applies to the one image checked, wherever it was recorded
+    one = tmp_path / "one.json"
+    assert CliRunner().invoke(main, ["baseline", str(a), "-o", str(one)]).exit_code == 0
+    assert json.loads(one.read_text())["schema_version"] == "ovmftool.baseline/1"
+    r = CliRunner().invoke(main, ["check", "--baseline", str(one), str(other)])
+    assert r.exit_code == 1 and "check: 6 new, 0 waived, 84 in baseline" in r.stdout  # the 2 MB build's PlatformPei differs
+
+
+def test_baseline_of_several_images_writes_nothing_when_one_fails(tmp_path):
+    bad = tmp_path / "cut.fd"
+    bad.write_bytes(Path(DEB).read_bytes()[:100000])
+    out = tmp_path / "base.json"
+    r = CliRunner().invoke(main, ["baseline", DEB, str(bad), "-o", str(out)])
+    assert r.exit_code == 2 and not out.exists()
+    assert r.stderr.startswith(f"ovmftool: error: {bad}: damaged image") and r.stderr.count("\n") == 1
+    r = CliRunner().invoke(main, ["check", DEB, str(bad)])
+    assert r.exit_code == 2 and f"error: {bad}: damaged image" in r.stderr

@@ -229,7 +229,7 @@ USAGE = [
     (["scan", "-j", "0", DEB], "scan: Invalid value for '-j' / '--jobs'", "scan"),
     (["info"], "info: Missing argument 'IMAGE'.", "info"),
     (["extract", DEB], "extract: Missing option '-o' / '--output'.", "extract"),
-    (["check", DEB, "extra"], "check: Got unexpected extra argument (extra)", "check"),
+    (["diff", DEB, DEB, "extra"], "diff: Got unexpected extra argument (extra)", "diff"),
     (["plan", "--dsc", "x.dsc", "-o", "o"], "plan: Missing option '--edk2'.", "plan"),
     (["plan", "--edk2", "/nonexistent", "--dsc", "x", "-o", "o"], "plan: Invalid value for '--edk2'", "plan"),
     (["boot-check", "--timeout", "1", DEB], "boot-check: Invalid value for '--timeout'", "boot-check"),

@@ -2,6 +2,7 @@
 found late still fails, callers are the functions containing the calls, SARIF for GitHub code
 scanning, and what to do next."""
 
+import hashlib
 import json
 import os
 import struct
@@ -150,26 +151,28 @@ def test_several_inputs_keep_their_places_in_every_format(tmp_path):
     assert r.exit_code == 2
     log = json.loads(_stdout(r))
     jsonschema.validate(log, SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
-    runs = log["runs"]
+    (run,) = log["runs"]  # one run for every image: GitHub takes at most 20 runs in one upload
     def uri(p):  # relative to the working directory under it, else an absolute file URI
         rel = os.path.relpath(os.path.realpath(p))
         return Path(p).resolve().as_uri() if rel.startswith("..") else rel
 
-    assert [run["artifacts"][0]["location"]["uri"] for run in runs] == [uri(p) for p in imgs]
-    assert [run["invocations"][0]["exitCode"] for run in runs] == want_codes
-    assert [run["invocations"][0]["executionSuccessful"] for run in runs] == [True, False, True]
-    (note,) = runs[1]["invocations"][0]["toolExecutionNotifications"]
+    targets = [a for a in run["artifacts"] if "parentIndex" not in a]
+    assert [a["location"]["uri"] for a in targets] == [uri(p) for p in imgs]
+    assert [a["properties"]["exitCode"] for a in targets] == want_codes
+    inv = run["invocations"][0]
+    assert inv["exitCode"] == 2 and inv["executionSuccessful"] is False
+    (note,) = inv["toolExecutionNotifications"]  # per image that failed, located at it
     assert note["level"] == "error" and "variable store" in note["message"]["text"]
-    assert runs[1]["results"] == [] and len(runs[0]["results"]) == 90 and runs[2]["results"] == []
-    cats = [run["automationDetails"]["id"] for run in runs]  # one category per run: GitHub refuses duplicates
-    assert len(set(cats)) == 3 and all(c.startswith("ovmftool/") and c.endswith("/") for c in cats)
+    assert note["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == uri(imgs[1])
+    assert len(run["results"]) == 90 and "automationDetails" not in run  # the upload's category applies
+    assert {r["properties"]["image"] for r in run["results"]} == {uri(imgs[0])}
 
     r = _run("scan", "--format", "junit", *imgs)
     assert r.exit_code == 2
     suites = ET.fromstring(_stdout(r).split("\n", 1)[1])
     got = suites.findall("testsuite")
     assert [s.get("name") for s in got] == imgs
-    assert [s.get("errors") for s in got] == ["0", "1", "0"] and suites.get("errors") == "1"
+    assert [s.get("errors") for s in got] == ["0", "1", "0"] and suites.attrib == {}  # the Ant XSD allows none
     err = got[1].find("testcase/error")
     assert err is not None and "variable store" in err.get("message")
     assert int(got[0].get("failures")) == 15 and got[2].get("failures") == "0"
@@ -198,31 +201,49 @@ def test_bad_symbols_dir_is_one_line_before_any_scan(tmp_path):
 
 # --- 5. SARIF for GitHub code scanning ---------------------------------------------------
 
-def test_sarif_results_have_physical_locations_regions_and_addresses():
+def test_sarif_results_have_listing_lines_regions_and_addresses():
     r = _run("scan", "--format", "sarif", DEB)
     assert r.exit_code == 1
     log = json.loads(_stdout(r))
     jsonschema.validate(log, SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
     (run,) = log["runs"]
-    assert "automationDetails" not in run  # one input: the upload action's category applies
+    assert "automationDetails" not in run  # the upload action's category applies
     assert run["invocations"] == [{"executionSuccessful": True, "exitCode": 1,
                                    "exitCodeDescription": "string I/O sites found"}]
     assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == Path(os.getcwd()).resolve().as_uri() + "/"
+    assert run["columnKind"] == "unicodeCodePoints"
     for rule in run["tool"]["driver"]["rules"]:
         assert rule["help"]["text"] and "ovmftool patch" in rule["help"]["markdown"]
+    image, listing = run["artifacts"]
+    assert image["location"] == {"uri": os.path.relpath(DEB), "uriBaseId": "%SRCROOT%"}
+    assert image["hashes"]["sha-256"] == hashlib.sha256(Path(DEB).read_bytes()).hexdigest()
+    assert listing["location"] == {"uri": os.path.relpath(DEB) + ".sites.txt", "uriBaseId": "%SRCROOT%"}
+    assert listing["parentIndex"] == 0 and listing["mimeType"] == "text/plain"
+    lines = listing["contents"]["text"].splitlines()
+    assert lines[0].startswith("# ovmftool") and len(lines) == 91
     root = read_image(DEB)
     lzma = {n.abs_offset: n for m in iter_modules(root) for n in m.image.ancestors() if n.abs_offset is not None}
     data = Path(DEB).read_bytes()
     addrs = run["addresses"]
     assert len(run["results"]) == 90
-    for res in run["results"]:
-        phys = res["locations"][0]["physicalLocation"]
-        assert phys["artifactLocation"] == {"uri": os.path.relpath(DEB), "uriBaseId": "%SRCROOT%", "index": 0}
-        reg = phys["region"]
-        holder = lzma[reg["byteOffset"]]  # every site of this image is in the LZMA-compressed FVMAIN_COMPACT
-        assert label(holder) == "section GUID_DEFINED LZMA" and reg["byteLength"] == holder.size
-        assert data[reg["byteOffset"] + 3] == 0x02  # EFI_SECTION_GUID_DEFINED
+    for n, res in enumerate(run["results"]):
         props = res["properties"]
+        primary = res["locations"][0]["physicalLocation"]
+        assert primary["artifactLocation"] == {**listing["location"], "index": 1}
+        reg = primary["region"]  # a real line of the listing: the one naming this site
+        assert reg["startLine"] == n + 2 and reg["snippet"]["text"] == lines[n + 1]
+        assert reg["endColumn"] == len(lines[n + 1]) + 1
+        assert f"rva 0x{props['rva']:X}" in lines[n + 1] and props["bytes"] in lines[n + 1]
+        assert lines[n + 1].startswith(f"{props['module']}!{props['function']}+0x")
+        (rel,) = res["relatedLocations"]
+        assert rel["id"] == 1 and "(1)" in res["message"]["text"]
+        phys = rel["physicalLocation"]
+        assert phys["artifactLocation"] == {"uri": os.path.relpath(DEB), "uriBaseId": "%SRCROOT%", "index": 0}
+        byte_reg = phys["region"]
+        holder = lzma[byte_reg["byteOffset"]]  # every site of this image is in the LZMA-compressed FVMAIN_COMPACT
+        assert label(holder) == "section GUID_DEFINED LZMA" and byte_reg["byteLength"] == holder.size
+        assert data[byte_reg["byteOffset"] + 3] == 0x02  # EFI_SECTION_GUID_DEFINED
+        assert "startLine" not in byte_reg  # a binary region: lines would have to name the same bytes
         ins = addrs[phys["address"]["index"]]
         assert ins == phys["address"] and ins["kind"] == "instruction" and ins["relativeAddress"] == props["rva"]
         fn = addrs[ins["parentIndex"]]
@@ -233,6 +254,7 @@ def test_sarif_results_have_physical_locations_regions_and_addresses():
         assert res["partialFingerprints"]["primaryLocationLineHash"] == res["partialFingerprints"]["ovmftoolSite/v1"]
         logical = [run["logicalLocations"][x["index"]] for x in res["locations"][0]["logicalLocations"]]
         assert [x["kind"] for x in logical] == ["module", "function"] and logical[1]["parentIndex"] == logical[0]["index"]
+        assert props["module"] in res["message"]["text"] and f"0x{props['rva']:X}" in res["message"]["text"]
 
 
 def test_sarif_region_is_the_instruction_when_stored_uncompressed(tmp_path):
@@ -246,22 +268,25 @@ def test_sarif_region_is_the_instruction_when_stored_uncompressed(tmp_path):
     data = p.read_bytes()
     assert log["runs"][0]["results"]
     for res in log["runs"][0]["results"]:
-        phys = res["locations"][0]["physicalLocation"]
+        phys = res["relatedLocations"][0]["physicalLocation"]
         assert phys["artifactLocation"]["uri"] == "flat.fd"
         reg = phys["region"]
         assert data[reg["byteOffset"]: reg["byteOffset"] + reg["byteLength"]].hex() == res["properties"]["bytes"]
         assert "message" not in reg
+        assert f"fd 0x{reg['byteOffset']:X}" in res["locations"][0]["physicalLocation"]["region"]["snippet"]["text"]
 
 
 def test_sarif_root_option(tmp_path):
     r = _run("scan", "--format", "sarif", "--sarif-root", str(ROOT / "corpus" / "images"), DEB)
     (run,) = json.loads(_stdout(r))["runs"]
     assert run["artifacts"][0]["location"] == {"uri": "debian-2022.11/OVMF_CODE_4M.fd", "uriBaseId": "%SRCROOT%"}
+    assert run["artifacts"][1]["location"] == {"uri": "debian-2022.11/OVMF_CODE_4M.fd.sites.txt",
+                                               "uriBaseId": "%SRCROOT%"}
     assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == (ROOT / "corpus" / "images").resolve().as_uri() + "/"
     # an image outside the root: an absolute file URI, with no base id (which only goes with a relative one)
     r = _run("scan", "--format", "sarif", "--sarif-root", str(tmp_path), DEB)
     (run,) = json.loads(_stdout(r))["runs"]
-    loc = run["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    loc = run["results"][0]["relatedLocations"][0]["physicalLocation"]["artifactLocation"]
     assert loc == {"uri": Path(DEB).resolve().as_uri(), "index": 0} and "originalUriBaseIds" not in run
     jsonschema.validate(json.loads(_stdout(r)), SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
 

@@ -1,7 +1,11 @@
 """Baselines and waivers: accept today's sites, fail CI only on new ones.
 
-Baseline file (schema ovmftool.baseline/1, docs/schema/baseline-1.json): the image it was taken
-from and one entry per site with its stable key (see scan.identity). Waivers file (schema
+Baseline file: the image it was taken from and one entry per site with its stable key (see
+scan.identity); schema ovmftool.baseline/1 (docs/schema/baseline-1.json) for one image,
+ovmftool.baseline/2 (docs/schema/baseline-2.json) for several, each under its path and sha256.
+`check` gives each image the entry recorded under its path, else the one of its contents, else
+(one image checked against a one-image baseline) that one; an image with none has every site
+new. Waivers file (schema
 ovmftool.waivers/1, docs/schema/waivers-1.json):
 
     {"schema_version": "ovmftool.waivers/1",
@@ -19,15 +23,18 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.scan.identity import site_keys
-from ovmftool.scan.scanner import Finding, ScanResult, default_jobs, scan_checked
+from ovmftool.scan.cache import default_cache
+from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, default_jobs, scan_paths
 
 BASELINE_SCHEMA = "ovmftool.baseline/1"
+BASELINE_SCHEMA_MULTI = "ovmftool.baseline/2"
 WAIVERS_SCHEMA = "ovmftool.waivers/1"
 
 
@@ -91,31 +98,71 @@ class _Fields:
             raise self.fail(where, f"unknown field {extra[0]!r} (allowed: {', '.join(sorted(keys))})")
 
 
-def load_baseline(path: str) -> set[str]:
-    """The site keys recorded in a baseline file (checked against docs/schema/baseline-1.json)."""
+@dataclass(frozen=True)
+class BaselineImage:
+    """One image's entry in a baseline file: where it was, its contents, its site keys."""
+
+    path: str
+    sha256: str
+    keys: frozenset[str]
+
+
+def _image_entry(c: _Fields, doc: dict, where: str) -> BaselineImage:
+    pre = f"{where}." if where else ""
+    image = c.get(doc, "image", where, "object")
+    path = c.get(image, "path", f"{pre}image", "string")
+    sha = c.get(image, "sha256", f"{pre}image", "string", pattern=_SHA256)
+    keys = set()
+    for i, s in enumerate(c.get(doc, "sites", where, "array")):
+        at = f"{pre}sites[{i}]"
+        if not isinstance(s, dict):
+            raise c.fail(at, "is not an object")
+        keys.add(c.get(s, "key", at, "string", pattern=_TEXT))
+        for k in ("module", "arch", "mnemonic"):
+            c.get(s, k, at, "string")
+        c.get(s, "guid", at, "string", pattern=_GUID)
+        c.get(s, "function", at, "string", null=True)
+        c.get(s, "bytes", at, "string", pattern=_HEX)
+        c.get(s, "rva", at, "integer", minimum=0)
+    return BaselineImage(path, sha, frozenset(keys))
+
+
+def load_baseline_images(path: str) -> list[BaselineImage]:
+    """The images a baseline file records (checked against docs/schema/baseline-1.json or
+    baseline-2.json, by its schema_version)."""
     doc = _load_json(path, "baseline")
     c = _Fields("baseline", path)
-    if c.get(doc, "schema_version", "", "string") != BASELINE_SCHEMA:
-        raise c.fail("schema_version", f"{doc['schema_version']!r} is not {BASELINE_SCHEMA!r}")
+    version = c.get(doc, "schema_version", "", "string")
+    if version not in (BASELINE_SCHEMA, BASELINE_SCHEMA_MULTI):
+        raise c.fail("schema_version", f"{version!r} is not {BASELINE_SCHEMA!r} or {BASELINE_SCHEMA_MULTI!r}")
     tool = c.get(doc, "tool", "", "object")
     c.get(tool, "name", "tool", "string")
     c.get(tool, "version", "tool", "string")
-    image = c.get(doc, "image", "", "object")
-    c.get(image, "path", "image", "string")
-    c.get(image, "sha256", "image", "string", pattern=_SHA256)
-    keys = set()
-    for i, s in enumerate(c.get(doc, "sites", "", "array")):
-        where = f"sites[{i}]"
-        if not isinstance(s, dict):
-            raise c.fail(where, "is not an object")
-        keys.add(c.get(s, "key", where, "string", pattern=_TEXT))
-        for k in ("module", "arch", "mnemonic"):
-            c.get(s, k, where, "string")
-        c.get(s, "guid", where, "string", pattern=_GUID)
-        c.get(s, "function", where, "string", null=True)
-        c.get(s, "bytes", where, "string", pattern=_HEX)
-        c.get(s, "rva", where, "integer", minimum=0)
-    return keys
+    if version == BASELINE_SCHEMA:
+        return [_image_entry(c, doc, "")]
+    out = []
+    for i, entry in enumerate(c.get(doc, "images", "", "array")):
+        if not isinstance(entry, dict):
+            raise c.fail(f"images[{i}]", "is not an object")
+        out.append(_image_entry(c, entry, f"images[{i}]"))
+    return out
+
+
+def load_baseline(path: str) -> set[str]:
+    """The site keys a baseline file records, of all its images."""
+    return {k for e in load_baseline_images(path) for k in e.keys}
+
+
+def baseline_for(entries: list[BaselineImage], r: ScanResult, alone: bool) -> BaselineImage | None:
+    """The entry that applies to the image of `r`: recorded under its path, else under its
+    contents, else, when `alone` (the only image checked) and the file records one image, that
+    one (an image moved or renamed since). None: no entry applies."""
+    norm = os.path.normpath(r.path)
+    for pick in (lambda e: os.path.normpath(e.path) == norm, lambda e: e.sha256 == r.sha256):
+        hit = [e for e in entries if pick(e)]
+        if hit:
+            return hit[0]
+    return entries[0] if alone and len(entries) == 1 else None
 
 
 @dataclass
@@ -210,10 +257,44 @@ def check(r: ScanResult, baseline: set[str], waivers: list[Waiver], today: dt.da
     return out
 
 
+@dataclass
+class ImageCheck:
+    """`check` of one image: the comparison, and the baseline entry it used (None: none applied)."""
+
+    path: str
+    result: CheckResult
+    baseline: BaselineImage | None
+
+
+def check_images(inputs, baseline_file: str | None = None, waivers_file: str | None = None,
+                 symbols_dir: str | None = None, today: dt.date | None = None) -> list[ImageCheck | ScanFailure]:
+    """`ovmftool check`: the baseline and waivers read (their errors come before any scan), the
+    inputs (files, directories, patterns) scanned with the verdict rules of `scan`, and each
+    image compared with its baseline entry; inputs that could not be scanned keep their place.
+    A waiver counts as used when it matched in any image."""
+    entries = load_baseline_images(baseline_file) if baseline_file else []
+    waivers = load_waivers(waivers_file) if waivers_file else []
+    inputs = list(inputs)
+    outcomes = scan_paths(inputs, symbols_dir, default_jobs(len(inputs)), default_cache())
+    alone = sum(isinstance(o, ScanResult) for o in outcomes) == 1
+    out: list[ImageCheck | ScanFailure] = []
+    for o in outcomes:
+        if not isinstance(o, ScanResult):
+            out.append(o)
+            continue
+        entry = baseline_for(entries, o, alone)
+        out.append(ImageCheck(o.path, check(o, entry.keys if entry else set(), waivers, today), entry))
+    live = [w for w in waivers if w.expires is None or w.expires >= (today or dt.date.today())]
+    for c in out:
+        if isinstance(c, ImageCheck):
+            c.result.unused = [w for w in live if w.used == 0]
+    return out
+
+
 def check_image(image: str, baseline_file: str | None = None, waivers_file: str | None = None,
                 symbols_dir: str | None = None) -> CheckResult:
-    """`ovmftool check`: the baseline and waivers read (their errors come before any scan), IMAGE
-    scanned with the verdict rules of `scan`, and compared."""
-    base = load_baseline(baseline_file) if baseline_file else set()
-    waivers = load_waivers(waivers_file) if waivers_file else []
-    return check(scan_checked(image, symbols_dir, default_jobs()), base, waivers)
+    """`check` of one image named on the command line (an error if it cannot be scanned)."""
+    (c,) = check_images([image], baseline_file, waivers_file, symbols_dir)
+    if isinstance(c, ScanFailure):
+        raise OvmfToolError(c.message)
+    return c.result

@@ -3,45 +3,89 @@
 
 from __future__ import annotations
 
-from ovmftool.gate.baseline import BASELINE_SCHEMA, CheckResult
+from ovmftool.gate.baseline import BASELINE_SCHEMA, BASELINE_SCHEMA_MULTI, CheckResult, ImageCheck
 from ovmftool.gate.diff import DiffResult
 from ovmftool.report.document import header, image_ref, to_json
 from ovmftool.scan.identity import site_keys
-from ovmftool.scan.scanner import Finding, ScanResult
+from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult
 
 DIFF_SCHEMA = "ovmftool.diff/1"
 
 
-def baseline_doc(r: ScanResult) -> dict:
-    """The baseline document of one scan (read back by `gate.baseline.load_baseline`)."""
-    keys = site_keys(r.findings)
-    return {
-        **header(BASELINE_SCHEMA, image=image_ref(r, size=False)),
-        "sites": [
-            {"key": k, "module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
+def _sites(r: ScanResult) -> list[dict]:
+    return [{"key": k, "module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
              "mnemonic": f.mnemonic, "bytes": f.bytes, "rva": f.rva}
-            for f, k in zip(r.findings, keys)
-        ],
-    }
+            for f, k in zip(r.findings, site_keys(r.findings))]
 
 
-def baseline_line(r: ScanResult, image: str, output: str) -> str:
-    """`baseline`'s stderr line: how many sites were recorded where."""
-    return f"baseline: {len(r.findings)} sites of {image} recorded in {output}"
+def baseline_doc(r: ScanResult | list[ScanResult]) -> dict:
+    """The baseline document of one scan (schema ovmftool.baseline/1), or of several (ovmftool.baseline/2,
+    each image under its path and sha256); read back by `gate.baseline.load_baseline_images`."""
+    if isinstance(r, ScanResult):
+        return {**header(BASELINE_SCHEMA, image=image_ref(r, size=False)), "sites": _sites(r)}
+    return {**header(BASELINE_SCHEMA_MULTI),
+            "images": [{"image": image_ref(x, size=False), "sites": _sites(x)} for x in r]}
 
 
-def check_lines(out: CheckResult) -> list[tuple[str, bool]]:
-    """`check`'s lines in order, each with whether it goes to stderr: new and waived sites, the
-    waiver warnings (stderr), then the count line."""
+def baseline_line(results: list[ScanResult], output: str) -> str:
+    """`baseline`'s stderr line: how many sites of which images were recorded where."""
+    n = sum(len(r.findings) for r in results)
+    what = results[0].path if len(results) == 1 else f"{len(results)} images"
+    return f"baseline: {n} sites of {what} recorded in {output}"
+
+
+def _check_lines(out: CheckResult, warnings: bool) -> list[tuple[str, bool]]:
     lines = [(f"NEW  {f.module} {f.guid} {f.arch} rva 0x{f.rva:X} {f.mnemonic} {f.bytes} "
               f"in {f.function or '?'} [{f.function_source}] ({f.volume})", False) for f in out.new]
     lines += [(f"waived  {f.module} rva 0x{f.rva:X} {f.mnemonic} in {f.function or '?'}: {w.reason}", False)
               for f, w in out.waived]
-    lines += [(f"warning: waiver {w.describe()} expired on {w.expires}", True) for w in out.expired]
-    lines += [(f"warning: waiver {w.describe()} matched no site", True) for w in out.unused]
+    if warnings:
+        lines += _waiver_warnings(out)
     lines.append((f"check: {len(out.new)} new, {len(out.waived)} waived, {out.known} in baseline, "
                   f"{out.gone} baseline sites gone", False))
     return lines
+
+
+def _waiver_warnings(out: CheckResult) -> list[tuple[str, bool]]:
+    return ([(f"warning: waiver {w.describe()} expired on {w.expires}", True) for w in out.expired]
+            + [(f"warning: waiver {w.describe()} matched no site", True) for w in out.unused])
+
+
+def check_lines(out: CheckResult) -> list[tuple[str, bool]]:
+    """`check`'s lines for one image in order, each with whether it goes to stderr: new and waived
+    sites, the waiver warnings (stderr), then the count line."""
+    return _check_lines(out, True)
+
+
+def check_report(checks: list[ImageCheck | ScanFailure]) -> list[tuple[str, bool]]:
+    """`check`'s lines: one image as `check_lines`; several, a block per image headed by its
+    path (an error line in the place of one that could not be scanned), the waiver warnings once,
+    and a total line."""
+    done = [c for c in checks if isinstance(c, ImageCheck)]
+    if len(checks) == 1 and done:
+        return check_lines(done[0].result)
+    lines: list[tuple[str, bool]] = []
+    for c in checks:
+        if not isinstance(c, ImageCheck):
+            lines.append((f"{'skipped' if c.exit_code == 0 else 'error'}: {c.message}", c.exit_code != 0))
+            continue
+        lines.append((f"{c.path}:" + ("" if c.baseline else " no baseline entry for this image: every site is new"),
+                      False))
+        lines += [("  " + t, e) for t, e in _check_lines(c.result, False)]
+    if done:
+        lines += _waiver_warnings(done[0].result)
+    new = sum(len(c.result.new) for c in done)
+    failed = sum(1 for c in checks if not isinstance(c, ImageCheck) and c.exit_code)
+    lines.append((f"check: {new} new in {sum(1 for c in done if c.result.new)} of {len(done)} images; "
+                  f"{failed} error{'s' * (failed != 1)}", False))
+    return lines
+
+
+def check_exit(checks: list[ImageCheck | ScanFailure]) -> int:
+    """2 when an input could not be scanned, else 1 when an image has new sites, else 0."""
+    if any(not isinstance(c, ImageCheck) and c.exit_code for c in checks):
+        return 2
+    return 1 if any(c.result.new for c in checks if isinstance(c, ImageCheck)) else 0
 
 
 def _row(f: Finding) -> dict:

@@ -1,15 +1,17 @@
-"""SARIF 2.1.0 output of scan results (`scan --format sarif`), one run per input, in the order given.
+"""SARIF 2.1.0 output of scan results (`scan --format sarif`): one run for every input, in the
+order given (GitHub takes at most 20 runs, and one per tool and category, in an upload).
 
-Made for GitHub code scanning (docs/ci.md): every result has a physical location — the image
-file, as a URI relative to the source root (`%SRCROOT%`: the working directory, or
-`--sarif-root`), and the byte region of the instruction, or of the compressed section holding
-it — plus the address chain module > function > instruction (`run.addresses`) and the logical
-locations module > function. Fingerprints hash what survives a rebuild (scan.identity), not
-addresses. Each run records its verdict in `invocations[0]` (exit code 0/1/2); an input that
-could not be scanned is a run with no results, `executionSuccessful: false` and the message as
-a tool execution notification. With several inputs each run has its own category
-(`automationDetails.id`), since code scanning refuses a file holding two runs of one tool and
-category.
+Made for GitHub code scanning (docs/ci.md). Each image is an artifact; each scanned image also a
+listing artifact embedded in the log (`<image>.sites.txt`, one line per site), because code
+scanning shows a location only with a line and an image has none (a line and a byte range in
+one region must name the same bytes). A result's primary location is its listing line; its
+related location is the instruction in the image (URI relative to `%SRCROOT%`: the working
+directory, or `--sarif-root`; the byte region of the instruction, or of the compressed section
+holding it; the address chain module > function > instruction). Fingerprints hash what
+survives a rebuild (scan.identity), not addresses or lines. The run records the verdict in
+`invocations[0]` (exit code 0/1/2, the worst image's), each image's in its artifact, and each
+image that could not be scanned as an error notification located at it. The run has no
+`automationDetails`: the upload's category applies.
 """
 
 from __future__ import annotations
@@ -102,72 +104,94 @@ def artifact_location(path: str, root: str) -> dict:
 
 
 class _Places:
-    """The run's address and logical-location tables, one entry per module and function."""
+    """The run's address and logical-location tables. Addresses belong to one image (`image`,
+    the artifact index of the image being added): module > function > instruction. Logical
+    locations name code, module > function, and are shared by the images that hold it."""
 
     def __init__(self) -> None:
         self.addresses: list[dict] = []
         self.logical: list[dict] = []
-        self._mod: dict[tuple, tuple[int, int]] = {}
-        self._fn: dict[tuple, tuple[int, int]] = {}
+        self.image = 0
+        self._addr: dict[tuple, int] = {}
+        self._logi: dict[tuple, int] = {}
 
-    def module(self, f: Finding) -> tuple[int, int]:
-        key = (f.guid, f.arch, f.volume, f.module)
-        if key not in self._mod:
-            fq = f"{f.volume}/{f.module}" if f.volume else f.module
-            a, lg = len(self.addresses), len(self.logical)
-            self.addresses.append({"index": a, "kind": "module", "name": f.module, "fullyQualifiedName": fq,
-                                   "properties": {"guid": f.guid, "arch": f.arch}})
-            self.logical.append({"index": lg, "kind": "module", "name": f.module, "fullyQualifiedName": fq})
-            self._mod[key] = (a, lg)
-        return self._mod[key]
+    @staticmethod
+    def _names(f: Finding) -> tuple[str, str | None]:
+        fq = f"{f.volume}/{f.module}" if f.volume else f.module
+        name = None if f.function_rva is None else (f.function or f"sub_{f.function_rva:x}")
+        return fq, name
 
-    def function(self, f: Finding) -> tuple[int, int] | None:
-        if f.function_rva is None:
-            return None
-        key = (f.guid, f.arch, f.volume, f.module, f.function_rva)
-        if key not in self._fn:
-            ma, ml = self.module(f)
-            name = f.function or f"sub_{f.function_rva:x}"
-            a, lg = len(self.addresses), len(self.logical)
-            self.addresses.append({"index": a, "kind": "function", "name": name,
-                                   "fullyQualifiedName": f"{f.module}!{name}", "relativeAddress": f.function_rva,
-                                   "offsetFromParent": f.function_rva, "parentIndex": ma})
-            self.logical.append({"index": lg, "kind": "function", "name": name,
-                                 "fullyQualifiedName": f"{f.module}!{name}", "parentIndex": ml})
-            self._fn[key] = (a, lg)
-        return self._fn[key]
+    def _address(self, key: tuple, entry: dict) -> int:
+        key = (self.image, *key)
+        if key not in self._addr:
+            self._addr[key] = len(self.addresses)
+            self.addresses.append({"index": len(self.addresses), **entry})
+        return self._addr[key]
+
+    def _logical(self, key: tuple, entry: dict) -> int:
+        if key not in self._logi:
+            self._logi[key] = len(self.logical)
+            self.logical.append({"index": len(self.logical), **entry})
+        return self._logi[key]
 
     def instruction(self, f: Finding) -> dict:
-        ma, _ = self.module(f)
-        fn = self.function(f)
-        parent, base = (fn[0], f.function_rva) if fn is not None else (ma, 0)
-        a = {"index": len(self.addresses), "kind": "instruction", "name": f.mnemonic, "relativeAddress": f.rva,
-             "offsetFromParent": f.rva - base, "length": len(f.bytes) // 2, "parentIndex": parent}
-        self.addresses.append(a)
-        return dict(a)
+        """The instruction's address entry (added to the table), with its parents."""
+        fq, name = self._names(f)
+        mod = (f.guid, f.arch, f.volume, f.module)
+        parent = self._address(mod, {"kind": "module", "name": f.module, "fullyQualifiedName": fq,
+                                     "properties": {"guid": f.guid, "arch": f.arch, "artifactIndex": self.image}})
+        base = 0
+        if name is not None:
+            parent = self._address((*mod, f.function_rva), {
+                "kind": "function", "name": name, "fullyQualifiedName": f"{f.module}!{name}",
+                "relativeAddress": f.function_rva, "offsetFromParent": f.function_rva, "parentIndex": parent})
+            base = f.function_rva
+        i = self._address((*mod, "insn", f.rva), {
+            "kind": "instruction", "name": f.mnemonic, "relativeAddress": f.rva, "offsetFromParent": f.rva - base,
+            "length": len(f.bytes) // 2, "parentIndex": parent})
+        return dict(self.addresses[i])
 
     def logical_of(self, f: Finding) -> list[dict]:
-        _, ml = self.module(f)
-        out = [dict(self.logical[ml])]
-        fn = self.function(f)
-        if fn is not None:
-            out.append(dict(self.logical[fn[1]]))
-        for x in out:
-            x.pop("parentIndex", None)
+        """The logical locations module > function of a site (added to the table)."""
+        fq, name = self._names(f)
+        mod = (f.guid, f.arch, f.volume, f.module)
+        m = self._logical(mod, {"kind": "module", "name": f.module, "fullyQualifiedName": fq})
+        out = [dict(self.logical[m])]
+        if name is not None:
+            fn = self._logical((*mod, f.function_rva, name), {"kind": "function", "name": name,
+                                                              "fullyQualifiedName": f"{f.module}!{name}",
+                                                              "parentIndex": m})
+            out.append({k: v for k, v in self.logical[fn].items() if k != "parentIndex"})
         return out
 
 
-def _result(f: Finding, key: str, artifact: dict, places: _Places) -> dict:
+def listing_line(f: Finding) -> str:
+    """One site as a line of the run's listing artifact: module!function+offset, RVA, where it
+    is in the file, bytes and instruction."""
+    fn = f.function or (f"sub_{f.function_rva:x}" if f.function_rva is not None else "?")
+    off = f"+0x{f.rva - f.function_rva:x}" if f.function_rva is not None else ""
+    where = f"fd 0x{f.fd_offset:X}" if f.fd_offset is not None else f"compressed in {f.volume}"
+    return f"{f.module}!{fn}{off}  rva 0x{f.rva:X}  {where}  {f.bytes}  {f.mnemonic}"
+
+
+def _result(f: Finding, key: str, image: dict, listing: dict, line: int, text: str, places: _Places) -> dict:
     fn = f.function or "?"
-    physical: dict = {"artifactLocation": {**artifact, "index": 0}, "address": places.instruction(f)}
+    # The primary location is a line of the listing (GitHub shows a location only with a line);
+    # the instruction's bytes in the image follow as the related location.
+    primary = {"physicalLocation": {"artifactLocation": listing,
+                                    "region": {"startLine": line, "startColumn": 1, "endColumn": len(text) + 1,
+                                               "snippet": {"text": text}}},
+               "logicalLocations": places.logical_of(f)}
+    in_image: dict = {"artifactLocation": image, "address": places.instruction(f)}
     if f.fd_region is not None:
         region: dict = {"byteOffset": f.fd_region["offset"], "byteLength": f.fd_region["length"]}
         if f.fd_region["holder"] != "instruction":
             region["message"] = {"text": (
                 f"the {f.fd_region['holder']} that holds the instruction compressed: decoded, it is at RVA "
                 f"0x{f.rva:X} of {f.module} in {f.volume}")}
-        physical["region"] = region
-    loc = {"physicalLocation": physical, "logicalLocations": places.logical_of(f)}
+        in_image["region"] = region
+    related = {"id": 1, "physicalLocation": in_image,
+               "message": {"text": f"the instruction in {image['uri'].rsplit('/', 1)[-1]}"}}
     rep = "REP " if f.rep == "rep" else ("REPNE " if f.rep == "repne" else "")
     what = f"{rep}{f.mnemonic.split()[-1].upper()}"
     where = f"{f.module}!{fn}" + (f" ({f.function_source})" if f.function_source else "")
@@ -177,12 +201,15 @@ def _result(f: Finding, key: str, artifact: dict, places: _Places) -> dict:
         "ruleId": RULES[_RULE_INDEX[f.direction]]["id"],
         "ruleIndex": _RULE_INDEX[f.direction],
         "level": "error",
-        "message": {"text": f"{what} at RVA 0x{f.rva:X} in {where}, {f.volume or 'flash'}; {run}."},
-        "locations": [loc],
-        # GitHub code scanning reads only primaryLocationLineHash; an image has no lines, so it
-        # carries the same rebuild-stable site hash as ovmftoolSite/v1.
+        "message": {"text": f"{what} at RVA 0x{f.rva:X} in {where}, {f.volume or 'flash'}; {run} "
+                            f"([bytes in the image](1))."},
+        "locations": [primary],
+        "relatedLocations": [related],
+        # GitHub code scanning reads only primaryLocationLineHash: it carries the same
+        # rebuild-stable site hash as ovmftoolSite/v1 (a listing line moves with every new site).
         "partialFingerprints": {"ovmftoolSite/v1": fp, "primaryLocationLineHash": fp},
         "properties": {
+            "image": image["uri"],
             "module": f.module, "guid": f.guid, "arch": f.arch, "fileType": f.file_type, "volume": f.volume,
             "fdOffset": f.fd_offset, "containerOffset": f.container_offset, "rva": f.rva, "bytes": f.bytes,
             "mnemonic": f.mnemonic, "width": f.width, "rep": f.rep, "function": f.function,
@@ -197,41 +224,67 @@ def _tool() -> dict:
                        "informationUri": INFO_URI, "rules": RULES}}
 
 
-def _run(o: ScanResult | ScanFailure, root: str) -> dict:
-    artifact = artifact_location(o.path, root) if o.path else {"uri": "image"}
-    inv: dict = {"executionSuccessful": isinstance(o, ScanResult), "exitCode": o.exit_code,
-                 "exitCodeDescription": _EXIT_MEANING[o.exit_code]}
-    run: dict = {"tool": _tool(), "invocations": [inv]}
-    if artifact.get("uriBaseId") == SRCROOT:
+LISTING_SUFFIX = ".sites.txt"
+
+
+def _listing_header(o: ScanResult) -> str:
+    return f"# ovmftool {__version__}: string I/O sites of {o.path} (sha256 {o.sha256}), one a line"
+
+
+def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:
+    """One run for every input (GitHub takes at most 20 runs per upload, and one category per
+    run): each image is an analysis target, each scanned image also a listing artifact whose
+    lines are its sites; an image that could not be scanned is an error notification."""
+    run: dict = {"tool": _tool()}
+    artifacts: list[dict] = []
+    notes: list[dict] = []
+    results: list[dict] = []
+    places = _Places()
+    relative = False
+    for o in outcomes:
+        loc = artifact_location(o.path, root) if o.path else {"uri": "image"}
+        relative |= loc.get("uriBaseId") == SRCROOT
+        image = {**loc, "index": len(artifacts)}
+        entry: dict = {"location": loc, "roles": ["analysisTarget"],
+                       "properties": {"exitCode": o.exit_code, "exitCodeDescription": _EXIT_MEANING[o.exit_code]}}
+        artifacts.append(entry)
+        if isinstance(o, ScanFailure):
+            notes.append({"level": "error", "message": {"text": o.message},
+                          "locations": [{"physicalLocation": {"artifactLocation": image}}]})
+            continue
+        entry.update(length=o.size, hashes={"sha-256": o.sha256})
+        entry["properties"].update(sites=len(o.findings), modulesScanned=len(o.modules), notes=o.notes)
+        lines = [_listing_header(o)] + [listing_line(f) for f in o.findings]
+        text = "".join(x + "\n" for x in lines)
+        listing = {**loc, "uri": loc["uri"] + LISTING_SUFFIX, "index": len(artifacts)}
+        artifacts.append({"location": {k: v for k, v in listing.items() if k != "index"}, "parentIndex": image["index"],
+                          "roles": ["analysisTarget"], "mimeType": "text/plain", "encoding": "utf-8",
+                          "contents": {"text": text}, "length": len(text.encode()),
+                          "description": {"text": f"the string I/O sites of {loc['uri']}, one a line"}})
+        places.image = image["index"]
+        for n, (f, k) in enumerate(zip(o.findings, site_keys(o.findings))):
+            results.append(_result(f, k, image, listing, n + 2, lines[n + 1], places))
+    code = max((o.exit_code for o in outcomes), default=0)
+    inv: dict = {"executionSuccessful": not notes, "exitCode": code, "exitCodeDescription": _EXIT_MEANING[code]}
+    if notes:
+        inv["toolExecutionNotifications"] = notes
+    run["invocations"] = [inv]
+    if relative:
         run["originalUriBaseIds"] = {SRCROOT: {"uri": _dir_uri(root),
                                                "description": {"text": "the source root (--sarif-root, "
                                                                        "default the working directory)"}}}
-    if isinstance(o, ScanFailure):
-        inv["toolExecutionNotifications"] = [{"level": "error", "message": {"text": o.message},
-                                              "locations": [{"physicalLocation": {"artifactLocation": artifact}}]}]
-        run["artifacts"] = [{"location": artifact, "roles": ["analysisTarget"]}]
-        run["results"] = []
-        return run
-    places = _Places()
-    keys = site_keys(o.findings)
-    run["artifacts"] = [{"location": artifact, "length": o.size, "hashes": {"sha-256": o.sha256},
-                         "roles": ["analysisTarget"]}]
-    run["results"] = [_result(f, k, artifact, places) for f, k in zip(o.findings, keys)]
-    run["addresses"] = places.addresses
-    run["logicalLocations"] = places.logical
-    run["properties"] = {"notes": o.notes, "modulesScanned": len(o.modules)}
+    run["artifacts"] = artifacts
+    run["columnKind"] = "unicodeCodePoints"
+    run["results"] = results
+    if places.addresses:
+        run["addresses"] = places.addresses
+        run["logicalLocations"] = places.logical
     return run
 
 
 def sarif_log(outcomes: list[ScanResult | ScanFailure], root: str | None = None) -> dict:
-    """A SARIF log with one run per input. `root`: the directory URIs are relative to (default:
-    the working directory)."""
+    """A SARIF log with one run for all inputs (an input skipped as holding nothing to check is
+    left out). `root`: the directory URIs are relative to (default: the working directory)."""
     root = os.path.realpath(root if root is not None else os.getcwd())
-    runs = [_run(o, root) for o in outcomes if not isinstance(o, ScanSkipped)]  # nothing checked, nothing to say
-    if len(runs) > 1:
-        seen: dict[str, int] = {}
-        for run in runs:
-            cat = f"ovmftool/{run['artifacts'][0]['location']['uri']}"
-            seen[cat] = seen.get(cat, 0) + 1
-            run["automationDetails"] = {"id": f"{cat}{'' if seen[cat] == 1 else f'#{seen[cat]}'}/"}
-    return {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": runs}
+    checked = [o for o in outcomes if not isinstance(o, ScanSkipped)]  # nothing checked, nothing to say
+    return {"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run_log(checked, root)]}

@@ -12,6 +12,7 @@ import copy
 import gc
 import hashlib
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,10 @@ class ScanResult:
     notes: list[str] = field(default_factory=list)
     standalone: bool = False  # a standalone PE32/TE file (an extracted module), not a flash image
     era: str | None = None  # the EDK II tree era the image shows (`tree_era`): names routines, picks series
+    # What this run spent (JUnit `time`): per module (parallel with `modules`) and on the whole
+    # image; a result the cache served spent nearly nothing. Never part of the JSON report.
+    module_seconds: list[float] = field(default_factory=list, compare=False)
+    seconds: float = field(default=0.0, compare=False)
 
     @property
     def exit_code(self) -> int:
@@ -218,8 +223,9 @@ def _analyse_checked(m: Module, symbols: BuildSymbols | None, era: str | None) -
     if img.mem_size > MAX_SCAN_MEMORY:
         raise LimitExceeded(f"module {m.name} is 0x{img.mem_size:X} bytes in memory, more than the scanner walks "
                             f"(0x{MAX_SCAN_MEMORY:X})", place)
+    t0 = time.perf_counter()
     try:
-        return analyse_module(m, symbols, era)
+        return replace(analyse_module(m, symbols, era), seconds=time.perf_counter() - t0)
     except CodeMapLimit as e:
         raise LimitExceeded(f"module {m.name}: {e}", place) from None
 
@@ -274,6 +280,7 @@ class ModuleAnalysis:
     sites: list[SiteFacts]
     symbols: str | None = None
     code_end: int | None = None
+    seconds: float = field(default=0.0, compare=False)  # what it took this run (JUnit `time`), not cached
 
     def payload(self) -> dict:
         """JSON data for the cache."""
@@ -576,10 +583,13 @@ def _analyses(modules: list[Module], symbols: BuildSymbols | None, era: str | No
     if cache is not None:
         for i, m in enumerate(modules):
             keys.append(_module_key(m, era))
+            t0 = time.perf_counter()
             doc = cache.get(keys[i])
             if doc is not None and m.image.mem_size <= MAX_SCAN_MEMORY:
                 out[i] = ModuleAnalysis.from_payload(doc, m.image.memory)
-                if out[i] is None:
+                if out[i] is not None:
+                    out[i].seconds = time.perf_counter() - t0
+                else:
                     cache.reject()  # whole, but not of this module's shape or bytes: recomputed, rewritten
     todo = [i for i, a in enumerate(out) if a is None]
     pool = _fork_context() if jobs > 1 and len(todo) > 8 else None
@@ -632,11 +642,13 @@ def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: i
     needs the symbols too reads each symbol file once). `cache`: module analyses are looked up
     and stored there (`scan.cache`; not with symbols). `jobs` > 1: the modules are analysed in
     that many worker processes."""
+    t0 = time.perf_counter()
     root = root if root is not None else read_image(path)
     symbols = BuildSymbols(symbols_dir) if isinstance(symbols_dir, str) else symbols_dir
     modules = list(iter_modules(root))
     era = tree_era(modules)
-    results = [_assemble(m, a) for m, a in zip(modules, _analyses(modules, symbols, era, jobs, cache))]
+    analyses = _analyses(modules, symbols, era, jobs, cache)
+    results = [_assemble(m, a) for m, a in zip(modules, analyses)]
     findings = [f for r in results for f in r.findings]
     notes = []
     era_note = _era_note(era, findings)
@@ -648,7 +660,8 @@ def scan_image(path: str, symbols_dir: str | BuildSymbols | None = None, jobs: i
                      "16-bit entry")
         findings += scan_blobs(root)
     return ScanResult(path, root.sha256, root.size, [r.summary for r in results], findings, notes,
-                      standalone=isinstance(root, BinaryFile), era=era)
+                      standalone=isinstance(root, BinaryFile), era=era,
+                      module_seconds=[a.seconds for a in analyses], seconds=time.perf_counter() - t0)
 
 
 # --- verdicts --------------------------------------------------------------------------------
