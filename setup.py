@@ -6,5 +6,10 @@ uses its pure-Python walk (same results, slower).
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("ovmftool.scan._walk", ["ovmftool/scan/_walk.c"], optional=True,
-                             extra_compile_args=["-O2", "-std=c11"])])
+setup(
+    ext_modules=[
+        Extension(
+            "ovmftool.scan._walk", ["ovmftool/scan/_walk.c"], optional=True, extra_compile_args=["-O2", "-std=c11"]
+        )
+    ]
+)

@@ -66,14 +66,23 @@ def vs_plain(images: list[str], runs: int) -> None:
             plain.append(plain_boot(Path(img), Path(vars_file) if vars_file else None))
         one = "no (two boots)" if any("two boots" in n for n in notes) else "yes"
         m_bc, m_plain = statistics.median(bc), statistics.median(plain)
-        print(f"| {Path(img).parent.name}/{Path(img).name} | {m_bc:.2f} | {statistics.median(boot):.1f} | "
-              f"{m_plain:.2f} | {m_bc / m_plain:.2f} | {one} | {runs} |")
+        print(
+            f"| {Path(img).parent.name}/{Path(img).name} | {m_bc:.2f} | {statistics.median(boot):.1f} | "
+            f"{m_plain:.2f} | {m_bc / m_plain:.2f} | {one} | {runs} |"
+        )
         print(f"  boot-check: {', '.join(f'{x:.2f}' for x in bc)}; plain: {', '.join(f'{x:.2f}' for x in plain)}")
+
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("images", nargs="*", default=[str(ROOT / "corpus/images/debian-2022.11/OVMF_CODE_4M.fd"),
-                                                  str(ROOT / "corpus/images/debian-2025.02/OVMF_CODE_4M.fd")])
+    ap.add_argument(
+        "images",
+        nargs="*",
+        default=[
+            str(ROOT / "corpus/images/debian-2022.11/OVMF_CODE_4M.fd"),
+            str(ROOT / "corpus/images/debian-2025.02/OVMF_CODE_4M.fd"),
+        ],
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--vs-plain", action="store_true", help="boot-check against a plain boot to the shell")
     a = ap.parse_args()
@@ -100,5 +109,7 @@ if __name__ == "__main__":
         execs = sum(e["executions"] or 0 for e in ex)
         units = sum(e["units"] or 0 for e in ex)
         ports = ",".join(sorted({f"0x{e['port']:X}" for e in ex if e["port"] is not None})) or "-"
-        print(f"| {Path(img).parent.name}/{Path(img).name} | {statistics.median(times):.1f} | {a.runs} | "
-              f"{doc['ended']} | {len(ex)} | {execs} | {units} | {ports} | {f} |")
+        print(
+            f"| {Path(img).parent.name}/{Path(img).name} | {statistics.median(times):.1f} | {a.runs} | "
+            f"{doc['ended']} | {len(ex)} | {execs} | {units} | {ports} | {f} |"
+        )

@@ -1,6 +1,6 @@
 """Time `ovmftool info` on OVMF_CODE_4M.fd (target: median <= 0.3 s wall, peak RSS <= 150 MB).
 
-    python bench/bench_info.py [IMAGE] [--runs N]
+python bench/bench_info.py [IMAGE] [--runs N]
 """
 
 from __future__ import annotations

@@ -93,11 +93,19 @@ if __name__ == "__main__":
             cmd = [sys.executable, "-m", "ovmftool", "scan", "--format", "json", image]
             if jobs:
                 cmd[4:4] = ["--jobs", jobs]
-            report(f"scan {'--jobs ' + jobs if jobs else '(default jobs)'} {Path(image).name}", cmd,
-                   run(cmd, a.runs), "median <= 0.5 s, RSS <= 200 MB")
+            report(
+                f"scan {'--jobs ' + jobs if jobs else '(default jobs)'} {Path(image).name}",
+                cmd,
+                run(cmd, a.runs),
+                "median <= 0.5 s, RSS <= 200 MB",
+            )
         # for reference: the pure-Python walk (what runs when the extension could not be built)
         cmd = [sys.executable, "-m", "ovmftool", "scan", "--format", "json", image]
-        report(f"scan, pure-Python walk (OVMFTOOL_PURE_PYTHON=1) {Path(image).name}", cmd,
-               run(cmd, max(3, a.runs // 2), env={"OVMFTOOL_PURE_PYTHON": "1"}), "reference only")
+        report(
+            f"scan, pure-Python walk (OVMFTOOL_PURE_PYTHON=1) {Path(image).name}",
+            cmd,
+            run(cmd, max(3, a.runs // 2), env={"OVMFTOOL_PURE_PYTHON": "1"}),
+            "reference only",
+        )
         print()
         baselines(image, max(1, a.runs // 2))

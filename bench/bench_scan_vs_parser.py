@@ -70,13 +70,17 @@ def main() -> None:
         sys.exit("uefi-firmware-parser not found: pip install uefi-firmware, or give --parser")
     env = child_env()
     cmds = {
-        "scan": ([sys.executable, "-m", "ovmftool", "scan", "--format", "json", a.image],
-                 {**env, "OVMFTOOL_NO_CACHE": "1"}),
+        "scan": (
+            [sys.executable, "-m", "ovmftool", "scan", "--format", "json", a.image],
+            {**env, "OVMFTOOL_NO_CACHE": "1"},
+        ),
         "parser": ([a.parser, "-q", a.image], env),
     }
     if a.cached:
-        cmds["scan, cache warm"] = ([sys.executable, "-m", "ovmftool", "scan", "--format", "json", a.image],
-                                    {k: v for k, v in env.items() if k != "OVMFTOOL_NO_CACHE"})
+        cmds["scan, cache warm"] = (
+            [sys.executable, "-m", "ovmftool", "scan", "--format", "json", a.image],
+            {k: v for k, v in env.items() if k != "OVMFTOOL_NO_CACHE"},
+        )
     res = alternate(cmds, a.runs)
     try:
         load = " ".join(open("/proc/loadavg").read().split()[:3])
@@ -92,12 +96,16 @@ def main() -> None:
     med = {}
     for k, r in res.items():
         med[k] = (statistics.median(r["cpu"]), statistics.median(r["wall"]))
-        print(f"| {k} | {med[k][0]:.3f} | {min(r['cpu']):.3f} | {med[k][1]:.3f} | {min(r['wall']):.3f} "
-              f"| {sorted(r['codes'])} |")
+        print(
+            f"| {k} | {med[k][0]:.3f} | {min(r['cpu']):.3f} | {med[k][1]:.3f} | {min(r['wall']):.3f} "
+            f"| {sorted(r['codes'])} |"
+        )
     for k in med:
         if k != "parser":
-            print(f"ratio {k} / parser: CPU {med[k][0] / med['parser'][0]:.2f}, wall {med[k][1] / med['parser'][1]:.2f}"
-                  f"  (target: CPU <= 1.00)")
+            print(
+                f"ratio {k} / parser: CPU {med[k][0] / med['parser'][0]:.2f}, wall {med[k][1] / med['parser'][1]:.2f}"
+                f"  (target: CPU <= 1.00)"
+            )
 
 
 if __name__ == "__main__":

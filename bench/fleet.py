@@ -43,8 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def fleet_images(work: Path) -> list[tuple[str, str]]:
     """(name in the fleet directory, source path) of every image of the fleet."""
-    out = [(f"debian/{Path(p).parent.name}/{Path(p).name}", p)
-           for p in sorted(glob.glob(str(ROOT / "corpus" / "images" / "*" / "OVMF_CODE*.fd")))]
+    out = [
+        (f"debian/{Path(p).parent.name}/{Path(p).name}", p)
+        for p in sorted(glob.glob(str(ROOT / "corpus" / "images" / "*" / "OVMF_CODE*.fd")))
+    ]
     for b in sorted((ROOT / "corpus" / "builds").glob("*/OVMF_CODE.fd")):
         full = work / "full" / b.parent.name / "OVMF.fd"
         full.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +63,11 @@ def debian_package_images(work: Path) -> list[tuple[str, str]]:
     for up in ("2022.11", "2025.02"):
         r = subprocess.run(["apt-cache", "madison", "ovmf"], capture_output=True, text=True)
         # madison lists the newest version first
-        vers = [ln.split("|")[1].strip() for ln in r.stdout.splitlines()
-                if "|" in ln and ln.split("|")[1].strip().startswith(up + "-")][:1]
+        vers = [
+            ln.split("|")[1].strip()
+            for ln in r.stdout.splitlines()
+            if "|" in ln and ln.split("|")[1].strip().startswith(up + "-")
+        ][:1]
         if not vers:
             print(f"note: no ovmf {up}-* package visible to apt: its variants are not in the fleet", file=sys.stderr)
             continue
@@ -92,8 +97,11 @@ def timed(cmd: list[str], env: dict, out_path: str) -> tuple[float, float, int]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--no-packages", action="store_true",
-                    help="Leave out the variants of Debian's ovmf packages (downloaded with apt otherwise).")
+    ap.add_argument(
+        "--no-packages",
+        action="store_true",
+        help="Leave out the variants of Debian's ovmf packages (downloaded with apt otherwise).",
+    )
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ovmftool-fleet-"))
     try:
@@ -108,9 +116,11 @@ def main() -> int:
         total = sum(os.path.getsize(fleet / n) for n, _ in images)
         print("## scan over a fleet (issue 15)")
         print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
-        print(f"fleet: {len(images)} images, {total / 2**20:.0f} MiB ({sum(n.startswith('debian/') for n, _ in images)} "
-              f"Debian in corpus/, {sum(n.startswith('debian-package/') for n, _ in images)} from Debian's packages, "
-              f"{sum(n.startswith('builds/') for n, _ in images)} from corpus builds)")
+        print(
+            f"fleet: {len(images)} images, {total / 2**20:.0f} MiB ({sum(n.startswith('debian/') for n, _ in images)} "
+            f"Debian in corpus/, {sum(n.startswith('debian-package/') for n, _ in images)} from Debian's packages, "
+            f"{sum(n.startswith('builds/') for n, _ in images)} from corpus builds)"
+        )
         base = [sys.executable, "-m", "ovmftool", "scan", "--format", "json", str(fleet)]
         ref_digest = None
         results = {}
@@ -136,8 +146,10 @@ def main() -> int:
                     rss.append(mb)
                     codes.add(code)
             results[label] = statistics.median(walls)
-            print(f"| {label} | `{' '.join(args)}` | {a.runs} | {statistics.median(walls):.2f} s | {min(walls):.2f} s | "
-                  f"{max(walls):.2f} s | {max(rss):.0f} MB | {sorted(codes)} |")
+            print(
+                f"| {label} | `{' '.join(args)}` | {a.runs} | {statistics.median(walls):.2f} s | {min(walls):.2f} s | "
+                f"{max(walls):.2f} s | {max(rss):.0f} MB | {sorted(codes)} |"
+            )
             sys.stdout.flush()
 
         print("\n| configuration | options | runs | median | min | max | peak RSS | exit |")

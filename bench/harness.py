@@ -50,8 +50,14 @@ def run(cmd: list[str], runs: int = 11, warmup: int = 1, env: dict[str, str] | N
             walls.append(dt)
             rss.append(ru.ru_maxrss / 1024)
             codes.add(p.returncode)
-    return {"median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
-            "peak_rss_mb": max(rss), "exit_codes": sorted(codes), "runs": runs}
+    return {
+        "median_s": statistics.median(walls),
+        "min_s": min(walls),
+        "max_s": max(walls),
+        "peak_rss_mb": max(rss),
+        "exit_codes": sorted(codes),
+        "runs": runs,
+    }
 
 
 def report(title: str, cmd: list[str], res: dict, target: str) -> None:
@@ -59,13 +65,16 @@ def report(title: str, cmd: list[str], res: dict, target: str) -> None:
     print(f"## {title}")
     print(f"machine: {machine()}")
     print(f"command: {' '.join(cmd)}")
-    print(f"runs: {res['runs']}  median {res['median_s']:.3f} s  min {res['min_s']:.3f} s  max {res['max_s']:.3f} s"
-          f"  peak RSS {res['peak_rss_mb']:.0f} MB  exit {res['exit_codes']}  (target: {target})")
+    print(
+        f"runs: {res['runs']}  median {res['median_s']:.3f} s  min {res['min_s']:.3f} s  max {res['max_s']:.3f} s"
+        f"  peak RSS {res['peak_rss_mb']:.0f} MB  exit {res['exit_codes']}  (target: {target})"
+    )
     sys.stdout.flush()
 
 
-DEFAULT_IMAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "corpus", "images", "debian-2022.11", "OVMF_CODE_4M.fd")
+DEFAULT_IMAGE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "corpus", "images", "debian-2022.11", "OVMF_CODE_4M.fd"
+)
 
 
 def image_args(runs: int) -> tuple[str, int]:

@@ -14,9 +14,14 @@ import click
 from ovmftool import __version__
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.parser import read_image
-from ovmftool.report.console import Group as _Group, emit as _emit, fail as _fail, progress_printer
-from ovmftool.report.console import out_dir as _out_dir, out_dir_parents as _out_dir_parents
-from ovmftool.report.console import out_file as _out_file, out_path as _out_path
+from ovmftool.report.console import Group as _Group
+from ovmftool.report.console import emit as _emit
+from ovmftool.report.console import fail as _fail
+from ovmftool.report.console import out_dir as _out_dir
+from ovmftool.report.console import out_dir_parents as _out_dir_parents
+from ovmftool.report.console import out_file as _out_file
+from ovmftool.report.console import out_path as _out_path
+from ovmftool.report.console import progress_printer
 
 # Start-up and `scan` build large object graphs and free little: collecting young objects every
 # 700 allocations cost a scan ~15 ms (4% of it) to free ~170 objects (issue 15). Other commands
@@ -38,8 +43,13 @@ def main(ctx: click.Context) -> None:
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--modules", "modules_only", is_flag=True, help="List only the module table.")
-@click.option("-o", "--output", metavar="FILE|-", callback=_out_file,
-              help="Write to FILE (atomically; checked before any work) instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE|-",
+    callback=_out_file,
+    help="Write to FILE (atomically; checked before any work) instead of stdout.",
+)
 def info(image: str, fmt: str, modules_only: bool, output: str | None) -> None:
     """Print the structure of IMAGE: volumes, files, sections, modules, damage.
 
@@ -56,8 +66,15 @@ def info(image: str, fmt: str, modules_only: bool, output: str | None) -> None:
 
 @main.command()
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "out_dir", required=True, metavar="DIR", callback=_out_dir,
-              help="Directory to create (must not exist, or be empty; its parent must exist).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    metavar="DIR",
+    callback=_out_dir,
+    help="Directory to create (must not exist, or be empty; its parent must exist).",
+)
 @click.option("--allow-damaged", is_flag=True, help="Extract what parsed even if the image is damaged.")
 def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
     """Write every module of IMAGE as NAME_GUID.efi|.te plus manifest.json into a directory.
@@ -75,20 +92,45 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default="text",
-              show_default=True)
-@click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False),
-              help="EDK II build directory whose <ARCH>/*.debug (or .map) files name functions.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None,
-              help="Worker processes: several images are spread over them (default: one per image, up to the "
-                   "CPU count, at most 4); one image, its modules (default: 1 with the native walk).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default="text", show_default=True
+)
+@click.option(
+    "--symbols",
+    "symbols_dir",
+    type=click.Path(file_okay=False),
+    help="EDK II build directory whose <ARCH>/*.debug (or .map) files name functions.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes: several images are spread over them (default: one per image, up to the "
+    "CPU count, at most 4); one image, its modules (default: 1 with the native walk).",
+)
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the result cache (docs/scan.md).")
-@click.option("-o", "--output", metavar="FILE|-", callback=_out_file,
-              help="Write to FILE (atomically; checked before any work) instead of stdout.")
-@click.option("--sarif-root", type=click.Path(file_okay=False),
-              help="SARIF: image URIs are relative to this directory (%SRCROOT%; default: the working directory).")
-def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int | None, no_cache: bool,
-         output: str | None, sarif_root: str | None) -> None:
+@click.option(
+    "-o",
+    "--output",
+    metavar="FILE|-",
+    callback=_out_file,
+    help="Write to FILE (atomically; checked before any work) instead of stdout.",
+)
+@click.option(
+    "--sarif-root",
+    type=click.Path(file_okay=False),
+    help="SARIF: image URIs are relative to this directory (%SRCROOT%; default: the working directory).",
+)
+def scan(
+    images: tuple[str, ...],
+    fmt: str,
+    symbols_dir: str | None,
+    jobs: int | None,
+    no_cache: bool,
+    output: str | None,
+    sarif_root: str | None,
+) -> None:
     """Find every string port-I/O instruction (INS/OUTS) in the code of each IMAGE (a file, a
     directory: its *.fd, *.fv, *.rom, *.bin, *.efi, *.te files, or a quoted glob pattern).
 
@@ -112,8 +154,9 @@ def scan(images: tuple[str, ...], fmt: str, symbols_dir: str | None, jobs: int |
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("-o", "--output", required=True, metavar="FILE|-", callback=_out_file,
-              help="Baseline file to write (`-`: stdout).")
+@click.option(
+    "-o", "--output", required=True, metavar="FILE|-", callback=_out_file, help="Baseline file to write (`-`: stdout)."
+)
 @click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False))
 def baseline(images: tuple[str, ...], output: str, symbols_dir: str | None) -> None:
     """Record today's string I/O sites of each image (files, directories, patterns) as accepted."""
@@ -138,8 +181,9 @@ def baseline(images: tuple[str, ...], output: str, symbols_dir: str | None) -> N
 @click.option("--baseline", "baseline_file", type=click.Path(dir_okay=False), help="From `ovmftool baseline`.")
 @click.option("--waivers", "waivers_file", type=click.Path(dir_okay=False), help="JSON waivers (docs/ci.md).")
 @click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False))
-def check(images: tuple[str, ...], baseline_file: str | None, waivers_file: str | None,
-          symbols_dir: str | None) -> None:
+def check(
+    images: tuple[str, ...], baseline_file: str | None, waivers_file: str | None, symbols_dir: str | None
+) -> None:
     """Fail (exit 1) only for sites that are neither in the image's baseline entry nor waived."""
     from ovmftool.gate.baseline import check_images
     from ovmftool.report.gate_report import check_exit, check_report
@@ -171,8 +215,13 @@ def diff(old: str, new: str, fmt: str, symbols_old: str | None, symbols_new: str
 
 @main.command()
 @click.argument("text", nargs=-1)
-@click.option("--log", "log", metavar="FILE", help="Read every InstEmul exit of this propolis-server or "
-              "sled-agent log (plain text or bunyan JSON, gzip/xz/bzip2 too; '-' reads standard input).")
+@click.option(
+    "--log",
+    "log",
+    metavar="FILE",
+    help="Read every InstEmul exit of this propolis-server or "
+    "sled-agent log (plain text or bunyan JSON, gzip/xz/bzip2 too; '-' reads standard input).",
+)
 @click.option("--bits", type=click.Choice(["16", "32", "64"]), default="64", show_default=True)
 @click.option("--image", type=click.Path(dir_okay=False), help="Find where these bytes sit in this image.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -186,8 +235,11 @@ def decode(text: tuple[str, ...], log: str | None, bits: str, image: str | None,
     some (bytes redacted included), 2 when it cannot be read (docs/propolis.md).
     """
     if (log is None) == (not text):
-        raise click.UsageError("give the bytes (TEXT...) or --log FILE, not both" if text
-                               else "Missing argument 'TEXT...' (or --log FILE).")
+        raise click.UsageError(
+            "give the bytes (TEXT...) or --log FILE, not both"
+            if text
+            else "Missing argument 'TEXT...' (or --log FILE)."
+        )
     from ovmftool.report.decode_report import render
     from ovmftool.triage.decode import triage
     from ovmftool.triage.log import triage_log
@@ -201,57 +253,119 @@ def decode(text: tuple[str, ...], log: str | None, bits: str, image: str | None,
 @click.option("--edk2", "tree", required=True, type=click.Path(file_okay=False, exists=True), help="EDK II tree.")
 @click.option("--dsc", required=True, help="Platform DSC, relative to the tree (e.g. OvmfPkg/OvmfPkgX64.dsc).")
 @click.option("-D", "defines", multiple=True, metavar="NAME[=VALUE]", help="As for build -D (NAME alone is TRUE).")
-@click.option("--arch", "arches", multiple=True, type=click.Choice(["IA32", "X64"], case_sensitive=False),
-              help="Architectures (default: the DSC's SUPPORTED_ARCHITECTURES).")
+@click.option(
+    "--arch",
+    "arches",
+    multiple=True,
+    type=click.Choice(["IA32", "X64"], case_sensitive=False),
+    help="Architectures (default: the DSC's SUPPORTED_ARCHITECTURES).",
+)
 @click.option("--strategy", type=click.Choice(["auto", "dsc-inf", "unroll"]), default="auto", show_default=True)
-@click.option("-o", "--output", "out_dir", required=True, metavar="DIR", callback=_out_dir_parents,
-              help="Directory for the series, plan.json and SUMMARY.md (must not exist, or be empty; "
-                   "missing parents are created).")
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    metavar="DIR",
+    callback=_out_dir_parents,
+    help="Directory for the series, plan.json and SUMMARY.md (must not exist, or be empty; "
+    "missing parents are created).",
+)
 @click.option("--author", default="ovmftool <ovmftool@users.noreply.invalid>", show_default=True)
 @click.option("--signoff", default=None, help="Signed-off-by line value (default: the author).")
-@click.option("--verify", is_flag=True,
-              help="Apply to a scratch copy, build, scan, boot: fail unless 0 sites remain and none executes.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Apply to a scratch copy, build, scan, boot: fail unless 0 sites remain and none executes.",
+)
 @click.option("--target", default="DEBUG", show_default=True, help="Build target for --verify.")
-@click.option("--before", "before_image", type=click.Path(dir_okay=False, exists=True),
-              help="The unpatched build's image for the before count (otherwise --verify builds it).")
-@click.option("--measure-dsc-switch", is_flag=True,
-              help="With --verify: also build the tree with just its DSC switched to the non-Sev IoLib, and count.")
+@click.option(
+    "--before",
+    "before_image",
+    type=click.Path(dir_okay=False, exists=True),
+    help="The unpatched build's image for the before count (otherwise --verify builds it).",
+)
+@click.option(
+    "--measure-dsc-switch",
+    is_flag=True,
+    help="With --verify: also build the tree with just its DSC switched to the non-Sev IoLib, and count.",
+)
 @click.option("--no-boot", is_flag=True, help="With --verify: skip the boot of the patched build.")
 @click.option("--scratch", type=click.Path(file_okay=False), help="Where --verify copies the tree (default: TMPDIR).")
-def plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verify, target, before_image,
-         measure_dsc_switch, no_boot, scratch):
+def plan(
+    tree,
+    dsc,
+    defines,
+    arches,
+    strategy,
+    out_dir,
+    author,
+    signoff,
+    verify,
+    target,
+    before_image,
+    measure_dsc_switch,
+    no_boot,
+    scratch,
+):
     """Write an EDK II patch series that removes every string port-I/O instruction the tree and DSC build."""
     from ovmftool.report.plan_report import write_plan
 
     if (measure_dsc_switch or no_boot) and not verify:
         _fail("--measure-dsc-switch and --no-boot go with --verify")
-    verification = dict(target=target, before_image=before_image, scratch=scratch, dsc_switch=measure_dsc_switch,
-                        boot=not no_boot, say=lambda m: click.echo(m, err=True)) if verify else None
+    verification = (
+        dict(
+            target=target,
+            before_image=before_image,
+            scratch=scratch,
+            dsc_switch=measure_dsc_switch,
+            boot=not no_boot,
+            say=lambda m: click.echo(m, err=True),
+        )
+        if verify
+        else None
+    )
     click.echo(write_plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verification))
 
 
 @main.command("boot-check")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("--vars", "vars_file", type=click.Path(dir_okay=False, exists=True),
-              help="Variable store template (copied, never written). Default: OVMF_VARS*.fd beside IMAGE, "
-                   "else a generated empty store of the size IMAGE's flash layout needs.")
+@click.option(
+    "--vars",
+    "vars_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="Variable store template (copied, never written). Default: OVMF_VARS*.fd beside IMAGE, "
+    "else a generated empty store of the size IMAGE's flash layout needs.",
+)
 @click.option("--machine", type=click.Choice(["q35", "pc"]), default="q35", show_default=True)
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=180.0, show_default=True)
-@click.option("--hang-after", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
-              help="Call the boot hung after this many seconds without new serial or debug-console output "
-                   "or newly translated code.")
+@click.option(
+    "--hang-after",
+    type=click.FloatRange(1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Call the boot hung after this many seconds without new serial or debug-console output "
+    "or newly translated code.",
+)
 @click.option("--fail-fast", is_flag=True, help="Stop at the first executed string I/O, as propolis does.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--keep", metavar="DIR", callback=_out_dir, type=click.Path(file_okay=False),
-              help="Keep QEMU's logs in DIR (absent or empty; its parent must exist). Default: a temporary "
-                   "directory, removed at the end.")
-@click.option("--no-count", is_flag=True,
-              help="Do not count executions or read I/O ports (without the plugin: no second boot).")
+@click.option(
+    "--keep",
+    metavar="DIR",
+    callback=_out_dir,
+    type=click.Path(file_okay=False),
+    help="Keep QEMU's logs in DIR (absent or empty; its parent must exist). Default: a temporary "
+    "directory, removed at the end.",
+)
+@click.option(
+    "--no-count", is_flag=True, help="Do not count executions or read I/O ports (without the plugin: no second boot)."
+)
 def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fmt, keep, no_count):
     """Boot IMAGE under QEMU (TCG) and report every string port-I/O instruction that executed.
 
     With the TCG plugin built (corpus/scripts/qemu-plugin.sh) the same boot counts how often
-    each ran, the units it moved and its I/O port; without it a second boot does. Exit 0: it reached the UEFI shell (or the boot
+    each ran, the units it moved and its I/O port; without it a second boot does. Exit 0: it reached the UEFI shell
+    (or the boot
     manager) and none executed; 1: some did (or --fail-fast stopped at the first); 2: error,
     including a boot that did not finish (hang, reset, QEMU exit, timeout); 143 (129):
     stopped by SIGTERM (SIGHUP), QEMU killed and the work directory removed.
@@ -264,8 +378,17 @@ def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fm
     progress = progress_printer(progress_line) if fmt == "text" else None
     try:
         with stop_on_signals():
-            bc = boot_image(image, vars_file, machine, timeout, fail_fast, Path(keep) if keep else None, progress,
-                            count=not no_count, hang_after=hang_after)
+            bc = boot_image(
+                image,
+                vars_file,
+                machine,
+                timeout,
+                fail_fast,
+                Path(keep) if keep else None,
+                progress,
+                count=not no_count,
+                hang_after=hang_after,
+            )
     except OvmfToolError as e:  # JSON is written on every exit: here its error form
         click.echo(boot_error_json(image, str(e)) if fmt == "json" else "", nl=False)
         raise
@@ -282,15 +405,19 @@ def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fm
 
 @main.command("patch")
 @click.argument("image", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", metavar="FILE", callback=_out_path,
-              help="Patched image to write (never IMAGE itself).")
+@click.option("-o", "--output", metavar="FILE", callback=_out_path, help="Patched image to write (never IMAGE itself).")
 @click.option("--dry-run", is_flag=True, help="List every planned rewrite; assemble and write nothing.")
-@click.option("--allow-unknown", is_flag=True,
-              help="Leave sites of unknown shape in place (listed) instead of refusing to write.")
+@click.option(
+    "--allow-unknown", is_flag=True, help="Leave sites of unknown shape in place (listed) instead of refusing to write."
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--symbols", "symbols_dir", type=click.Path(file_okay=False),
-              help="The image's EDK II build directory: names functions, and shows where each module's .text "
-                   "ends so IoFifo loops can go into the slack after it instead of growing the module.")
+@click.option(
+    "--symbols",
+    "symbols_dir",
+    type=click.Path(file_okay=False),
+    help="The image's EDK II build directory: names functions, and shows where each module's .text "
+    "ends so IoFifo loops can go into the slack after it instead of growing the module.",
+)
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=None, help="Scan worker processes.")
 def patch_cmd(image, output, dry_run, allow_unknown, fmt, symbols_dir, jobs):
     """Rewrite every string port-I/O instruction of IMAGE into equivalent code, prove it, write OUTPUT.

@@ -34,8 +34,10 @@ GITHUB_POLICY = {
 
 
 def github_policy(path: Path) -> Path:
-    rules = "".join(f"  <Properties Key='{k}.Options'><Property Key='RuleEnabled' Value='{v}' /></Properties>\n"
-                    for k, v in GITHUB_POLICY.items())
+    rules = "".join(
+        f"  <Properties Key='{k}.Options'><Property Key='RuleEnabled' Value='{v}' /></Properties>\n"
+        for k, v in GITHUB_POLICY.items()
+    )
     path.write_text(f"<?xml version='1.0' encoding='utf-8'?>\n<Properties>\n{rules}</Properties>\n")
     return path
 
@@ -46,11 +48,27 @@ def multitool_findings(sarif: Path, work: Path) -> Counter:
     if not os.access(MULTITOOL, os.X_OK):
         pytest.skip(f"sarif-multitool not installed at {MULTITOOL} (tools/ci/consumers.sh installs it)")
     out = work / "validation.sarif"
-    r = subprocess.run([str(MULTITOOL), "validate", "--config", str(github_policy(work / "github.config.xml")),
-                        "--rule-kind", "Sarif;Gh;Ghas", "--log", "ForceOverwrite", "-o", str(out),
-                        "--max-file-size-in-kb", "1000000", str(sarif)],  # GitHub limits the gzipped size
-                       capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, DOTNET_CLI_TELEMETRY_OPTOUT="1"))
+    r = subprocess.run(
+        [
+            str(MULTITOOL),
+            "validate",
+            "--config",
+            str(github_policy(work / "github.config.xml")),
+            "--rule-kind",
+            "Sarif;Gh;Ghas",
+            "--log",
+            "ForceOverwrite",
+            "-o",
+            str(out),
+            "--max-file-size-in-kb",
+            "1000000",
+            str(sarif),
+        ],  # GitHub limits the gzipped size
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, DOTNET_CLI_TELEMETRY_OPTOUT="1"),
+    )
     assert r.returncode == 0 and out.is_file(), r.stdout[-2000:] + r.stderr[-2000:]
     log = json.loads(out.read_text(encoding="utf-8-sig"))
     found = Counter()
@@ -74,8 +92,10 @@ def ant_xsd():
     lxml = pytest.importorskip("lxml.etree", reason="lxml is in the test extras")
     path = os.environ.get("OVMFTOOL_ANT_JUNIT_XSD")
     if not path or not Path(path).is_file():
-        pytest.skip("the Ant JUnit XSD is in no package registry this project reaches: set "
-                    "OVMFTOOL_ANT_JUNIT_XSD to a copy of windyroad JUnit-Schema's JUnit.xsd")
+        pytest.skip(
+            "the Ant JUnit XSD is in no package registry this project reaches: set "
+            "OVMFTOOL_ANT_JUNIT_XSD to a copy of windyroad JUnit-Schema's JUnit.xsd"
+        )
     return lxml.XMLSchema(lxml.parse(path))
 
 

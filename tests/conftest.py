@@ -33,6 +33,7 @@ def beside_checkout(rel: str) -> Path:
     cands = [p / "shared" / rel for p in ROOT.parents]
     return next((c for c in cands if c.exists()), cands[0])
 
+
 # The OVMF builds tests use (corpus/builds.json): Debian's trees, variants of them, Oxide's fork,
 # and trees with a series applied. Each is kept in corpus/builds/KEY/ (firmware, ground truth from
 # its .debug files, provenance) by corpus/scripts/store_builds.py; the ones marked "rebuilt" are
@@ -42,17 +43,29 @@ sys.path.insert(0, str(CORPUS / "scripts"))
 import store_builds  # noqa: E402
 
 BUILD_DEFS = store_builds.DEFS
-STOCK = ["2022.11-X64-DEBUG", "2022.11-X64-RELEASE", "2025.02-X64-DEBUG", "2022.11-Ia32X64-DEBUG",
-         "2025.02-Ia32X64-RELEASE"]  # Debian's trees as they are
+STOCK = [
+    "2022.11-X64-DEBUG",
+    "2022.11-X64-RELEASE",
+    "2025.02-X64-DEBUG",
+    "2022.11-Ia32X64-DEBUG",
+    "2025.02-Ia32X64-RELEASE",
+]  # Debian's trees as they are
 # builds that stretch the scanner: another toolchain (CLANGDWARF), another assembler (NASM 3:
 # prefixes in another order), another era (2020.11: pre-TDX names)
 REACH = [k for k in ("2025.02-X64-DEBUG-clang", "2020.11-X64-DEBUG", "2020.11-X64-DEBUG-nasm3") if k in BUILD_DEFS]
 STOCK += REACH
-TREE_BUILDS = STOCK + ["2025.02-X64-DEBUG-cloop", "2022.11-X64-DEBUG-nonsev", "2022.11-Ia32X64-RELEASE-nonsev",
-                       "oxide-202105-X64-DEBUG", "oxide-202105-X64-RELEASE"]  # every tree and variant scanned
+TREE_BUILDS = STOCK + [
+    "2025.02-X64-DEBUG-cloop",
+    "2022.11-X64-DEBUG-nonsev",
+    "2022.11-Ia32X64-RELEASE-nonsev",
+    "oxide-202105-X64-DEBUG",
+    "oxide-202105-X64-RELEASE",
+]  # every tree and variant scanned
 REBUILT = sorted(k for k, d in BUILD_DEFS.items() if d.get("rebuilt"))
 OXIDE_DEFS = BUILD_DEFS["oxide-202105-X64-DEBUG"]["defines"]
-OXIDE_SERIES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / BUILD_DEFS["oxide-202105-X64-DEBUG-series"]["series"]).glob("0*.patch"))
+OXIDE_SERIES = sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / BUILD_DEFS["oxide-202105-X64-DEBUG-series"]["series"]).glob("0*.patch")
+)
 FROM_SOURCE = bool(os.environ.get("OVMFTOOL_FROM_SOURCE"))  # stored builds made again from source
 _built: dict[str, Path] = {}
 
@@ -96,8 +109,11 @@ class StoredBuild:
 
     def sites(self) -> dict[tuple[str, str, int], tuple[str, str, str]]:
         """(guid, volume, rva) -> (routine, mnemonic, function holding it) of every string I/O site."""
-        return {(m["guid"], m["volume"], s["rva"]): (s["routine"], s["mnemonic"], s["function"])
-                for m in self.truth["modules"] for s in m["sites"]}
+        return {
+            (m["guid"], m["volume"], s["rva"]): (s["routine"], s["mnemonic"], s["function"])
+            for m in self.truth["modules"]
+            for s in m["sites"]
+        }
 
     def full(self, tmp: Path) -> Path:
         """OVMF.fd (the variable store, then the code) written under tmp."""
@@ -119,7 +135,9 @@ def stored(key: str) -> StoredBuild:
         meta = json.loads((d / "build.json").read_text())
         if FROM_SOURCE:
             b = build_dir(key)
-            _stored[key] = StoredBuild(key, b / "FV", store_builds.truth_of(b, meta.get("firmware", "OVMF_CODE.fd")), meta)
+            _stored[key] = StoredBuild(
+                key, b / "FV", store_builds.truth_of(b, meta.get("firmware", "OVMF_CODE.fd")), meta
+            )
         else:
             _stored[key] = StoredBuild(key, d, json.loads((d / "truth.json").read_text()), meta)
     return _stored[key]

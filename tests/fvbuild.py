@@ -59,8 +59,9 @@ def guided(guid: str, payload: bytes, attrs: int = 1, extra: bytes = b"") -> byt
 
 def lzma_alone(data: bytes) -> bytes:
     # EDK II's LzmaCompress records the uncompressed size in the header; Python writes -1 there.
-    out = bytearray(lzma.compress(data, format=lzma.FORMAT_ALONE,
-                                  filters=[{"id": lzma.FILTER_LZMA1, "dict_size": 1 << 20}]))
+    out = bytearray(
+        lzma.compress(data, format=lzma.FORMAT_ALONE, filters=[{"id": lzma.FILTER_LZMA1, "dict_size": 1 << 20}])
+    )
     out[5:13] = struct.pack("<Q", len(data))
     return bytes(out)
 
@@ -96,8 +97,9 @@ def crc_section(inner: bytes) -> bytes:
     return guided(CRC32, inner, attrs=2, extra=struct.pack("<I", zlib.crc32(inner) & 0xFFFFFFFF))
 
 
-def ffs(guid: str, ftype: int, body: bytes, attrs: int = 0, checksum: bool = False,
-        erase: int = 0xFF, large: bool = False) -> bytes:
+def ffs(
+    guid: str, ftype: int, body: bytes, attrs: int = 0, checksum: bool = False, erase: int = 0xFF, large: bool = False
+) -> bytes:
     hsize = 32 if large else 24
     size = hsize + len(body)
     if checksum:
@@ -114,8 +116,14 @@ def ffs(guid: str, ftype: int, body: bytes, attrs: int = 0, checksum: bool = Fal
     return bytes(hdr) + body
 
 
-def fv(files: list[bytes], size: int = 0x10000, fs: str = FFS2, name: str | None = None,
-       erase: int = 0xFF, block: int = 0x1000) -> bytes:
+def fv(
+    files: list[bytes],
+    size: int = 0x10000,
+    fs: str = FFS2,
+    name: str | None = None,
+    erase: int = 0xFF,
+    block: int = 0x1000,
+) -> bytes:
     hlen = 56 + 16
     attrs = 0x0004FEFF if erase == 0xFF else 0x0004F6FF
     body = b""

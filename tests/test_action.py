@@ -51,9 +51,18 @@ class Job:
             env[k] = self.inputs[key] if v.startswith("${{ inputs.") else v
         out = self.ws.parent / f"output-{step.get('id', name)}"
         out.write_text("")
-        full = dict(os.environ, **env, GITHUB_OUTPUT=str(out), GITHUB_WORKSPACE=str(self.ws), GITHUB_ACTIONS="true",
-                    GITHUB_JOB="firmware", GITHUB_REPOSITORY="example/firmware", GITHUB_SHA="0" * 40,
-                    GITHUB_EVENT_NAME="push", RUNNER_TEMP=str(self.ws.parent))
+        full = dict(
+            os.environ,
+            **env,
+            GITHUB_OUTPUT=str(out),
+            GITHUB_WORKSPACE=str(self.ws),
+            GITHUB_ACTIONS="true",
+            GITHUB_JOB="firmware",
+            GITHUB_REPOSITORY="example/firmware",
+            GITHUB_SHA="0" * 40,
+            GITHUB_EVENT_NAME="push",
+            RUNNER_TEMP=str(self.ws.parent),
+        )
         shell = ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]]  # GitHub's bash
         r = subprocess.run(shell, env=full, cwd=self.ws, capture_output=True, text=True, timeout=600)
         if "id" in step:
@@ -86,8 +95,9 @@ def test_two_images_with_a_two_image_baseline(tmp_path):
     assert r.returncode == 1 and "check: 198 new in 2 of 2 images; 0 errors" in r.stdout
     # one baseline file, both images, each under its path: the gate passes
     (job.ws / "ci").mkdir()
-    subprocess.run(["ovmftool", "baseline", a, b, "-o", "ci/baseline.json"], cwd=job.ws, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["ovmftool", "baseline", a, b, "-o", "ci/baseline.json"], cwd=job.ws, check=True, capture_output=True
+    )
     job.inputs["baseline"] = "ci/baseline.json"
     r = job.run("Gate on new sites")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -110,8 +120,12 @@ def test_a_directory_and_a_pattern(tmp_path):
     r = job.run("Scan")
     assert r.returncode == 0, r.stderr
     assert job.outputs["scan"]["sites"] == "198" and job.uploads()
-    subprocess.run(["ovmftool", "baseline", "fw/x64", "fw/**/OVMF_CODE_4M.fd", "-o", "b.json"], cwd=job.ws,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ovmftool", "baseline", "fw/x64", "fw/**/OVMF_CODE_4M.fd", "-o", "b.json"],
+        cwd=job.ws,
+        check=True,
+        capture_output=True,
+    )
     job.inputs["baseline"] = "b.json"
     r = job.run("Gate on new sites")
     assert r.returncode == 0, r.stdout + r.stderr

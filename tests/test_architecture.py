@@ -122,7 +122,7 @@ def _one_cycle(graph: dict[str, set[str]], comp: list[str]) -> list[str]:
         nxt = sorted(w for w in graph[path[-1]] if w in members)
         back = [w for w in nxt if w in path]
         if back:
-            return path[path.index(back[0]):] + [back[0]]
+            return path[path.index(back[0]) :] + [back[0]]
         fresh = [w for w in nxt if w not in seen]
         path.append(fresh[0])
         seen.add(fresh[0])
@@ -173,10 +173,18 @@ def test_model_and_ops_import_ovmftool_only_at_module_level():
             if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for node in ast.walk(fn):
-                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-                bad += [f"{mod}.{fn.name} imports {n}" for n in names if n.startswith("ovmftool") or
-                        (isinstance(node, ast.ImportFrom) and node.level)]
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                bad += [
+                    f"{mod}.{fn.name} imports {n}"
+                    for n in names
+                    if n.startswith("ovmftool") or (isinstance(node, ast.ImportFrom) and node.level)
+                ]
     assert not bad, "\n".join(bad)
 
 
@@ -189,15 +197,25 @@ def test_field_declarations_agree_with_the_header_layouts():
 
     assert S.FV_HEADER_LENGTH.offset == at(S.FV_HEADER.format, 5)
     assert (S.FFS_HEADER_CHECKSUM, S.FFS_FILE_CHECKSUM, S.FFS_SIZE, S.FFS_STATE) == tuple(
-        at(S.FFS_HEADER.format, i) for i in (1, 2, 5, 6))
+        at(S.FFS_HEADER.format, i) for i in (1, 2, 5, 6)
+    )
     assert S.FFS_EXTENDED_SIZE.offset == S.FFS_HEADER.size and S.FFS_HEADER2_SIZE == 32
     assert S.SECTION_EXTENDED_SIZE.offset == S.SECTION_HEADER.size and S.SECTION_HEADER2_SIZE == 8
     assert S.SECTION_CRC32.offset == S.SECTION_GUID_DEFINED.size
     assert (S.COFF_NUMBER_OF_SECTIONS.offset, S.COFF_SIZE_OF_OPTIONAL_HEADER.offset) == (
-        at(S.COFF_HEADER.format, 1), at(S.COFF_HEADER.format, 5))
-    assert [f.offset for f in (S.PE_SECTION_VIRTUAL_SIZE, S.PE_SECTION_VIRTUAL_ADDRESS, S.PE_SECTION_SIZE_OF_RAW_DATA,
-                               S.PE_SECTION_POINTER_TO_RAW_DATA, S.PE_SECTION_CHARACTERISTICS)] == [
-        at(S.PE_SECTION.format, i) for i in (1, 2, 3, 4, 9)]
+        at(S.COFF_HEADER.format, 1),
+        at(S.COFF_HEADER.format, 5),
+    )
+    assert [
+        f.offset
+        for f in (
+            S.PE_SECTION_VIRTUAL_SIZE,
+            S.PE_SECTION_VIRTUAL_ADDRESS,
+            S.PE_SECTION_SIZE_OF_RAW_DATA,
+            S.PE_SECTION_POINTER_TO_RAW_DATA,
+            S.PE_SECTION_CHARACTERISTICS,
+        )
+    ] == [at(S.PE_SECTION.format, i) for i in (1, 2, 3, 4, 9)]
     assert S.TE_IMAGE_BASE.offset == at(S.TE_HEADER.format, 7)
     # PE32 has BaseOfData (u32) before a u32 ImageBase, PE32+ a u64 ImageBase there; both end at 32
     assert S.OPT_IMAGE_BASE["PE32"].end == S.OPT_IMAGE_BASE["PE32+"].end == S.OPT_SECTION_ALIGNMENT.offset
@@ -206,9 +224,17 @@ def test_field_declarations_agree_with_the_header_layouts():
 
 def test_the_checks_catch_what_they_are_for():
     """The cycle finder and the layer rule on a made-up graph: both find what is planted."""
-    g = {"ovmftool.model.a": {"ovmftool.model.b"}, "ovmftool.model.b": {"ovmftool.model.c"},
-         "ovmftool.model.c": {"ovmftool.model.a", "ovmftool.ops.x"}, "ovmftool.ops.x": set()}
+    g = {
+        "ovmftool.model.a": {"ovmftool.model.b"},
+        "ovmftool.model.b": {"ovmftool.model.c"},
+        "ovmftool.model.c": {"ovmftool.model.a", "ovmftool.ops.x"},
+        "ovmftool.ops.x": set(),
+    }
     assert cycles(g) == [["ovmftool.model.a", "ovmftool.model.b", "ovmftool.model.c"]]
-    assert _one_cycle(g, cycles(g)[0]) == ["ovmftool.model.a", "ovmftool.model.b", "ovmftool.model.c",
-                                           "ovmftool.model.a"]
+    assert _one_cycle(g, cycles(g)[0]) == [
+        "ovmftool.model.a",
+        "ovmftool.model.b",
+        "ovmftool.model.c",
+        "ovmftool.model.a",
+    ]
     assert "ops" in FORBIDDEN[_layer("ovmftool.model.c")]

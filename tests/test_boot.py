@@ -13,7 +13,6 @@ import time
 import zlib
 
 import jsonschema
-
 import pytest
 from click.testing import CliRunner
 
@@ -28,14 +27,17 @@ from conftest import CORPUS_IMAGES, ROOT, stored
 
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "boot-check-1.json").read_text())
 
-needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
-                                reason="qemu-system-x86 is installed by .ci/run")
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is installed by .ci/run"
+)
 
 DEB = {
     "2022.11": (CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"], None),  # OVMF_VARS_4M.fd beside it
     # given with --vars: the template is copied, never written (checked below)
-    "2025.02": (CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"],
-                CORPUS_IMAGES["images/debian-2025.02/OVMF_VARS_4M.fd"]),
+    "2025.02": (
+        CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"],
+        CORPUS_IMAGES["images/debian-2025.02/OVMF_VARS_4M.fd"],
+    ),
 }
 
 
@@ -140,8 +142,12 @@ VARS_FILES = sorted(k for k in CORPUS_IMAGES if "/OVMF_VARS" in k)
 
 
 def test_corpus_has_the_stores_compared_below():
-    assert VARS_FILES == ["images/debian-2022.11/OVMF_VARS.fd", "images/debian-2022.11/OVMF_VARS_4M.fd",
-                          "images/debian-2025.02/OVMF_VARS_4M.fd", "images/debian-2026.08/OVMF_VARS_4M.fd"]
+    assert VARS_FILES == [
+        "images/debian-2022.11/OVMF_VARS.fd",
+        "images/debian-2022.11/OVMF_VARS_4M.fd",
+        "images/debian-2025.02/OVMF_VARS_4M.fd",
+        "images/debian-2026.08/OVMF_VARS_4M.fd",
+    ]
 
 
 @pytest.mark.parametrize("key", VARS_FILES)
@@ -153,7 +159,14 @@ def test_generated_store_is_debians_empty_store(key):
     # every header field as OVMF declares it (VarStore.fdf.inc), read back from Debian's file
     _z, fs, length, sig, attrs, hlen, _ck, ext, _r, rev = S.FV_HEADER.unpack_from(deb)
     assert (S.guid_str(fs), length, sig, attrs, hlen, ext, rev) == (
-        vs.NV_DATA_FV_GUID, lay.vars_size, b"_FVH", 0x0004FEFF, 0x48, 0, 2)
+        vs.NV_DATA_FV_GUID,
+        lay.vars_size,
+        b"_FVH",
+        0x0004FEFF,
+        0x48,
+        0,
+        2,
+    )
     assert S.FV_BLOCK.unpack_from(deb, 0x38) == (lay.vars_size // 0x1000, 0x1000)
     assert sum(struct.unpack_from("<36H", deb)) & 0xFFFF == 0  # header checksum
     vguid, vsize, fmt, state, _r1, _r2 = vs.VARIABLE_STORE_HEADER.unpack_from(deb, 0x48)
@@ -276,14 +289,19 @@ def test_spinning_reset_vector_is_a_hang(tmp_path):
     assert doc["verdict"] == "hang" and doc["quiet_seconds"] >= 5 and doc["seconds"] < 15  # long before the timeout
     st = doc["stopped_at"]
     assert (st["address"], st["source"], st["module"], st["phase"], st["mapped_by"]) == (
-        0xFFFFFFF0, "cpu", "ResetVector", "RESET", "flash")
+        0xFFFFFFF0,
+        "cpu",
+        "ResetVector",
+        "RESET",
+        "flash",
+    )
     assert st["rva"] == 0x9A0 - 16 and st["function"] == "sub_990" and st["halted"] is False
     assert "hung for 5 s" in err and "in ResetVector (RESET) at rva 0x990" in err and "no serial or debug" in err
 
 
 @needs_qemu
 def test_triple_fault_is_a_reset(tmp_path):
-    img = _modified(tmp_path, "tf.fd", bytes.fromhex("0f011e0000" "cc"))  # lidt [0] (limit 0), int3
+    img = _modified(tmp_path, "tf.fd", bytes.fromhex("0f011e0000cc"))  # lidt [0] (limit 0), int3
     err, doc = _fails([str(img)])
     # at once, not at the 180 s timeout (a loaded machine starts QEMU slowly: no tighter bound)
     assert (doc["verdict"], doc["detail"]) == ("reset", "triple fault") and doc["seconds"] < 60
@@ -302,7 +320,7 @@ def test_timeout_names_the_module_that_was_running(tmp_path, monkeypatch):
     root = read_image(str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]))
     m = next(m for m in iter_modules(root) if m.name == "PlatformPei")
     off = m.image.rva_to_offset(m.image.entry_rva)
-    out, _ = assemble(root, [Edit(m.image, off, bytes(m.image.data[off:off + 2]), b"\xeb\xfe")])
+    out, _ = assemble(root, [Edit(m.image, off, bytes(m.image.data[off : off + 2]), b"\xeb\xfe")])
     img = tmp_path / "OVMF_CODE.fd"
     img.write_bytes(out)
     monkeypatch.setenv("OVMFTOOL_BOOT_PLUGIN", "0")
@@ -366,15 +384,18 @@ def test_wrong_size_store_beside_is_refused(tmp_path, no_boot):
     replaced by a generated store."""
     code = _alone(tmp_path, "images/debian-2022.11/OVMF_CODE.fd")
     store = _alone(tmp_path, "images/debian-2022.11/OVMF_VARS_4M.fd", "OVMF_VARS.fd")
-    _refused([str(code)], f"{store}: a 540672-byte variable store beside {code}", "needs 0x20000 bytes",
-             "give --vars")
+    _refused([str(code)], f"{store}: a 540672-byte variable store beside {code}", "needs 0x20000 bytes", "give --vars")
     # several candidates, none of the right size: the best is named, the others listed
     four = _alone(tmp_path, "images/debian-2022.11/OVMF_CODE_4M.fd")
     store.unlink()
     _alone(tmp_path, "images/debian-2022.11/OVMF_VARS.fd", "OVMF_VARS_4M.fd")
     _alone(tmp_path, "images/debian-2022.11/OVMF_VARS.fd", "OVMF_VARS.fd")
-    _refused([str(four)], f"{four.with_name('OVMF_VARS_4M.fd')}: a 131072-byte variable store",
-                   "needs 0x84000 bytes", "also beside it: OVMF_VARS.fd, 131072 bytes")
+    _refused(
+        [str(four)],
+        f"{four.with_name('OVMF_VARS_4M.fd')}: a 131072-byte variable store",
+        "needs 0x84000 bytes",
+        "also beside it: OVMF_VARS.fd, 131072 bytes",
+    )
     # the right size beside: used, whatever else is there
     assert vs.plan_vars(code, None).path == code.with_name("OVMF_VARS.fd")
 
@@ -389,10 +410,13 @@ def test_image_of_no_ovmf_size_is_refused_without_vars(tmp_path, no_boot):
     one.write_bytes(b"\xff" * (0x100000 - 0x34000) + code[-0x34000:])  # SECFV, the last volume
     for img in (three, one):
         assert CliRunner().invoke(main, ["info", str(img)]).exit_code == 0  # parses, undamaged
-    _refused([str(three)], "three.fd is 3145728 bytes (0x300000): neither an OVMF code image",
-             "give --vars VARS")
-    _refused([str(one)], "one.fd is 1048576 bytes (0x100000): the size of a whole 1 MiB OVMF.fd, but it does not "
-             "start with its variable store", "give --vars VARS")
+    _refused([str(three)], "three.fd is 3145728 bytes (0x300000): neither an OVMF code image", "give --vars VARS")
+    _refused(
+        [str(one)],
+        "one.fd is 1048576 bytes (0x100000): the size of a whole 1 MiB OVMF.fd, but it does not "
+        "start with its variable store",
+        "give --vars VARS",
+    )
     # a store beside such an image is not taken on trust: its size cannot be checked
     shutil.copyfile(CORPUS_IMAGES["images/debian-2022.11/OVMF_VARS.fd"], d / "OVMF_VARS.fd")
     _refused([str(three)], "neither an OVMF code image", "give --vars")
@@ -410,8 +434,10 @@ def test_standalone_module_is_refused(tmp_path, no_boot):
     efi.write_bytes(sec.image.raw)
     assert type(read_image(str(efi))).__name__ == "BinaryFile"
     err = _refused([str(efi)])
-    assert err == (f"ovmftool: error: {efi} is a standalone UEFI module, not a flash image: boot-check boots a "
-                   "firmware image (OVMF_CODE.fd or OVMF.fd)\n")
+    assert err == (
+        f"ovmftool: error: {efi} is a standalone UEFI module, not a flash image: boot-check boots a "
+        "firmware image (OVMF_CODE.fd or OVMF.fd)\n"
+    )
 
 
 def test_keep_is_checked_before_any_work(tmp_path, no_boot):
@@ -476,8 +502,13 @@ def test_sigterm_kills_qemu_and_removes_the_work_directory(tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
-    p = subprocess.Popen([sys.executable, "-m", "ovmftool", "boot-check", "--no-count", str(alone)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "ovmftool", "boot-check", "--no-count", str(alone)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         qemu, deadline = [], time.monotonic() + 120
         while time.monotonic() < deadline and p.poll() is None:
@@ -496,8 +527,9 @@ def test_sigterm_kills_qemu_and_removes_the_work_directory(tmp_path):
             p.kill()
             p.communicate()
     assert p.returncode == 143, err
-    assert out == "" and err == ("ovmftool: terminated by SIGTERM: boot-check stopped, QEMU killed, its work "
-                                 "directory removed\n")
+    assert out == "" and err == (
+        "ovmftool: terminated by SIGTERM: boot-check stopped, QEMU killed, its work directory removed\n"
+    )
     assert list(scratch.iterdir()) == []
     assert "qemu" not in _comm(qemu[0])  # killed, not left running on its own
     assert sorted(x.name for x in alone.parent.iterdir()) == ["OVMF_CODE.fd"]  # nothing beside the image

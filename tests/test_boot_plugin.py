@@ -18,8 +18,9 @@ from conftest import CORPUS_IMAGES, ROOT
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "boot-check-1.json").read_text())
 IMAGE = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]
 
-needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
-                                reason="qemu-system-x86 is installed by .ci/run")
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is installed by .ci/run"
+)
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +118,10 @@ def _record(va: int, insns: list[bytes]) -> bytes:
 def test_code_dump_reads_forward_and_from_the_end(tmp_path):
     f = tmp_path / "code.bin"
     f.write_bytes(_record(0x1000, [b"\x90", b"\xf3\x6c", b"\xc3"]) + _record(0xFFFFFFF0, [b"\xeb\xfe"]))
-    assert list(plugin.iter_blocks(f)) == [(0x1000, [(0x1000, b"\x90"), (0x1001, b"\xf3\x6c"), (0x1003, b"\xc3")]),
-                                           (0xFFFFFFF0, [(0xFFFFFFF0, b"\xeb\xfe")])]
+    assert list(plugin.iter_blocks(f)) == [
+        (0x1000, [(0x1000, b"\x90"), (0x1001, b"\xf3\x6c"), (0x1003, b"\xc3")]),
+        (0xFFFFFFF0, [(0xFFFFFFF0, b"\xeb\xfe")]),
+    ]
     assert plugin.last_block(f) == [(0xFFFFFFF0, b"\xeb\xfe")]
     f.write_bytes(f.read_bytes()[:-3])  # cut short (QEMU killed mid-write): the whole records only
     assert [va for va, _ in plugin.iter_blocks(f)] == [0x1000] and plugin.last_block(f) == []

@@ -19,9 +19,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from ovmftool.cli import main
+
 from ci_consumers import ant_xsd, jenkins_xsd, linter, multitool_findings
 from conftest import CODE_IMAGES, CORPUS_IMAGES, ROOT
-from ovmftool.cli import main
 
 DEB = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
 DEBIAN_CODE = sorted(p for k, p in CODE_IMAGES.items() if k.startswith("images/debian-"))
@@ -47,6 +48,7 @@ def _damaged(tmp_path: Path) -> str:
 
 
 # --- SARIF ---------------------------------------------------------------------------------
+
 
 def test_multitool_github_policy_debian_images(tmp_path):
     imgs = [_copy(p, tmp_path / p.parent.name / p.name) for p in DEBIAN_CODE]
@@ -113,8 +115,9 @@ def test_sarif_tools_lists_each_result_at_its_listing_line(tmp_path):
     img = _copy(DEB, tmp_path / "OVMF_CODE.fd")
     code, out = _scan(tmp_path, "sarif", img)
     assert code == 1
-    r = subprocess.run([sarif_cli, "csv", "-o", str(tmp_path / "r.csv"), str(out)], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [sarif_cli, "csv", "-o", str(tmp_path / "r.csv"), str(out)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
     assert len(rows) == 90
@@ -124,10 +127,14 @@ def test_sarif_tools_lists_each_result_at_its_listing_line(tmp_path):
 
 # --- JUnit ---------------------------------------------------------------------------------
 
+
 def _junit(tmp_path):
-    inputs = [_copy(DEB, tmp_path / "a" / "OVMF_CODE.fd"),
-              _copy(CORPUS_IMAGES["images/debian-2022.11/OVMF_VARS.fd"], tmp_path / "a" / "OVMF_VARS.fd"),
-              str(tmp_path / "a"), _damaged(tmp_path)]
+    inputs = [
+        _copy(DEB, tmp_path / "a" / "OVMF_CODE.fd"),
+        _copy(CORPUS_IMAGES["images/debian-2022.11/OVMF_VARS.fd"], tmp_path / "a" / "OVMF_VARS.fd"),
+        str(tmp_path / "a"),
+        _damaged(tmp_path),
+    ]
     code, out = _scan(tmp_path, "junit", *inputs)
     assert code == 2
     return out
@@ -206,8 +213,9 @@ def test_actionlint_on_the_action_and_the_examples(tmp_path):
 def test_zizmor_on_the_action_and_the_examples(tmp_path):
     exe = linter("zizmor")
     repo = _workflow_repo(tmp_path, "example/ovmftool@" + "0123456789abcdef" * 2 + "01234567")
-    r = subprocess.run([exe, "--offline", "--no-progress", "--format", "plain", str(repo)], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [exe, "--offline", "--no-progress", "--format", "plain", str(repo)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "No findings" in r.stdout + r.stderr
 
@@ -256,11 +264,21 @@ def test_every_example_command_runs_on_a_real_image(tmp_path):
             if "--baseline" in cmd:  # record the baseline the example names, then check against it
                 base = re.search(r"--baseline (\S+)", cmd).group(1)
                 imgs = [a for a in cmd.split()[2:] if a.startswith("Build/")]
-                r = subprocess.run([sys.executable, "-m", "ovmftool", "baseline", *imgs, "-o", base], cwd=tmp_path,
-                                   capture_output=True, text=True, timeout=300)
+                r = subprocess.run(
+                    [sys.executable, "-m", "ovmftool", "baseline", *imgs, "-o", base],
+                    cwd=tmp_path,
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 assert r.returncode == 0, (name, r.stderr)
-            r = subprocess.run([sys.executable, "-m", "ovmftool", *cmd.split()[1:]], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=300)
+            r = subprocess.run(
+                [sys.executable, "-m", "ovmftool", *cmd.split()[1:]],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert r.returncode in ((0, 1) if tolerant else (0,)), (name, cmd, r.stdout[-500:], r.stderr[-500:])
             ran += 1
     assert ran >= 7

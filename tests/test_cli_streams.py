@@ -17,11 +17,14 @@ def _tool(*args):
     return [sys.executable, "-m", "ovmftool", *args]
 
 
-@pytest.mark.parametrize("args,verdict", [
-    (["check", IMG], 1),  # 90 NEW lines, printed one by one
-    (["diff", IMG, OTHER], 1),
-    (["scan", IMG, IMG, IMG], 1),
-])
+@pytest.mark.parametrize(
+    "args,verdict",
+    [
+        (["check", IMG], 1),  # 90 NEW lines, printed one by one
+        (["diff", IMG, OTHER], 1),
+        (["scan", IMG, IMG, IMG], 1),
+    ],
+)
 def test_reader_that_goes_away_keeps_the_verdict(args, verdict):
     """`ovmftool check IMG | head -1`: output nobody reads is dropped, the verdict stays."""
     p = subprocess.Popen(_tool(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -31,8 +34,9 @@ def test_reader_that_goes_away_keeps_the_verdict(args, verdict):
     assert err == b"", err
 
 
-@pytest.mark.parametrize("args", [["scan", IMG], ["scan", "--format", "json", IMG], ["info", IMG],
-                                  ["decode", "f36e"], ["check", IMG]])
+@pytest.mark.parametrize(
+    "args", [["scan", IMG], ["scan", "--format", "json", IMG], ["info", IMG], ["decode", "f36e"], ["check", IMG]]
+)
 def test_full_device_on_stdout_is_one_line_and_exit_2(args):
     with open("/dev/full", "wb") as full:
         r = subprocess.run(_tool(*args), stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)

@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-import fvbuild as B
 from ovmftool.model.codecs import x86_convert
 from ovmftool.model.node import all_problems, walk
 from ovmftool.model.parser import parse_flash
 from ovmftool.model.section import Section
 from ovmftool.ops.modules import iter_modules
 
+import fvbuild as B
 from conftest import CORPUS_IMAGES
 
 MOD = "11111111-2222-3333-4444-555555555555"
@@ -69,8 +69,9 @@ def test_bcj_x86_matches_liblzma():
 
 def test_ffs3_large_file_and_nested_volumes(pe_bytes):
     inner_vol = B.fv([B.ffs(MOD, 0x07, B.sections(B.section(0x10, pe_bytes), B.ui("Deep")))], size=0x100000)
-    mid = B.fv([B.ffs("22222222-2222-2222-2222-222222222222", 0x0B, B.lzma_section(B.fv_section(inner_vol)))],
-               size=0x100000)
+    mid = B.fv(
+        [B.ffs("22222222-2222-2222-2222-222222222222", 0x0B, B.lzma_section(B.fv_section(inner_vol)))], size=0x100000
+    )
     big = B.ffs("33333333-3333-3333-3333-333333333333", 0x0B, B.fv_section(mid), large=True, checksum=True)
     root = parse_flash(B.fv([big], size=0x200000, fs=B.FFS3), "ffs3.fd")
     assert all_problems(root) == []

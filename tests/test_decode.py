@@ -30,8 +30,10 @@ len: 15
 })"""
 WRITEUP_CRASH_2 = "inst_data: [243, 110, 76, 137, 198, 195, 252, 72, 135, 202, 73, 135, 240, 243, 102]"
 
-VERDICT_1 = ("REP OUTSB: SevIoWriteFifo8 of BaseIoLibIntrinsicSev (X64/IoFifoSev.nasm, Sev; IoWriteFifo8 before "
-             "edk2-stable202205)")
+VERDICT_1 = (
+    "REP OUTSB: SevIoWriteFifo8 of BaseIoLibIntrinsicSev (X64/IoFifoSev.nasm, Sev; IoWriteFifo8 before "
+    "edk2-stable202205)"
+)
 VERDICT_2 = "REP OUTSB: IoWriteFifo8 of BaseIoLibIntrinsic (X64/IoFifo.nasm, non-Sev)"
 
 
@@ -70,7 +72,11 @@ def test_writeup_crash_1_is_the_sev_routine_over_all_15_bytes():
     assert doc["instruction"] == "REP OUTSB" and doc["verdict"] == VERDICT_1
     (m,) = doc["signature_matches"]
     assert (m["routine"], m["library"], m["source"], m["variant"]) == (
-        "SevIoWriteFifo8", "BaseIoLibIntrinsicSev", "X64/IoFifoSev.nasm", "Sev")
+        "SevIoWriteFifo8",
+        "BaseIoLibIntrinsicSev",
+        "X64/IoFifoSev.nasm",
+        "Sev",
+    )
     assert m["aliases"] == ["IoWriteFifo8"] and m["at_site"] and m["complete"]
     assert m["offset"] == 0x10 and m["matched"] == m["explained"] == 15 and m["followed_by"] == []
     # the other REP OUTSB routines agree on fewer bytes: counted, not listed
@@ -86,7 +92,11 @@ def test_writeup_crash_2_is_iofifo_nasm_running_into_the_next_routine():
     assert doc["verdict"] == VERDICT_2
     (m,) = doc["signature_matches"]
     assert (m["routine"], m["library"], m["source"], m["variant"]) == (
-        "IoWriteFifo8", "BaseIoLibIntrinsic", "X64/IoFifo.nasm", "non-Sev")
+        "IoWriteFifo8",
+        "BaseIoLibIntrinsic",
+        "X64/IoFifo.nasm",
+        "non-Sev",
+    )
     assert m["offset"] == 7 and m["matched"] == 6 and m["at_site"] and m["complete"]
     assert m["followed_by"] == [{"routines": ["IoWriteFifo16"], "matched": 9}] and m["explained"] == 15
     assert "Sev" not in m["library"]
@@ -125,24 +135,31 @@ def test_every_real_site_is_named_from_15_bytes_at_its_rip(image):
 def test_too_few_bytes_list_every_routine_they_fit():
     doc = _json("f3 6e")
     assert {(m["arch"], m["routine"]) for m in doc["signature_matches"]} == {
-        ("X64", "IoWriteFifo8"), ("X64", "SevIoWriteFifo8"), ("IA32", "IoWriteFifo8")}
+        ("X64", "IoWriteFifo8"),
+        ("X64", "SevIoWriteFifo8"),
+        ("IA32", "IoWriteFifo8"),
+    }
     assert len(doc["signature_matches"]) == 4  # IA32: IoFifo.nasm and IoFifoSev.nasm
     assert doc["verdict"].startswith("REP OUTSB: ") and doc["verdict"].count(" or ") == 3
     assert doc["signature_matches"][0]["arch"] == "X64"  # the decoding's arch first
 
 
 def test_bits_32_orders_ia32_first_and_names_the_ia32_sev_routine():
-    ia32 = next(s for s in sigs.load() if s.arch == "IA32" and s.source == "Ia32/IoFifoSev.nasm"
-                and s.routine == "IoWriteFifo8")
-    data = ia32.code[ia32.sites[0]:]
+    ia32 = next(
+        s for s in sigs.load() if s.arch == "IA32" and s.source == "Ia32/IoFifoSev.nasm" and s.routine == "IoWriteFifo8"
+    )
+    data = ia32.code[ia32.sites[0] :]
     doc = _json("--bits", "32", data.hex())
     assert doc["verdict"] == "REP OUTSB: IoWriteFifo8 of BaseIoLibIntrinsicSev (Ia32/IoFifoSev.nasm, Sev)"
 
 
-@pytest.mark.parametrize("text,head", [
-    ("af af af af af af af af af af af af af af af", "SCASD (not string port I/O): no built-in signature matches"),
-    ("d6", "undecodable as 64-bit code: no built-in signature matches"),
-])
+@pytest.mark.parametrize(
+    "text,head",
+    [
+        ("af af af af af af af af af af af af af af af", "SCASD (not string port I/O): no built-in signature matches"),
+        ("d6", "undecodable as 64-bit code: no built-in signature matches"),
+    ],
+)
 def test_no_match_says_so_on_the_first_line(text, head):
     r = _run(text)
     assert r.exit_code == 0 and r.output.splitlines()[0].startswith(head), r.output
@@ -154,8 +171,10 @@ def test_a_stream_that_differs_names_the_closest_routine_as_such():
     data = bytearray(parse_bytes(WRITEUP_CRASH_1))
     data[10] ^= 1  # inc rsi -> a different instruction
     doc = _json(data.hex())
-    assert doc["verdict"].startswith("REP OUTSB: no built-in signature matches all 15 bytes; closest (10 bytes): "
-                                     "SevIoWriteFifo8 of BaseIoLibIntrinsicSev")
+    assert doc["verdict"].startswith(
+        "REP OUTSB: no built-in signature matches all 15 bytes; closest (10 bytes): "
+        "SevIoWriteFifo8 of BaseIoLibIntrinsicSev"
+    )
     (m,) = doc["signature_matches"]
     assert m["matched"] == 10 and not m["complete"]
 
@@ -163,8 +182,13 @@ def test_a_stream_that_differs_names_the_closest_routine_as_such():
 def test_image_search_lists_full_matches_and_counts_the_rest():
     doc = _json("--image", DEB, WRITEUP_CRASH_1)
     assert doc["verdict"] == VERDICT_1 and doc["image"]["standalone"] is False
-    assert doc["matches"] and all(m["matched"] == 15 and m["is_site"] and m["function"] == "SevIoWriteFifo8"
-                                  and m["signature"]["source"] == "X64/IoFifoSev.nasm" for m in doc["matches"])
+    assert doc["matches"] and all(
+        m["matched"] == 15
+        and m["is_site"]
+        and m["function"] == "SevIoWriteFifo8"
+        and m["signature"]["source"] == "X64/IoFifoSev.nasm"
+        for m in doc["matches"]
+    )
     assert len({m["module"] for m in doc["matches"]}) == len(doc["matches"]) >= 10
     short = doc["shorter_matches"]
     assert short["count"] > 0 and set(short["by_length"]) == {"2"}  # only the REP OUTSB's own bytes
@@ -188,9 +212,12 @@ def test_image_without_the_routine_reports_no_match_beyond_the_instruction():
 
 def test_damaged_or_codeless_image_is_an_error_not_no_match(tmp_path):
     bad = tmp_path / "cut.fd"
-    bad.write_bytes(open(DEB, "rb").read()[:0x200000 + 123])
-    for image, words in ((str(bad), "damaged image"), (VARS, "no PE/TE modules"),
-                         (str(tmp_path / "missing.fd"), "cannot read")):
+    bad.write_bytes(open(DEB, "rb").read()[: 0x200000 + 123])
+    for image, words in (
+        (str(bad), "damaged image"),
+        (VARS, "no PE/TE modules"),
+        (str(tmp_path / "missing.fd"), "cannot read"),
+    ):
         r = _run("--image", image, WRITEUP_CRASH_1)
         assert r.exit_code == 2, r.output
         errs = [l for l in r.output.splitlines() if l.startswith("ovmftool: error:")]
@@ -222,22 +249,26 @@ def test_bad_input_is_one_line_error():
 
 # --- how bytes are read ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,want", [
-    ("243,110", "f3 6e"),  # decimal without brackets: three digits are decimal
-    ("243 110", "f3 6e"),
-    ("243, 110, 235, 10", "f3 6e eb 0a"),  # the two-digit 10 reads as the other tokens do
-    ("[243, 110, 235, 10]", "f3 6e eb 0a"),
-    ("[243 110]", "f3 6e"),
-    ("inst_data: [243, 110, 235, 10], len: 2", "f3 6e"),
-    ("f3 6e eb 0a", "f3 6e eb 0a"),  # the write-up's hex with spaces
-    ("f36eeb0a", "f3 6e eb 0a"),
-    ("0xf3 0x6e", "f3 6e"),
-    ("0xf3,0x6e,0x10", "f3 6e 10"),
-    ("f3:6e:08", "f3 6e 08"),
-    ("10 8", "0a 08"),  # a one-digit token is no hex byte: decimal
-    ("1011", "10 11"),  # no separators: a hex string
-    ("05 07", "05 07"),  # the same bytes either way
-])
+
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        ("243,110", "f3 6e"),  # decimal without brackets: three digits are decimal
+        ("243 110", "f3 6e"),
+        ("243, 110, 235, 10", "f3 6e eb 0a"),  # the two-digit 10 reads as the other tokens do
+        ("[243, 110, 235, 10]", "f3 6e eb 0a"),
+        ("[243 110]", "f3 6e"),
+        ("inst_data: [243, 110, 235, 10], len: 2", "f3 6e"),
+        ("f3 6e eb 0a", "f3 6e eb 0a"),  # the write-up's hex with spaces
+        ("f36eeb0a", "f3 6e eb 0a"),
+        ("0xf3 0x6e", "f3 6e"),
+        ("0xf3,0x6e,0x10", "f3 6e 10"),
+        ("f3:6e:08", "f3 6e 08"),
+        ("10 8", "0a 08"),  # a one-digit token is no hex byte: decimal
+        ("1011", "10 11"),  # no separators: a hex string
+        ("05 07", "05 07"),  # the same bytes either way
+    ],
+)
 def test_bytes_are_read_unambiguously(text, want):
     assert parse_bytes(text).hex(" ") == want
 
@@ -248,19 +279,25 @@ def test_decimal_arguments_are_decimal_on_the_command_line():
         assert doc["bytes"] == "f36e" and doc["instruction"] == "REP OUTSB", args
 
 
-@pytest.mark.parametrize("args,words", [
-    (["10 11"], "'10 11' could be hex or decimal bytes: give 0x-prefixed hex (0x10 0x11), hex without separators "
-                "(1011), or decimal in brackets ([10, 11])"),
-    (["10", "11"], "could be hex or decimal bytes"),
-    (["24"], "'24' could be hex or decimal bytes: give 0x-prefixed hex (0x24) or decimal in brackets ([24])"),
-    (["243 6e"], "'243 6e' mixes decimal (243) and hex (6e) bytes"),
-    (["f3 6"], "cannot read '6' in 'f3 6' as a byte: hex bytes have two digits"),
-    (["f36"], "hex bytes have two digits"),
-    (["[]"], "no instruction bytes given"),
-    (["inst_data: []"], "no instruction bytes given"),
-    (["[1, 2, 300]"], "instruction bytes must be values 0..255 (300 is not)"),
-    (["300"], "(300 is not)"),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (
+            ["10 11"],
+            "'10 11' could be hex or decimal bytes: give 0x-prefixed hex (0x10 0x11), hex without separators "
+            "(1011), or decimal in brackets ([10, 11])",
+        ),
+        (["10", "11"], "could be hex or decimal bytes"),
+        (["24"], "'24' could be hex or decimal bytes: give 0x-prefixed hex (0x24) or decimal in brackets ([24])"),
+        (["243 6e"], "'243 6e' mixes decimal (243) and hex (6e) bytes"),
+        (["f3 6"], "cannot read '6' in 'f3 6' as a byte: hex bytes have two digits"),
+        (["f36"], "hex bytes have two digits"),
+        (["[]"], "no instruction bytes given"),
+        (["inst_data: []"], "no instruction bytes given"),
+        (["[1, 2, 300]"], "instruction bytes must be values 0..255 (300 is not)"),
+        (["300"], "(300 is not)"),
+    ],
+)
 def test_ambiguous_or_empty_input_is_one_line_naming_it(args, words):
     r = _run(*args)
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output

@@ -39,8 +39,10 @@ len: 15
 CRASH_2_DATA = "inst_data: [243, 110, 76, 137, 198, 195, 252, 72, 135, 202, 73, 135, 240, 243, 102]"
 CRASH_2 = f"vCPU 0: Unhandled VM exit: InstEmul(InstEmul {{\n{CRASH_2_DATA},\nlen: 15\n}})"
 
-VERDICT_1 = ("REP OUTSB: SevIoWriteFifo8 of BaseIoLibIntrinsicSev (X64/IoFifoSev.nasm, Sev; IoWriteFifo8 before "
-             "edk2-stable202205)")
+VERDICT_1 = (
+    "REP OUTSB: SevIoWriteFifo8 of BaseIoLibIntrinsicSev (X64/IoFifoSev.nasm, Sev; IoWriteFifo8 before "
+    "edk2-stable202205)"
+)
 VERDICT_2 = "REP OUTSB: IoWriteFifo8 of BaseIoLibIntrinsic (X64/IoFifo.nasm, non-Sev)"
 BYTES_1 = "f36eeb0ae3088a06ee48ffc6e2f84c"
 BYTES_2 = "f36e4c89c6c3fc4887ca4987f0f366"
@@ -55,17 +57,24 @@ def plain_log() -> str:
     """Three boots of one VM as propolis-server's SMF log shows them (slog-term on a terminal,
     the panic on stderr): redacted, then the Sev crash twice, then the non-Sev crash."""
     out = []
-    for ts, crash in (("Jan 05 10:00:01.100", REDACTED), ("Jan 05 10:05:01.100", CRASH_1),
-                      ("Jan 05 10:09:12.900", CRASH_1), ("Jan 05 11:30:44.250", CRASH_2)):
-        out += [f"{ts} INFO Starting instance, reason: ExplicitRequest, component: vm_state_driver",
-                _start(ts), PANIC_AT, crash,
-                "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace"]
+    for ts, crash in (
+        ("Jan 05 10:00:01.100", REDACTED),
+        ("Jan 05 10:05:01.100", CRASH_1),
+        ("Jan 05 10:09:12.900", CRASH_1),
+        ("Jan 05 11:30:44.250", CRASH_2),
+    ):
+        out += [
+            f"{ts} INFO Starting instance, reason: ExplicitRequest, component: vm_state_driver",
+            _start(ts),
+            PANIC_AT,
+            crash,
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ]
     return "\n".join(out) + "\n"
 
 
 def _record(msg, time, **fields):
-    rec = {"msg": msg, "v": 0, "name": "propolis-server", "level": 30, "time": time, "hostname": "sled-07",
-           "pid": 4242}
+    rec = {"msg": msg, "v": 0, "name": "propolis-server", "level": 30, "time": time, "hostname": "sled-07", "pid": 4242}
     rec.update(fields)
     return json.dumps(rec)
 
@@ -73,16 +82,33 @@ def _record(msg, time, **fields):
 def bunyan_log() -> str:
     """propolis-server's bunyan records (stdout not a terminal) with the panics in a record's
     `msg` and in another field, and one plain panic on stderr between them."""
-    return "\n".join([
-        _record("Starting instance", "2026-01-05T10:05:01.100Z", component="vm_state_driver", vm_id=VM),
-        _record(CRASH_1, "2026-01-05T10:05:02.250Z", component="vcpu_tasks", vcpu=0, vm_id=VM, level=60),
-        _record("vCPU thread failed", "2026-01-05T10:09:13.000Z", component="vcpu_tasks", vm_id=VM, level=50,
-                err=CRASH_1.replace("vCPU 0", "vCPU 1")),
-        PANIC_AT.replace("vcpu-0", "vcpu-1"), CRASH_2.replace("vCPU 0", "vCPU 1"),
-        _record("Propolis monitor unexpectedly reported no instance, marking as failed",
-                "2026-01-05T11:30:45.000Z", component="InstanceManager", instance_id=VM, name="sled-agent"),
-        _record(REDACTED, "2026-01-05T12:00:00.000Z", component="vcpu_tasks", vcpu=0, vm_id=VM, level=60),
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                _record("Starting instance", "2026-01-05T10:05:01.100Z", component="vm_state_driver", vm_id=VM),
+                _record(CRASH_1, "2026-01-05T10:05:02.250Z", component="vcpu_tasks", vcpu=0, vm_id=VM, level=60),
+                _record(
+                    "vCPU thread failed",
+                    "2026-01-05T10:09:13.000Z",
+                    component="vcpu_tasks",
+                    vm_id=VM,
+                    level=50,
+                    err=CRASH_1.replace("vCPU 0", "vCPU 1"),
+                ),
+                PANIC_AT.replace("vcpu-0", "vcpu-1"),
+                CRASH_2.replace("vCPU 0", "vCPU 1"),
+                _record(
+                    "Propolis monitor unexpectedly reported no instance, marking as failed",
+                    "2026-01-05T11:30:45.000Z",
+                    component="InstanceManager",
+                    instance_id=VM,
+                    name="sled-agent",
+                ),
+                _record(REDACTED, "2026-01-05T12:00:00.000Z", component="vcpu_tasks", vcpu=0, vm_id=VM, level=60),
+            ]
+        )
+        + "\n"
+    )
 
 
 def _run(*args, input=None):
@@ -128,8 +154,12 @@ def test_plain_log_one_verdict_per_instruction_with_counts(tmp_path):
     assert lines[-1] == f"log: {tmp_path / 'propolis.log'} (32 lines read)"
     # the routine details come from the same decode as `decode TEXT`
     assert "  SevIoWriteFifo8+0x10 (its REP OUTSB): all 15 bytes match; signature from EDK II 2022.11, 2025.02" in lines
-    assert any(x.startswith("  IoWriteFifo8+0x7 (its REP OUTSB): the routine's last 6 bytes match, then 9 bytes of "
-                            "IoWriteFifo16") for x in lines)
+    assert any(
+        x.startswith(
+            "  IoWriteFifo8+0x7 (its REP OUTSB): the routine's last 6 bytes match, then 9 bytes of IoWriteFifo16"
+        )
+        for x in lines
+    )
 
 
 def test_bunyan_json_log_says_when_and_which_vm(tmp_path):
@@ -137,7 +167,13 @@ def test_bunyan_json_log_says_when_and_which_vm(tmp_path):
     assert lt.verdict == "4 InstEmul exits in the log: 2 distinct instructions, 1 with the bytes redacted"
     sev, nonsev = lt.instructions
     assert (sev.data.hex(), sev.count, sev.lines, nonsev.data.hex(), nonsev.count, nonsev.lines) == (
-        BYTES_1, 2, [2, 3], BYTES_2, 1, [5])
+        BYTES_1,
+        2,
+        [2, 3],
+        BYTES_2,
+        1,
+        [5],
+    )
     assert sev.triage.verdict == VERDICT_1 and nonsev.triage.verdict == VERDICT_2
     assert (sev.first_time, sev.last_time, sev.untimed) == ("2026-01-05T10:05:02.250Z", "2026-01-05T10:09:13.000Z", 0)
     assert sev.vms == {f"vm_id={VM}"} and sev.hosts == {"sled-07"} and sev.vcpus == {0, 1}
@@ -146,28 +182,43 @@ def test_bunyan_json_log_says_when_and_which_vm(tmp_path):
     assert (lt.redacted.count, lt.redacted.lines, lt.redacted.first_time) == (1, [10], "2026-01-05T12:00:00.000Z")
     r = _run("--log", _write(tmp_path, bunyan_log()))
     assert r.exit_code == 1
-    assert (f"  lines 2, 3; first 2026-01-05T10:05:02.250Z, last 2026-01-05T10:09:13.000Z; vCPUs 0, 1; vm_id={VM}; "
-            "host sled-07") in r.output.splitlines()
+    assert (
+        f"  lines 2, 3; first 2026-01-05T10:05:02.250Z, last 2026-01-05T10:09:13.000Z; vCPUs 0, 1; vm_id={VM}; "
+        "host sled-07"
+    ) in r.output.splitlines()
 
 
-@pytest.mark.parametrize("text, want", [
-    # Rust's {:?} on one line (propolis-server before pretty-printing; propolis-standalone)
-    ("vCPU 2: Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 110, 235, 10], len: 4 })", "f36eeb0a"),
-    # {:#?} without GuestData: one byte a line, trailing commas
-    ("vCPU 0: Unhandled VM exit: InstEmul(\n    InstEmul {\n        inst_data: [\n            243,\n            110,\n"
-     "        ],\n        len: 2,\n    },\n)", "f36e"),
-    # {:x?}: hex without 0x (single digits for bytes under 0x10), and {:#x?}
-    ("Unhandled VM exit: InstEmul(InstEmul { inst_data: [f3, 6e, eb, a, e3, 8], len: 6 })", "f36eeb0ae308"),
-    ("Unhandled VM exit: InstEmul(InstEmul { inst_data: [0xf3, 0x6e], len: 0x2 })", "f36e"),
-    # a hex string field
-    ("Unhandled VM exit: InstEmul(InstEmul { inst_data: \"f36eeb0a\", len: 4 })", "f36eeb0a"),
-    # len cuts the 15 bytes bhyve copies to the valid ones
-    ("Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 110, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "
-     "len: 2 })", "f36e"),
-    # propolis-standalone's log line (issue propolis#1168)
-    ("ERRO Unhandled exit @rip:00859f60 InstEmul(InstEmul { inst_data: [243, 108, 235, 10, 227, 8, 236, 136, 7, "
-     "72, 255, 199, 226, 248, 76], len: 15 })", "f36ceb0ae308ec880748ffc7e2f84c"),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        # Rust's {:?} on one line (propolis-server before pretty-printing; propolis-standalone)
+        ("vCPU 2: Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 110, 235, 10], len: 4 })", "f36eeb0a"),
+        # {:#?} without GuestData: one byte a line, trailing commas
+        (
+            "vCPU 0: Unhandled VM exit: InstEmul(\n    InstEmul {\n        inst_data: [\n"
+            "            243,\n            110,\n"
+            "        ],\n        len: 2,\n    },\n)",
+            "f36e",
+        ),
+        # {:x?}: hex without 0x (single digits for bytes under 0x10), and {:#x?}
+        ("Unhandled VM exit: InstEmul(InstEmul { inst_data: [f3, 6e, eb, a, e3, 8], len: 6 })", "f36eeb0ae308"),
+        ("Unhandled VM exit: InstEmul(InstEmul { inst_data: [0xf3, 0x6e], len: 0x2 })", "f36e"),
+        # a hex string field
+        ('Unhandled VM exit: InstEmul(InstEmul { inst_data: "f36eeb0a", len: 4 })', "f36eeb0a"),
+        # len cuts the 15 bytes bhyve copies to the valid ones
+        (
+            "Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 110, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "
+            "len: 2 })",
+            "f36e",
+        ),
+        # propolis-standalone's log line (issue propolis#1168)
+        (
+            "ERRO Unhandled exit @rip:00859f60 InstEmul(InstEmul { inst_data: [243, 108, 235, 10, 227, 8, 236, 136, 7, "
+            "72, 255, 199, 226, 248, 76], len: 15 })",
+            "f36ceb0ae308ec880748ffc7e2f84c",
+        ),
+    ],
+)
 def test_every_formatting_of_inst_data(tmp_path, text, want):
     lt = read_log(_write(tmp_path, "INFO before\n" + text + "\nINFO after\n"))
     assert [g.data.hex() for g in lt.instructions] == [want] and lt.instructions[0].lines == [2]
@@ -175,8 +226,13 @@ def test_every_formatting_of_inst_data(tmp_path, text, want):
 
 
 def test_standalone_rip_and_vcpu_are_kept(tmp_path):
-    lt = read_log(_write(tmp_path, "vCPU 3: Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 108], len: 2 })\n"
-                         "ERRO Unhandled exit @rip:00859f60 InstEmul(InstEmul { inst_data: [243, 108], len: 2 })\n"))
+    lt = read_log(
+        _write(
+            tmp_path,
+            "vCPU 3: Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 108], len: 2 })\n"
+            "ERRO Unhandled exit @rip:00859f60 InstEmul(InstEmul { inst_data: [243, 108], len: 2 })\n",
+        )
+    )
     (g,) = lt.instructions
     assert (g.count, g.vcpus, g.rips, g.triage.instruction) == (2, {3}, {"859f60"}, "REP INSB")
 
@@ -195,8 +251,9 @@ def test_redacted_only_is_a_finding_with_how_to_get_the_bytes(tmp_path):
     assert "omicron-build" in doc["redacted"]["how_to_get_bytes"]
 
 
-@pytest.mark.parametrize("text", ["", "INFO Starting vCPU thread\nINFO vCPU paused\n",
-                                  "vCPU 0: Unhandled VM exit: Paging(0x1000, 1)\n"])
+@pytest.mark.parametrize(
+    "text", ["", "INFO Starting vCPU thread\nINFO vCPU paused\n", "vCPU 0: Unhandled VM exit: Paging(0x1000, 1)\n"]
+)
 def test_no_instemul_exit_is_exit_0(tmp_path, text):
     r = _run("--log", _write(tmp_path, text))
     assert r.exit_code == 0, r.output
@@ -217,8 +274,12 @@ def test_cut_off_exit_is_unreadable_not_lost(tmp_path):
 def test_unreadable_log_is_exit_2_one_line(tmp_path):
     bad_gz = tmp_path / "bad.log.gz"
     bad_gz.write_bytes(gzip.compress(plain_log().encode())[:40])
-    for path, words in ((str(tmp_path / "missing.log"), "No such file"), (str(tmp_path), "directory"),
-                        (DEB, "not a text log"), (str(bad_gz), "cannot read")):
+    for path, words in (
+        (str(tmp_path / "missing.log"), "No such file"),
+        (str(tmp_path), "directory"),
+        (DEB, "not a text log"),
+        (str(bad_gz), "cannot read"),
+    ):
         r = _run("--log", path)
         assert r.exit_code == 2, (path, r.output)
         assert r.output.count("\n") == 1 and r.output.startswith("ovmftool: error: ") and words in r.output, r.output
@@ -260,7 +321,9 @@ def test_json_validates_and_matches_the_text(tmp_path):
     _validate(doc)
     assert doc["verdict"] == "4 InstEmul exits in the log: 2 distinct instructions, 1 with the bytes redacted"
     assert [(i["bytes"], i["count"], i["verdict"]) for i in doc["instructions"]] == [
-        (BYTES_1, 2, VERDICT_1), (BYTES_2, 1, VERDICT_2)]
+        (BYTES_1, 2, VERDICT_1),
+        (BYTES_2, 1, VERDICT_2),
+    ]
     sev = doc["instructions"][0]
     assert sev["decode"]["schema_version"] == "ovmftool.decode/1" and sev["decode"]["bytes"] == BYTES_1
     assert sev["vms"] == [f"vm_id={VM}"] and sev["first_time"] == "2026-01-05T10:05:02.250Z"
@@ -293,7 +356,7 @@ def test_with_image_finds_the_sev_routine_and_not_iofifo_nasm(tmp_path):
 def test_damaged_or_codeless_image_with_a_log_is_an_error(tmp_path):
     """Even a log without exits: an --image that cannot be checked is not a clean answer."""
     cut = tmp_path / "cut.fd"
-    cut.write_bytes(open(DEB, "rb").read()[:0x200000 + 123])
+    cut.write_bytes(open(DEB, "rb").read()[: 0x200000 + 123])
     vars_ = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_VARS_4M.fd"])
     for image, words in ((str(cut), "damaged image"), (vars_, "no PE/TE modules")):
         for log in ("INFO nothing here\n", plain_log()):
@@ -312,8 +375,10 @@ def test_distinct_streams_past_the_cap_are_counted_not_held(tmp_path):
     from ovmftool.triage.log import MAX_DISTINCT
 
     n = MAX_DISTINCT + 44
-    log = "".join(f"vCPU 0: Unhandled VM exit: InstEmul(InstEmul {{ inst_data: [243, 110, {i // 256}, {i % 256}], "
-                  "len: 4 })\n" for i in range(n))
+    log = "".join(
+        f"vCPU 0: Unhandled VM exit: InstEmul(InstEmul {{ inst_data: [243, 110, {i // 256}, {i % 256}], len: 4 }})\n"
+        for i in range(n)
+    )
     r = _run("--log", _write(tmp_path, log), "--format", "json")
     assert r.exit_code == 1
     doc = json.loads(r.output)
@@ -321,13 +386,17 @@ def test_distinct_streams_past_the_cap_are_counted_not_held(tmp_path):
     assert len(doc["instructions"]) == MAX_DISTINCT and doc["more"]["count"] == 44 and doc["exits"] == n
     assert doc["more"]["lines"][0] == MAX_DISTINCT + 1
     assert all(i["verdict"].startswith("REP OUTSB") for i in doc["instructions"])
-    assert doc["verdict"] == f"{n} InstEmul exits in the log: {MAX_DISTINCT} distinct instructions, 44 of further " \
-                             "instructions not decoded"
+    assert (
+        doc["verdict"] == f"{n} InstEmul exits in the log: {MAX_DISTINCT} distinct instructions, 44 of further "
+        "instructions not decoded"
+    )
 
 
 def test_plain_text_time_and_vm_fields_are_read(tmp_path):
     """An ISO time opening the line and slog-term's `key: value` pairs name when and which VM."""
-    log = (f"2026-01-05T10:05:02.250Z ERRO vCPU 0: Unhandled VM exit: InstEmul(InstEmul {{ inst_data: [243, 110], "
-           f"len: 2 }}), instance_id: {VM.upper()}\n")
+    log = (
+        f"2026-01-05T10:05:02.250Z ERRO vCPU 0: Unhandled VM exit: InstEmul(InstEmul {{ inst_data: [243, 110], "
+        f"len: 2 }}), instance_id: {VM.upper()}\n"
+    )
     (g,) = read_log(_write(tmp_path, log)).instructions
     assert (g.first_time, g.vms, g.untimed) == ("2026-01-05T10:05:02.250Z", {f"instance_id={VM}"}, 0)

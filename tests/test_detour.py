@@ -3,7 +3,6 @@ rewritten by a detour, each proved by emulation on randomised states, then by th
 boot. On real builds: the corpus' stored builds, one with a routine changed so no signature knows
 it, and every site of whole images forced through detours."""
 
-import os
 import shutil
 from collections import Counter
 
@@ -18,8 +17,9 @@ from ovmftool.scan.scanner import code_map, scan_image, scan_module
 
 from conftest import CORPUS_IMAGES, stored
 
-needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
-                                reason="qemu-system-x86 is installed by .ci/run")
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is installed by .ci/run"
+)
 NONSEV = "2022.11-X64-DEBUG-nonsev"
 DEB25 = CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"]
 
@@ -33,7 +33,7 @@ def unknown_routine(tmp_path_factory):
     root = read_image(str(b.code))
     m = next(m for m in iter_modules(root) if m.name == "SecMain")
     off = m.image.rva_to_offset(0x77A0)
-    assert m.image.data[off:off + 13].hex() == "fc4887ca4987f8f36c4c89c7c3"  # IoFifo.nasm's IoReadFifo8
+    assert m.image.data[off : off + 13].hex() == "fc4887ca4987f8f36c4c89c7c3"  # IoFifo.nasm's IoReadFifo8
     out, _ = assemble(root, [Edit(m.image, off, b"\xfc", b"\x90")])
     p = tmp_path_factory.mktemp("unknown") / "OVMF_CODE.fd"
     p.write_bytes(out)
@@ -108,10 +108,17 @@ def _window_of(module: str, rva: int):
 
 
 def test_emulation_catches_a_wrong_detour():
-    m, windows, _ = _window_of("CpuIo2Dxe", next(f.rva for f in scan_module(
-        next(m for m in iter_modules(read_image(str(DEB25))) if m.name == "CpuIo2Dxe")).findings))
-    (_s, w), = windows
-    old = bytes(m.image.memory[w.rva:w.end])
+    m, windows, _ = _window_of(
+        "CpuIo2Dxe",
+        next(
+            f.rva
+            for f in scan_module(
+                next(m for m in iter_modules(read_image(str(DEB25))) if m.name == "CpuIo2Dxe")
+            ).findings
+        ),
+    )
+    ((_s, w),) = windows
+    old = bytes(m.image.memory[w.rva : w.end])
     k = emulate._W_SITE - w.rva
     good = detour.detour_code(w, 64, emulate._W_NEW - k)
     site = detour.site_bytes(w, emulate._W_NEW - k)
@@ -120,19 +127,24 @@ def test_emulation_catches_a_wrong_detour():
     bad[bad.index(0x75)] = 0x74  # the direction flag read the wrong way round
     assert any("regs differ" in p for p in emulate.compare_window(old, site, bytes(bad), 64, w.direction, w.rep))
     no_flags = good.replace(b"\x58\x9d", b"\x58\x90")  # flags not restored
-    assert any("flags differ" in p or "stack differ" in p or "regs differ" in p
-               for p in emulate.compare_window(old, site, no_flags, 64, w.direction, w.rep))
+    assert any(
+        "flags differ" in p or "stack differ" in p or "regs differ" in p
+        for p in emulate.compare_window(old, site, no_flags, 64, w.direction, w.rep)
+    )
 
 
-@pytest.mark.parametrize("code, reason", [
-    (b"\x67\xf3\x6c\x90\x90\x90\xc3", "address-size prefix"),
-    (b"\xf2\x6c\x90\x90\x90\xc3", "REPNE"),
-    (b"\x64\xf3\x6e\x90\x90\x90\xc3", "segment override other than DS"),
-    (b"\xf3\x6c\xc3", "only 3 bytes of code"),
-    (b"\xf3\x6c\xf3\x6e\x90\xc3", "another string I/O instruction"),
-    (b"\xf3\x6c\x48\x8b\x05\x00\x00\x00\x00\xc3", "RIP-relative operand"),
-    (b"\xf3\x6c\xe3\x02\x90\x90\xc3", "jrcxz"),
-])
+@pytest.mark.parametrize(
+    "code, reason",
+    [
+        (b"\x67\xf3\x6c\x90\x90\x90\xc3", "address-size prefix"),
+        (b"\xf2\x6c\x90\x90\x90\xc3", "REPNE"),
+        (b"\x64\xf3\x6e\x90\x90\x90\xc3", "segment override other than DS"),
+        (b"\xf3\x6c\xc3", "only 3 bytes of code"),
+        (b"\xf3\x6c\xf3\x6e\x90\xc3", "another string I/O instruction"),
+        (b"\xf3\x6c\x48\x8b\x05\x00\x00\x00\x00\xc3", "RIP-relative operand"),
+        (b"\xf3\x6c\xe3\x02\x90\x90\xc3", "jrcxz"),
+    ],
+)
 def test_each_window_refusal_names_its_reason(code, reason):
     site = 0
     with pytest.raises(detour.CannotDetour, match=reason):
@@ -153,8 +165,9 @@ def test_patch_json_with_detours_validates(unknown_routine):
     import jsonschema
     from click.testing import CliRunner
 
-    from conftest import ROOT
     from ovmftool.cli import main
+
+    from conftest import ROOT
 
     path, _b = unknown_routine
     r = CliRunner().invoke(main, ["patch", "--dry-run", "--format", "json", str(path)])
@@ -201,10 +214,13 @@ class _Img:
         return self._relocated
 
 
-@pytest.mark.parametrize("code, relocated, reason", [
-    (b"\xf3\x6c\x90\x90\x90\xc3", True, "bytes covered by a base relocation"),
-    (b"\xf3\x6c\x90\x90\x90\xff\xe0", False, "an indirect jump in its function"),
-])
+@pytest.mark.parametrize(
+    "code, relocated, reason",
+    [
+        (b"\xf3\x6c\x90\x90\x90\xc3", True, "bytes covered by a base relocation"),
+        (b"\xf3\x6c\x90\x90\x90\xff\xe0", False, "an indirect jump in its function"),
+    ],
+)
 def test_module_refusals_name_their_reason(code, relocated, reason):
     from ovmftool.scan.codemap import discover
 

@@ -6,25 +6,28 @@ from ovmftool.edk2.dsc import _truth
 from ovmftool.edk2.expr import evaluate
 
 
-@pytest.mark.parametrize("expr,defines,want", [
-    ("$(SECURE_BOOT_ENABLE) == TRUE", {"SECURE_BOOT_ENABLE": "TRUE"}, True),
-    ("$(SECURE_BOOT_ENABLE) == TRUE", {}, False),  # undefined macro: empty
-    ("$(FD_SIZE_IN_KB) == 4096", {"FD_SIZE_IN_KB": "4096"}, True),
-    ("$(FD_SIZE_IN_KB) == 1024 OR $(FD_SIZE_IN_KB) == 2048", {"FD_SIZE_IN_KB": "2048"}, True),
-    ("$(SMM_REQUIRE) == FALSE && $(TPM2_ENABLE) == TRUE", {"SMM_REQUIRE": "FALSE", "TPM2_ENABLE": "TRUE"}, True),
-    ("NOT ($(A) == TRUE)", {"A": "TRUE"}, False),
-    ("!$(A)", {"A": "FALSE"}, True),
-    ('"$(TOOL_CHAIN_TAG)" != "XCODE5"', {"TOOL_CHAIN_TAG": "GCC5"}, True),
-    ("$(A) EQ 0x10", {"A": "16"}, True),
-    ("$(A) > 3", {"A": "4"}, True),
-    ("$(CUSTOM_STACK_CHECK_LIB) == DYNAMIC", {"CUSTOM_STACK_CHECK_LIB": "DYNAMIC"}, True),  # bare words: 2025.02
-    ("$(CUSTOM_STACK_CHECK_LIB) == DYNAMIC", {"CUSTOM_STACK_CHECK_LIB": "STATIC"}, False),
-    ("gEfiMdeModulePkgTokenSpaceGuid.PcdFoo == TRUE", {}, False),  # a PCD's value is not known
-    ("$(A) == TRUE", {"A": "__import__('os').system('false')"}, False),  # a value is never code
-    ("(" * 5000 + "TRUE" + ")" * 5000, {}, False),
-    ("TRUE AND", {}, False),
-    ("TRUE )", {}, False),
-])
+@pytest.mark.parametrize(
+    "expr,defines,want",
+    [
+        ("$(SECURE_BOOT_ENABLE) == TRUE", {"SECURE_BOOT_ENABLE": "TRUE"}, True),
+        ("$(SECURE_BOOT_ENABLE) == TRUE", {}, False),  # undefined macro: empty
+        ("$(FD_SIZE_IN_KB) == 4096", {"FD_SIZE_IN_KB": "4096"}, True),
+        ("$(FD_SIZE_IN_KB) == 1024 OR $(FD_SIZE_IN_KB) == 2048", {"FD_SIZE_IN_KB": "2048"}, True),
+        ("$(SMM_REQUIRE) == FALSE && $(TPM2_ENABLE) == TRUE", {"SMM_REQUIRE": "FALSE", "TPM2_ENABLE": "TRUE"}, True),
+        ("NOT ($(A) == TRUE)", {"A": "TRUE"}, False),
+        ("!$(A)", {"A": "FALSE"}, True),
+        ('"$(TOOL_CHAIN_TAG)" != "XCODE5"', {"TOOL_CHAIN_TAG": "GCC5"}, True),
+        ("$(A) EQ 0x10", {"A": "16"}, True),
+        ("$(A) > 3", {"A": "4"}, True),
+        ("$(CUSTOM_STACK_CHECK_LIB) == DYNAMIC", {"CUSTOM_STACK_CHECK_LIB": "DYNAMIC"}, True),  # bare words: 2025.02
+        ("$(CUSTOM_STACK_CHECK_LIB) == DYNAMIC", {"CUSTOM_STACK_CHECK_LIB": "STATIC"}, False),
+        ("gEfiMdeModulePkgTokenSpaceGuid.PcdFoo == TRUE", {}, False),  # a PCD's value is not known
+        ("$(A) == TRUE", {"A": "__import__('os').system('false')"}, False),  # a value is never code
+        ("(" * 5000 + "TRUE" + ")" * 5000, {}, False),
+        ("TRUE AND", {}, False),
+        ("TRUE )", {}, False),
+    ],
+)
 def test_dsc_expressions(expr, defines, want):
     assert _truth(expr, defines) is want
 
@@ -48,7 +51,8 @@ def test_library_class_precedence_is_the_builds(tmp_path):
         "[LibraryClasses.common.DXE_DRIVER]\n  IoLib|CommonDxe.inf\n"
         "[LibraryClasses.X64]\n  IoLib|X64.inf\n"
         "[LibraryClasses.X64.PEIM]\n  IoLib|X64Peim.inf\n"
-        "[Components]\n  A/A.inf {\n    <LibraryClasses>\n      IoLib|Own.inf\n  }\n")
+        "[Components]\n  A/A.inf {\n    <LibraryClasses>\n      IoLib|Own.inf\n  }\n"
+    )
     d = read_dsc(tmp_path, "P.dsc", {})
     assert d.resolve("IoLib", "X64", "DXE_DRIVER") == "X64.inf"
     assert d.resolve("IoLib", "X64", "PEIM") == "X64Peim.inf"

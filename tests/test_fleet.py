@@ -5,8 +5,8 @@ XDG_CACHE_HOME that conftest sets."""
 
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -85,8 +85,10 @@ def test_directory_scan_keeps_input_order_skips_non_code_and_fails_on_damage(fle
     assert r.exit_code == 1, r.stderr
     docs = json.loads(r.stdout)
     paths = [d["image"]["path"] for d in docs]
-    assert paths == [str(fleet / p) for p in ("Z.FD", "a-2022/OVMF_CODE.fd", "a-2022/OVMF_VARS.fd",
-                                             "b-2025/OVMF_CODE_4M.fd", "junk.bin")]
+    assert paths == [
+        str(fleet / p)
+        for p in ("Z.FD", "a-2022/OVMF_CODE.fd", "a-2022/OVMF_VARS.fd", "b-2025/OVMF_CODE_4M.fd", "junk.bin")
+    ]
     assert [len(d.get("findings", [])) for d in docs] == [90, 90, 0, 108, 0]
     assert ["skipped" in d for d in docs] == [False, False, True, False, True]
     assert not any("error" in d for d in docs) and r.stderr == ""
@@ -121,7 +123,10 @@ def test_directory_scan_keeps_input_order_skips_non_code_and_fails_on_damage(fle
     r = _scan("--format", "json", "--no-cache", fleet)
     docs = {d["image"]["path"]: d for d in json.loads(r.stdout)}
     a, b = docs[str(fleet / "a-2022/OVMF_CODE.fd")], docs[str(fleet / "copy.fd")]
-    assert a["findings"] == b["findings"] and b["notes"][-1] == f"same contents as {fleet}/a-2022/OVMF_CODE.fd: scanned once"
+    assert (
+        a["findings"] == b["findings"]
+        and b["notes"][-1] == f"same contents as {fleet}/a-2022/OVMF_CODE.fd: scanned once"
+    )
 
 
 def test_empty_glob_and_imageless_directory_exit_2(tmp_path):
@@ -153,8 +158,10 @@ def test_output_identical_across_jobs_and_cache(fleet):
         assert warm.stdout == ref.stdout and warm.exit_code == 1
     assert _cache_files() == entries  # warm runs add nothing
     for fmt in ("text", "sarif", "junit"):
-        def same(out):  # JUnit carries what this run spent and when: not part of the comparison
+
+        def same(out, fmt=fmt):  # JUnit carries what this run spent and when: not part of the comparison
             return re.sub(r' (time|timestamp|hostname)="[^"]*"', "", out) if fmt == "junit" else out
+
         assert same(_scan("--format", fmt, fleet).stdout) == same(_scan("--format", fmt, fleet, "--no-cache").stdout)
 
 

@@ -1,23 +1,26 @@
 """CI gating: SARIF, JUnit, baseline/check/waivers, diff, crash decode, on real images."""
 
 import json
-from pathlib import Path
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import jsonschema
 import pytest
 from click.testing import CliRunner
 
-import fvbuild as B
 from ovmftool.cli import main
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan.scanner import scan_image
 
+import fvbuild as B
 from conftest import CORPUS_IMAGES, ROOT, stored
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
-CRASH_1 = "vCPU 0: Unhandled VM exit: InstEmul(InstEmul { inst_data: [243, 110, 235, 10, 227, 8, 138, 6, 238, 72, 255, 198, 226, 248, 76], len: 15 })"
+CRASH_1 = (
+    "vCPU 0: Unhandled VM exit: InstEmul(InstEmul { inst_data: "
+    "[243, 110, 235, 10, 227, 8, 138, 6, 238, 72, 255, 198, 226, 248, 76], len: 15 })"
+)
 CRASH_2 = "[243, 110, 76, 137, 198, 195, 252, 72, 135, 202, 73, 135, 240, 243, 102]"
 CRASH_1168 = "inst_data: [243, 108, 235, 10, 227, 8, 236, 136, 7, 72, 255, 199, 226, 248]"
 
@@ -135,14 +138,28 @@ def test_waivers(tmp_path):
     base = tmp_path / "base.json"
     CliRunner().invoke(main, ["baseline", stock, "-o", str(base)])
     w = tmp_path / "w.json"
-    w.write_text(json.dumps({"schema_version": "ovmftool.waivers/1", "waivers": [
-        {"module": "VirtioRngDxe", "instruction": "outsb", "reason": "test plant, never runs"},
-        {"module": "Tcg2Dxe", "reason": "not in this image", "expires": "2099-01-01"}]}))
+    w.write_text(
+        json.dumps(
+            {
+                "schema_version": "ovmftool.waivers/1",
+                "waivers": [
+                    {"module": "VirtioRngDxe", "instruction": "outsb", "reason": "test plant, never runs"},
+                    {"module": "Tcg2Dxe", "reason": "not in this image", "expires": "2099-01-01"},
+                ],
+            }
+        )
+    )
     r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base), "--waivers", str(w)])
     assert r.exit_code == 0, r.output
     assert "waived  VirtioRngDxe" in r.output and "waiver Tcg2Dxe matched no site" in r.output
-    w.write_text(json.dumps({"schema_version": "ovmftool.waivers/1", "waivers": [
-        {"module": "VirtioRngDxe", "reason": "old", "expires": "2020-01-01"}]}))
+    w.write_text(
+        json.dumps(
+            {
+                "schema_version": "ovmftool.waivers/1",
+                "waivers": [{"module": "VirtioRngDxe", "reason": "old", "expires": "2020-01-01"}],
+            }
+        )
+    )
     r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base), "--waivers", str(w)])
     assert r.exit_code == 1 and "expired on 2020-01-01" in r.output
     w.write_text("{not json")
@@ -184,7 +201,9 @@ def test_decode_finds_the_sev_routine_in_debian_image(text, routine):
     doc = json.loads(r.output)
     best = doc["matches"][0]
     assert best["function"] == routine and best["is_site"] and best["matched"] == len(doc["bytes"]) // 2
-    assert {m["module"] for m in doc["matches"] if m["function"] == routine} >= {"PlatformDxe"} or len(doc["matches"]) > 5
+    assert {m["module"] for m in doc["matches"] if m["function"] == routine} >= {"PlatformDxe"} or len(
+        doc["matches"]
+    ) > 5
 
 
 @pytest.mark.build
@@ -230,7 +249,12 @@ def test_diff_json_validates_on_real_images():
     assert doc["modules_added"] or doc["modules_removed"]
     r = CliRunner().invoke(main, ["diff", "--format", "json", DEB, DEB])
     same = json.loads(r.stdout)
-    assert r.exit_code == 0 and _valid(same, "diff") and same["added"] == same["removed"] == [] and same["unchanged"] == n_old
+    assert (
+        r.exit_code == 0
+        and _valid(same, "diff")
+        and same["added"] == same["removed"] == []
+        and same["unchanged"] == n_old
+    )
 
 
 @pytest.mark.parametrize("image", [DEB, DEB25])
@@ -276,14 +300,14 @@ BASELINE_BAD = [
     (lambda d: d.update(sites={}), "sites: {} is not an array"),
     (lambda d: d["sites"].append(7), "sites[90]: is not an object"),
     (lambda d: d["sites"][3].pop("key"), "sites[3].key: missing"),
-    (lambda d: d["sites"][3].update(key=""), "sites[3].key: \"\" does not match"),
+    (lambda d: d["sites"][3].update(key=""), 'sites[3].key: "" does not match'),
     (lambda d: d["sites"][0].update(rva=-1), "sites[0].rva: -1 is below 0"),
-    (lambda d: d["sites"][0].update(rva="0x10"), "sites[0].rva: \"0x10\" is not an integer"),
+    (lambda d: d["sites"][0].update(rva="0x10"), 'sites[0].rva: "0x10" is not an integer'),
     (lambda d: d["sites"][0].update(rva=True), "sites[0].rva: true is not an integer"),
-    (lambda d: d["sites"][1].update(guid="PlatformPei"), "sites[1].guid: \"PlatformPei\" does not match"),
-    (lambda d: d["sites"][1].update(bytes="F36C"), "sites[1].bytes: \"F36C\" does not match"),
+    (lambda d: d["sites"][1].update(guid="PlatformPei"), 'sites[1].guid: "PlatformPei" does not match'),
+    (lambda d: d["sites"][1].update(bytes="F36C"), 'sites[1].bytes: "F36C" does not match'),
     (lambda d: d["sites"][2].update(function=5), "sites[2].function: 5 is not a string or null"),
-    (lambda d: d["image"].update(sha256="x"), "image.sha256: \"x\" does not match"),
+    (lambda d: d["image"].update(sha256="x"), 'image.sha256: "x" does not match'),
     (lambda d: d.pop("tool"), "tool: missing"),
 ]
 
@@ -306,25 +330,44 @@ def test_load_baseline_rejects_what_the_schema_rejects(tmp_path, mutate, field):
     assert r.exit_code == 2 and r.stderr == f"ovmftool: error: {e.value}\n"
 
 
-WAIVER_OK = {"module": "PlatformPei", "function": "IoReadFifo*", "instruction": "rep insb", "reason": "r",
-             "expires": "2099-12-31"}
+WAIVER_OK = {
+    "module": "PlatformPei",
+    "function": "IoReadFifo*",
+    "instruction": "rep insb",
+    "reason": "r",
+    "expires": "2099-12-31",
+}
 WAIVERS_BAD = [
     ({"waivers": []}, "schema_version: missing"),
     ({"schema_version": "ovmftool.waivers/1"}, "waivers: missing"),
-    ({"schema_version": "ovmftool.waivers/1", "waivers": {"module": "x"}}, "waivers: {\"module\": \"x\"} is not an array"),
+    ({"schema_version": "ovmftool.waivers/1", "waivers": {"module": "x"}}, 'waivers: {"module": "x"} is not an array'),
     ({"schema_version": "ovmftool.waivers/1", "waivers": ["PlatformPei"]}, "waivers[0]: is not an object"),
     ({"schema_version": "ovmftool.waivers/1", "waivers": [WAIVER_OK, {"module": "X"}]}, "waivers[1].reason: missing"),
     ({"schema_version": "ovmftool.waivers/1", "waivers": [{"reason": "r"}]}, "waivers[0].module: missing"),
-    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": " ", "reason": "r"}]}, "waivers[0].module: \" \" does not match"),
-    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expire": "2020-01-01"}]},
-     "waivers[0]: unknown field 'expire'"),
-    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expires": "30.06.2027"}]},
-     "waivers[0].expires: \"30.06.2027\" does not match"),
-    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expires": "2027-13-01"}]},
-     "waivers[0].expires: '2027-13-01' is not a date (YYYY-MM-DD)"),
-    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "function": ["a"]}]},
-     "waivers[0].function: [\"a\"] is not a string or null"),
-    ({"schema_version": "ovmftool.waivers/1", "waivers": [{"module": 3, "reason": "r"}]}, "waivers[0].module: 3 is not a string"),
+    (
+        {"schema_version": "ovmftool.waivers/1", "waivers": [{"module": " ", "reason": "r"}]},
+        'waivers[0].module: " " does not match',
+    ),
+    (
+        {"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expire": "2020-01-01"}]},
+        "waivers[0]: unknown field 'expire'",
+    ),
+    (
+        {"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expires": "30.06.2027"}]},
+        'waivers[0].expires: "30.06.2027" does not match',
+    ),
+    (
+        {"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "expires": "2027-13-01"}]},
+        "waivers[0].expires: '2027-13-01' is not a date (YYYY-MM-DD)",
+    ),
+    (
+        {"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "X", "reason": "r", "function": ["a"]}]},
+        'waivers[0].function: ["a"] is not a string or null',
+    ),
+    (
+        {"schema_version": "ovmftool.waivers/1", "waivers": [{"module": 3, "reason": "r"}]},
+        "waivers[0].module: 3 is not a string",
+    ),
 ]
 
 
@@ -344,9 +387,19 @@ def test_load_waivers_rejects_what_the_schema_rejects(tmp_path, doc, field):
 def test_load_waivers_accepts_what_the_schema_accepts(tmp_path):
     from ovmftool.gate.baseline import load_waivers
 
-    doc = {"schema_version": "ovmftool.waivers/1", "waivers": [
-        WAIVER_OK, {"module": "222c386d-5abc-4fb4-b124-fbb82488acf4", "reason": "by GUID", "function": None,
-                    "instruction": None, "expires": None}]}
+    doc = {
+        "schema_version": "ovmftool.waivers/1",
+        "waivers": [
+            WAIVER_OK,
+            {
+                "module": "222c386d-5abc-4fb4-b124-fbb82488acf4",
+                "reason": "by GUID",
+                "function": None,
+                "instruction": None,
+                "expires": None,
+            },
+        ],
+    }
     assert _valid(doc, "waivers")
     p = tmp_path / "w.json"
     p.write_text(json.dumps(doc))
@@ -368,8 +421,8 @@ BASELINE_2_BAD = [
     (lambda d: d.update(images={}), "images: {} is not an array"),
     (lambda d: d["images"].append(3), "images[2]: is not an object"),
     (lambda d: d["images"][1].pop("image"), "images[1].image: missing"),
-    (lambda d: d["images"][1]["image"].update(sha256="x"), "images[1].image.sha256: \"x\" does not match"),
-    (lambda d: d["images"][0]["sites"][4].update(bytes="zz"), "images[0].sites[4].bytes: \"zz\" does not match"),
+    (lambda d: d["images"][1]["image"].update(sha256="x"), 'images[1].image.sha256: "x" does not match'),
+    (lambda d: d["images"][0]["sites"][4].update(bytes="zz"), 'images[0].sites[4].bytes: "zz" does not match'),
     (lambda d: d["images"][1].update(sites=None), "images[1].sites: null is not an array"),
 ]
 
@@ -423,7 +476,9 @@ def test_one_baseline_file_for_several_images(tmp_path):
     assert CliRunner().invoke(main, ["baseline", str(a), "-o", str(one)]).exit_code == 0
     assert json.loads(one.read_text())["schema_version"] == "ovmftool.baseline/1"
     r = CliRunner().invoke(main, ["check", "--baseline", str(one), str(other)])
-    assert r.exit_code == 1 and "check: 6 new, 0 waived, 84 in baseline" in r.stdout  # the 2 MB build's PlatformPei differs
+    assert (
+        r.exit_code == 1 and "check: 6 new, 0 waived, 84 in baseline" in r.stdout
+    )  # the 2 MB build's PlatformPei differs
 
 
 def test_baseline_of_several_images_writes_nothing_when_one_fails(tmp_path):

@@ -12,11 +12,11 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import fvbuild as B
 from ovmftool.cli import main
 from ovmftool.model.node import walk
 from ovmftool.model.parser import parse_flash
 
+import fvbuild as B
 from clicheck import assert_error
 from conftest import CORPUS_IMAGES
 
@@ -39,12 +39,19 @@ def sample() -> bytes:
     from ovmftool.model.parser import read_image
     from ovmftool.ops.modules import iter_modules
 
-    img = next(m for m in iter_modules(read_image(str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])))
-               if m.name == "CpuIo2Dxe").image.raw
+    img = next(
+        m
+        for m in iter_modules(read_image(str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])))
+        if m.name == "CpuIo2Dxe"
+    ).image.raw
     inner = B.fv([B.ffs(MOD, 0x07, B.sections(B.section(0x10, img), B.ui("CpuIo2Dxe")))], size=0x8000)
     f1 = B.ffs("22222222-2222-2222-2222-222222222222", 0x0B, B.lzma_section(B.fv_section(inner)))
-    f2 = B.ffs("33333333-3333-3333-3333-333333333333", 0x07,
-               B.stored_section(B.sections(B.section(0x10, img), B.ui("Stored"))), checksum=True)
+    f2 = B.ffs(
+        "33333333-3333-3333-3333-333333333333",
+        0x07,
+        B.stored_section(B.sections(B.section(0x10, img), B.ui("Stored"))),
+        checksum=True,
+    )
     f3 = B.ffs("44444444-4444-4444-4444-444444444444", 0x07, B.crc_section(B.sections(B.section(0x10, img))))
     del pe
     return B.fv([f1, f2, f3], size=0x10000, name="48db5e17-707c-472d-91cd-1613e7ef51b0")
@@ -55,12 +62,16 @@ def test_sample_is_clean(tmp_path, sample):
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.parametrize("data,words", [
-    (b"", ["empty"]),
-    (random.Random(59).randbytes(65536), ["no firmware volume"]),  # seeded: the same test in every worker
-    (b"hello, this is not firmware\n" * 100, ["no firmware volume"]),
-    (b"\0" * 40 + b"_FVH" + b"\0" * 100, ["no firmware volume"]),
-], ids=["empty", "random", "text", "fvh-signature-only"])
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        (b"", ["empty"]),
+        (random.Random(59).randbytes(65536), ["no firmware volume"]),  # seeded: the same test in every worker
+        (b"hello, this is not firmware\n" * 100, ["no firmware volume"]),
+        (b"\0" * 40 + b"_FVH" + b"\0" * 100, ["no firmware volume"]),
+    ],
+    ids=["empty", "random", "text", "fvh-signature-only"],
+)
 def test_not_a_firmware_image(tmp_path, data, words):
     assert_error(run_info(tmp_path, data), *words)
 
@@ -237,8 +248,16 @@ def test_output_to_a_device_or_fifo_is_written_in_place_not_replaced(tmp_path):
 # --- classes found by fuzzing (tools/fuzz.py), each with its minimal input ----------------------
 
 
-def _pe64(code: bytes, *, size_of_image: int | None = None, nsec: int | None = None, vsize: int | None = None,
-          relocs: bytes | None = None, export: tuple[int, int] | None = None, name: bytes = b".text") -> bytes:
+def _pe64(
+    code: bytes,
+    *,
+    size_of_image: int | None = None,
+    nsec: int | None = None,
+    vsize: int | None = None,
+    relocs: bytes | None = None,
+    export: tuple[int, int] | None = None,
+    name: bytes = b".text",
+) -> bytes:
     """A minimal PE32+ image: 0x200 bytes of headers, `code` as an executable section at rva
     0x1000, optionally a .reloc section after it and an export directory entry."""
     fa = 0x200
@@ -263,8 +282,9 @@ def _pe64(code: bytes, *, size_of_image: int | None = None, nsec: int | None = N
         struct.pack_into("<II", opt, 112, *export)
     sec = struct.pack("<8sIIIIIIHHI", name, vsize or len(raw), 0x1000, len(raw), fa, 0, 0, 0, 0, 0x60000020)
     if relocs is not None:
-        sec += struct.pack("<8sIIIIIIHHI", b".reloc", len(rel), rel_rva, len(rel), fa + len(raw), 0, 0, 0, 0,
-                           0x42000040)
+        sec += struct.pack(
+            "<8sIIIIIIHHI", b".reloc", len(rel), rel_rva, len(rel), fa + len(raw), 0, 0, 0, 0, 0x42000040
+        )
     hdr = bytes(dos) + coff + bytes(opt) + sec
     return hdr + b"\0" * (fa - len(hdr)) + raw + rel
 
@@ -298,14 +318,20 @@ def test_image_memory_from_header_fields_is_capped_as_damage(tmp_path):
         (m,) = iter_modules(parse_flash(data, "x"))
         assert len(m.image.memory) <= 1 << 20 and m.image.mem_size == len(m.image.memory)
         assert any("implausible" in str(p) for p in m.image.problems)
-        for cmd in (["info", "IMG"], ["scan", "IMG"], ["patch", "--dry-run", "IMG"], ["decode", "f3 6e", "--image", "IMG"]):
+        for cmd in (
+            ["info", "IMG"],
+            ["scan", "IMG"],
+            ["patch", "--dry-run", "IMG"],
+            ["decode", "f3 6e", "--image", "IMG"],
+        ):
             r, dt = _cli(tmp_path, data, *cmd)
             assert r.exit_code == 2 and "implausible" in r.stderr and dt < 10, (cmd, r.stderr)
 
 
 def test_many_small_images_declaring_large_memory_hit_the_total_cap(tmp_path):
-    r, dt = _cli(tmp_path, _image(_pe64(b"\xc3" * 64, size_of_image=0x100000), compress=False, copies=300),
-                 "info", "IMG")
+    r, dt = _cli(
+        tmp_path, _image(_pe64(b"\xc3" * 64, size_of_image=0x100000), compress=False, copies=300), "info", "IMG"
+    )
     assert r.exit_code == 2 and "images' memory would exceed the cap" in r.stderr and dt < 10
 
 
@@ -412,7 +438,7 @@ def test_bcj_x86_is_byte_identical_and_fast():
         assert bcj_x86_decode(d) == ref == bytes(x86_convert(bytearray(d))), d.hex()
         assert bytes(x86_convert(bytearray(d), encoding=True)) == _bra86(d, encoding=True), d.hex()
     code = parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].read_bytes(), "x")
-    dec = next(n for n in walk(code) if getattr(n, "decoded", None) is not None).decoded.data[:1 << 20]
+    dec = next(n for n in walk(code) if getattr(n, "decoded", None) is not None).decoded.data[: 1 << 20]
     enc = bytes(x86_convert(bytearray(dec), encoding=True))
     assert enc == _bra86(dec, encoding=True) and bcj_x86_decode(enc) == dec
     for bomb in (b"\xe8\0\0\0\0" * (4 << 20), b"\xe8" * (16 << 20), b"\xe8\0\0" * (6 << 20)):
@@ -435,18 +461,25 @@ def test_errors_and_names_are_one_printable_line(tmp_path):
     span lines and put terminal escapes into outputs."""
     from ovmftool.errors import OvmfToolError
 
-    assert str(OvmfToolError("Failed to decompress\n) at 0x60\r\n\x1b[2J")) == \
-        "Failed to decompress ) at 0x60 \\x1b[2J"
+    assert str(OvmfToolError("Failed to decompress\n) at 0x60\r\n\x1b[2J")) == "Failed to decompress ) at 0x60 \\x1b[2J"
     pe = _pe64(b"\xc3" * 64, name=b"\n\x1b[31m\x7f")
     ui = "evil\n\u202e\x1b]0;title\x07" + "x" * 400
     sec = bytearray(B.tiano_section(b"B" * 5000 + os.urandom(300)))
     for i in range(40, 120):
         sec[i] ^= 0xA5
-    images = [_image(pe, compress=False, ui=ui), B.fv([B.ffs(MOD, 0x07, bytes(sec))], size=0x4000),
-              _image(_pe64(b"\xc3" * 64, size_of_image=0xFFFFF000, name=b"\r\n\x00"), compress=False, ui=ui)]
+    images = [
+        _image(pe, compress=False, ui=ui),
+        B.fv([B.ffs(MOD, 0x07, bytes(sec))], size=0x4000),
+        _image(_pe64(b"\xc3" * 64, size_of_image=0xFFFFF000, name=b"\r\n\x00"), compress=False, ui=ui),
+    ]
     for data in images:
-        for cmd in (["info", "IMG"], ["info", "--modules", "IMG"], ["scan", "IMG"], ["patch", "--dry-run", "IMG"],
-                    ["extract", "--allow-damaged", "IMG", "-o", str(tmp_path / "x")]):
+        for cmd in (
+            ["info", "IMG"],
+            ["info", "--modules", "IMG"],
+            ["scan", "IMG"],
+            ["patch", "--dry-run", "IMG"],
+            ["extract", "--allow-damaged", "IMG", "-o", str(tmp_path / "x")],
+        ):
             r, _dt = _cli(tmp_path, data, *cmd)
             assert r.exit_code in (0, 1, 2), (cmd, r.output)
             for text in (r.stdout, r.stderr):
@@ -461,13 +494,15 @@ def test_patch_with_lzma_parameters_liblzma_cannot_encode(tmp_path):
     """A dictionary size the decoder accepts (4 GiB) made the re-encoder fail: an internal error."""
     from ovmftool.ops.modules import iter_modules
 
-    site = next(m for m in iter_modules(parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
-                                                    .read_bytes(), "x")) if m.name == "CpuIo2Dxe").image.raw
+    site = next(
+        m
+        for m in iter_modules(parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].read_bytes(), "x"))
+        if m.name == "CpuIo2Dxe"
+    ).image.raw
     inner = B.fv([B.ffs(MOD, 0x07, B.sections(B.section(0x10, site), B.ui("CpuIo2Dxe")))], size=0x4000)
     stream = bytearray(B.lzma_alone(B.fv_section(inner)))
     stream[1:5] = struct.pack("<I", 0xFFFFFFFF)
-    data = B.fv([B.ffs("22222222-2222-2222-2222-222222222222", 0x0B, B.guided(B.LZMA, bytes(stream)))],
-                size=0x4000)
+    data = B.fv([B.ffs("22222222-2222-2222-2222-222222222222", 0x0B, B.guided(B.LZMA, bytes(stream)))], size=0x4000)
     assert all_problems_of(data) == []
     out = tmp_path / "out.fd"
     r, dt = _cli(tmp_path, data, "patch", "IMG", "-o", str(out))
@@ -492,9 +527,11 @@ def test_scan_caps_on_hostile_code(tmp_path):
     """A small LZMA section can hold a module of megabytes of calls, string I/O or far calls:
     gigabytes and minutes in the walk. Now refused (exit 2) in seconds; a module of thousands of
     real IoFifo routines (18,000 sites) scans in seconds, not a quadratic minute."""
-    cases = [b"\xe8\0\0\0\0" * ((15 << 20) // 5) + b"\xc3",  # calls: 3 Mi functions
-             b"\xf3\x6e" * ((8 << 20) // 2) + b"\xc3",  # rep outsb: 4 Mi sites
-             b"".join(b"\xe8" + struct.pack("<i", 0x40000000 + i * 8) for i in range(100000)) + b"\xc3"]
+    cases = [
+        b"\xe8\0\0\0\0" * ((15 << 20) // 5) + b"\xc3",  # calls: 3 Mi functions
+        b"\xf3\x6e" * ((8 << 20) // 2) + b"\xc3",  # rep outsb: 4 Mi sites
+        b"".join(b"\xe8" + struct.pack("<i", 0x40000000 + i * 8) for i in range(100000)) + b"\xc3",
+    ]
     for code in cases:
         r, dt = _cli(tmp_path, _image(_pe64(code)), "scan", "IMG")
         assert r.exit_code == 2 and "caps" in r.stderr or "more than" in r.stderr, r.stderr
@@ -505,8 +542,11 @@ def test_scan_caps_on_hostile_code(tmp_path):
     from ovmftool.model.pe import parse_image
     from ovmftool.ops.modules import iter_modules
 
-    site = next(m for m in iter_modules(parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
-                                                    .read_bytes(), "x")) if m.name == "CpuIo2Dxe").image.raw
+    site = next(
+        m
+        for m in iter_modules(parse_flash(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].read_bytes(), "x"))
+        if m.name == "CpuIo2Dxe"
+    ).image.raw
     img = parse_image(Space(site, 0, "x"), 0, len(site), None)
     text = next(s for s in img.sections if s.name == ".text")
     body = site[text.raw_offset : text.raw_offset + text.raw_size]
@@ -531,11 +571,12 @@ def test_patch_survives_hostile_routines(tmp_path):
     whose file alignment is 0x8BA0EA99 was padded to it when grown (7 GB)."""
     sys.path.insert(0, str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].parents[3] / "tools"))
     import fuzz
+
     from ovmftool.model.node import Space
     from ovmftool.model.pe import parse_image
     from ovmftool.scan.disasm import cs
 
-    long_rep = bytes.fromhex("85c0" "750d" "fc" "f3f3f3f3f3f36e" "e903000000" "e301" "c3" "90" "c3")
+    long_rep = bytes.fromhex("85c0750dfcf3f3f3f3f3f36ee903000000e301c390c3")
     data = fuzz._fit([fuzz._module_file(1, 0x07, 0x10, _pe64(long_rep), "LongRep")])
     r, dt = _cli(tmp_path, data, "patch", "--dry-run", "IMG")
     assert r.exit_code == 1 and "REP path of 12 bytes" in r.stdout and dt < 10, r.output
@@ -550,8 +591,9 @@ def test_patch_survives_hostile_routines(tmp_path):
     call = next(ins for ins in cs(64).disasm_lite(body, fifo.rva) if ins[2] == "call")
     helper = img.rva_to_offset(int(call[3], 16))
     site[helper : helper + 3] = b"\xfc\xfe\x52"  # cld, then an undecodable FE /2
-    r, dt = _cli(tmp_path, fuzz._fit([fuzz._module_file(1, 0x07, 0x10, bytes(site), "Broken")]),
-                 "patch", "--dry-run", "IMG")
+    r, dt = _cli(
+        tmp_path, fuzz._fit([fuzz._module_file(1, 0x07, 0x10, bytes(site), "Broken")]), "patch", "--dry-run", "IMG"
+    )
     assert r.exit_code == 1 and "did not return (Invalid instruction" in r.stdout and dt < 10, (dt, r.output)
 
     pe = bytearray(fuzz.pe_xip(b"\xc3" + b"\xcc" * 15 + fuzz._iofifo_routines()))

@@ -122,6 +122,10 @@ def test_extract_writes_modules_and_manifest(tmp_path, corpus_image):
 
 
 def test_console_script_and_module_entry_point(corpus_image):
-    r = subprocess.run([sys.executable, "-m", "ovmftool", "info", "--modules", str(corpus_image)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "ovmftool", "info", "--modules", str(corpus_image)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and "DxeCore" in r.stdout

@@ -105,8 +105,13 @@ def test_plan_outputs_honour_the_umask(tmp_path, umask, mask, fmode, dmode):
 def test_umask_in_a_real_process(tmp_path):
     """The console entry point in a process started with umask 077 (not the test's own umask)."""
     out = tmp_path / "s.json"
-    r = subprocess.run([sys.executable, "-m", "ovmftool", "scan", "--format", "json", "-o", str(out), DEB],
-                       capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o077))
+    r = subprocess.run(
+        [sys.executable, "-m", "ovmftool", "scan", "--format", "json", "-o", str(out), DEB],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.umask(0o077),
+    )
     assert r.returncode == 1, r.stderr
     assert _mode(out) == 0o600 and json.loads(out.read_text())["findings"]
 
@@ -134,6 +139,7 @@ def test_an_existing_empty_output_directory_keeps_its_mode(tmp_path, umask):
 
 # -- unwritable -o, found before any work -----------------------------------------------------
 
+
 def _one_line_error(r, text: str) -> None:
     assert r.exit_code == 2, r.output
     assert r.stderr == f"ovmftool: error: {text}\n", r.stderr
@@ -157,8 +163,10 @@ DIR_OUT = {
 @pytest.mark.parametrize("cmd", sorted(FILE_OUT))
 def test_unwritable_file_output_is_one_line_before_any_work(tmp_path, cmd):
     argv = FILE_OUT[cmd]
-    _one_line_error(CliRunner().invoke(main, argv + ["/nonexistent/x.json"]),
-                    "cannot write /nonexistent/x.json: No such file or directory")
+    _one_line_error(
+        CliRunner().invoke(main, argv + ["/nonexistent/x.json"]),
+        "cannot write /nonexistent/x.json: No such file or directory",
+    )
     _one_line_error(CliRunner().invoke(main, argv + [str(tmp_path)]), f"cannot write {tmp_path}: is a directory")
     # /sys refuses new files even to root (os.access would say yes)
     _one_line_error(CliRunner().invoke(main, argv + ["/sys/x.json"]), "cannot write /sys/x.json: Permission denied")
@@ -177,8 +185,10 @@ def test_unwritable_directory_output_is_one_line_before_any_work(tmp_path, cmd):
     _one_line_error(CliRunner().invoke(main, argv + [str(full / "a")]), f"cannot write {full / 'a'}: Not a directory")
     _one_line_error(CliRunner().invoke(main, argv + ["/sys/x"]), "cannot write /sys/x: Operation not permitted")
     if cmd == "extract":  # plan creates missing parents; extract wants the parent to exist
-        _one_line_error(CliRunner().invoke(main, argv + ["/nonexistent/x"]),
-                        "cannot write /nonexistent/x: No such file or directory")
+        _one_line_error(
+            CliRunner().invoke(main, argv + ["/nonexistent/x"]),
+            "cannot write /nonexistent/x: No such file or directory",
+        )
     else:
         _one_line_error(CliRunner().invoke(main, argv + ["/sys/a/b"]), "cannot write /sys/a/b: Operation not permitted")
         r = CliRunner().invoke(main, argv[:2] + [str(tmp_path)] + argv[3:] + [str(tmp_path / "new" / "p")])
@@ -195,10 +205,14 @@ def test_immutable_directory_and_read_only_mount(tmp_path):
     if subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not supported here")
     try:
-        _one_line_error(CliRunner().invoke(main, ["scan", DEB, "-o", str(d / "x.json")]),
-                        f"cannot write {d / 'x.json'}: Operation not permitted")
-        _one_line_error(CliRunner().invoke(main, ["extract", DEB, "-o", str(d / "x")]),
-                        f"cannot write {d / 'x'}: Operation not permitted")
+        _one_line_error(
+            CliRunner().invoke(main, ["scan", DEB, "-o", str(d / "x.json")]),
+            f"cannot write {d / 'x.json'}: Operation not permitted",
+        )
+        _one_line_error(
+            CliRunner().invoke(main, ["extract", DEB, "-o", str(d / "x")]),
+            f"cannot write {d / 'x'}: Operation not permitted",
+        )
     finally:
         subprocess.run(["chattr", "-i", str(d)], check=True)
     ro = tmp_path / "ro"
@@ -206,8 +220,10 @@ def test_immutable_directory_and_read_only_mount(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
         pytest.skip("cannot mount a read-only tmpfs here")
     try:
-        _one_line_error(CliRunner().invoke(main, ["baseline", DEB, "-o", str(ro / "b.json")]),
-                        f"cannot write {ro / 'b.json'}: Read-only file system")
+        _one_line_error(
+            CliRunner().invoke(main, ["baseline", DEB, "-o", str(ro / "b.json")]),
+            f"cannot write {ro / 'b.json'}: Read-only file system",
+        )
     finally:
         subprocess.run(["umount", str(ro)], check=True)
 
@@ -250,8 +266,9 @@ def test_usage_errors_are_one_line(argv, msg, cmd):
 
 
 def test_usage_error_from_the_console_entry_point():
-    r = subprocess.run([sys.executable, "-m", "ovmftool", "scan", "--format", "xml", DEB], capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "ovmftool", "scan", "--format", "xml", DEB], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("ovmftool: error: scan: Invalid value for '--format'") and r.stderr.count("\n") == 1
 
@@ -264,6 +281,7 @@ def test_help_and_version_still_work(argv):
 
 
 # -- extract --allow-damaged ------------------------------------------------------------------
+
 
 def _damaged_debian(tmp_path, zap_secmain: bool) -> Path:
     """Debian's image with its LZMA stream (PEI and DXE volumes) corrupted, and optionally the
@@ -346,11 +364,14 @@ def test_extract_allow_damaged_lists_what_truncation_lost(tmp_path):
     (lost,) = man["skipped"]
     assert (lost["kind"], lost["volume"], lost["fd_offset"]) == ("volume", "FVMAIN_COMPACT", 0)
     missing = compact.fv_length - 0x200000
-    assert (f"truncated: the volume header says 0x{compact.fv_length:X} bytes and 0x200000 are present; the missing "
-            f"0x{missing:X} bytes from 0x200000 on are lost") in lost["reason"]
+    assert (
+        f"truncated: the volume header says 0x{compact.fv_length:X} bytes and 0x200000 are present; the missing "
+        f"0x{missing:X} bytes from 0x200000 on are lost"
+    ) in lost["reason"]
     assert "SecMain" not in {m["name"] for m in man["modules"]} and man["code_blobs"] == []
     assert [l for l in r.stdout.splitlines() if l.startswith("skipped ")] == [
-        f"skipped volume {lost['guid']} in FVMAIN_COMPACT at 0x0: {lost['reason']}"]
+        f"skipped volume {lost['guid']} in FVMAIN_COMPACT at 0x0: {lost['reason']}"
+    ]
 
     out = tmp_path / "b"
     size = whole.size - 0x1000
@@ -362,8 +383,10 @@ def test_extract_allow_damaged_lists_what_truncation_lost(tmp_path):
     assert (vol["kind"], vol["volume"], vol["fd_offset"]) == ("volume", "SECFV", secfv.abs_offset)
     assert f"the missing 0x1000 bytes from 0x{size:X} on are lost" in vol["reason"]
     assert pad["kind"] == "file" and pad["volume"] == "SECFV"
-    assert "runs past the end of the volume" in pad["reason"] and "anything after it in its volume are lost" in \
-        pad["reason"]
+    assert (
+        "runs past the end of the volume" in pad["reason"]
+        and "anything after it in its volume are lost" in pad["reason"]
+    )
     reset = next(b for b in walk(whole) if b.kind == "code")
     assert pad["fd_offset"] < reset.abs_offset  # the reset vector came after the unusable file
     assert man["code_blobs"] == [] and "SecMain" in {m["name"] for m in man["modules"]}
@@ -386,7 +409,10 @@ def test_info_json_validates_in_both_forms(image):
 
 # -- plan.json --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("plan", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edk2-patches").glob("*/*/plan.json")))
+
+@pytest.mark.parametrize(
+    "plan", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "edk2-patches").glob("*/*/plan.json"))
+)
 def test_committed_plans_validate(plan):
     doc = json.loads((ROOT / plan).read_text())
     _validate(doc, "plan")
@@ -396,6 +422,7 @@ def test_committed_plans_validate(plan):
 
 
 # -- README -----------------------------------------------------------------------------------
+
 
 def _readme_rows() -> dict[str, str]:
     """The command table's rows by command, checking it is one table (no line breaks it)."""

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from ovmftool.cli import main
 
-from conftest import OXIDE_SERIES, ROOT, stored, store_builds
+from conftest import OXIDE_SERIES, ROOT, store_builds, stored
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 from .ci/run")
@@ -23,8 +23,9 @@ SERIES_DIR = ROOT / "edk2-patches" / "oxide-edk2-stable202105" / "OvmfPkgX64"
 
 
 def _boot(image, vars_file):
-    r = CliRunner().invoke(main, ["boot-check", "--format", "json", "--timeout", "300", "--vars", str(vars_file),
-                                  str(image)])
+    r = CliRunner().invoke(
+        main, ["boot-check", "--format", "json", "--timeout", "300", "--vars", str(vars_file), str(image)]
+    )
     assert r.exit_code in (0, 1), r.output
     return r.exit_code, json.loads(r.output)
 
@@ -69,7 +70,9 @@ def test_committed_series_applies_to_the_fork_source(tmp_path):
         pytest.skip("git from .ci/run")
     tree = store_builds.tree_of("oxide-202105")
     work = tmp_path / "t"
-    shutil.copytree(tree / "MdePkg" / "Library" / "BaseIoLibIntrinsic", work / "MdePkg" / "Library" / "BaseIoLibIntrinsic")
+    shutil.copytree(
+        tree / "MdePkg" / "Library" / "BaseIoLibIntrinsic", work / "MdePkg" / "Library" / "BaseIoLibIntrinsic"
+    )
     for p in OXIDE_SERIES:
         r = subprocess.run(["git", "apply", "-p1", str(ROOT / p)], cwd=work, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
@@ -77,11 +80,26 @@ def test_committed_series_applies_to_the_fork_source(tmp_path):
     code = [ln.split(";", 1)[0].split() for ln in nasm.splitlines()]
     assert not [c for c in code if c[:1] == ["rep"]]  # no REP instruction left (comments may name it)
     out = tmp_path / "plan"
-    r = CliRunner().invoke(main, ["plan", "--edk2", str(tree), "--dsc", "OvmfPkg/OvmfPkgX64.dsc", "-D", "FD_SIZE_2MB",
-                                  "-D", "MPT_SCSI_ENABLE=FALSE", "-o", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "plan",
+            "--edk2",
+            str(tree),
+            "--dsc",
+            "OvmfPkg/OvmfPkgX64.dsc",
+            "-D",
+            "FD_SIZE_2MB",
+            "-D",
+            "MPT_SCSI_ENABLE=FALSE",
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert {p.name: p.read_bytes() for p in out.glob("0*.patch")} == \
-        {p.name: p.read_bytes() for p in SERIES_DIR.glob("0*.patch")}
+    assert {p.name: p.read_bytes() for p in out.glob("0*.patch")} == {
+        p.name: p.read_bytes() for p in SERIES_DIR.glob("0*.patch")
+    }
 
 
 @needs_qemu
@@ -90,9 +108,9 @@ def test_build_of_committed_series_has_no_site_and_boots(tmp_path):
     from these very patches: their sha256 are its provenance): 0 sites, and the image boots to the
     shell with no string I/O executed."""
     b = stored("oxide-202105-X64-DEBUG-series")
-    assert [(p["name"], p["sha256"]) for p in b.meta["patches"]] == \
-        [(p.name, store_builds.sha256(p)) for p in sorted(SERIES_DIR.glob("0*.patch"))], \
-        "the series changed: store its build again (corpus/scripts/store_builds.py oxide-202105-X64-DEBUG-series)"
+    assert [(p["name"], p["sha256"]) for p in b.meta["patches"]] == [
+        (p.name, store_builds.sha256(p)) for p in sorted(SERIES_DIR.glob("0*.patch"))
+    ], "the series changed: store its build again (corpus/scripts/store_builds.py oxide-202105-X64-DEBUG-series)"
     for image in (b.code, b.full(tmp_path)):
         code, doc = _scan(image)
         assert code == 0 and doc["findings"] == [], image.name
@@ -111,4 +129,3 @@ def test_committed_summary_records_the_measured_builds():
     text = (SERIES_DIR / "SUMMARY.md").read_text()
     assert f"{v['dsc_switch']['sites']} sites — switching the DSC removes nothing in this tree" in text
     assert "with this series: 0 sites" in text and "shell in" in text
-

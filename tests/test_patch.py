@@ -59,6 +59,7 @@ def _check_patched(path, out: bytes, res):
 
 # --- assembling ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(CODE_IMAGES))
 def test_rebuild_of_unmodified_image_is_byte_identical(name):
     data = CODE_IMAGES[name].read_bytes()
@@ -91,6 +92,7 @@ def test_recompressed_volume_that_no_longer_fits_fails_clearly():
     m = next(m for m in iter_modules(root) if m.image.abs_offset is None)
     # Incompressible bytes in place of a whole module: the LZMA stream grows past the volume.
     import os
+
     from ovmftool.ops import assemble as A
 
     edits = []
@@ -159,6 +161,7 @@ def test_efi_encoder_round_trips():
 
 # --- shapes and emulation --------------------------------------------------------------------
 
+
 def _sev_site(root):
     scan = scan_image("x", jobs=1, root=root)
     mods = _mods(root)
@@ -187,8 +190,9 @@ def test_sev_rewrite_is_proved_and_a_wrong_one_is_caught():
     assert any("ports differ" in p for p in bad) and any("buffer differ" in p for p in bad)
     # Reading the wrong width in the loop (in ax,dx instead of in al,dx) must be caught too.
     loop_in = orig.index(b"\xec", f.rva)
-    bad = emulate.compare(orig, with_bytes(f.rva, v.rewrite.new)[:loop_in] + b"\xed" + orig[loop_in + 1 :], 64,
-                          f.function_rva, f.function)
+    bad = emulate.compare(
+        orig, with_bytes(f.rva, v.rewrite.new)[:loop_in] + b"\xed" + orig[loop_in + 1 :], 64, f.function_rva, f.function
+    )
     assert bad
 
 
@@ -207,6 +211,7 @@ def test_ia32_sev_routines_are_emulated_in_32_bit_mode():
 
 
 # --- whole images ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(CODE_IMAGES))
 def test_patch_debian_images(name):
@@ -319,7 +324,7 @@ def test_slack_after_text_is_used_when_the_build_symbols_prove_it(tmp_path):
         end = _elf_text_end(build, old[k])
         entries = [r for r in res.rewrites if (r.volume, r.guid, r.arch) == k]
         diff = [i for i in range(len(a.memory)) if a.memory[i] != b.memory[i]]
-        in_entries = lambda i: any(r.rva <= i < r.rva + len(bytes.fromhex(r.new)) for r in entries)  # noqa: E731
+        in_entries = lambda i, entries=entries: any(r.rva <= i < r.rva + len(bytes.fromhex(r.new)) for r in entries)  # noqa: E731
         assert diff and all(in_entries(i) or i >= end for i in diff)  # entries, and loops after .text only
     # the .map gives the same end of .text as the ELF
     sym = BuildSymbols(str(build))
@@ -376,6 +381,7 @@ def test_grown_loops_match_every_iofifo_routine(arch):
 
 
 # --- command line ------------------------------------------------------------------------------
+
 
 def test_cli_dry_run_writes_nothing_and_lists_every_rewrite(tmp_path):
     out = tmp_path / "out.fd"
@@ -438,11 +444,14 @@ def test_cli_refusals_write_nothing_unless_allowed(tmp_path, monkeypatch):
     assert out.exists() and doc["sites_after"] == len(doc["refusals"]) > 0
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["-o", "{input}"], "is the input image"),
-    ([], "give -o OUTPUT"),
-    (["-o", "{tmp}/missing/out.fd"], "No such file or directory"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["-o", "{input}"], "is the input image"),
+        ([], "give -o OUTPUT"),
+        (["-o", "{tmp}/missing/out.fd"], "No such file or directory"),
+    ],
+)
 def test_cli_errors_are_one_line(tmp_path, args, msg):
     args = [a.format(input=DEB_4M, tmp=tmp_path) for a in args]
     r = CliRunner().invoke(main, ["patch", *args, str(DEB_4M)])
@@ -459,8 +468,11 @@ def test_cli_damaged_input_is_refused(tmp_path):
     assert r.exit_code == 2 and "damaged" in r.output and not (tmp_path / "o.fd").exists()
 
 
-@pytest.mark.parametrize("vars_image", sorted(str(v) for k, v in CORPUS_IMAGES.items() if "OVMF_VARS" in k),
-                         ids=lambda p: p.split("images/", 1)[1])
+@pytest.mark.parametrize(
+    "vars_image",
+    sorted(str(v) for k, v in CORPUS_IMAGES.items() if "OVMF_VARS" in k),
+    ids=lambda p: p.split("images/", 1)[1],
+)
 def test_cli_variable_store_is_no_code_not_nothing_to_patch(tmp_path, vars_image):
     """A variable store has no code: exit 2 as for scan, with or without --dry-run, nothing written."""
     out = tmp_path / "p.fd"
@@ -481,15 +493,17 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reas
 
 
 def _boot(image, vars_file):
-    r = CliRunner().invoke(main, ["boot-check", "--format", "json", "--timeout", "240", "--vars", str(vars_file),
-                                  str(image)])
+    r = CliRunner().invoke(
+        main, ["boot-check", "--format", "json", "--timeout", "240", "--vars", str(vars_file), str(image)]
+    )
     assert r.exit_code in (0, 1), r.output
     return r.exit_code, json.loads(r.output)
 
 
 @needs_qemu
-@pytest.mark.parametrize("name", ["debian-2022.11/OVMF_CODE_4M.fd", "debian-2025.02/OVMF_CODE_4M.fd",
-                                  "debian-2022.11/OVMF_CODE.fd"])
+@pytest.mark.parametrize(
+    "name", ["debian-2022.11/OVMF_CODE_4M.fd", "debian-2025.02/OVMF_CODE_4M.fd", "debian-2022.11/OVMF_CODE.fd"]
+)
 def test_patched_debian_image_boots_to_the_shell_without_string_io(name, tmp_path):
     src = CORPUS_IMAGES[f"images/{name}"]
     out = tmp_path / src.name
@@ -532,8 +546,11 @@ def test_re_encoded_stream_is_proven_as_it_is_written():
     data = bytes(range(256)) * 4096
     header = bytes([0x5D, 0, 0, 0, 1]) + len(data).to_bytes(8, "little")
     good = L.compress(data, format=L.FORMAT_ALONE)
-    for stream, ok in ((good, True), (L.compress(data[::-1], format=L.FORMAT_ALONE), False),
-                       (good[: len(good) // 2], False)):
+    for stream, ok in (
+        (good, True),
+        (L.compress(data[::-1], format=L.FORMAT_ALONE), False),
+        (good[: len(good) // 2], False),
+    ):
         p = _Proof(header, data)
         for i in range(0, len(stream), 1000):
             p.put(stream[i : i + 1000])

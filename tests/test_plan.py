@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from ovmftool.cli import main
-from ovmftool.edk2.dsc import read_dsc
 from ovmftool.edk2 import strategy as S
+from ovmftool.edk2.dsc import read_dsc
 
 from conftest import CORPUS, build_dir
 
@@ -18,19 +18,46 @@ pytestmark = pytest.mark.build
 def tree(ver: str):
     from pathlib import Path
 
-    out = subprocess.run(["bash", str(CORPUS / "scripts" / "edk2-source.sh"), ver], capture_output=True, text=True,
-                         check=True).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            ["bash", str(CORPUS / "scripts" / "edk2-source.sh"), ver], capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return Path(out)
 
 
 @pytest.mark.parametrize("ver,expected", [("2022.11", "unroll"), ("2025.02", "dsc-inf")])
-@pytest.mark.parametrize("dsc", ["OvmfPkg/OvmfPkgX64.dsc", "OvmfPkg/OvmfPkgIa32X64.dsc", "OvmfPkg/OvmfPkgIa32.dsc",
-                                 "OvmfPkg/Bhyve/BhyveX64.dsc", "OvmfPkg/AmdSev/AmdSevX64.dsc"])
+@pytest.mark.parametrize(
+    "dsc",
+    [
+        "OvmfPkg/OvmfPkgX64.dsc",
+        "OvmfPkg/OvmfPkgIa32X64.dsc",
+        "OvmfPkg/OvmfPkgIa32.dsc",
+        "OvmfPkg/Bhyve/BhyveX64.dsc",
+        "OvmfPkg/AmdSev/AmdSevX64.dsc",
+    ],
+)
 def test_plan_writes_a_series_that_applies(tmp_path, ver, expected, dsc):
     t = tree(ver)
     out = tmp_path / "p"
-    r = CliRunner().invoke(main, ["plan", "--edk2", str(t), "--dsc", dsc, "-D", "SECURE_BOOT_ENABLE=TRUE",
-                                  "-o", str(out), "--author", "A U Thor <a@example.org>"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "plan",
+            "--edk2",
+            str(t),
+            "--dsc",
+            dsc,
+            "-D",
+            "SECURE_BOOT_ENABLE=TRUE",
+            "-o",
+            str(out),
+            "--author",
+            "A U Thor <a@example.org>",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "plan.json").read_text())
     assert doc["strategy"] == expected and doc["reasons"]
@@ -82,7 +109,9 @@ def test_dsc_resolution_matches_the_build_report():
 def test_plan_errors(tmp_path):
     r = CliRunner().invoke(main, ["plan", "--edk2", str(tmp_path), "--dsc", "X.dsc", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "not an EDK II tree" in r.output
-    r = CliRunner().invoke(main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", "Nope.dsc", "-o", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", "Nope.dsc", "-o", str(tmp_path / "o")]
+    )
     assert r.exit_code == 2 and "Nope.dsc not found" in r.output
     assert not (tmp_path / "o").exists()
 
@@ -101,10 +130,21 @@ def test_series_applies_with_git_am(tmp_path, ver):
         if (t / f).is_file():
             (repo / f).parent.mkdir(parents=True, exist_ok=True)
             (repo / f).write_bytes((t / f).read_bytes())
-    env = {"GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org", "PATH": "/usr/bin:/bin"}
-    for cmd in (["git", "init", "-q"], ["git", "config", "core.autocrlf", "false"], ["git", "add", "-A"],
-                ["git", "commit", "-qm", "stock"], ["git", "am", "-q", "--keep-cr", *map(str, series)]):
+    env = {
+        "GIT_CONFIG_GLOBAL": "/dev/null",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.org",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.org",
+        "PATH": "/usr/bin:/bin",
+    }
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "config", "core.autocrlf", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "stock"],
+        ["git", "am", "-q", "--keep-cr", *map(str, series)],
+    ):
         subprocess.run(cmd, cwd=repo, check=True, env=env, capture_output=True)
     log = subprocess.run(["git", "log", "--format=%s"], cwd=repo, env=env, capture_output=True, text=True).stdout
     assert len(log.splitlines()) == len(series) + 1
@@ -114,8 +154,9 @@ def test_verify_names_missing_toolchain_packages(tmp_path, monkeypatch):
     """--verify without nasm/iasl on PATH says which apt packages to install, before any build."""
     t = tree("2022.11")
     monkeypatch.setenv("PATH", "/nonexistent")
-    r = CliRunner().invoke(main, ["plan", "--edk2", str(t), "--dsc", "OvmfPkg/OvmfPkgX64.dsc", "-o",
-                                  str(tmp_path / "o"), "--verify"])
+    r = CliRunner().invoke(
+        main, ["plan", "--edk2", str(t), "--dsc", "OvmfPkg/OvmfPkgX64.dsc", "-o", str(tmp_path / "o"), "--verify"]
+    )
     assert r.exit_code == 2 and "apt-get install" in r.output and "nasm" in r.output and "acpica-tools" in r.output
     assert not (tmp_path / "o").exists()
 
@@ -127,14 +168,17 @@ def test_plan_json_validates_against_the_schema(tmp_path, dsc):
     from conftest import ROOT
 
     out = tmp_path / "p"
-    r = CliRunner().invoke(main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", dsc, "-D", "SECURE_BOOT_ENABLE=TRUE",
-                                  "-o", str(out)])
+    r = CliRunner().invoke(
+        main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", dsc, "-D", "SECURE_BOOT_ENABLE=TRUE", "-o", str(out)]
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads((out / "plan.json").read_text())
     schema = json.loads((ROOT / "docs" / "schema" / "plan-1.json").read_text())
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(doc)
     assert doc["strategy"] == "unroll" and doc["modules_affected"] and "verification" not in doc
     # the committed series for this DSC was made by the same command (plus --verify) on this Debian revision
-    committed = json.loads((ROOT / "edk2-patches" / "debian-2022.11" / dsc.split("/")[1][:-4] / "plan.json").read_text())
+    committed = json.loads(
+        (ROOT / "edk2-patches" / "debian-2022.11" / dsc.split("/")[1][:-4] / "plan.json").read_text()
+    )
     if committed["tree_version"] == doc["tree_version"]:
         assert {k: v for k, v in committed.items() if k != "verification"} == doc

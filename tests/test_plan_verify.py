@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from test_plan import tree
 
 from ovmftool.cli import main
 
 from conftest import ROOT, store_builds, stored
-from test_plan import tree
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 
@@ -19,8 +19,9 @@ needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reas
 
 
 def _boot(image, vars_file):
-    r = CliRunner().invoke(main, ["boot-check", "--format", "json", "--vars", str(vars_file), "--timeout", "300",
-                                  str(image)])
+    r = CliRunner().invoke(
+        main, ["boot-check", "--format", "json", "--vars", str(vars_file), "--timeout", "300", str(image)]
+    )
     assert r.exit_code in (0, 1), r.output
     return r.exit_code, json.loads(r.output)
 
@@ -32,9 +33,25 @@ def test_plan_verify_builds_scans_and_boots(tmp_path):
     and SUMMARY.md; the stock build boots as far and does execute string I/O."""
     stock = stored(STOCK["2022.11"]).fv
     out = tmp_path / "plan"
-    r = CliRunner().invoke(main, ["plan", "--edk2", str(tree("2022.11")), "--dsc", "OvmfPkg/OvmfPkgX64.dsc",
-                                  "-D", "SECURE_BOOT_ENABLE=TRUE", "-o", str(out),
-                                  "--verify", "--before", str(stock / "OVMF_CODE.fd"), "--scratch", str(tmp_path)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "plan",
+            "--edk2",
+            str(tree("2022.11")),
+            "--dsc",
+            "OvmfPkg/OvmfPkgX64.dsc",
+            "-D",
+            "SECURE_BOOT_ENABLE=TRUE",
+            "-o",
+            str(out),
+            "--verify",
+            "--before",
+            str(stock / "OVMF_CODE.fd"),
+            "--scratch",
+            str(tmp_path),
+        ],
+    )
     assert r.exit_code == 0, r.output[-3000:]
     v = json.loads((out / "plan.json").read_text())["verification"]
     assert v["before"]["sites"] > 500 and v["after"]["sites"] == 0
@@ -53,14 +70,28 @@ def test_series_build_leaves_no_site_and_boots(tmp_path, ver, strategy):
     patches' sha256 are its provenance); it has 0 sites, and it boots as far as the stock build
     does (the UEFI shell, or the boot manager) with no string I/O executed."""
     out = tmp_path / "plan"
-    r = CliRunner().invoke(main, ["plan", "--edk2", str(tree(ver)), "--dsc", "OvmfPkg/OvmfPkgX64.dsc",
-                                  "-D", "SECURE_BOOT_ENABLE=TRUE", "--strategy", strategy, "-o", str(out)])
+    r = CliRunner().invoke(
+        main,
+        [
+            "plan",
+            "--edk2",
+            str(tree(ver)),
+            "--dsc",
+            "OvmfPkg/OvmfPkgX64.dsc",
+            "-D",
+            "SECURE_BOOT_ENABLE=TRUE",
+            "--strategy",
+            strategy,
+            "-o",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     key = f"{ver}-X64-DEBUG-{strategy}"
     b = stored(key)
-    assert [(p["name"], p["sha256"]) for p in b.meta["patches"]] == \
-        [(p.name, store_builds.sha256(p)) for p in sorted(out.glob("0*.patch"))], \
-        f"plan writes another series now: store its build again (corpus/scripts/store_builds.py {key})"
+    assert [(p["name"], p["sha256"]) for p in b.meta["patches"]] == [
+        (p.name, store_builds.sha256(p)) for p in sorted(out.glob("0*.patch"))
+    ], f"plan writes another series now: store its build again (corpus/scripts/store_builds.py {key})"
     r = CliRunner().invoke(main, ["scan", "--format", "json", str(b.code)])
     assert r.exit_code == 0 and json.loads(r.output)["findings"] == [], r.output[-2000:]
     rc, doc = _boot(b.code, b.vars)
@@ -89,8 +120,20 @@ def test_committed_series_regenerate_identically(tmp_path):
     for d in dirs:
         ver = d.parent.name.removeprefix("debian-")
         out = tmp_path / d.parent.name / d.name
-        r = CliRunner().invoke(main, ["plan", "--edk2", str(tree(ver)), "--dsc", f"OvmfPkg/{d.name}.dsc",
-                                      "-D", "SECURE_BOOT_ENABLE=TRUE", "-o", str(out)])
+        r = CliRunner().invoke(
+            main,
+            [
+                "plan",
+                "--edk2",
+                str(tree(ver)),
+                "--dsc",
+                f"OvmfPkg/{d.name}.dsc",
+                "-D",
+                "SECURE_BOOT_ENABLE=TRUE",
+                "-o",
+                str(out),
+            ],
+        )
         assert r.exit_code == 0, r.output
         new = {p.name: p.read_bytes() for p in out.glob("*.patch")}
         old = {p.name: p.read_bytes() for p in d.glob("*.patch")}

@@ -61,8 +61,9 @@ def test_diff_trixie_to_sid_shows_only_real_changes():
     assert (len(doc["removed"]), len(doc["added"]), doc["unchanged"]) == (0, 6, 108)
     assert len(doc["modules_added"]) == 7 and doc["modules_removed"] == []
     text = _run("diff", TRIXIE, SID).stdout
-    assert [line.split()[1] for line in text.splitlines() if line.startswith("+ ") and " module " not in line] == \
-        ["SdMmcPciHcDxe"] * 6
+    assert [line.split()[1] for line in text.splitlines() if line.startswith("+ ") and " module " not in line] == [
+        "SdMmcPciHcDxe"
+    ] * 6
 
 
 def test_signature_matches_other_encodings(tmp_path):
@@ -131,8 +132,10 @@ def test_aarch64_firmware_is_not_x86(cmd, tmp_path):
     args = [a if a != "OUT" else tmp_path / "out" for a in cmd]
     r = _run(*args[:1], AARCH64, *args[1:])
     assert r.exit_code == 2
-    assert r.stderr.strip() == (f"ovmftool: error: {AARCH64}: not x86: AARCH64 firmware: its modules are AARCH64 "
-                                "(104 modules); ovmftool reads x86 (IA32/X64) firmware")
+    assert r.stderr.strip() == (
+        f"ovmftool: error: {AARCH64}: not x86: AARCH64 firmware: its modules are AARCH64 "
+        "(104 modules); ovmftool reads x86 (IA32/X64) firmware"
+    )
     assert "damaged" not in r.stderr and not (tmp_path / "out").exists()
 
 
@@ -189,7 +192,9 @@ def test_sid_images_patch_and_boot_with_none_executed(image, tmp_path):
     vars_ = ["--vars", CORPUS_IMAGES["images/debian-2026.08/OVMF_VARS_4M.fd"]] if image == SID else []
     r = _run("boot-check", out, *vars_, "--timeout", "120", "--format", "json")
     doc = json.loads(r.stdout)
-    assert r.exit_code == 0 and doc["finished"] and doc["ended"] in ("shell", "boot-manager") and doc["executed"] == [], r.stdout
+    assert (
+        r.exit_code == 0 and doc["finished"] and doc["ended"] in ("shell", "boot-manager") and doc["executed"] == []
+    ), r.stdout
     if image == AMDSEV:
         r = _run("boot-check", image, "--timeout", "120", "--format", "json")
         assert r.exit_code == 1 and json.loads(r.stdout)["executed"]
@@ -203,8 +208,11 @@ def test_smm_secure_boot_build_boots_to_its_end_without_the_plugin():
     which needs `nochain`, is given up within its budget and says so."""
     sb = CORPUS_IMAGES["images/debian-2026.08/OVMF_CODE_4M.secboot.fd"]
     vars_ = CORPUS_IMAGES["images/debian-2026.08/OVMF_VARS_4M.fd"]
-    r = CliRunner().invoke(main, ["boot-check", str(sb), "--vars", str(vars_), "--timeout", "120", "--format", "json"],
-                           env={"OVMFTOOL_BOOT_PLUGIN": "0"})
+    r = CliRunner().invoke(
+        main,
+        ["boot-check", str(sb), "--vars", str(vars_), "--timeout", "120", "--format", "json"],
+        env={"OVMFTOOL_BOOT_PLUGIN": "0"},
+    )
     doc = json.loads(r.stdout)
     assert r.exit_code == 1 and doc["finished"] and doc["ended"] in ("shell", "boot-manager"), r.stdout
     assert doc["first"]["function"] == "SevIoReadFifo8" and doc["first"]["module"] == "PlatformPei"
@@ -247,8 +255,9 @@ def test_every_ovmfpkg_platform_scanned_named_patched(key, tmp_path):
     header, AmdSev's Grub placeholder), every site found with its symbol table's name, the
     platform's own DSC advised, patched to 0; booted where QEMU boots it, else refused before
     QEMU with one line naming the platform."""
-    from conftest import stored
     from ovmftool.scan.scanner import scan_image
+
+    from conftest import stored
 
     b = stored(key)
     dsc, boot = PLATFORMS[key]
@@ -274,8 +283,10 @@ def test_every_ovmfpkg_platform_scanned_named_patched(key, tmp_path):
         assert r.exit_code == 2 and boot in r.stderr and r.stderr.count("\n") == 1 and r.stdout == ""
 
 
-@pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None or shutil.which("gcc") is None,
-                    reason="qemu-system-x86 and gcc are installed by .ci/run")
+@pytest.mark.skipif(
+    shutil.which("qemu-system-x86_64") is None or shutil.which("gcc") is None,
+    reason="qemu-system-x86 and gcc are installed by .ci/run",
+)
 def test_plugin_builds_at_first_use_from_the_carried_header(tmp_path, monkeypatch):
     """Without QEMU's source or development files: boot-check's plugin is compiled at first use
     against the qemu-plugin.h this package carries for the installed QEMU (7.2)."""

@@ -96,6 +96,7 @@ def test_symbols_dir_errors_are_one_line(tmp_path):
 
 # --- names without symbols, on every build (Debian's trees, their variants, Oxide's fork) -------
 
+
 def _is_oxide(build) -> bool:
     """A tree before TDX (Oxide's 202105 fork, Debian's 2020.11): the X64 Sev routines are named
     IoReadFifo8..., and no code has TDCALL."""
@@ -164,10 +165,10 @@ def _boundaries(md, mem, start, end) -> set[int]:
     4-byte instruction it is (capstone 5 does not decode it)."""
     out, pos = set(), start
     while pos < end:
-        if mem[pos:pos + 4] == sigs.TDCALL:
+        if mem[pos : pos + 4] == sigs.TDCALL:
             size = 4
         else:
-            insn = next(md.disasm_lite(mem[pos:pos + 15], pos, 1), None)
+            insn = next(md.disasm_lite(mem[pos : pos + 15], pos, 1), None)
             if insn is None:
                 break
             size = insn[1]
@@ -206,8 +207,10 @@ def test_oxide_fork_sites_and_names_in_every_format(tmp_path):
         assert f["signature"]["routine"] == f["function"] and f["signature"]["aliases"] == ["Sev" + f["function"]]
     assert any("without TDX support" in n for n in doc["notes"])
     sarif = json.loads(out["sarif"])["runs"][0]["results"]
-    assert [(x["properties"]["rva"], x["properties"]["function"], x["locations"][0]["logicalLocations"][-1]["name"])
-            for x in sarif] == [(f["rva"], f["function"], f["function"]) for f in doc["findings"]]
+    assert [
+        (x["properties"]["rva"], x["properties"]["function"], x["locations"][0]["logicalLocations"][-1]["name"])
+        for x in sarif
+    ] == [(f["rva"], f["function"], f["function"]) for f in doc["findings"]]
     lines = [ln for ln in out["text"].splitlines() if ln.startswith("    rva 0x")]
     assert len(lines) == len(doc["findings"])
     for ln, f in zip(lines, doc["findings"]):

@@ -13,7 +13,6 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 
-import fvbuild as B
 from ovmftool.cli import main
 from ovmftool.model import structs as S
 from ovmftool.model.node import all_problems
@@ -24,6 +23,7 @@ from ovmftool.scan import advice
 from ovmftool.scan.advice import known_series, next_steps
 from ovmftool.scan.scanner import Caller, Finding, ModuleSummary, ScanResult, scan_image
 
+import fvbuild as B
 from conftest import CORPUS_IMAGES, ROOT
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
@@ -65,6 +65,7 @@ def _clean_image(tmp_path) -> str:
 
 # --- 1. no code is not clean ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("vars_image", VARS, ids=lambda p: p.split("images/", 1)[1])
 def test_variable_store_is_an_error_with_a_hint(vars_image):
     r = _run("scan", vars_image)
@@ -89,12 +90,16 @@ def test_volume_without_code_gets_the_generic_hint(tmp_path):
 
 # --- 3. damage read late still fails the scan, as info fails --------------------------------
 
+
 def _image_with_bad_relocations(tmp_path) -> tuple[str, str]:
     """Ten real X64 modules (enough for worker processes); the fourth has a base relocation block
     whose size runs past the directory, which the model reads only on first use."""
     root = read_image(DEB_2M)
-    mods = [m for m in iter_modules(root) if m.arch == "X64" and m.image.format != "TE"
-            and m.image.directories.get(S.DIR_BASERELOC, (0, 0))[1]][:10]
+    mods = [
+        m
+        for m in iter_modules(root)
+        if m.arch == "X64" and m.image.format != "TE" and m.image.directories.get(S.DIR_BASERELOC, (0, 0))[1]
+    ][:10]
     files = []
     for i, m in enumerate(mods):
         raw = bytearray(m.image.raw)
@@ -123,6 +128,7 @@ def test_damage_found_while_scanning_is_exit_2_like_info(tmp_path):
 
 # --- 2. several inputs: order, places, worst exit code ------------------------------------
 
+
 def test_several_inputs_keep_their_places_in_every_format(tmp_path):
     clean = _clean_image(tmp_path)
     imgs = [DEB_2M, VARS[0], clean]
@@ -143,8 +149,12 @@ def test_several_inputs_keep_their_places_in_every_format(tmp_path):
     jsonschema.validate(docs, SCAN_SCHEMA)
     assert [d["image"]["path"] for d in docs] == imgs
     assert "error" not in docs[0] and docs[0]["summary"]["sites"] == 90
-    assert docs[1] == {"schema_version": "ovmftool.scan/1", "tool": docs[0]["tool"], "image": {"path": VARS[0]},
-                       "error": f"{VARS[0]}: no PE/TE modules: is this OVMF_VARS (a variable store)?"}
+    assert docs[1] == {
+        "schema_version": "ovmftool.scan/1",
+        "tool": docs[0]["tool"],
+        "image": {"path": VARS[0]},
+        "error": f"{VARS[0]}: no PE/TE modules: is this OVMF_VARS (a variable store)?",
+    }
     assert docs[2]["findings"] == [] and docs[2]["summary"]["modules_scanned"] == 6
 
     r = _run("scan", "--format", "sarif", *imgs)
@@ -152,6 +162,7 @@ def test_several_inputs_keep_their_places_in_every_format(tmp_path):
     log = json.loads(_stdout(r))
     jsonschema.validate(log, SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
     (run,) = log["runs"]  # one run for every image: GitHub takes at most 20 runs in one upload
+
     def uri(p):  # relative to the working directory under it, else an absolute file URI
         rel = os.path.relpath(os.path.realpath(p))
         return Path(p).resolve().as_uri() if rel.startswith("..") else rel
@@ -201,6 +212,7 @@ def test_bad_symbols_dir_is_one_line_before_any_scan(tmp_path):
 
 # --- 5. SARIF for GitHub code scanning ---------------------------------------------------
 
+
 def test_sarif_results_have_listing_lines_regions_and_addresses():
     r = _run("scan", "--format", "sarif", DEB)
     assert r.exit_code == 1
@@ -208,8 +220,9 @@ def test_sarif_results_have_listing_lines_regions_and_addresses():
     jsonschema.validate(log, SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
     (run,) = log["runs"]
     assert "automationDetails" not in run  # the upload action's category applies
-    assert run["invocations"] == [{"executionSuccessful": True, "exitCode": 1,
-                                   "exitCodeDescription": "string I/O sites found"}]
+    assert run["invocations"] == [
+        {"executionSuccessful": True, "exitCode": 1, "exitCodeDescription": "string I/O sites found"}
+    ]
     assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == Path(os.getcwd()).resolve().as_uri() + "/"
     assert run["columnKind"] == "unicodeCodePoints"
     for rule in run["tool"]["driver"]["rules"]:
@@ -253,7 +266,9 @@ def test_sarif_results_have_listing_lines_regions_and_addresses():
         assert mod["kind"] == "module" and mod["name"] == props["module"] and "parentIndex" not in mod
         assert res["partialFingerprints"]["primaryLocationLineHash"] == res["partialFingerprints"]["ovmftoolSite/v1"]
         logical = [run["logicalLocations"][x["index"]] for x in res["locations"][0]["logicalLocations"]]
-        assert [x["kind"] for x in logical] == ["module", "function"] and logical[1]["parentIndex"] == logical[0]["index"]
+        assert [x["kind"] for x in logical] == ["module", "function"] and logical[1]["parentIndex"] == logical[0][
+            "index"
+        ]
         assert props["module"] in res["message"]["text"] and f"0x{props['rva']:X}" in res["message"]["text"]
 
 
@@ -261,8 +276,9 @@ def test_sarif_region_is_the_instruction_when_stored_uncompressed(tmp_path):
     root = read_image(DEB_2M)
     m = next(m for m in iter_modules(root) if m.name == "PlatformPei")
     p = tmp_path / "flat.fd"
-    p.write_bytes(B.fv([B.ffs(m.guid, 0x06, B.sections(B.section(0x10, m.image.raw), B.ui("PlatformPei")))],
-                       size=0x40000))
+    p.write_bytes(
+        B.fv([B.ffs(m.guid, 0x06, B.sections(B.section(0x10, m.image.raw), B.ui("PlatformPei")))], size=0x40000)
+    )
     log = json.loads(_stdout(_run("scan", "--format", "sarif", "--sarif-root", str(tmp_path), str(p))))
     jsonschema.validate(log, SARIF_SCHEMA)
     data = p.read_bytes()
@@ -271,7 +287,7 @@ def test_sarif_region_is_the_instruction_when_stored_uncompressed(tmp_path):
         phys = res["relatedLocations"][0]["physicalLocation"]
         assert phys["artifactLocation"]["uri"] == "flat.fd"
         reg = phys["region"]
-        assert data[reg["byteOffset"]: reg["byteOffset"] + reg["byteLength"]].hex() == res["properties"]["bytes"]
+        assert data[reg["byteOffset"] : reg["byteOffset"] + reg["byteLength"]].hex() == res["properties"]["bytes"]
         assert "message" not in reg
         assert f"fd 0x{reg['byteOffset']:X}" in res["locations"][0]["physicalLocation"]["region"]["snippet"]["text"]
 
@@ -280,8 +296,10 @@ def test_sarif_root_option(tmp_path):
     r = _run("scan", "--format", "sarif", "--sarif-root", str(ROOT / "corpus" / "images"), DEB)
     (run,) = json.loads(_stdout(r))["runs"]
     assert run["artifacts"][0]["location"] == {"uri": "debian-2022.11/OVMF_CODE_4M.fd", "uriBaseId": "%SRCROOT%"}
-    assert run["artifacts"][1]["location"] == {"uri": "debian-2022.11/OVMF_CODE_4M.fd.sites.txt",
-                                               "uriBaseId": "%SRCROOT%"}
+    assert run["artifacts"][1]["location"] == {
+        "uri": "debian-2022.11/OVMF_CODE_4M.fd.sites.txt",
+        "uriBaseId": "%SRCROOT%",
+    }
     assert run["originalUriBaseIds"]["%SRCROOT%"]["uri"] == (ROOT / "corpus" / "images").resolve().as_uri() + "/"
     # an image outside the root: an absolute file URI, with no base id (which only goes with a relative one)
     r = _run("scan", "--format", "sarif", "--sarif-root", str(tmp_path), DEB)
@@ -309,28 +327,32 @@ def test_fingerprints_are_stable_across_scans_and_flash_layouts():
         assert (p["guid"], p["arch"]) not in same and p["module"] == "PlatformPei"
     common = set(a) & set(b)
     assert len(common) == 84 == sum(1 for p in a.values() if (p["guid"], p["arch"]) in same)
-    assert all(a[fp]["rva"] != b[fp]["rva"] and a[fp]["containerOffset"] != b[fp]["containerOffset"]
-               for fp in common)  # every one of them moved, and kept its fingerprint
+    assert all(
+        a[fp]["rva"] != b[fp]["rva"] and a[fp]["containerOffset"] != b[fp]["containerOffset"] for fp in common
+    )  # every one of them moved, and kept its fingerprint
     assert all((a[fp]["function"], a[fp]["bytes"]) == (b[fp]["function"], b[fp]["bytes"]) for fp in common)
 
 
 # --- 6. next steps --------------------------------------------------------------------------
+
 
 def test_text_ends_with_next_steps_naming_a_series_only_for_a_known_image(tmp_path):
     """Debian's packaged 2022.11 image is a known build of that tree (edk2-patches/images.json):
     its series is named. The same image with one byte changed is no known build: the routines are
     the same code in every tree, so no series is named, only the trees edk2-patches/ covers."""
     out = _stdout(_run("scan", DEB))
-    tail = " ".join(out[out.index("next steps:"):].split())
+    tail = " ".join(out[out.index("next steps:") :].split())
     assert f"ovmftool patch {DEB} -o {DEB[:-3]}.patched.fd" in tail
     assert "ovmftool plan --edk2 TREE --dsc OvmfPkg/OvmfPkgIa32X64.dsc -o DIR" in tail
     assert "fix the source: edk2-patches/debian-2022.11/OvmfPkgIa32X64" in tail
-    assert "the image is Debian's ovmf 2022.11-6+deb12u2 /usr/share/OVMF/OVMF_CODE_4M.fd, built from edk2 2022.11" in tail
+    assert (
+        "the image is Debian's ovmf 2022.11-6+deb12u2 /usr/share/OVMF/OVMF_CODE_4M.fd, built from edk2 2022.11" in tail
+    )
     assert out.endswith(")\n") and out.count("next steps:") == 1
     other = tmp_path / "other.fd"
     other.write_bytes(Path(DEB).read_bytes() + b"\xff" * 0x1000)  # one more erased block: another file
     r = _run("scan", str(other))
-    tail = " ".join(_stdout(r)[_stdout(r).index("next steps:"):].split())
+    tail = " ".join(_stdout(r)[_stdout(r).index("next steps:") :].split())
     assert "edk2-patches/debian" not in tail and "no series named: the image is no build edk2-patches/ knows" in tail
     assert "edk2-patches/ has series for edk2 2022.11, 2025.02, oxide-edd7239108" in tail
 
@@ -339,12 +361,29 @@ def _result(sigs: list[tuple[str, str, str, list[str]]], sha256: str = "0" * 64)
     """A scan result whose sites lie in routines with these (arch, library, source, trees)."""
     fs = []
     for i, (arch, lib, src, trees) in enumerate(sigs):
-        fs.append(Finding(module="M", guid="00000000-0000-0000-0000-000000000001", file_type="DRIVER", arch=arch,
-                          volume="V", fd_offset=None, container_offset=0, rva=i, pe_section=".text", bytes="f36c",
-                          mnemonic="rep insb", width=8, direction="in", rep="rep", function="IoReadFifo8",
-                          function_rva=0, function_source="signature",
-                          signature={"routine": "IoReadFifo8", "library": lib, "source": src, "aliases": [],
-                                     "trees": trees}, callers=[Caller("f", 0, 0, "call")]))
+        fs.append(
+            Finding(
+                module="M",
+                guid="00000000-0000-0000-0000-000000000001",
+                file_type="DRIVER",
+                arch=arch,
+                volume="V",
+                fd_offset=None,
+                container_offset=0,
+                rva=i,
+                pe_section=".text",
+                bytes="f36c",
+                mnemonic="rep insb",
+                width=8,
+                direction="in",
+                rep="rep",
+                function="IoReadFifo8",
+                function_rva=0,
+                function_source="signature",
+                signature={"routine": "IoReadFifo8", "library": lib, "source": src, "aliases": [], "trees": trees},
+                callers=[Caller("f", 0, 0, "call")],
+            )
+        )
     arches = sorted({a for a, *_ in sigs})
     mods = [ModuleSummary("M", "g", "DRIVER", a, "V", None, 1, 1, 1, None) for a in arches]
     return ScanResult("img.fd", sha256, 1, mods, fs)
@@ -352,8 +391,12 @@ def _result(sigs: list[tuple[str, str, str, list[str]]], sha256: str = "0" * 64)
 
 def test_a_series_is_matching_only_for_a_known_image_when_it_removes_every_site():
     assert sorted(str(s.path.relative_to(ROOT / "edk2-patches")) for s in known_series()) == [
-        "debian-2022.11/OvmfPkgIa32X64", "debian-2022.11/OvmfPkgX64", "debian-2025.02/OvmfPkgIa32X64",
-        "debian-2025.02/OvmfPkgX64", "oxide-edk2-stable202105/OvmfPkgX64"]
+        "debian-2022.11/OvmfPkgIa32X64",
+        "debian-2022.11/OvmfPkgX64",
+        "debian-2025.02/OvmfPkgIa32X64",
+        "debian-2025.02/OvmfPkgX64",
+        "oxide-edk2-stable202105/OvmfPkgX64",
+    ]
     known = advice.known_images()
     deb22 = next(k for k, e in known.items() if e["tree"] == "2022.11" and "OVMF_CODE.fd" in e["what"])
     deb25 = next(k for k, e in known.items() if e["tree"] == "2025.02" and "OVMF_CODE_4M.fd" in e["what"])
@@ -369,7 +412,10 @@ def test_a_series_is_matching_only_for_a_known_image_when_it_removes_every_site(
     assert s.matching is not None and s.matching.path.parts[-2:] == ("debian-2025.02", "OvmfPkgX64")
     # IoFifo.nasm (the non-Sev instance): 2022.11's series unrolls only IoFifoSev.nasm: no match
     s = next_steps(_result([("X64", "BaseIoLibIntrinsic", "X64/IoFifo.nasm", ["2022.11"])], deb22))
-    assert s.matching is None and "no series in edk2-patches/ for that tree and OvmfPkg/OvmfPkgX64.dsc removes all of them" in s.reason
+    assert (
+        s.matching is None
+        and "no series in edk2-patches/ for that tree and OvmfPkg/OvmfPkgX64.dsc removes all of them" in s.reason
+    )
     # an IA32 + X64 image needs the Ia32X64 series
     s = next_steps(_result([sev, ia32], deb22))
     assert s.matching is not None and s.matching.path.name == "OvmfPkgIa32X64"
@@ -385,6 +431,7 @@ def test_a_series_is_matching_only_for_a_known_image_when_it_removes_every_site(
 
 # --- 4. callers are the functions that contain the calls (needs an OVMF build) ----------------
 
+
 def _func_symbols(debug: Path) -> list[tuple[int, int, str]]:
     """(start, size, name) of every STT_FUNC symbol in the .debug file's .text, sorted."""
     from elftools.elf.elffile import ELFFile
@@ -393,8 +440,11 @@ def _func_symbols(debug: Path) -> list[tuple[int, int, str]]:
         elf = ELFFile(fh)
         secs = list(elf.iter_sections())
         ti = next(i for i, s in enumerate(secs) if s.name == ".text")
-        return sorted((s["st_value"], s["st_size"], s.name) for s in elf.get_section_by_name(".symtab").iter_symbols()
-                      if s["st_shndx"] == ti and s["st_info"]["type"] == "STT_FUNC" and s.name)
+        return sorted(
+            (s["st_value"], s["st_size"], s.name)
+            for s in elf.get_section_by_name(".symtab").iter_symbols()
+            if s["st_shndx"] == ti and s["st_info"]["type"] == "STT_FUNC" and s.name
+        )
 
 
 def _holding(funcs, rva):
@@ -476,8 +526,10 @@ def test_unknown_guided_section_is_not_checked_everywhere_a_verdict_is_given(tmp
     root = read_image(img)
     assert all_problems(root) == []  # not damage: the model keeps the section opaque
     assert len(scan_image(img, root=root).modules) == 1  # without the rule: "0 sites in 0 of 1 modules", exit 0
-    want = (f"{img}: not checked: 0x{body:X} bytes in a GUID-defined section with unknown GUID {UNKNOWN_GUID} "
-            "at 0x90 (its contents could hold code)")
+    want = (
+        f"{img}: not checked: 0x{body:X} bytes in a GUID-defined section with unknown GUID {UNKNOWN_GUID} "
+        "at 0x90 (its contents could hold code)"
+    )
     r = _run("scan", img)
     assert r.exit_code == 2 and _errors(r) == [f"ovmftool: error: {want}"] and _stdout(r) == ""
     doc = json.loads(_stdout(_run("scan", "--format", "json", img)))
@@ -488,9 +540,15 @@ def test_unknown_guided_section_is_not_checked_everywhere_a_verdict_is_given(tmp
     inv = log["runs"][0]["invocations"][0]
     assert inv["exitCode"] == 2 and inv["toolExecutionNotifications"][0]["message"]["text"] == want
     out = tmp_path / "p.fd"
-    for args in (["check", img], ["baseline", img, "-o", str(tmp_path / "b.json")], ["diff", DEB, img],
-                 ["diff", img, DEB], ["patch", img, "-o", str(out)], ["patch", img, "--dry-run"],
-                 ["decode", "--image", img, "f3 6e eb 0a"]):
+    for args in (
+        ["check", img],
+        ["baseline", img, "-o", str(tmp_path / "b.json")],
+        ["diff", DEB, img],
+        ["diff", img, DEB],
+        ["patch", img, "-o", str(out)],
+        ["patch", img, "--dry-run"],
+        ["decode", "--image", img, "f3 6e eb 0a"],
+    ):
         r = _run(*args)
         assert r.exit_code == 2 and _errors(r) == [f"ovmftool: error: {want}"], (args, r.output)
     assert not out.exists() and not (tmp_path / "b.json").exists()
@@ -524,9 +582,11 @@ def test_volume_with_unknown_file_system_is_not_checked(tmp_path):
     vol = root.children[0]
     r = _run("scan", img)
     assert r.exit_code == 2
-    assert _errors(r) == [f"ovmftool: error: {img}: not checked: 0x{vol.size - vol.header_length:X} bytes in a "
-                          f"firmware volume with unknown file system {UNKNOWN_GUID} at 0x0 (its contents could hold "
-                          "code)"]
+    assert _errors(r) == [
+        f"ovmftool: error: {img}: not checked: 0x{vol.size - vol.header_length:X} bytes in a "
+        f"firmware volume with unknown file system {UNKNOWN_GUID} at 0x0 (its contents could hold "
+        "code)"
+    ]
     assert _run("check", img).exit_code == 2 and _run("patch", img, "--dry-run").exit_code == 2
 
 
@@ -570,11 +630,13 @@ def test_diff_names_the_symbols_option_before_any_scan(tmp_path):
         assert r.exit_code == 2
         assert _errors(r) == [f"ovmftool: error: {opt}: {tmp_path / 'nope'} is not a directory"], r.output
     r = _run("diff", "--symbols-new", str(tmp_path), missing, missing)  # a directory without symbol files
-    assert _errors(r) == [f"ovmftool: error: --symbols-new: no .debug or .map files under {tmp_path} "
-                          "(expected <ARCH>/*.debug)"]
+    assert _errors(r) == [
+        f"ovmftool: error: --symbols-new: no .debug or .map files under {tmp_path} (expected <ARCH>/*.debug)"
+    ]
 
 
 # --- 8. where the series are found -----------------------------------------------------------
+
 
 def test_series_are_found_from_the_working_directory_as_after_pip_install(tmp_path, monkeypatch):
     """`pip install .` puts the package in site-packages, where no edk2-patches/ lies beside it:
@@ -601,16 +663,19 @@ def test_series_are_found_from_the_working_directory_as_after_pip_install(tmp_pa
 def test_oxide_image_matches_the_oxide_series_and_debian_images_do_not():
     """The Sev FIFO routines are the same bytes in every tree; an image without TDCALL (Oxide's
     edk2-stable202105 fork) is matched to the series made for that fork, never to Debian's."""
-    from conftest import stored
     from ovmftool.scan import advice
     from ovmftool.scan import signatures as sigs
     from ovmftool.scan.scanner import scan_checked
+
+    from conftest import stored
 
     fd = stored("oxide-202105-X64-DEBUG").code
     r = scan_checked(str(fd))
     assert r.era == sigs.PRE_TDX and len(r.findings) == 660
     steps = advice.next_steps(r, ROOT / "edk2-patches")
-    assert steps.matching is not None and steps.matching.path == ROOT / "edk2-patches/oxide-edk2-stable202105/OvmfPkgX64"
+    assert (
+        steps.matching is not None and steps.matching.path == ROOT / "edk2-patches/oxide-edk2-stable202105/OvmfPkgX64"
+    )
     deb = scan_checked(str(ROOT / "corpus/images/debian-2022.11/OVMF_CODE.fd"))
     assert deb.era == sigs.TDX
     steps = advice.next_steps(deb, ROOT / "edk2-patches")

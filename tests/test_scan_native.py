@@ -16,12 +16,14 @@ import sys
 
 import pytest
 
-from conftest import CODE_IMAGES, ROOT, stored
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
-from ovmftool.scan import scanner, signatures as sigs
+from ovmftool.scan import scanner
+from ovmftool.scan import signatures as sigs
 from ovmftool.scan.codemap import discover, native_available
 from ovmftool.scan.disasm import native_decoder
+
+from conftest import CODE_IMAGES, ROOT, stored
 
 
 def test_native_walk_is_built():
@@ -37,7 +39,7 @@ def _inputs(path):
         ranges = scanner.exec_ranges(img)
         strong = [(mt.rva, "signature") for mt in sigs.find(mem, m.arch, ranges)]
         strong += [(img.entry_rva, "entry")] + [(r, "export") for r in sorted(img.exports)]
-        yield m.name, mem, img.bits, ranges, strong, scanner._pointer_roots(img, mem)
+        yield m.name, mem, img.bits, ranges, strong, scanner.pointer_roots(img, mem)
     for b in iter_code_blobs(root):
         yield "ResetVector", b.data, 16, [(0, len(b.data))], [(b.entry_offset, "entry")], []
 
@@ -50,11 +52,21 @@ def _same_maps(path) -> tuple[int, int, list[str]]:
         b = discover(mem, bits, ranges, strong, weak, native=False)
         lean = discover(mem, bits, ranges, strong, weak, native=True, lean=True)
         assert a.sizes is not None and b.sizes is None  # really one of each
-        if (a.instruction_starts(), a.functions, sorted(a.calls), sorted(a.tails), a.sites, a.code_bytes) != \
-                (b.starts, b.functions, sorted(b.calls), sorted(b.tails), b.sites, b.code_bytes):
+        if (a.instruction_starts(), a.functions, sorted(a.calls), sorted(a.tails), a.sites, a.code_bytes) != (
+            b.starts,
+            b.functions,
+            sorted(b.calls),
+            sorted(b.tails),
+            b.sites,
+            b.code_bytes,
+        ):
             diff.append(name)
-        if (lean.lean, lean.function_count, lean.code_bytes, lean.sites) != \
-                (not b.sites, len(b.functions), b.code_bytes, b.sites):
+        if (lean.lean, lean.function_count, lean.code_bytes, lean.sites) != (
+            not b.sites,
+            len(b.functions),
+            b.code_bytes,
+            b.sites,
+        ):
             diff.append(f"{name} (lean)")
         modules += 1
         sites += len(a.sites)
@@ -117,7 +129,7 @@ def test_fast_decoder_check_catches_a_difference():
     fn, args = native_decoder(64)
     kinds = bytearray(args[-1])
     kinds[X.X86_INS_JMP] = 0
-    code = bytes.fromhex("eb10" "e9 00010000".replace(" ", "") + "90" * 32)
+    code = bytes.fromhex("eb10e9 00010000".replace(" ", "") + "90" * 32)
     handled, bad = _check_fast(code, 64, bytes(kinds))
     assert handled >= 3 and {x[0] for x in bad} == {0, 2}
 
@@ -127,14 +139,20 @@ def test_scan_output_is_the_same_with_either_walk():
     out = {}
     for pure in ("", "1"):
         env = {**os.environ, "OVMFTOOL_PURE_PYTHON": pure}
-        r = subprocess.run([sys.executable, "-m", "ovmftool", "scan", "--jobs", "1", "--format", "json", img],
-                           capture_output=True, text=True, env=env, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, "-m", "ovmftool", "scan", "--jobs", "1", "--format", "json", img],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         assert r.returncode == 1, r.stderr
         out[pure] = json.loads(r.stdout)
     assert out[""]["findings"] and out[""] == out["1"]
 
 
 # --- the scan's other native helpers (issue 15): each equal to its Python reference -----------
+
 
 def _modules(key="images/debian-2022.11/OVMF_CODE_4M.fd"):
     return [m for m in iter_modules(read_image(str(CODE_IMAGES[key])))]
@@ -146,7 +164,7 @@ def test_lean_map_keeps_the_counts_and_drops_the_graph_only_without_sites():
         img = m.image
         mem, ranges = img.memory, scanner.exec_ranges(img)
         strong = [(mt.rva, "signature") for mt in sigs.find(mem, m.arch, ranges)] + [(img.entry_rva, "entry")]
-        weak = scanner._pointer_roots(img, mem)
+        weak = scanner.pointer_roots(img, mem)
         full = discover(mem, img.bits, ranges, strong, weak)
         lean = discover(mem, img.bits, ranges, strong, weak, lean=True)
         assert (lean.function_count, lean.code_bytes, lean.sites) == (len(full.functions), full.code_bytes, full.sites)
@@ -215,13 +233,20 @@ def test_native_disasm_lite_equals_capstone(bits):
 def test_native_path_reads_capstone_ids_without_the_package():
     """The native walk's kinds table and handle come without importing the capstone package
     (its import is a tenth of a scan); the ids it reads from x86_const.py are the package's."""
-    code = ("import sys, json\n"
-            "from ovmftool.scan import disasm\n"
-            "ids = {k: v for k, v in vars(disasm._x86_const()).items() if k.startswith('X86_INS_')}\n"
-            "assert disasm.native_decoder(64) is not None\n"
-            "print(json.dumps(['capstone' in sys.modules, ids, sorted(disasm._kinds().items())]))\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env={k: v for k, v in os.environ.items() if k != "OVMFTOOL_PURE_PYTHON"})
+    code = (
+        "import sys, json\n"
+        "from ovmftool.scan import disasm\n"
+        "ids = {k: v for k, v in vars(disasm._x86_const()).items() if k.startswith('X86_INS_')}\n"
+        "assert disasm.native_decoder(64) is not None\n"
+        "print(json.dumps(['capstone' in sys.modules, ids, sorted(disasm._kinds().items())]))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "OVMFTOOL_PURE_PYTHON"},
+    )
     assert r.returncode == 0, r.stderr
     imported, ids, kinds = json.loads(r.stdout)
     from capstone import x86_const
@@ -238,15 +263,18 @@ def test_scan_imports_nothing_it_does_not_use():
     jsonschema, multiprocessing, concurrent.futures, shutil nor tempfile (issue 15: start-up is a
     third of a scan) — beyond what the interpreter's own start-up imported (site, .pth files)."""
     img = str(CODE_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
-    code = ("import sys\n"
-            "pre = set(sys.modules)\n"  # what the interpreter's start-up imported (site, .pth files)
-            "from ovmftool.cli import main\n"
-            f"sys.argv = ['ovmftool', 'scan', '--format', 'json', {img!r}]\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "bad = ('capstone', 'unicorn', 'jsonschema', 'multiprocessing', 'concurrent.futures', 'shutil', 'tempfile')\n"
-            "print(sorted(m for m in bad if m in sys.modules and m not in pre), file=sys.stderr)\n")
+    code = (
+        "import sys\n"
+        "pre = set(sys.modules)\n"  # what the interpreter's start-up imported (site, .pth files)
+        "from ovmftool.cli import main\n"
+        f"sys.argv = ['ovmftool', 'scan', '--format', 'json', {img!r}]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "bad = ('capstone', 'unicorn', 'jsonschema', 'multiprocessing', 'concurrent.futures', 'shutil', 'tempfile')\n"
+        "print(sorted(m for m in bad if m in sys.modules and m not in pre), file=sys.stderr)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OVMFTOOL_PURE_PYTHON"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env={**env, "OVMFTOOL_NO_CACHE": "1"})
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env={**env, "OVMFTOOL_NO_CACHE": "1"}
+    )
     assert json.loads(r.stdout)["findings"]
     assert r.stderr.strip().splitlines()[-1] == "[]", r.stderr

@@ -5,13 +5,13 @@ import json
 import capstone
 from click.testing import CliRunner
 
-import fvbuild as B
 from ovmftool.cli import main
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import scan_image
 
+import fvbuild as B
 from conftest import CORPUS_IMAGES
 
 IO = {"insb", "insw", "insd", "outsb", "outsw", "outsd"}
@@ -42,8 +42,9 @@ def test_debian_images_sites_are_exactly_the_fifo_routines(corpus_image):
     mods = {(m.guid, m.volume): m for m in iter_modules(root)}
     naive_total = 0
     for key, m in mods.items():
-        matches = sigs.find(m.image.memory, m.arch, [(s.rva, s.rva + s.virtual_size) for s in m.image.sections
-                                                      if s.executable])
+        matches = sigs.find(
+            m.image.memory, m.arch, [(s.rva, s.rva + s.virtual_size) for s in m.image.sections if s.executable]
+        )
         expected = {mt.rva + off for mt in matches for off in mt.signature.sites}
         got = {f.rva for f in by_mod.get(key, [])}
         assert got == expected, m.name
@@ -93,7 +94,9 @@ def test_scan_json_validates_against_schema():
     from conftest import ROOT
 
     schema = json.loads((ROOT / "docs" / "schema" / "scan-1.json").read_text())
-    r = CliRunner().invoke(main, ["scan", "--format", "json", str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])])
+    r = CliRunner().invoke(
+        main, ["scan", "--format", "json", str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])]
+    )
     jsonschema.validate(json.loads(r.output), schema)
 
 
@@ -104,7 +107,8 @@ def test_clean_image_exits_zero():
     clean = [m for m in iter_modules(root) if m.guid not in res and m.arch == "X64"][:12]
     files = [B.ffs(m.guid, 0x07, B.sections(B.section(0x10, m.image.raw), B.ui(m.name))) for m in clean]
     img = B.fv(files, size=0x200000)
-    import tempfile, os
+    import os
+    import tempfile
 
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "clean.fd")

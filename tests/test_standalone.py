@@ -58,7 +58,10 @@ def test_every_extracted_module_parses_as_that_module(extracted):
         assert (m.name, m.guid, m.arch, m.image.format) == (e["name"], e["guid"], e["arch"], e["format"])
         assert (m.volume, m.fd_offset, m.file_type) == ("", 0, "TE" if e["format"] == "TE" else "PE32")
         assert (m.image.entry_rva, m.image.image_base, m.image.size_of_image) == (
-            e["entry_rva"], e["image_base"], e["size_of_image"])
+            e["entry_rva"],
+            e["image_base"],
+            e["size_of_image"],
+        )
         assert len(m.image.relocations) == e["relocations"] and m.image.debug_path == e["debug_path"]
 
 
@@ -188,8 +191,7 @@ def _te_from_pe(pe: bytes) -> bytes:
     rel = struct.unpack_from("<II", pe, ddir + 8 * 5)
     dbg = struct.unpack_from("<II", pe, ddir + 8 * 6)
     table = opt + optsize
-    hdr = struct.pack("<2sHBBHIIQIIII", b"VZ", machine, nsec, subsystem, table, entry, base_of_code, base,
-                      *rel, *dbg)
+    hdr = struct.pack("<2sHBBHIIQIIII", b"VZ", machine, nsec, subsystem, table, entry, base_of_code, base, *rel, *dbg)
     return hdr + pe[table:]
 
 
@@ -275,18 +277,25 @@ def test_truncated_pe_is_one_line_exit_2_everywhere(extracted, tmp_path):
     for cut in _truncations(raw):
         p = tmp_path / f"cut{cut}.efi"
         p.write_bytes(raw[:cut])
-        for args in (["info", str(p)], ["scan", str(p)], ["patch", str(p), "--dry-run"],
-                     ["decode", "--image", str(p), "f36e"]):
+        for args in (
+            ["info", str(p)],
+            ["scan", str(p)],
+            ["patch", str(p), "--dry-run"],
+            ["decode", "--image", str(p), "f36e"],
+        ):
             _one_error(_run(*args))
     assert not any(n.startswith(".") for n in os.listdir(tmp_path))
 
 
-@pytest.mark.parametrize("data,words", [
-    (b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x40) + b"NOPE" + b"\0" * 200, ["no firmware volume", "not a PE"]),
-    (b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x7FFFFFF0) + b"\0" * 200, ["no firmware volume", "not a PE"]),
-    (b"VZ" + b"\xff" * 100, ["no firmware volume", "not a TE"]),
-    (b"hello, this is not firmware\n" * 100, ["no firmware volume", "not a PE32/TE"]),
-])
+@pytest.mark.parametrize(
+    "data,words",
+    [
+        (b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x40) + b"NOPE" + b"\0" * 200, ["no firmware volume", "not a PE"]),
+        (b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x7FFFFFF0) + b"\0" * 200, ["no firmware volume", "not a PE"]),
+        (b"VZ" + b"\xff" * 100, ["no firmware volume", "not a TE"]),
+        (b"hello, this is not firmware\n" * 100, ["no firmware volume", "not a PE32/TE"]),
+    ],
+)
 def test_non_firmware_garbage_is_one_line_exit_2(tmp_path, data, words):
     p = tmp_path / "junk.bin"
     p.write_bytes(data)
@@ -348,6 +357,7 @@ def test_build_outputs_scan_like_their_modules_in_the_fd():
 
 # --- a module whose code the scan cannot find is not checked ----------------------------------
 
+
 def _section_headers(raw: bytes) -> tuple[int, dict[str, int]]:
     """(offset of AddressOfEntryPoint, {section name: offset of its header}) of a PE file."""
     pe = struct.unpack_from("<I", raw, 0x3C)[0]
@@ -376,12 +386,15 @@ def _crafted(extracted, tmp_path, name: str, how: str) -> tuple[str, dict]:
     return str(p), e
 
 
-@pytest.mark.parametrize("name,how,words", [
-    ("PlatformPei", "noexec", "no executable section (3 sections, none marked code or executable)"),
-    ("PlatformPei", "entry-in-data", "lies outside its executable sections"),
-    ("CpuIo2Dxe", "no-instruction", "module CpuIo2Dxe at 0x0"),
-    ("CpuIo2Dxe", "ebc", "machine EBC is not x86 (IA32/X64)"),  # it has sites: scanned as x86 it says 6
-])
+@pytest.mark.parametrize(
+    "name,how,words",
+    [
+        ("PlatformPei", "noexec", "no executable section (3 sections, none marked code or executable)"),
+        ("PlatformPei", "entry-in-data", "lies outside its executable sections"),
+        ("CpuIo2Dxe", "no-instruction", "module CpuIo2Dxe at 0x0"),
+        ("CpuIo2Dxe", "ebc", "machine EBC is not x86 (IA32/X64)"),  # it has sites: scanned as x86 it says 6
+    ],
+)
 def test_module_without_executable_code_is_not_checked(extracted, tmp_path, name, how, words):
     p, e = _crafted(extracted, tmp_path, name, how)
     assert all_problems(read_image(p)) == []
@@ -412,7 +425,7 @@ def test_standalone_module_advice_names_no_dsc(extracted):
     e = next(e for e in man["modules"] if e["name"] == "PlatformPei")
     assert e["arch"] == "IA32"
     out = _run("scan", str(d / e["file"])).stdout
-    tail = " ".join(out[out.index("next steps:"):].split())
+    tail = " ".join(out[out.index("next steps:") :].split())
     assert "ovmftool plan --edk2 TREE --dsc YOUR.dsc -o DIR" in tail and "OvmfPkgIa32.dsc" not in tail
     assert "edk2-patches/debian" not in tail  # no series named
     assert "no series named: a standalone module does not tell which tree and DSC built it" in tail

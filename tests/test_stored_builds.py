@@ -28,8 +28,9 @@ def test_every_build_is_stored_with_its_provenance():
         assert truth["schema_version"] == TRUTH_SCHEMA
         assert truth["sites"] == sum(len(m["sites"]) for m in truth["modules"]) == meta["string_io_sites"]["sites"]
         if "patches" in d:  # listed patches: the stored build was made from these bytes
-            assert [p["sha256"] for p in meta["patches"]] == [hashlib.sha256((CORPUS.parent / p).read_bytes()).hexdigest()
-                                                              for p in d["patches"]], key
+            assert [p["sha256"] for p in meta["patches"]] == [
+                hashlib.sha256((CORPUS.parent / p).read_bytes()).hexdigest() for p in d["patches"]
+            ], key
 
 
 @pytest.mark.build

@@ -4,20 +4,25 @@ import subprocess
 
 import pytest
 
-import fvbuild as B
 from ovmftool.model.node import all_problems
 from ovmftool.model.parser import parse_flash
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan.scanner import scan_image
 
+import fvbuild as B
 from conftest import CORPUS, build_dir
 
 pytestmark = pytest.mark.build
 
 
 def _genfw() -> str:
-    tree = subprocess.run(["bash", str(CORPUS / "scripts" / "edk2-source.sh"), "2022.11"], capture_output=True,
-                          text=True, check=True).stdout.strip().splitlines()[-1]
+    tree = (
+        subprocess.run(
+            ["bash", str(CORPUS / "scripts" / "edk2-source.sh"), "2022.11"], capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return f"{tree}/BaseTools/Source/C/bin/GenFw"
 
 
@@ -29,17 +34,19 @@ def test_te_from_genfw_matches_its_pe(tmp_path, name):
     subprocess.run([_genfw(), "-t", "-o", str(te_path), str(pe_path)], check=True, capture_output=True)
     pe, te = pe_path.read_bytes(), te_path.read_bytes()
     assert te[:2] == b"VZ"
-    files = [B.ffs("11111111-0000-0000-0000-00000000000%d" % i, 0x06,
-                   B.sections(B.section(sec, body), B.ui(f"{name}{i}")))
-             for i, (sec, body) in enumerate(((0x10, pe), (0x12, te)))]
+    files = [
+        B.ffs(f"11111111-0000-0000-0000-00000000000{i}", 0x06, B.sections(B.section(sec, body), B.ui(f"{name}{i}")))
+        for i, (sec, body) in enumerate(((0x10, pe), (0x12, te)))
+    ]
     root = parse_flash(B.fv(files, size=0x100000), "te.fd")
     assert all_problems(root) == []
     m_pe, m_te = list(iter_modules(root))
     assert (m_pe.image.format, m_te.image.format) == ("PE32+", "TE")
     a, b = m_pe.image, m_te.image
     assert b.machine == a.machine and b.entry_rva == a.entry_rva and b.image_base == a.image_base
-    assert [(s.name, s.rva, s.virtual_size) for s in b.sections] == [(s.name, s.rva, s.virtual_size)
-                                                                     for s in a.sections]
+    assert [(s.name, s.rva, s.virtual_size) for s in b.sections] == [
+        (s.name, s.rva, s.virtual_size) for s in a.sections
+    ]
     assert sorted(b.relocations) == sorted(a.relocations)
     for s in a.sections:
         n = min(s.virtual_size, s.raw_size)

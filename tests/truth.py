@@ -121,13 +121,20 @@ def build_truth(build: Path) -> dict:
         if dbg is None:
             raise AssertionError(f"{m.name} {m.guid}: no .debug file in {build}")
         fn = function_containing(dbg)
-        sites = [{"rva": rva, "routine": r, "mnemonic": mn, "function": fn(rva)[1]}
-                 for rva, (r, mn) in sorted(fifo_sites(dbg, m.image.bits).items())]
+        sites = [
+            {"rva": rva, "routine": r, "mnemonic": mn, "function": fn(rva)[1]}
+            for rva, (r, mn) in sorted(fifo_sites(dbg, m.image.bits).items())
+        ]
         tdcall = [{"rva": rva, "function_rva": fn(rva)[0], "function": fn(rva)[1]} for rva in _tdcall_sites(dbg)]
         if sites or tdcall:
-            modules.append({"volume": m.volume, "guid": m.guid, "arch": m.arch, "name": m.name,
-                            "sites": sites, "tdcall": tdcall})
+            modules.append(
+                {"volume": m.volume, "guid": m.guid, "arch": m.arch, "name": m.name, "sites": sites, "tdcall": tdcall}
+            )
     modules.sort(key=lambda e: (e["volume"], e["guid"], e["arch"]))
-    return {"schema_version": TRUTH_SCHEMA, "modules_in_image": count,
-            "sites": sum(len(e["sites"]) for e in modules),
-            "modules_with_sites": sum(1 for e in modules if e["sites"]), "modules": modules}
+    return {
+        "schema_version": TRUTH_SCHEMA,
+        "modules_in_image": count,
+        "sites": sum(len(e["sites"]) for e in modules),
+        "modules_with_sites": sum(1 for e in modules if e["sites"]),
+        "modules": modules,
+    }

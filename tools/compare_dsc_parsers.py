@@ -43,8 +43,10 @@ TREES = [
 ]
 DSCS = ["OvmfPkg/OvmfPkgX64.dsc", "OvmfPkg/OvmfPkgIa32X64.dsc"]
 CLASSES = ["IoLib", "DebugLib", "SerialPortLib", "PcdLib", "CcProbeLib"]
-IOLIB_INFS = ["MdePkg/Library/BaseIoLibIntrinsic/BaseIoLibIntrinsic.inf",
-              "MdePkg/Library/BaseIoLibIntrinsic/BaseIoLibIntrinsicSev.inf"]
+IOLIB_INFS = [
+    "MdePkg/Library/BaseIoLibIntrinsic/BaseIoLibIntrinsic.inf",
+    "MdePkg/Library/BaseIoLibIntrinsic/BaseIoLibIntrinsicSev.inf",
+]
 REPEAT = 3  # timings: best of REPEAT runs (the machine is shared)
 
 
@@ -55,6 +57,7 @@ def norm(p: str | None) -> str | None:
 
 
 # ---------------------------------------------------------------- ovmftool side
+
 
 def ovmf_parse(ws: Path, dsc: str, defines: dict[str, str]):
     best, out = None, None
@@ -74,7 +77,7 @@ def ovmf_arches(d) -> list[str]:
 def ovmf_components(d) -> set[tuple[str, str]]:
     comps = set()
     for arch, inf in d.components:
-        for a in (ovmf_arches(d) if arch == "common" else [arch.upper()]):
+        for a in ovmf_arches(d) if arch == "common" else [arch.upper()]:
             comps.add((a, norm(inf)))
     return comps
 
@@ -106,15 +109,20 @@ def lines_of(d, cls: str, inst: str | None) -> list[str]:
     """file:line[scope] of every mapping of cls to inst (to locate edk2toollib's choice)."""
     if inst is None:
         return []
-    return [f"{m.file}:{m.line}[{m.arch}.{m.module_type}{' <' + m.component + '>' if m.component else ''}]"
-            for m in d.instances(cls) if norm(m.instance) == inst]
+    return [
+        f"{m.file}:{m.line}[{m.arch}.{m.module_type}{' <' + m.component + '>' if m.component else ''}]"
+        for m in d.instances(cls)
+        if norm(m.instance) == inst
+    ]
 
 
 # ---------------------------------------------------------------- edk2toollib side
 
+
 def tk_parse(ws: Path, dsc: str, defines: dict[str, str]):
     from edk2toollib.uefi.edk2.parsers.dsc_parser import DscParser
     from edk2toollib.uefi.edk2.path_utilities import Edk2Path
+
     best, best_path, p = None, None, None
     for _ in range(REPEAT):
         t0 = time.perf_counter()
@@ -134,6 +142,7 @@ class TkResolver:
 
     def __init__(self, pathobj, dsc: str):
         from edk2toollib.database.tables.instanced_inf_table import InstancedInfTable
+
         self.t = InstancedInfTable()
         self.t.pathobj = pathobj
         self.t.dsc = dsc
@@ -150,6 +159,7 @@ class TkResolver:
 
 
 # ---------------------------------------------------------------- build report
+
 
 def read_build_reports(builds: Path) -> dict[tuple[str, str], dict]:
     """(tree dir name, dsc) -> {"defines": ..., "modules": {(ARCH, inf): {class: instance}}}."""
@@ -203,12 +213,16 @@ def read_build_reports(builds: Path) -> dict[tuple[str, str], dict]:
             continue  # keep the first (DEBUG sorts before RELEASE)
         if meta.get("patches"):
             continue  # a patched build is no ground truth for the tree as shipped
-        out[(tree, dsc)] = {"dir": str(rep.parent), "defines": f"{meta.get('defines', '?')}, target {meta.get('target', '?')}",
-                            "modules": modules}
+        out[(tree, dsc)] = {
+            "dir": str(rep.parent),
+            "defines": f"{meta.get('defines', '?')}, target {meta.get('target', '?')}",
+            "modules": modules,
+        }
     return out
 
 
 # ---------------------------------------------------------------- comparison
+
 
 def compare(ws: Path, dsc: str, defines: dict[str, str], build: dict | None) -> dict:
     res = {"tree": ws.name, "dsc": dsc, "defines": defines, "disagreements": [], "notes": []}
@@ -277,12 +291,21 @@ def compare(ws: Path, dsc: str, defines: dict[str, str], build: dict | None) -> 
                 linked[cls] += 1
             wm = ovmf_where(od, cls, arch, o_mt, inf)
             if wm is not None:
-                decided_by["override" if wm.component else "arch+module_type" if wm.arch != "common" and wm.module_type != "common"
-                           else "module_type" if wm.module_type != "common" else "arch" if wm.arch != "common" else "common"] += 1
+                decided_by[
+                    "override"
+                    if wm.component
+                    else "arch+module_type"
+                    if wm.arch != "common" and wm.module_type != "common"
+                    else "module_type"
+                    if wm.module_type != "common"
+                    else "arch"
+                    if wm.arch != "common"
+                    else "common"
+                ] += 1
             for name, v in (("ovmftool", o), ("edk2toollib", t)):
                 if b is not None:
                     truth_checked[name][1] += 1
-                    truth_checked[name][0] += (v in b)
+                    truth_checked[name][0] += v in b
             if o == t and (b is None or o in b):
                 agree += 1
                 per_class[cls][0] += 1
@@ -292,16 +315,32 @@ def compare(ws: Path, dsc: str, defines: dict[str, str], build: dict | None) -> 
                 per_class[cls][0] += 1
             m = ovmf_where(od, cls, arch, o_mt, inf)
             ref, ref_m = tdict_resolve(od, cls, arch, o_mt, inf)
-            res["disagreements"].append({
-                "arch": arch, "component": inf, "module_type": o_mt, "class": cls,
-                "ovmftool": o, "ovmftool_line": f"{m.file}:{m.line}[{m.arch}.{m.module_type}]" if m else None,
-                "edk2toollib": t, "edk2toollib_lines": lines_of(od, cls, t), "edk2toollib_error": err,
-                "edk2toollib_scope": f"{scope_arch}.{t_mt.lower()}",
-                "build": sorted(b) if b else "(module does not link the class)" if bmods is not None else "(module not in build report)" if build else "(no build report)",
-                "basetools_order_on_ovmftool_mappings": ref,
-                "basetools_order_line": f"{ref_m.file}:{ref_m.line}[{ref_m.arch}.{ref_m.module_type}]" if ref_m else None,
-                "both_agree_but_build_differs": o == t,
-            })
+            res["disagreements"].append(
+                {
+                    "arch": arch,
+                    "component": inf,
+                    "module_type": o_mt,
+                    "class": cls,
+                    "ovmftool": o,
+                    "ovmftool_line": f"{m.file}:{m.line}[{m.arch}.{m.module_type}]" if m else None,
+                    "edk2toollib": t,
+                    "edk2toollib_lines": lines_of(od, cls, t),
+                    "edk2toollib_error": err,
+                    "edk2toollib_scope": f"{scope_arch}.{t_mt.lower()}",
+                    "build": sorted(b)
+                    if b
+                    else "(module does not link the class)"
+                    if bmods is not None
+                    else "(module not in build report)"
+                    if build
+                    else "(no build report)",
+                    "basetools_order_on_ovmftool_mappings": ref,
+                    "basetools_order_line": f"{ref_m.file}:{ref_m.line}[{ref_m.arch}.{ref_m.module_type}]"
+                    if ref_m
+                    else None,
+                    "both_agree_but_build_differs": o == t,
+                }
+            )
     res["resolutions_compared"] = compared
     res["agreements"] = agree
     res["per_class"] = per_class
@@ -334,9 +373,18 @@ def compare(ws: Path, dsc: str, defines: dict[str, str], build: dict | None) -> 
                 allc["edk2toollib_right"] += t in insts
                 if o not in insts or t not in insts:
                     m = ovmf_where(od, cls, arch, o_mt, inf)
-                    allc["wrong"].append({"arch": arch, "component": inf, "class": cls, "build": sorted(insts),
-                                          "ovmftool": o, "ovmftool_line": f"{m.file}:{m.line}" if m else None,
-                                          "edk2toollib": t, "edk2toollib_lines": lines_of(od, cls, t)})
+                    allc["wrong"].append(
+                        {
+                            "arch": arch,
+                            "component": inf,
+                            "class": cls,
+                            "build": sorted(insts),
+                            "ovmftool": o,
+                            "ovmftool_line": f"{m.file}:{m.line}" if m else None,
+                            "edk2toollib": t,
+                            "edk2toollib_lines": lines_of(od, cls, t),
+                        }
+                    )
     res["all_classes_vs_build"] = allc
 
     # INF sources of the IoLib INFs
@@ -356,47 +404,63 @@ def compare(ws: Path, dsc: str, defines: dict[str, str], build: dict | None) -> 
 
 # ---------------------------------------------------------------- synthetic cases
 
-_SYN_INF_LIB = "[Defines]\n  INF_VERSION = 0x00010005\n  BASE_NAME = {n}\n  FILE_GUID = {g}\n" \
-               "  MODULE_TYPE = BASE\n  LIBRARY_CLASS = IoLib\n[Sources]\n  {n}.c\n"
-_SYN_INF_DRV = "[Defines]\n  INF_VERSION = 0x00010005\n  BASE_NAME = Drv\n" \
-               "  FILE_GUID = 11111111-2222-3333-4444-555555555555\n  MODULE_TYPE = DXE_DRIVER\n" \
-               "  ENTRY_POINT = Main\n[Sources]\n  Drv.c\n[LibraryClasses]\n  IoLib\n"
-_SYN_HEAD = "[Defines]\n  PLATFORM_NAME = Syn\n  PLATFORM_GUID = 11111111-2222-3333-4444-000000000000\n" \
-            "  PLATFORM_VERSION = 1\n  DSC_SPECIFICATION = 0x00010005\n  OUTPUT_DIRECTORY = Build/Syn\n" \
-            "  SUPPORTED_ARCHITECTURES = X64\n  BUILD_TARGETS = DEBUG\n  SKUID_IDENTIFIER = DEFAULT\n\n"
+_SYN_INF_LIB = (
+    "[Defines]\n  INF_VERSION = 0x00010005\n  BASE_NAME = {n}\n  FILE_GUID = {g}\n"
+    "  MODULE_TYPE = BASE\n  LIBRARY_CLASS = IoLib\n[Sources]\n  {n}.c\n"
+)
+_SYN_INF_DRV = (
+    "[Defines]\n  INF_VERSION = 0x00010005\n  BASE_NAME = Drv\n"
+    "  FILE_GUID = 11111111-2222-3333-4444-555555555555\n  MODULE_TYPE = DXE_DRIVER\n"
+    "  ENTRY_POINT = Main\n[Sources]\n  Drv.c\n[LibraryClasses]\n  IoLib\n"
+)
+_SYN_HEAD = (
+    "[Defines]\n  PLATFORM_NAME = Syn\n  PLATFORM_GUID = 11111111-2222-3333-4444-000000000000\n"
+    "  PLATFORM_VERSION = 1\n  DSC_SPECIFICATION = 0x00010005\n  OUTPUT_DIRECTORY = Build/Syn\n"
+    "  SUPPORTED_ARCHITECTURES = X64\n  BUILD_TARGETS = DEBUG\n  SKUID_IDENTIFIER = DEFAULT\n\n"
+)
 # name -> (DSC body after [Defines], what BaseTools links for Drv.inf (X64, DXE_DRIVER), why)
 SYNTHETIC = {
     "arch section vs common.MODULE_TYPE section": (
         "[LibraryClasses.X64]\n  IoLib|Lib/A/A.inf\n[LibraryClasses.common.DXE_DRIVER]\n  IoLib|Lib/B/B.inf\n"
         "[Components.X64]\n  Drv/Drv.inf\n",
-        "Lib/A/A.inf", "DscBuildData.LibraryClasses looks up tdict[ARCH, MODULE_TYPE, class]: the arch "
+        "Lib/A/A.inf",
+        "DscBuildData.LibraryClasses looks up tdict[ARCH, MODULE_TYPE, class]: the arch "
         "level first (X64, then COMMON), the module type inside it, so [LibraryClasses.X64] beats "
-        "[LibraryClasses.common.DXE_DRIVER]"),
+        "[LibraryClasses.common.DXE_DRIVER]",
+    ),
     "[Components] (no arch) with an [LibraryClasses.X64.DXE_DRIVER] mapping": (
         "[LibraryClasses]\n  IoLib|Lib/B/B.inf\n[LibraryClasses.X64.DXE_DRIVER]\n  IoLib|Lib/A/A.inf\n"
         "[Components]\n  Drv/Drv.inf\n",
-        "Lib/A/A.inf", "the component is built for X64 (SUPPORTED_ARCHITECTURES), so the X64.DXE_DRIVER "
-        "mapping applies"),
+        "Lib/A/A.inf",
+        "the component is built for X64 (SUPPORTED_ARCHITECTURES), so the X64.DXE_DRIVER mapping applies",
+    ),
     "class mapped A, B, then A again in the common scope": (
         "[LibraryClasses]\n  IoLib|Lib/A/A.inf\n  IoLib|Lib/B/B.inf\n[LibraryClasses.common]\n"
         "  IoLib|Lib/A/A.inf\n[Components.X64]\n  Drv/Drv.inf\n",
-        "Lib/A/A.inf", "the last assignment to tdict[COMMON, COMMON, IoLib] wins"),
+        "Lib/A/A.inf",
+        "the last assignment to tdict[COMMON, COMMON, IoLib] wins",
+    ),
     "component <LibraryClasses> override": (
         "[LibraryClasses.X64.DXE_DRIVER]\n  IoLib|Lib/A/A.inf\n[Components.X64]\n  Drv/Drv.inf {\n"
         "    <LibraryClasses>\n      IoLib|Lib/C/C.inf\n  }\n",
-        "Lib/C/C.inf", "a component override wins over every [LibraryClasses] section"),
+        "Lib/C/C.inf",
+        "a component override wins over every [LibraryClasses] section",
+    ),
 }
 
 
 def synthetic() -> list[dict]:
     """Small DSCs for the cases the OVMF trees do not exercise; the expected value is BaseTools'."""
     import tempfile
+
     out = []
     with tempfile.TemporaryDirectory(prefix="dsc-compare-") as tmp:
         ws = Path(tmp)
         for i, n in enumerate("ABC"):
             (ws / "Lib" / n).mkdir(parents=True)
-            (ws / "Lib" / n / f"{n}.inf").write_text(_SYN_INF_LIB.format(n=n, g=f"11111111-2222-3333-4444-00000000000{i + 1}"))
+            (ws / "Lib" / n / f"{n}.inf").write_text(
+                _SYN_INF_LIB.format(n=n, g=f"11111111-2222-3333-4444-00000000000{i + 1}")
+            )
         (ws / "Drv").mkdir()
         (ws / "Drv" / "Drv.inf").write_text(_SYN_INF_DRV)
         for k, (name, (body, expect, why)) in enumerate(SYNTHETIC.items()):
@@ -410,32 +474,49 @@ def synthetic() -> list[dict]:
             for inf, arch, ov in tp.Components:
                 if norm(inf) == "Drv/Drv.inf":
                     t, err = tr.resolve("IoLib", arch, "DXE_DRIVER", ov, tp.ScopedLibraryDict)
-            out.append({"case": name, "basetools": expect, "why": why, "ovmftool": o, "edk2toollib": t,
-                        "edk2toollib_error": err})
+            out.append(
+                {
+                    "case": name,
+                    "basetools": expect,
+                    "why": why,
+                    "ovmftool": o,
+                    "edk2toollib": t,
+                    "edk2toollib_error": err,
+                }
+            )
     return out
 
 
 def import_cost(python: str) -> dict:
     """Import time of edk2toollib's parsers (and of its database module, which holds the resolution
     used here) in a fresh interpreter, with the third-party top-level packages each pulls in."""
-    code = ("import time,sys,json;std=set(sys.stdlib_module_names);b=set(sys.modules);t=time.perf_counter();"
-            "import edk2toollib.uefi.edk2.parsers.dsc_parser, edk2toollib.uefi.edk2.parsers.inf_parser, "
-            "edk2toollib.uefi.edk2.path_utilities;a=time.perf_counter()-t;"
-            "m1=sorted({k.split('.')[0] for k in set(sys.modules)-b}-std);b=set(sys.modules);"
-            "t=time.perf_counter();import edk2toollib.database.tables.instanced_inf_table;c=time.perf_counter()-t;"
-            "m2=sorted({k.split('.')[0] for k in set(sys.modules)-b}-std);print(json.dumps([a,c,m1,m2]))")
+    code = (
+        "import time,sys,json;std=set(sys.stdlib_module_names);b=set(sys.modules);t=time.perf_counter();"
+        "import edk2toollib.uefi.edk2.parsers.dsc_parser, edk2toollib.uefi.edk2.parsers.inf_parser, "
+        "edk2toollib.uefi.edk2.path_utilities;a=time.perf_counter()-t;"
+        "m1=sorted({k.split('.')[0] for k in set(sys.modules)-b}-std);b=set(sys.modules);"
+        "t=time.perf_counter();import edk2toollib.database.tables.instanced_inf_table;c=time.perf_counter()-t;"
+        "m2=sorted({k.split('.')[0] for k in set(sys.modules)-b}-std);print(json.dumps([a,c,m1,m2]))"
+    )
     best = None
     for _ in range(REPEAT):
         out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout
         v = json.loads(out)
         best = v if best is None or v[0] + v[1] < best[0] + best[1] else best
-    code2 = ("import time,sys;t=time.perf_counter();import ovmftool.edk2.dsc, ovmftool.edk2.inf;"
-             "print(time.perf_counter()-t)")
-    o = min(float(subprocess.run([python, "-c", code2], capture_output=True, text=True, check=True).stdout)
-            for _ in range(REPEAT))
-    return {"edk2toollib_parsers_import_s": round(best[0], 4), "parsers_pull_in": best[2],
-            "edk2toollib_database_import_s (after parsers)": round(best[1], 4), "database_pulls_in": best[3],
-            "ovmftool_reader_import_s": round(o, 4)}
+    code2 = (
+        "import time,sys;t=time.perf_counter();import ovmftool.edk2.dsc, ovmftool.edk2.inf;print(time.perf_counter()-t)"
+    )
+    o = min(
+        float(subprocess.run([python, "-c", code2], capture_output=True, text=True, check=True).stdout)
+        for _ in range(REPEAT)
+    )
+    return {
+        "edk2toollib_parsers_import_s": round(best[0], 4),
+        "parsers_pull_in": best[2],
+        "edk2toollib_database_import_s (after parsers)": round(best[1], 4),
+        "database_pulls_in": best[3],
+        "ovmftool_reader_import_s": round(o, 4),
+    }
 
 
 def main() -> int:
@@ -446,8 +527,11 @@ def main() -> int:
     args = ap.parse_args()
     logging.disable(logging.WARNING)  # edk2toollib warns per unresolved class; the table says it
     from importlib.metadata import version
-    print(f"ovmftool {version('ovmftool')}, edk2-pytool-library {version('edk2-pytool-library')}, "
-          f"Python {sys.version.split()[0]}")
+
+    print(
+        f"ovmftool {version('ovmftool')}, edk2-pytool-library {version('edk2-pytool-library')}, "
+        f"Python {sys.version.split()[0]}"
+    )
     builds = read_build_reports(Path(args.builds))
     results = []
     for tree, defines in TREES:
@@ -465,65 +549,93 @@ def main() -> int:
     syn = synthetic()
     print("\n== synthetic DSCs (cases the OVMF trees do not exercise; expected = BaseTools' resolution)")
     for c in syn:
-        ok = lambda v: "ok" if v == c["basetools"] else "WRONG"
-        print(f"  {c['case']}: BaseTools {c['basetools']} | ovmftool {c['ovmftool']} {ok(c['ovmftool'])} | "
-              f"edk2toollib {c['edk2toollib']} {ok(c['edk2toollib'])}"
-              + (f" ({c['edk2toollib_error']})" if c["edk2toollib_error"] else ""))
+        ok = lambda v, c=c: "ok" if v == c["basetools"] else "WRONG"
+        print(
+            f"  {c['case']}: BaseTools {c['basetools']} | ovmftool {c['ovmftool']} {ok(c['ovmftool'])} | "
+            f"edk2toollib {c['edk2toollib']} {ok(c['edk2toollib'])}"
+            + (f" ({c['edk2toollib_error']})" if c["edk2toollib_error"] else "")
+        )
         print(f"      why: {c['why']}")
     cost = import_cost(sys.executable)
-    print("\n== import cost (fresh interpreter, best of %d)" % REPEAT)
+    print(f"\n== import cost (fresh interpreter, best of {REPEAT})")
     print(json.dumps(cost, indent=1))
     print("\n== summary")
-    print(f"{'tree':24} {'dsc':22} {'comp o/t/both':>14} {'compared':>8} {'agree':>6} "
-          f"{'o=build':>9} {'t=build':>9} {'t_ovmf':>7} {'t_tk':>7}")
+    print(
+        f"{'tree':24} {'dsc':22} {'comp o/t/both':>14} {'compared':>8} {'agree':>6} "
+        f"{'o=build':>9} {'t=build':>9} {'t_ovmf':>7} {'t_tk':>7}"
+    )
     for r in results:
         if "skipped" in r:
             print(f"{r['tree']:24} (skipped: {r['skipped']})")
             continue
         vb = r["vs_build"]
-        print(f"{r['tree']:24} {Path(r['dsc']).name:22} "
-              f"{r['components_ovmftool']:>4}/{r['components_edk2toollib']}/{r['components_both']:<4} "
-              f"{r['resolutions_compared']:>8} {r['agreements']:>6} "
-              f"{vb['ovmftool'][0]:>4}/{vb['ovmftool'][1]:<4} {vb['edk2toollib'][0]:>4}/{vb['edk2toollib'][1]:<4} "
-              f"{r['time_ovmftool_s']:>7.3f} {r['time_edk2toollib_s']:>7.3f}")
+        print(
+            f"{r['tree']:24} {Path(r['dsc']).name:22} "
+            f"{r['components_ovmftool']:>4}/{r['components_edk2toollib']}/{r['components_both']:<4} "
+            f"{r['resolutions_compared']:>8} {r['agreements']:>6} "
+            f"{vb['ovmftool'][0]:>4}/{vb['ovmftool'][1]:<4} {vb['edk2toollib'][0]:>4}/{vb['edk2toollib'][1]:<4} "
+            f"{r['time_ovmftool_s']:>7.3f} {r['time_edk2toollib_s']:>7.3f}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": results, "synthetic": syn, "import": cost}, indent=1, default=list))
+        Path(args.json).write_text(
+            json.dumps({"results": results, "synthetic": syn, "import": cost}, indent=1, default=list)
+        )
     return 0
 
 
 def report(r: dict) -> None:
     print(f"\n== {r['tree']} {r['dsc']}  -D " + " -D ".join(f"{k}={v}" for k, v in r["defines"].items()))
-    print(f"  parse time: ovmftool {r['time_ovmftool_s']:.3f}s (incl. FDF)  edk2toollib DscParser "
-          f"{r['time_edk2toollib_s']:.3f}s (+ Edk2Path {r['time_edk2path_s']:.3f}s)")
-    print(f"  components: ovmftool {r['components_ovmftool']}, edk2toollib {r['components_edk2toollib']}, "
-          f"both {r['components_both']}" + (f", build report {r['components_build']}" if "components_build" in r else ""))
-    for k in ("components_only_ovmftool", "components_only_edk2toollib", "build_only",
-              "ovmftool_not_built", "edk2toollib_not_built"):
+    print(
+        f"  parse time: ovmftool {r['time_ovmftool_s']:.3f}s (incl. FDF)  edk2toollib DscParser "
+        f"{r['time_edk2toollib_s']:.3f}s (+ Edk2Path {r['time_edk2path_s']:.3f}s)"
+    )
+    print(
+        f"  components: ovmftool {r['components_ovmftool']}, edk2toollib {r['components_edk2toollib']}, "
+        f"both {r['components_both']}" + (f", build report {r['components_build']}" if "components_build" in r else "")
+    )
+    for k in (
+        "components_only_ovmftool",
+        "components_only_edk2toollib",
+        "build_only",
+        "ovmftool_not_built",
+        "edk2toollib_not_built",
+    ):
         if r.get(k):
             print(f"  {k}: " + ", ".join(f"{a}:{i}" for a, i in r[k]))
     if "build_report" in r:
         print(f"  build report: {r['build_report']} (defines {r['build_defines']})")
     else:
         print("  build report: none for this tree/DSC")
-    print(f"  resolutions compared: {r['resolutions_compared']} ({len(CLASSES)} classes x non-library components; "
-          f"{r['library_components_skipped']} library components skipped), agreements {r['agreements']}")
+    print(
+        f"  resolutions compared: {r['resolutions_compared']} ({len(CLASSES)} classes x non-library components; "
+        f"{r['library_components_skipped']} library components skipped), agreements {r['agreements']}"
+    )
     print("  per class (agree/compared): " + ", ".join(f"{c} {a}/{n}" for c, (a, n) in r["per_class"].items()))
     print("  ovmftool's winning line came from: " + ", ".join(f"{k} {v}" for k, v in r["decided_by"].items()))
     if r.get("linked_per_build"):
-        print("  components whose build actually links the class: "
-              + ", ".join(f"{c} {n}/{r['per_class'][c][1]}" for c, n in r["linked_per_build"].items()))
+        print(
+            "  components whose build actually links the class: "
+            + ", ".join(f"{c} {n}/{r['per_class'][c][1]}" for c, n in r["linked_per_build"].items())
+        )
     vb = r["vs_build"]
     if vb["ovmftool"][1]:
-        print(f"  vs build report: ovmftool {vb['ovmftool'][0]}/{vb['ovmftool'][1]}, "
-              f"edk2toollib {vb['edk2toollib'][0]}/{vb['edk2toollib'][1]} (where the module links the class)")
+        print(
+            f"  vs build report: ovmftool {vb['ovmftool'][0]}/{vb['ovmftool'][1]}, "
+            f"edk2toollib {vb['edk2toollib'][0]}/{vb['edk2toollib'][1]} (where the module links the class)"
+        )
     a = r["all_classes_vs_build"]
     if a["compared"]:
-        print(f"  ALL classes each component links per build report: {a['compared']} resolutions, "
-              f"ovmftool right {a['ovmftool_right']}, edk2toollib right {a['edk2toollib_right']} "
-              f"({a['null_linked_skipped']} instances linked through NULL| skipped)")
+        print(
+            f"  ALL classes each component links per build report: {a['compared']} resolutions, "
+            f"ovmftool right {a['ovmftool_right']}, edk2toollib right {a['edk2toollib_right']} "
+            f"({a['null_linked_skipped']} instances linked through NULL| skipped)"
+        )
         for w in a["wrong"][:40]:
-            print(f"    WRONG {w['arch']} {w['component']} {w['class']}: build {w['build']} | ovmftool {w['ovmftool']}"
-                  f" <- {w['ovmftool_line']} | edk2toollib {w['edk2toollib']} <- {', '.join(w['edk2toollib_lines']) or '-'}")
+            print(
+                f"    WRONG {w['arch']} {w['component']} {w['class']}: build {w['build']} | ovmftool {w['ovmftool']}"
+                f" <- {w['ovmftool_line']} | edk2toollib {w['edk2toollib']} <- "
+                f"{', '.join(w['edk2toollib_lines']) or '-'}"
+            )
         if len(a["wrong"]) > 40:
             print(f"    ... {len(a['wrong']) - 40} more in --json")
     if r["module_type_mismatches"]:
@@ -538,11 +650,15 @@ def report(r: dict) -> None:
         tag = "BOTH vs BUILD" if d["both_agree_but_build_differs"] else "DIFF"
         print(f"  {tag} {d['arch']} {d['component']} ({d['module_type']}) {d['class']}:")
         print(f"      ovmftool    {d['ovmftool']}  <- {d['ovmftool_line']}")
-        print(f"      edk2toollib {d['edk2toollib']}  <- {', '.join(d['edk2toollib_lines']) or '-'}"
-              f"  (scope {d['edk2toollib_scope']}{'; ' + d['edk2toollib_error'] if d['edk2toollib_error'] else ''})")
+        print(
+            f"      edk2toollib {d['edk2toollib']}  <- {', '.join(d['edk2toollib_lines']) or '-'}"
+            f"  (scope {d['edk2toollib_scope']}{'; ' + d['edk2toollib_error'] if d['edk2toollib_error'] else ''})"
+        )
         print(f"      build       {d['build']}")
-        print(f"      BaseTools order on ovmftool's mappings: {d['basetools_order_on_ovmftool_mappings']}"
-              f"  <- {d['basetools_order_line']}")
+        print(
+            f"      BaseTools order on ovmftool's mappings: {d['basetools_order_on_ovmftool_mappings']}"
+            f"  <- {d['basetools_order_line']}"
+        )
 
 
 if __name__ == "__main__":

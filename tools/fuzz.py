@@ -55,8 +55,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # fvbuild: the tests' independent PI writer
 
-import fvbuild as B  # noqa: E402
-
 from ovmftool.model import encoders  # noqa: E402
 from ovmftool.model import structs as S  # noqa: E402
 from ovmftool.model.codecs import x86_convert  # noqa: E402
@@ -66,6 +64,8 @@ from ovmftool.model.parser import parse_flash  # noqa: E402
 from ovmftool.model.pe import PeImage  # noqa: E402
 from ovmftool.model.section import Section  # noqa: E402
 from ovmftool.model.volume import Volume  # noqa: E402
+
+import fvbuild as B  # noqa: E402
 
 TIME_LIMIT = 10.0  # seconds an input may take (the project's promise)
 RSS_LIMIT = 1 << 30  # bytes of resident memory an input may use
@@ -90,9 +90,22 @@ COMMANDS = {
     "decode": ["decode", "TEXT", "--image", "IMG"],
     "decode-json": ["decode", "--format", "json", "TEXT", "--image", "IMG"],
 }
-COMMAND_WEIGHTS = {"info": 14, "info-json": 8, "info-modules": 4, "scan": 14, "scan-json": 6, "scan-sarif": 3,
-                   "scan-junit": 2, "extract": 6, "extract-damaged": 6, "patch-dry": 14, "patch-o": 10,
-                   "patch-json": 4, "decode": 9, "decode-json": 3}
+COMMAND_WEIGHTS = {
+    "info": 14,
+    "info-json": 8,
+    "info-modules": 4,
+    "scan": 14,
+    "scan-json": 6,
+    "scan-sarif": 3,
+    "scan-junit": 2,
+    "extract": 6,
+    "extract-damaged": 6,
+    "patch-dry": 14,
+    "patch-o": 10,
+    "patch-json": 4,
+    "decode": 9,
+    "decode-json": 3,
+}
 DECODE_TEXTS = ["f3 6e", "f3 6f", "6c", "66 ef", "[243, 110, 0, 0]", "f3 6d 90", "e4 60"]
 
 
@@ -165,9 +178,14 @@ def pe_xip(code: bytes, pointers: int = 4, base: int = 0x100000) -> bytes:
     struct.pack_into("<H", opt, 68, 11)
     struct.pack_into("<I", opt, 108, 16)
     struct.pack_into("<II", opt, 112 + 8 * 5, rel_rva, len(relocs))
-    secs = b"".join(struct.pack("<8sIIIIIIHHI", n, len(b), rva, len(b), rva, 0, 0, 0, 0, ch) for n, b, rva, ch in (
-        (b".text", text, hdr_size, 0x60000020), (b".data", data, data_rva, 0xC0000040),
-        (b".reloc", reloc, rel_rva, 0x42000040)))
+    secs = b"".join(
+        struct.pack("<8sIIIIIIHHI", n, len(b), rva, len(b), rva, 0, 0, 0, 0, ch)
+        for n, b, rva, ch in (
+            (b".text", text, hdr_size, 0x60000020),
+            (b".data", data, data_rva, 0xC0000040),
+            (b".reloc", reloc, rel_rva, 0x42000040),
+        )
+    )
     h = bytes(dos) + coff + bytes(opt) + secs
     return h + b"\0" * (hdr_size - len(h)) + text + data + reloc
 
@@ -192,8 +210,13 @@ def _corpus_modules() -> dict[str, bytes]:
     img = ROOT / "corpus" / "images" / "debian-2022.11" / "OVMF_CODE.fd"
     root = parse_flash(img.read_bytes(), str(img))
     by = {m.name: m.image.raw for m in iter_modules(root)}
-    out = {"site": by["CpuIo2Dxe"], "site2": by["SmbiosPlatformDxe"], "dxe": by["WatchdogTimer"],
-           "dxe2": by["DpcDxe"], "pei": by["ReportStatusCodeRouterPei"]}
+    out = {
+        "site": by["CpuIo2Dxe"],
+        "site2": by["SmbiosPlatformDxe"],
+        "dxe": by["WatchdogTimer"],
+        "dxe2": by["DpcDxe"],
+        "pei": by["ReportStatusCodeRouterPei"],
+    }
     out["te"] = pe_to_te(by["ReportStatusCodeRouterPei"])
     out["te_site"] = pe_to_te(by["CpuIo2Dxe"])
     out["reset"] = next(iter_code_blobs(root)).data
@@ -254,11 +277,19 @@ def synthetic_seeds(mods: dict[str, bytes]) -> list[Seed]:
     seeds.append(("two-volumes", two, 1))
     # patch grows these modules (pure REP routines); the PEIMs execute in place, so the files
     # after a grown one move and are rebased
-    rf = [_module_file(21, 0x06, 0x10, mods["repfifo"], "RepFifoPei"),
-          _module_file(22, 0x07, 0x10, mods["repfifo"], "RepFifoDxe"), f_pei]
+    rf = [
+        _module_file(21, 0x06, 0x10, mods["repfifo"], "RepFifoPei"),
+        _module_file(22, 0x07, 0x10, mods["repfifo"], "RepFifoDxe"),
+        f_pei,
+    ]
     seeds.append(("repfifo", _fit(rf), 3))
-    seeds.append(("repfifo-lzma", _fit([B.ffs(_guid(24), 0x0B, B.lzma_section(B.fv_section(_fit(rf[1:], name=DXEFV))))],
-                                       name=FVMAIN), 2))
+    seeds.append(
+        (
+            "repfifo-lzma",
+            _fit([B.ffs(_guid(24), 0x0B, B.lzma_section(B.fv_section(_fit(rf[1:], name=DXEFV))))], name=FVMAIN),
+            2,
+        )
+    )
     seeds.append(("pe-repfifo", mods["repfifo"], 1))
     seeds.append(("te-repfifo", mods["te_repfifo"], 1))
     seeds.append(("pe", site, 3))
@@ -292,7 +323,9 @@ def _fix_file(data: bytearray, f: FfsFile, size: int) -> None:
         data[off + 20 : off + 23] = size.to_bytes(3, "little")
     attrs = data[off + 19]
     data[off + 16] = 0
-    data[off + 17] = (-sum(data[off + hs : off + size])) & 0xFF if attrs & S.FFS_ATTRIB_CHECKSUM else S.FFS_FIXED_CHECKSUM
+    data[off + 17] = (
+        (-sum(data[off + hs : off + size])) & 0xFF if attrs & S.FFS_ATTRIB_CHECKSUM else S.FFS_FIXED_CHECKSUM
+    )
     data[off + 16] = (-(sum(data[off : off + hs]) - data[off + 23] - data[off + 17])) & 0xFF
 
 
@@ -331,8 +364,9 @@ def _encode(sec: Section, decoded: bytes) -> bytes:
     return enc(decoded, sec.body, "fast")
 
 
-def splice(space: Space, start: int, end: int, new: bytes, node: Node | None, fix: bool = True,
-           data: bytearray | None = None) -> bytes:
+def splice(
+    space: Space, start: int, end: int, new: bytes, node: Node | None, fix: bool = True, data: bytearray | None = None
+) -> bytes:
     """Replace `space.data[start:end]` (inside `node`, or loose in the space when None) with
     `new`; fix the sizes (and with `fix` the checksums) of `node` and its ancestors in the
     space, let the enclosing volume absorb a change of length in its free space; when the space
@@ -385,17 +419,69 @@ _INTERESTING = {
     1: [0, 1, 0x7F, 0x80, 0xFE, 0xFF],
     2: [0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x1000, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF],
     3: [0, 1, 3, 4, 0x18, 0x1000, 0x7FFFFF, 0xFFFFFE, 0xFFFFFF],
-    4: [0, 1, 4, 0x40, 0x1000, 0x10000, 0x100000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFF0, 0xFFFFFFFE, 0xFFFFFFFF,
-        0x40000000, 0x08000000],
+    4: [
+        0,
+        1,
+        4,
+        0x40,
+        0x1000,
+        0x10000,
+        0x100000,
+        0x7FFFFFFF,
+        0x80000000,
+        0xFFFFFFF0,
+        0xFFFFFFFE,
+        0xFFFFFFFF,
+        0x40000000,
+        0x08000000,
+    ],
     8: [0, 1, 0x1000, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 32, 1 << 40, (1 << 63) - 1, 1 << 63, (1 << 64) - 1],
 }
-_CODE_BYTES = [b"\xeb\xfe", b"\xe9\xfb\xff\xff\xff", b"\xe8\0\0\0\0", b"\xc3", b"\xcc", b"\x90", b"\xf3",
-               b"\x6e", b"\x6c", b"\x66", b"\x48", b"\xff\xe0", b"\x0f\x05", b"\xfd", b"\xfc", b"\x74\xfe",
-               b"\xe2\xfe", b"\x0f\x0b", b"\xf4", b"\xcd\x03", b"\xc2\x08\x00", b"\x00", b"\xff",
-               bytes([0x0F, 0x84]) + b"\0\0\0\x80"]
-HOSTILE_TEXT = ["", "\n", "A\nB", "\r\n\r\n", "\x1b[31mred\x1b[0m", "\u202e" + "evil", "\u2028\u2029", "x" * 300,
-                "\x00mid", "..\\..\\..\\x", "../../etc/passwd", "%s%n%x", "\ud800", "\x85next", "\x07\x08\x0b\x0c",
-                "名前", " "]
+_CODE_BYTES = [
+    b"\xeb\xfe",
+    b"\xe9\xfb\xff\xff\xff",
+    b"\xe8\0\0\0\0",
+    b"\xc3",
+    b"\xcc",
+    b"\x90",
+    b"\xf3",
+    b"\x6e",
+    b"\x6c",
+    b"\x66",
+    b"\x48",
+    b"\xff\xe0",
+    b"\x0f\x05",
+    b"\xfd",
+    b"\xfc",
+    b"\x74\xfe",
+    b"\xe2\xfe",
+    b"\x0f\x0b",
+    b"\xf4",
+    b"\xcd\x03",
+    b"\xc2\x08\x00",
+    b"\x00",
+    b"\xff",
+    bytes([0x0F, 0x84]) + b"\0\0\0\x80",
+]
+HOSTILE_TEXT = [
+    "",
+    "\n",
+    "A\nB",
+    "\r\n\r\n",
+    "\x1b[31mred\x1b[0m",
+    "\u202e" + "evil",
+    "\u2028\u2029",
+    "x" * 300,
+    "\x00mid",
+    "..\\..\\..\\x",
+    "../../etc/passwd",
+    "%s%n%x",
+    "\ud800",
+    "\x85next",
+    "\x07\x08\x0b\x0c",
+    "名前",
+    " ",
+]
 
 
 def _value(rng: random.Random, width: int, old: int, limit: int = 0) -> int:
@@ -416,8 +502,19 @@ def _value(rng: random.Random, width: int, old: int, limit: int = 0) -> int:
 
 def _field_bytes(rng: random.Random, width: int, old: bytes, limit: int = 0) -> bytes:
     if width == 16:  # a GUID
-        choices = [S.guid_bytes(g) for g in (S.LZMA_GUID, S.LZMA_F86_GUID, S.TIANO_GUID, S.BROTLI_GUID,
-                                              S.CRC32_GUID, S.FFS2_GUID, S.FFS3_GUID, VTF_GUID)]
+        choices = [
+            S.guid_bytes(g)
+            for g in (
+                S.LZMA_GUID,
+                S.LZMA_F86_GUID,
+                S.TIANO_GUID,
+                S.BROTLI_GUID,
+                S.CRC32_GUID,
+                S.FFS2_GUID,
+                S.FFS3_GUID,
+                VTF_GUID,
+            )
+        ]
         return rng.choice(choices + [bytes(16), b"\xff" * 16, rng.randbytes(16)])
     v = _value(rng, width, int.from_bytes(old, "little"), limit)
     return v.to_bytes(width, "little")
@@ -427,8 +524,20 @@ def _fields(node: Node, data: bytes) -> list[tuple[int, int]]:
     """(offset in the space, width) of the header fields of `node`."""
     o = node.offset
     if isinstance(node, Volume):
-        out = [(o + 32, 8), (o + 40, 4), (o + 44, 4), (o + 48, 2), (o + 50, 2), (o + 52, 2), (o + 55, 1),
-               (o + 56, 4), (o + 60, 4), (o + 64, 4), (o + 68, 4), (o + 16, 16)]
+        out = [
+            (o + 32, 8),
+            (o + 40, 4),
+            (o + 44, 4),
+            (o + 48, 2),
+            (o + 50, 2),
+            (o + 52, 2),
+            (o + 55, 1),
+            (o + 56, 4),
+            (o + 60, 4),
+            (o + 64, 4),
+            (o + 68, 4),
+            (o + 16, 16),
+        ]
         ext = struct.unpack_from("<H", data, o + 52)[0] if o + 54 <= len(data) else 0
         if ext:
             out += [(o + ext, 16), (o + ext + 16, 4), (o + ext + 20, 2), (o + ext + 22, 2)]
@@ -468,8 +577,20 @@ def _pe_fields(raw: bytes) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     try:
         if raw[:2] == S.TE_MAGIC:
-            out += [(0, 2), (2, 2), (4, 1), (5, 1), (6, 2), (8, 4), (12, 4), (16, 8), (24, 4), (28, 4), (32, 4),
-                    (36, 4)]
+            out += [
+                (0, 2),
+                (2, 2),
+                (4, 1),
+                (5, 1),
+                (6, 2),
+                (8, 4),
+                (12, 4),
+                (16, 8),
+                (24, 4),
+                (28, 4),
+                (32, 4),
+                (36, 4),
+            ]
             nsec, sec_off = raw[4], 40
         else:
             lfanew = struct.unpack_from("<I", raw, 0x3C)[0]
@@ -479,9 +600,24 @@ def _pe_fields(raw: bytes) -> list[tuple[int, int]]:
             opt = coff + 20
             plus = struct.unpack_from("<H", raw, opt)[0] == S.OPT_MAGIC_PE32_PLUS
             nd = opt + (108 if plus else 92)
-            out += [(0, 2), (0x3C, 4), (coff, 4), (coff + 4, 2), (coff + 6, 2), (coff + 20, 2), (coff + 22, 2),
-                    (opt, 2), (opt + 16, 4), (opt + (24 if plus else 28), 8 if plus else 4), (opt + 32, 4),
-                    (opt + 36, 4), (opt + 56, 4), (opt + 60, 4), (opt + 68, 2), (nd, 4)]
+            out += [
+                (0, 2),
+                (0x3C, 4),
+                (coff, 4),
+                (coff + 4, 2),
+                (coff + 6, 2),
+                (coff + 20, 2),
+                (coff + 22, 2),
+                (opt, 2),
+                (opt + 16, 4),
+                (opt + (24 if plus else 28), 8 if plus else 4),
+                (opt + 32, 4),
+                (opt + 36, 4),
+                (opt + 56, 4),
+                (opt + 60, 4),
+                (opt + 68, 2),
+                (nd, 4),
+            ]
             out += [(nd + 4 + 8 * i + k, 4) for i in (0, 4, 5, 6) for k in (0, 4)]
             sec_off = opt + optsize
         for i in range(min(nsec, 8)):
@@ -545,8 +681,17 @@ def _write_table(rng: random.Random, img: PeImage) -> tuple[int, bytes, int, int
         return s.raw_offset + at, blocks[: room - at], 5, rva
     path = rng.choice(HOSTILE_TEXT + ["/Build/OvmfX64/RELEASE_GCC5/X64/MdeModulePkg/X/DEBUG/X.dll"])
     cv = b"RSDS" + bytes(20) + path.encode("utf-8", "surrogatepass") + rng.choice([b"\0", b""])
-    ent = struct.pack("<IIHHIIII", 0, 0, 0, 0, S.IMAGE_DEBUG_TYPE_CODEVIEW, rng.choice([len(cv), big]), rva + 28,
-                      s.raw_offset + at + 28)
+    ent = struct.pack(
+        "<IIHHIIII",
+        0,
+        0,
+        0,
+        0,
+        S.IMAGE_DEBUG_TYPE_CODEVIEW,
+        rng.choice([len(cv), big]),
+        rva + 28,
+        s.raw_offset + at + 28,
+    )
     return s.raw_offset + at, (ent + cv)[: room - at], 6, rva
 
 
@@ -632,9 +777,20 @@ class Generator:
         n = rng.choices(nodes, weights)[0]
         space, sd = n.space, n.space.data
         fix = rng.random() < 0.7
-        op = rng.choices(["field", "truncate", "text", "table", "dup", "wrap", "cut-space", "resize", "code"],
-                         [10, 2, 1 if isinstance(n, Section) and n.type in (0x14, 0x15) else 0,
-                          3 if isinstance(n, PeImage) else 0, 1, 1, 1, 1, 4 if isinstance(n, PeImage) else 0])[0]
+        op = rng.choices(
+            ["field", "truncate", "text", "table", "dup", "wrap", "cut-space", "resize", "code"],
+            [
+                10,
+                2,
+                1 if isinstance(n, Section) and n.type in (0x14, 0x15) else 0,
+                3 if isinstance(n, PeImage) else 0,
+                1,
+                1,
+                1,
+                1,
+                4 if isinstance(n, PeImage) else 0,
+            ],
+        )[0]
         kind = type(n).__name__
         if op == "field":
             fields = _fields(n, sd)
@@ -684,8 +840,9 @@ class Generator:
                 return sd[:cut], f"truncate file at 0x{cut:X}"
             return splice(space, cut, len(sd), b"", None, True), f"truncate decoded space at 0x{cut:X}"
         if op == "cut-space":  # drop the node's bytes, keeping the containers consistent
-            return splice(space, n.offset, n.end, b"", n.parent if n.parent and n.parent.space is space else None,
-                          True), f"remove {kind}"
+            return splice(
+                space, n.offset, n.end, b"", n.parent if n.parent and n.parent.space is space else None, True
+            ), f"remove {kind}"
         if op == "dup":
             parent = n.parent if n.parent is not None and n.parent.space is space else None
             times = rng.choice([1, 2, 8])
@@ -710,8 +867,9 @@ class Generator:
             else:
                 w = B.guided(rng.choice([S.LZMA_GUID, _guid(7)]), inner, attrs=rng.choice([0, 1, 2]))
             if isinstance(n, Section):
-                return splice(space, n.offset, n.end, w, n.parent if n.parent.space is space else None, True), \
-                    f"wrap section in {how}"
+                return splice(
+                    space, n.offset, n.end, w, n.parent if n.parent.space is space else None, True
+                ), f"wrap section in {how}"
             return splice(space, n.data_offset, n.end, w, n, True), f"wrap file body in {how}"
         # resize: grow or shrink the node's bytes (insert/delete inside it), sizes fixed above it
         at = n.offset + rng.randrange(max(1, n.size))
@@ -821,8 +979,7 @@ def run_one(data: bytes, cmd: str, argv: list[str], work: str, time_limit: float
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
     except InputTimeout:
-        o = Outcome(cmd, None, time.monotonic() - t0, "timeout", f"over {time_limit:.0f} s",
-                    _where(sys.exc_info()[2]))
+        o = Outcome(cmd, None, time.monotonic() - t0, "timeout", f"over {time_limit:.0f} s", _where(sys.exc_info()[2]))
         _clean(work)
         return o
     dt = time.monotonic() - t0
@@ -966,13 +1123,32 @@ class Worker:
                 self.done += 1
                 # a fresh process after a memory or time failure, a high-water mark of half the
                 # limit (ru_maxrss never goes down), or `recycle` inputs
-                exiting = (o.symptom in ("rss", "memory", "timeout") or _maxrss() > self.rss_limit // 2
-                           or self.done >= self.recycle)
-                results.write(json.dumps({"i": i, "cmd": cmd, "exit": o.exit_code, "s": o.seconds, "gen": gen_s,
-                                          "symptom": o.symptom, "detail": o.detail, "where": o.where,
-                                          "sig": o.signature if o.symptom else None, "stderr": o.stderr,
-                                          "argv": argv, "seed": m.seed, "steps": m.steps,
-                                          "exiting": exiting}) + "\n")
+                exiting = (
+                    o.symptom in ("rss", "memory", "timeout")
+                    or _maxrss() > self.rss_limit // 2
+                    or self.done >= self.recycle
+                )
+                results.write(
+                    json.dumps(
+                        {
+                            "i": i,
+                            "cmd": cmd,
+                            "exit": o.exit_code,
+                            "s": o.seconds,
+                            "gen": gen_s,
+                            "symptom": o.symptom,
+                            "detail": o.detail,
+                            "where": o.where,
+                            "sig": o.signature if o.symptom else None,
+                            "stderr": o.stderr,
+                            "argv": argv,
+                            "seed": m.seed,
+                            "steps": m.steps,
+                            "exiting": exiting,
+                        }
+                    )
+                    + "\n"
+                )
                 if exiting:
                     break
         finally:
@@ -1026,18 +1202,34 @@ class Campaign:
     config: dict = field(default_factory=dict)  # what input i depends on besides the seed (corpus seeds)
 
     @classmethod
-    def load(cls, out_dir: Path) -> "Campaign":
+    def load(cls, out_dir: Path) -> Campaign:
         st = json.loads((out_dir / "state.json").read_text())
-        c = cls(out_dir, st["seed"], st["next_index"], st["inputs"], st["seconds"], st["failures"], st["exits"],
-                st.get("commands", {}), st.get("config", {}))
+        c = cls(
+            out_dir,
+            st["seed"],
+            st["next_index"],
+            st["inputs"],
+            st["seconds"],
+            st["failures"],
+            st["exits"],
+            st.get("commands", {}),
+            st.get("config", {}),
+        )
         return c
 
     def save(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        doc = {"seed": self.seed, "config": self.config, "next_index": self.next_index, "inputs": self.inputs,
-               "seconds": round(self.seconds, 1),
-               "rate": round(self.inputs / self.seconds, 1) if self.seconds else None, "failures": self.failures,
-               "exits": self.exits, "commands": self.commands}
+        doc = {
+            "seed": self.seed,
+            "config": self.config,
+            "next_index": self.next_index,
+            "inputs": self.inputs,
+            "seconds": round(self.seconds, 1),
+            "rate": round(self.inputs / self.seconds, 1) if self.seconds else None,
+            "failures": self.failures,
+            "exits": self.exits,
+            "commands": self.commands,
+        }
         tmp = self.out_dir / "state.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.out_dir / "state.json")
@@ -1053,8 +1245,18 @@ class Campaign:
         if not res["symptom"]:
             return False
         sig = res["sig"]
-        f = self.failures.setdefault(sig, {"count": 0, "first": res["i"], "cmd": res["cmd"], "symptom": res["symptom"],
-                                           "detail": res["detail"], "where": res["where"], "examples": []})
+        f = self.failures.setdefault(
+            sig,
+            {
+                "count": 0,
+                "first": res["i"],
+                "cmd": res["cmd"],
+                "symptom": res["symptom"],
+                "detail": res["detail"],
+                "where": res["where"],
+                "examples": [],
+            },
+        )
         f["count"] += 1
         if len(f["examples"]) < 3:
             d = self.out_dir / "failures" / hashlib.sha1(sig.encode()).hexdigest()[:12]
@@ -1065,9 +1267,14 @@ class Campaign:
             path = d / f"input-{res['i']}.fd"
             path.write_bytes(data)
             replay_cmd = f"python tools/fuzz.py --replay {path} --cmd '{json.dumps(res['argv'])}'"
-            path.with_suffix(".json").write_text(json.dumps(
-                {**res, "signature": sig, "campaign_seed": self.seed, "size": len(data), "replay": replay_cmd},
-                indent=1, sort_keys=True) + "\n")
+            path.with_suffix(".json").write_text(
+                json.dumps(
+                    {**res, "signature": sig, "campaign_seed": self.seed, "size": len(data), "replay": replay_cmd},
+                    indent=1,
+                    sort_keys=True,
+                )
+                + "\n"
+            )
             f["examples"].append(str(d / f"input-{res['i']}.fd"))
         return True
 
@@ -1079,10 +1286,21 @@ def default_seeds(corpus: bool = True) -> list[Seed]:
     return seeds
 
 
-def run_campaign(out_dir: str | Path, seed: int = 1, count: int | None = None, seconds: float | None = None,
-                 workers: int = 1, resume: bool = False, corpus: bool = True, time_limit: float = TIME_LIMIT,
-                 rss_limit: int = RSS_LIMIT, recycle: int = 5000, report=None, seeds: list[Seed] | None = None,
-                 corpus_weight: float = 0.03) -> Campaign:
+def run_campaign(
+    out_dir: str | Path,
+    seed: int = 1,
+    count: int | None = None,
+    seconds: float | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    corpus: bool = True,
+    time_limit: float = TIME_LIMIT,
+    rss_limit: int = RSS_LIMIT,
+    recycle: int = 5000,
+    report=None,
+    seeds: list[Seed] | None = None,
+    corpus_weight: float = 0.03,
+) -> Campaign:
     """Run inputs [next, next + count) (or for `seconds`) and return the campaign's totals."""
     out_dir = Path(out_dir)
     if resume and (out_dir / "state.json").exists():
@@ -1094,7 +1312,7 @@ def run_campaign(out_dir: str | Path, seed: int = 1, count: int | None = None, s
     camp.config = {"corpus": corpus, "corpus_weight": corpus_weight}
     seeds = seeds if seeds is not None else default_seeds(corpus)
     for s in seeds:
-        s.root  # parse once, before forking: every worker shares the trees
+        _ = s.root  # parse once, before forking: every worker shares the trees
     gen = Generator(camp.seed, seeds, corpus_weight)
     stop_at = camp.next_index + count if count is not None else None
     deadline = time.monotonic() + seconds if seconds is not None else None
@@ -1115,9 +1333,21 @@ def run_campaign(out_dir: str | Path, seed: int = 1, count: int | None = None, s
 
     def lost(i: int, what: str, detail: str, seconds: float) -> dict:
         cmd, argv = gen.command(i)
-        return {"i": i, "cmd": cmd, "exit": None, "s": seconds, "gen": 0.0, "symptom": what, "detail": detail,
-                "where": "", "argv": argv, "sig": f"{cmd.split('-')[0]}:{what}:", "stderr": "", "seed": "",
-                "steps": []}
+        return {
+            "i": i,
+            "cmd": cmd,
+            "exit": None,
+            "s": seconds,
+            "gen": 0.0,
+            "symptom": what,
+            "detail": detail,
+            "where": "",
+            "argv": argv,
+            "sig": f"{cmd.split('-')[0]}:{what}:",
+            "stderr": "",
+            "seed": "",
+            "steps": [],
+        }
 
     try:
         for w in pool:
@@ -1147,8 +1377,15 @@ def run_campaign(out_dir: str | Path, seed: int = 1, count: int | None = None, s
                     w.kill()
                     w.spawn()
                     del inflight[i]
-                    camp.record(lost(i, "hang" if over else "rss", f"killed after {now - w.started:.0f} s" if over
-                                     else "killed over 1.5x the RSS limit", now - w.started), gen)
+                    camp.record(
+                        lost(
+                            i,
+                            "hang" if over else "rss",
+                            f"killed after {now - w.started:.0f} s" if over else "killed over 1.5x the RSS limit",
+                            now - w.started,
+                        ),
+                        gen,
+                    )
                     run_inputs += 1
                     dispatch(w)
             camp.next_index = min(inflight) if inflight else nxt
@@ -1158,9 +1395,11 @@ def run_campaign(out_dir: str | Path, seed: int = 1, count: int | None = None, s
                 last_save = now
             if report is not None and now - last_report > 10:
                 elapsed = now - t_start
-                report(f"{camp.inputs} inputs in total, {run_inputs} this run ({run_inputs / elapsed:.1f}/s), "
-                       f"{sum(f['count'] for f in camp.failures.values())} failures ({len(camp.failures)} distinct), "
-                       f"next input {camp.next_index}")
+                report(
+                    f"{camp.inputs} inputs in total, {run_inputs} this run ({run_inputs / elapsed:.1f}/s), "
+                    f"{sum(f['count'] for f in camp.failures.values())} failures ({len(camp.failures)} distinct), "
+                    f"next input {camp.next_index}"
+                )
                 last_report = now
     finally:
         for w in pool:
@@ -1213,14 +1452,27 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     try:
-        camp = run_campaign(a.dir, a.seed, a.count, a.seconds, a.workers, a.resume, not a.no_corpus, a.time_limit,
-                            a.rss_mb << 20, report=report, corpus_weight=a.corpus_weight)
+        camp = run_campaign(
+            a.dir,
+            a.seed,
+            a.count,
+            a.seconds,
+            a.workers,
+            a.resume,
+            not a.no_corpus,
+            a.time_limit,
+            a.rss_mb << 20,
+            report=report,
+            corpus_weight=a.corpus_weight,
+        )
     except KeyboardInterrupt:
         camp = Campaign.load(Path(a.dir))
     dt = time.monotonic() - t0
-    print(f"campaign seed {camp.seed}: {camp.inputs} inputs in total ({camp.seconds:.0f} s, "
-          f"{camp.inputs / camp.seconds if camp.seconds else 0:.1f}/s overall; this run {dt:.0f} s), next input "
-          f"{camp.next_index}, exits {dict(sorted(camp.exits.items()))}")
+    print(
+        f"campaign seed {camp.seed}: {camp.inputs} inputs in total ({camp.seconds:.0f} s, "
+        f"{camp.inputs / camp.seconds if camp.seconds else 0:.1f}/s overall; this run {dt:.0f} s), next input "
+        f"{camp.next_index}, exits {dict(sorted(camp.exits.items()))}"
+    )
     for sig, f in sorted(camp.failures.items(), key=lambda kv: -kv[1]["count"]):
         print(f"  {f['count']:6d}  {sig}  {f['detail'][:100]}  e.g. {f['examples'][:1]}")
     return 1 if camp.failures else 0

@@ -37,14 +37,30 @@ def assemble(tree: str, rel: str, fmt: str) -> dict[str, bytes]:
             fh.write("%define ASM_PFX(x) x\n")
             fh.write(f'%include "{src}"\n')
         obj = os.path.join(d, "w.o")
-        subprocess.run(["nasm", "-f", fmt, "-I", os.path.join(tree, "MdePkg/Include/"),
-                        "-I", os.path.dirname(src) + "/", "-o", obj, wrap], check=True)
+        subprocess.run(
+            [
+                "nasm",
+                "-f",
+                fmt,
+                "-I",
+                os.path.join(tree, "MdePkg/Include/"),
+                "-I",
+                os.path.dirname(src) + "/",
+                "-o",
+                obj,
+                wrap,
+            ],
+            check=True,
+        )
         with open(obj, "rb") as fh:
             elf = ELFFile(fh)
             tidx = next(i for i, sec in enumerate(elf.iter_sections()) if sec.name == ".text")
             data = elf.get_section(tidx).data()
-            syms = sorted((s["st_value"], s.name) for s in elf.get_section_by_name(".symtab").iter_symbols()
-                          if s["st_info"]["bind"] == "STB_GLOBAL" and s["st_shndx"] == tidx)
+            syms = sorted(
+                (s["st_value"], s.name)
+                for s in elf.get_section_by_name(".symtab").iter_symbols()
+                if s["st_info"]["bind"] == "STB_GLOBAL" and s["st_shndx"] == tidx
+            )
     out = {}
     for i, (addr, name) in enumerate(syms):
         end = syms[i + 1][0] if i + 1 < len(syms) else len(data)
@@ -59,12 +75,16 @@ def main(args: list[str]) -> None:
         for lib, rel, arch, fmt in SOURCES:
             for name, code in assemble(tree, rel, fmt).items():
                 key = (arch, lib, rel, name, code.hex())
-                r = routines.setdefault(key, {"arch": arch, "library": lib, "source": rel, "routine": name,
-                                              "bytes": code.hex(), "trees": []})
+                r = routines.setdefault(
+                    key,
+                    {"arch": arch, "library": lib, "source": rel, "routine": name, "bytes": code.hex(), "trees": []},
+                )
                 r["trees"].append(label)
-    doc = {"schema_version": "ovmftool.signatures/1",
-           "generated_by": "tools/gen_signatures.py",
-           "routines": sorted(routines.values(), key=lambda r: (r["arch"], r["source"], r["routine"], r["bytes"]))}
+    doc = {
+        "schema_version": "ovmftool.signatures/1",
+        "generated_by": "tools/gen_signatures.py",
+        "routines": sorted(routines.values(), key=lambda r: (r["arch"], r["source"], r["routine"], r["bytes"])),
+    }
     json.dump(doc, sys.stdout, indent=1, sort_keys=True)
     print()
 

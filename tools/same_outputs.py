@@ -38,8 +38,13 @@ def outputs() -> dict[str, bytes]:
     got: dict[str, bytes] = {}
     for img in images():
         for fmt in ("json", "sarif"):
-            r = subprocess.run([sys.executable, "-m", "ovmftool", "scan", "--format", fmt, img], cwd=ROOT, env=env,
-                               capture_output=True, timeout=600)
+            r = subprocess.run(
+                [sys.executable, "-m", "ovmftool", "scan", "--format", fmt, img],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                timeout=600,
+            )
             got[f"{img.replace('/', '__')}.{fmt}"] = r.stdout + f"\nexit {r.returncode}\n".encode()
     return got
 

@@ -27,21 +27,23 @@ def main() -> None:
         if "_VARS" in im["path"] or not im["package"].startswith("ovmf"):
             continue
         tree = im["version"].split("-")[0].split("+")[0]
-        out.append({"sha256": im["sha256"], "tree": tree,
-                    "what": f"Debian's ovmf {im['version']} {im['source_path']}"})
+        out.append({"sha256": im["sha256"], "tree": tree, "what": f"Debian's ovmf {im['version']} {im['source_path']}"})
     for b in manifest.get("builds", []):
         d = defs.get(b["name"], {})
         firmware = [f for f in b["files"] if f.endswith(".fd") and "VARS" not in f]
         if any(k in d for k in ("patches", "series", "strategy")) or len(firmware) != 1:
             continue
         tree = SERIES_TREE.get(d["tree"], d["tree"])
-        out.append({"sha256": b["files"][firmware[0]], "tree": tree,
-                    "what": f"the corpus build {b['name']} ({b['command']})"})
+        out.append(
+            {"sha256": b["files"][firmware[0]], "tree": tree, "what": f"the corpus build {b['name']} ({b['command']})"}
+        )
     out.sort(key=lambda e: (e["tree"], e["what"]))
-    doc = {"schema_version": "ovmftool.series-images/1",
-           "about": "Images whose EDK II tree is known (tools/series_images.py writes this from corpus/): scan "
-                    "names a series of edk2-patches/ only for these.",
-           "images": out}
+    doc = {
+        "schema_version": "ovmftool.series-images/1",
+        "about": "Images whose EDK II tree is known (tools/series_images.py writes this from corpus/): scan "
+        "names a series of edk2-patches/ only for these.",
+        "images": out,
+    }
     (ROOT / "edk2-patches/images.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"{len(out)} images")
 

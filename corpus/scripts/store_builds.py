@@ -39,9 +39,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from truth import build_truth  # noqa: E402  (tests/truth.py: the ground truth the tests use)
 
-LICENSES = {"2020.11": "licenses/debian-ovmf-2020.11.copyright", "2022.11": "licenses/debian-ovmf-2022.11.copyright",
-            "2025.02": "licenses/debian-ovmf-2025.02.copyright", "2026.08": "licenses/debian-ovmf-2026.08.copyright",
-            "oxide-202105": "licenses/oxide-edk2-License.txt"}
+LICENSES = {
+    "2020.11": "licenses/debian-ovmf-2020.11.copyright",
+    "2022.11": "licenses/debian-ovmf-2022.11.copyright",
+    "2025.02": "licenses/debian-ovmf-2025.02.copyright",
+    "2026.08": "licenses/debian-ovmf-2026.08.copyright",
+    "oxide-202105": "licenses/oxide-edk2-License.txt",
+}
 
 
 def sha256(p: Path) -> str:
@@ -63,8 +67,20 @@ def patches_of(d: dict, scratch: Path) -> list[Path]:
         return sorted((ROOT / d["series"]).glob("0*.patch"))
     if "strategy" in d:
         out = scratch / "series"
-        cmd = [sys.executable, "-m", "ovmftool", "plan", "--edk2", str(tree_of(d["tree"])), "--dsc", d["dsc"],
-               "--strategy", d["strategy"], "-o", str(out)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ovmftool",
+            "plan",
+            "--edk2",
+            str(tree_of(d["tree"])),
+            "--dsc",
+            d["dsc"],
+            "--strategy",
+            d["strategy"],
+            "-o",
+            str(out),
+        ]
         for x in d["defines"]:
             cmd += ["-D", x]
         subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -74,8 +90,9 @@ def patches_of(d: dict, scratch: Path) -> list[Path]:
 
 def tool_args(d: dict) -> list[str]:
     """build-ovmf.sh's -t (a toolchain other than GCC5) and -n (a NASM other than the system's)."""
-    return (["-t", d["toolchain"]] if d.get("toolchain", "GCC5") != "GCC5" else []) + \
-        (["-n", d["nasm"]] if d.get("nasm") else [])
+    return (["-t", d["toolchain"]] if d.get("toolchain", "GCC5") != "GCC5" else []) + (
+        ["-n", d["nasm"]] if d.get("nasm") else []
+    )
 
 
 def build_command(d: dict, patches: list[Path]) -> list[str]:
@@ -142,13 +159,21 @@ def toolchain(meta: dict) -> dict:
     environment (`nasm -v` with its PATH and NASM_PREFIX, the compiler and linker of its tag);
     a build cached before it recorded them gets this machine's gcc and nasm."""
     tag = meta.get("toolchain", "GCC5")
-    out = {"tag": tag,
-           "nasm": meta.get("nasm") or _version(["nasm", "-v"]),
-           "clang" if tag.startswith("CLANG") else "gcc": meta.get("compiler") or _version(["gcc", "--version"])}
+    out = {
+        "tag": tag,
+        "nasm": meta.get("nasm") or _version(["nasm", "-v"]),
+        "clang" if tag.startswith("CLANG") else "gcc": meta.get("compiler") or _version(["gcc", "--version"]),
+    }
     if meta.get("linker"):
         out["linker"] = meta["linker"]
-    out["iasl"] = next((ln.strip() for ln in subprocess.run(["iasl", "-v"], capture_output=True, text=True)
-                        .stdout.splitlines() if "version" in ln.lower()), "unknown")
+    out["iasl"] = next(
+        (
+            ln.strip()
+            for ln in subprocess.run(["iasl", "-v"], capture_output=True, text=True).stdout.splitlines()
+            if "version" in ln.lower()
+        ),
+        "unknown",
+    )
     return out
 
 
@@ -173,25 +198,38 @@ def store(key: str) -> dict:
         if not (CORPUS / lic).exists():  # the fork's own License.txt (BSD-2-Clause-Patent)
             shutil.copyfile(tree / "License.txt", CORPUS / lic)
         meta = json.loads((bdir / "build.json").read_text())
-        rel = lambda p: str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else f"(plan --strategy {d['strategy']}) {p.name}"
+        rel = lambda p: (
+            str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else f"(plan --strategy {d['strategy']}) {p.name}"
+        )
         doc = {
             "schema_version": "ovmftool.corpus-build/1",
             "key": key,
             "what": d["what"],
-            "command": " ".join(["corpus/scripts/build-ovmf.sh", d["tree"], d["dsc"], d["target"]]
-                                + [f"-D {x}" for x in d["defines"]] + [f"-p {rel(p)}" for p in patches]
-                                + tool_args(d)),
+            "command": " ".join(
+                ["corpus/scripts/build-ovmf.sh", d["tree"], d["dsc"], d["target"]]
+                + [f"-D {x}" for x in d["defines"]]
+                + [f"-p {rel(p)}" for p in patches]
+                + tool_args(d)
+            ),
             "source": (tree / ".ovmftool-ready").read_text().splitlines()[0],
-            "dsc": d["dsc"], "target": d["target"], "defines": d["defines"],
+            "dsc": d["dsc"],
+            "target": d["target"],
+            "defines": d["defines"],
             "strategy": d.get("strategy"),
             "patches": [{"name": p.name, "path": rel(p), "sha256": sha256(p)} for p in patches],
             "toolchain": toolchain(meta),
             "build_seconds": meta.get("seconds"),
             "stored": datetime.date.today().isoformat(),
-            "files": {name: {"sha256": sha256(out / name), "size": (out / name).stat().st_size}
-                      for name in kept + ["truth.json"]},
-            "ovmf_fd": full and {"sha256": hashlib.sha256(full).hexdigest(),
-                                 "is_vars_then_code": vars_ is not None and full == (out / vars_).read_bytes() + (out / code).read_bytes()},
+            "files": {
+                name: {"sha256": sha256(out / name), "size": (out / name).stat().st_size}
+                for name in kept + ["truth.json"]
+            },
+            "ovmf_fd": full
+            and {
+                "sha256": hashlib.sha256(full).hexdigest(),
+                "is_vars_then_code": vars_ is not None
+                and full == (out / vars_).read_bytes() + (out / code).read_bytes(),
+            },
             "string_io_sites": {"sites": truth["sites"], "modules": truth["modules_with_sites"]},
             "license": lic,
         }
@@ -208,10 +246,16 @@ def record_in_manifest() -> None:
     """corpus/manifest.json's "builds": one entry per stored build, from its build.json."""
     path = CORPUS / "manifest.json"
     man = json.loads(path.read_text())
-    man["builds"] = [{"name": k, "path": f"builds/{k}", **{f: doc[f] for f in ("what", "command", "source", "toolchain",
-                                                                           "string_io_sites", "license")},
-                      "files": {n: v["sha256"] for n, v in doc["files"].items()}}
-                     for k in sorted(DEFS) if (doc := _stored(k))]
+    man["builds"] = [
+        {
+            "name": k,
+            "path": f"builds/{k}",
+            **{f: doc[f] for f in ("what", "command", "source", "toolchain", "string_io_sites", "license")},
+            "files": {n: v["sha256"] for n, v in doc["files"].items()},
+        }
+        for k in sorted(DEFS)
+        if (doc := _stored(k))
+    ]
     path.write_text(json.dumps(man, indent=2, sort_keys=True) + "\n")
 
 
@@ -231,7 +275,7 @@ def main() -> None:
         try:
             doc = store(k)
         except (BuildFailed, subprocess.CalledProcessError) as e:
-            raise SystemExit(f"store_builds: {k}: {e}")
+            raise SystemExit(f"store_builds: {k}: {e}") from None
         print(f"{k}: {doc['string_io_sites']['sites']} sites in {doc['string_io_sites']['modules']} modules")
     record_in_manifest()
 

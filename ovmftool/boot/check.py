@@ -55,7 +55,7 @@ from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.advice import platform_dsc
 from ovmftool.scan.codemap import discover
-from ovmftool.scan.scanner import ScanResult, _pointer_roots, default_jobs, exec_ranges, scan_checked
+from ovmftool.scan.scanner import ScanResult, default_jobs, exec_ranges, pointer_roots, scan_checked
 
 _INSN = re.compile(r"^0x([0-9a-f]+):\s+((?:[0-9a-f]{2} )+)\s*(\S.*?)\s*$")
 _LOAD = re.compile(r"Loading (?:PEIM|driver) at 0x([0-9A-Fa-f]+) EntryPoint=0x([0-9A-Fa-f]+) (\S+?)\.efi")
@@ -151,15 +151,25 @@ class BootCheck:
         return self.verdict
 
     def as_dict(self) -> dict:
-        return {"schema_version": "ovmftool.boot-check/1", "image": self.image, "ended": self.ended,
-                "verdict": self.verdict, "finished": self.finished, "detail": self.detail,
-                "seconds": round(self.seconds, 1), "quiet_seconds": round(self.quiet, 1),
-                "hang_after": self.hang_after,
-                "stopped_at": self.stopped_at.as_dict() if self.stopped_at else None,
-                "executed": [e.as_dict() for e in self.executed],
-                "first": self.executed[0].as_dict() if self.executed else None, "counted": self.counted,
-                "vars": self.vars, "kept": self.kept, "notes": self.notes,
-                "logs": {k: self.logs.get(k) for k in ("serial", "debug", "trace", "count_debug")}}
+        """The check's fields (report.boot_report adds the document header)."""
+        return {
+            "image": self.image,
+            "ended": self.ended,
+            "verdict": self.verdict,
+            "finished": self.finished,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 1),
+            "quiet_seconds": round(self.quiet, 1),
+            "hang_after": self.hang_after,
+            "stopped_at": self.stopped_at.as_dict() if self.stopped_at else None,
+            "executed": [e.as_dict() for e in self.executed],
+            "first": self.executed[0].as_dict() if self.executed else None,
+            "counted": self.counted,
+            "vars": self.vars,
+            "kept": self.kept,
+            "notes": self.notes,
+            "logs": {k: self.logs.get(k) for k in ("serial", "debug", "trace", "count_debug")},
+        }
 
 
 # The first boot logs translations only (`in_asm`: a block is logged when translated, chained or
@@ -169,8 +179,16 @@ FIRST_BOOT_LOG = ["-d", "in_asm,cpu_reset"]  # cpu_reset: QEMU names a triple fa
 COUNT_SLOWDOWN, COUNT_MIN_SECONDS = 10.0, 30.0  # the counting boot's budget: times the first boot's, at least
 
 
-def run_boot(code: Path, vars_file: Path | None, machine: str, timeout: float, fail_fast: bool, work: Path,
-             progress=None, hang_after: float | None = None) -> Ending:
+def run_boot(
+    code: Path,
+    vars_file: Path | None,
+    machine: str,
+    timeout: float,
+    fail_fast: bool,
+    work: Path,
+    progress=None,
+    hang_after: float | None = None,
+) -> Ending:
     """Boot with the translation log on; stop at the shell, the timeout, a hang, or (fail_fast)
     the first string I/O."""
     q = Qemu(code, vars_file, work, machine, log=FIRST_BOOT_LOG)
@@ -215,16 +233,22 @@ def executed_string_io(trace: Path) -> list[Executed]:
             if a in seen:
                 seen[a].translations += 1
             else:
-                seen[a] = Executed(a, m.group(2).replace(" ", ""), text.split()[0] if not text.startswith(
-                    "rep") else " ".join(text.split()[:2]), len(seen), 1)
+                seen[a] = Executed(
+                    a,
+                    m.group(2).replace(" ", ""),
+                    text.split()[0] if not text.startswith("rep") else " ".join(text.split()[:2]),
+                    len(seen),
+                    1,
+                )
             if (block_start, dirty) not in seen[a].blocks:
                 seen[a].blocks.append((block_start, dirty))
             dirty |= True  # a second string I/O in the same block: its entry state is not the block's
     return list(seen.values())
 
 
-def map_to_modules(execd: list[Executed], root: FlashImage, scan: ScanResult, debug_log: Path,
-                   trace: Path | None = None) -> None:
+def map_to_modules(
+    execd: list[Executed], root: FlashImage, scan: ScanResult, debug_log: Path, trace: Path | None = None
+) -> None:
     """Attach module, RVA and function to each executed site (see the module docstring)."""
     mods = list(iter_modules(root))
     code: dict[int, bytes] | None = None  # the whole translation log, read only if a mapping is ambiguous
@@ -326,20 +350,29 @@ _STOPPED = re.compile(r"\[([0-9a-f]+)\]")
 _REGS = re.compile(r"\b[RE]([CD])X=([0-9a-f]+)")
 
 
-def count_executions(code: Path, vars_file: Path | None, machine: str, timeout: float, execd: list[Executed],
-                     work: Path, progress=None) -> bool:
+def count_executions(
+    code: Path, vars_file: Path | None, machine: str, timeout: float, execd: list[Executed], work: Path, progress=None
+) -> bool:
     """Second boot logging only the blocks that hold executed sites: executions, REP iterations,
     counts and ports. False if that boot did not run the same sites (nothing is attached then)."""
     if not execd:
         return True
-    ranges = ",".join(f"0x{min(b for b, _ in e.blocks + [(e.address, False)]):x}..0x{e.address:x}"
-                      for e in execd)
+    ranges = ",".join(f"0x{min(b for b, _ in e.blocks + [(e.address, False)]):x}..0x{e.address:x}" for e in execd)
     q = Qemu(code, vars_file, work / "count", machine, log=["-d", "in_asm,exec,cpu,nochain", "-dfilter", ranges])
     trace = q.trace
     ended = wait(q, timeout, None, None, progress).verdict
     blocks = {e.address: {b: dirty for b, dirty in e.blocks} for e in execd}
-    stats = {e.address: {"entries": 0, "again": 0, "units": 0, "ports": set(), "unknown": False,
-                         "rep": e.mnemonic.startswith("rep")} for e in execd}
+    stats = {
+        e.address: {
+            "entries": 0,
+            "again": 0,
+            "units": 0,
+            "ports": set(),
+            "unknown": False,
+            "rep": e.mnemonic.startswith("rep"),
+        }
+        for e in execd
+    }
     owner = {}
     for e in execd:
         for b, _ in e.blocks:
@@ -428,9 +461,18 @@ def code_log(work: Path) -> Path:
     return work / "code.bin" if (work / "code.bin").is_file() else work / "trace.log"
 
 
-def run_plugin_boot(code: Path, vars_file: Path | None, machine: str, timeout: float, fail_fast: bool, work: Path,
-                    so: Path, query: bool, progress=None,
-                    hang_after: float | None = None) -> tuple[Ending, plugin.Table | None, list]:
+def run_plugin_boot(
+    code: Path,
+    vars_file: Path | None,
+    machine: str,
+    timeout: float,
+    fail_fast: bool,
+    work: Path,
+    so: Path,
+    query: bool,
+    progress=None,
+    hang_after: float | None = None,
+) -> tuple[Ending, plugin.Table | None, list]:
     """Boot once with the plugin; stop as run_boot does (fail_fast: at the first string I/O the
     plugin saw execute). The plugin's table (None: it did not start) and the registers read at
     each entry (`query`)."""
@@ -440,8 +482,16 @@ def run_plugin_boot(code: Path, vars_file: Path | None, machine: str, timeout: f
     resp = plugin.Responder() if query else None
     try:
         fd = resp.theirs.fileno() if resp else None
-        q = Qemu(code, vars_file, work, machine, log=PLUGIN_BOOT_LOG, extra=plugin.plugin_args(so, work, fd),
-                 watch=work / "code.bin", pass_fds=(fd,) if resp else ())
+        q = Qemu(
+            code,
+            vars_file,
+            work,
+            machine,
+            log=PLUGIN_BOOT_LOG,
+            extra=plugin.plugin_args(so, work, fd),
+            watch=work / "code.bin",
+            pass_fds=(fd,) if resp else (),
+        )
         if resp:
             resp.start(q)
 
@@ -473,9 +523,14 @@ def executed_from_plugin(table: plugin.Table, answers: list, counted: bool) -> t
     if table.overflow:
         notes.append("more string I/O sites than the plugin's table holds: the list is cut short")
     if counted and table.query_failed:
-        notes.append("ports are from the entries whose registers could be read "
-                     + ("(the plugin's limit of %d reads was reached)" % plugin.MAX_QUERIES if table.query_failed & 2
-                        else "(boot-check stopped answering the plugin)"))
+        notes.append(
+            "ports are from the entries whose registers could be read "
+            + (
+                f"(the plugin's limit of {plugin.MAX_QUERIES} reads was reached)"
+                if table.query_failed & 2
+                else "(boot-check stopped answering the plugin)"
+            )
+        )
     return out, notes
 
 
@@ -566,8 +621,9 @@ def _match_code(address: int, code: dict[int, bytes], mods: list[Module]) -> tup
     return scores[0][2], scores[0][3]
 
 
-def _function_name(mem: bytes, bits: int, ranges: list[tuple[int, int]], strong, weak, rva: int,
-                   matches=()) -> str | None:
+def _function_name(
+    mem: bytes, bits: int, ranges: list[tuple[int, int]], strong, weak, rva: int, matches=()
+) -> str | None:
     """The routine holding `rva`: a built-in signature's, else the analysis' nearest function start
     before it (`sub_…`, as scan names them), None when `rva` is not in code the analysis found."""
     for mt in matches:
@@ -589,9 +645,12 @@ def _module_function(m: Module, rva: int) -> str | None:
     mem = img.memory
     ranges = exec_ranges(img)
     matches = sigs.find(mem, m.arch, ranges)
-    strong = ([(mt.rva, "signature") for mt in matches] + [(img.entry_rva, "entry")]
-              + [(r, "export") for r in sorted(img.exports)])
-    return _function_name(mem, img.bits, ranges, strong, _pointer_roots(img, mem), rva, matches)
+    strong = (
+        [(mt.rva, "signature") for mt in matches]
+        + [(img.entry_rva, "entry")]
+        + [(r, "export") for r in sorted(img.exports)]
+    )
+    return _function_name(mem, img.bits, ranges, strong, pointer_roots(img, mem), rva, matches)
 
 
 def locate(address: int, root: FlashImage, debug_log: Path, trace: Path | None = None) -> dict:
@@ -618,8 +677,14 @@ def locate(address: int, root: FlashImage, debug_log: Path, trace: Path | None =
                 rva = off - blob.abs_offset
                 fn = _function_name(blob.data, 16, [(0, blob.size)], [(blob.entry_offset, "entry")], [], rva)
                 f = blob.parent
-                return {"module": "ResetVector", "guid": getattr(f, "guid", None), "phase": "RESET", "rva": rva,
-                        "function": fn, "mapped_by": "flash"}
+                return {
+                    "module": "ResetVector",
+                    "guid": getattr(f, "guid", None),
+                    "phase": "RESET",
+                    "rva": rva,
+                    "function": fn,
+                    "mapped_by": "flash",
+                }
         for m in mods:
             a = m.image.abs_offset
             if a is not None and a <= off < a + m.image.size:
@@ -634,8 +699,14 @@ def locate(address: int, root: FlashImage, debug_log: Path, trace: Path | None =
     if hit is None:
         return {}
     m, rva, how = hit
-    return {"module": m.name, "guid": m.guid, "phase": m.phase, "rva": rva, "function": _module_function(m, rva),
-            "mapped_by": how}
+    return {
+        "module": m.name,
+        "guid": m.guid,
+        "phase": m.phase,
+        "rva": rva,
+        "function": _module_function(m, rva),
+        "mapped_by": how,
+    }
 
 
 def _offset_to_rva(m: Module, off: int) -> int | None:
@@ -670,8 +741,13 @@ def stopped_where(end: Ending, root: FlashImage, work: Path) -> StoppedAt:
         blk = last_block(code)
         if blk:
             addr, source = blk[0][0], "last-translated"
-    st = StoppedAt(addr, source, halted=halted, last_serial=last_line(work / "serial.log"),
-                   last_debug=last_line(work / "debug.log"))
+    st = StoppedAt(
+        addr,
+        source,
+        halted=halted,
+        last_serial=last_line(work / "serial.log"),
+        last_debug=last_line(work / "debug.log"),
+    )
     if addr is not None:
         for k, v in locate(addr, root, work / "debug.log", code).items():
             setattr(st, k, v)
@@ -684,11 +760,11 @@ def stopped_where(end: Ending, root: FlashImage, work: Path) -> StoppedAt:
 # OvmfPkg platforms whose firmware QEMU's q35/pc machines do not boot: why, and what does
 _OTHER_VMM = {
     "OvmfPkg/CloudHv/CloudHvX64.dsc": "a Cloud Hypervisor firmware (CloudHvX64: a PVH ELF image): boot it with "
-                                      "cloud-hypervisor",
+    "cloud-hypervisor",
     "OvmfPkg/OvmfXen.dsc": "a Xen firmware (OvmfXen): it boots as a Xen HVM/PVH guest's firmware",
     "OvmfPkg/Bhyve/BhyveX64.dsc": "a bhyve firmware (BhyveX64: bhyve's devices and ACPI): boot it with bhyve",
     "OvmfPkg/Microvm/MicrovmX64.dsc": "a microvm firmware (MicrovmX64): QEMU boots it only as `-M microvm -bios`, "
-                                      "without the flash and debug port boot-check relies on",
+    "without the flash and debug port boot-check relies on",
 }
 
 
@@ -697,13 +773,16 @@ def check_bootable(image: str, root: FlashImage) -> None:
     firmware of a platform QEMU's q35/pc machines do not boot (named by its modules, as `scan`'s
     advice names the DSC)."""
     if isinstance(root, BinaryFile):
-        raise OvmfToolError(f"{image} is a standalone UEFI module, not a flash image: boot-check boots a firmware "
-                            "image (OVMF_CODE.fd or OVMF.fd)")
+        raise OvmfToolError(
+            f"{image} is a standalone UEFI module, not a flash image: boot-check boots a firmware "
+            "image (OVMF_CODE.fd or OVMF.fd)"
+        )
     mods = list(iter_modules(root))
     dsc, why = platform_dsc(tuple(sorted({m.arch for m in mods})), {m.name for m in mods})
     if dsc in _OTHER_VMM:
-        raise OvmfToolError(f"{image} is {_OTHER_VMM[dsc]} ({why}); boot-check boots firmware for QEMU's q35 and "
-                            "pc machines")
+        raise OvmfToolError(
+            f"{image} is {_OTHER_VMM[dsc]} ({why}); boot-check boots firmware for QEMU's q35 and pc machines"
+        )
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a cancelled CI job, a closed terminal
@@ -790,9 +869,19 @@ class _InBackground:
         return self._out
 
 
-def boot_check(image: str, root: FlashImage, scan, vars_plan: VarsPlan, machine: str = "q35",
-               timeout: float = 180.0, fail_fast: bool = False, keep: Path | None = None, progress=None,
-               count: bool = True, hang_after: float | None = 30.0) -> BootCheck:
+def boot_check(
+    image: str,
+    root: FlashImage,
+    scan,
+    vars_plan: VarsPlan,
+    machine: str = "q35",
+    timeout: float = 180.0,
+    fail_fast: bool = False,
+    keep: Path | None = None,
+    progress=None,
+    count: bool = True,
+    hang_after: float | None = 30.0,
+) -> BootCheck:
     """Boot, collect executed string I/O, map it to modules; then (unless `fail_fast` or not
     `count`) boot again to count executions and read ports. A boot that does not reach the shell
     (or the boot manager's fallback) says where it stopped. The work directory (logs, the copy of
@@ -814,16 +903,28 @@ def boot_check(image: str, root: FlashImage, scan, vars_plan: VarsPlan, machine:
         so = plugin.build_at_first_use() if plugin.enabled() else None
         end = None
         if so is not None:
-            end, table, answers = run_plugin_boot(Path(image), template, machine, timeout, fail_fast, work, so,
-                                                  count and not fail_fast, progress, hang_after)
+            end, table, answers = run_plugin_boot(
+                Path(image),
+                template,
+                machine,
+                timeout,
+                fail_fast,
+                work,
+                so,
+                count and not fail_fast,
+                progress,
+                hang_after,
+            )
             if table is None:  # the plugin did not load: QEMU refused it
                 notes.append(f"the boot-check TCG plugin did not load ({end.detail or end.verdict}): two boots")
                 end = None
                 (work / "code.bin").unlink(missing_ok=True)
         elif plugin.enabled():
-            notes.append("two boots (the second counts executions and reads ports): the boot-check TCG plugin "
-                         "could not be built for this QEMU (a C compiler and its qemu-plugin.h are needed: "
-                         "corpus/scripts/qemu-plugin.sh)")
+            notes.append(
+                "two boots (the second counts executions and reads ports): the boot-check TCG plugin "
+                "could not be built for this QEMU (a C compiler and its qemu-plugin.h are needed: "
+                "corpus/scripts/qemu-plugin.sh)"
+            )
         counted = False
         if end is not None:  # one boot: the plugin counted
             counted = count and not fail_fast and end.finished
@@ -848,12 +949,28 @@ def boot_check(image: str, root: FlashImage, scan, vars_plan: VarsPlan, machine:
                 counted = count_executions(Path(image), template, machine, budget, execd, work, progress)
         logs = {}
         if keep:
-            logs = {"serial": str(work / "serial.log"), "debug": str(work / "debug.log"),
-                    "trace": str(work / "trace.log"),
-                    "count_debug": str(work / "count" / "debug.log") if counted and (work / "count").is_dir() else None,
-                    "code": str(work / "code.bin") if (work / "code.bin").is_file() else None}  # text only
-        return BootCheck(image, end.verdict, end.seconds, execd, vars_plan.as_dict(), end.detail, end.quiet,
-                         hang_after, stopped, counted, logs, str(work) if keep else None, notes)
+            logs = {
+                "serial": str(work / "serial.log"),
+                "debug": str(work / "debug.log"),
+                "trace": str(work / "trace.log"),
+                "count_debug": str(work / "count" / "debug.log") if counted and (work / "count").is_dir() else None,
+                "code": str(work / "code.bin") if (work / "code.bin").is_file() else None,
+            }  # text only
+        return BootCheck(
+            image,
+            end.verdict,
+            end.seconds,
+            execd,
+            vars_plan.as_dict(),
+            end.detail,
+            end.quiet,
+            hang_after,
+            stopped,
+            counted,
+            logs,
+            str(work) if keep else None,
+            notes,
+        )
     finally:
         with _signals_held():  # a second signal waits until QEMU is gone and the directory removed
             close_all()
@@ -861,9 +978,18 @@ def boot_check(image: str, root: FlashImage, scan, vars_plan: VarsPlan, machine:
                 shutil.rmtree(work, ignore_errors=True)
 
 
-def boot_image(image: str, vars_file: str | None = None, machine: str = "q35", timeout: float = 180.0,
-               fail_fast: bool = False, keep: Path | None = None, progress=None, count: bool = True,
-               hang_after: float | None = 30.0, scan: ScanResult | None = None) -> BootCheck:
+def boot_image(
+    image: str,
+    vars_file: str | None = None,
+    machine: str = "q35",
+    timeout: float = 180.0,
+    fail_fast: bool = False,
+    keep: Path | None = None,
+    progress=None,
+    count: bool = True,
+    hang_after: float | None = 30.0,
+    scan: ScanResult | None = None,
+) -> BootCheck:
     """`boot-check` of the file `image`: the refusals first (not an image that boots, a store of
     the wrong size, no QEMU), before anything boots; then `boot_check`, with the image scanned
     while QEMU boots unless `scan` is the image's result already."""
@@ -872,5 +998,6 @@ def boot_image(image: str, vars_file: str | None = None, machine: str = "q35", t
     plan = plan_vars(image, vars_file)
     qemu_binary()
     todo = scan if scan is not None else (lambda: scan_checked(image, None, default_jobs(), root=root))
-    return boot_check(image, root, todo, plan, machine, timeout, fail_fast, keep, progress, count=count,
-                      hang_after=hang_after)
+    return boot_check(
+        image, root, todo, plan, machine, timeout, fail_fast, keep, progress, count=count, hang_after=hang_after
+    )

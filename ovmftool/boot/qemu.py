@@ -26,12 +26,17 @@ SHELL_MARKERS = (b"Shell>", b"UEFI Interactive Shell")
 # options) or nothing to boot: the boot manager fallback counts as a completed boot (AmdSev's
 # BDS, which has no boot manager menu, says "No bootable option was found."; PXE and HTTP boot
 # attempts are where a network boot begins).
-FALLBACK_MARKERS = (b"No bootable option or device was found", b"No bootable option was found.",
-                    b"Press any key to enter the Boot Manager Menu", b">>Start PXE", b">>Start HTTP Boot")
+FALLBACK_MARKERS = (
+    b"No bootable option or device was found",
+    b"No bootable option was found.",
+    b"Press any key to enter the Boot Manager Menu",
+    b">>Start PXE",
+    b">>Start HTTP Boot",
+)
 FINISHED = ("shell", "boot-manager")
 POLL = 0.5  # seconds between looks at the logs
 
-_LIVE: set["Qemu"] = set()  # started and not yet closed: close_all() kills them (a signal's way out)
+_LIVE: set[Qemu] = set()  # started and not yet closed: close_all() kills them (a signal's way out)
 
 
 def qemu_binary() -> str:
@@ -63,9 +68,17 @@ class Qemu:
     booted from a writable copy. Serial and the ISA debug console (port 0x402, as propolis has)
     go to files in `work`; `log` are QEMU `-d` options logged to trace.log."""
 
-    def __init__(self, code: Path, vars_template: Path | None, work: Path, machine: str = "q35",
-                 log: list[str] | None = None, extra: list[str] | None = None, watch: Path | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        code: Path,
+        vars_template: Path | None,
+        work: Path,
+        machine: str = "q35",
+        log: list[str] | None = None,
+        extra: list[str] | None = None,
+        watch: Path | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> None:
         exe = qemu_binary()
         work.mkdir(parents=True, exist_ok=True)
         self.work = work
@@ -80,21 +93,46 @@ class Qemu:
         if vars_template is not None:
             vars_copy = work / "vars.fd"
             shutil.copyfile(vars_template, vars_copy)
-            drives = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-                      "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}"]
+            drives = [
+                "-drive",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                "-drive",
+                f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            ]
         else:
             flash = work / "flash.fd"
             shutil.copyfile(code, flash)
             drives = ["-drive", f"if=pflash,format=raw,unit=0,file={flash}"]
-        cmd = [exe, "-machine", f"{machine},accel=tcg", "-m", "512", "-nodefaults", "-display", "none", *drives,
-               "-serial", f"file:{self.serial}", "-debugcon", f"file:{self.debug}",
-               "-global", "isa-debugcon.iobase=0x402", "-net", "none", "-no-reboot", "-S", "-qmp", "stdio"]
+        cmd = [
+            exe,
+            "-machine",
+            f"{machine},accel=tcg",
+            "-m",
+            "512",
+            "-nodefaults",
+            "-display",
+            "none",
+            *drives,
+            "-serial",
+            f"file:{self.serial}",
+            "-debugcon",
+            f"file:{self.debug}",
+            "-global",
+            "isa-debugcon.iobase=0x402",
+            "-net",
+            "none",
+            "-no-reboot",
+            "-S",
+            "-qmp",
+            "stdio",
+        ]
         if log:
             cmd += [*log, "-D", str(self.trace)]
         cmd += extra or []
         with open(self.stderr, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                         pass_fds=pass_fds)
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, pass_fds=pass_fds
+            )
         _LIVE.add(self)
         self._buf = b""
         self.events: list[dict] = []

@@ -98,9 +98,22 @@ def layout_for_code(size: int) -> VarsLayout | None:
 
 def _fv_header(layout: VarsLayout) -> bytes:
     def pack(checksum: int) -> bytes:
-        return (S.FV_HEADER.pack(b"\0" * 16, S.guid_bytes(NV_DATA_FV_GUID), layout.vars_size, S.FV_SIGNATURE,
-                                 FV_ATTRIBUTES, FV_HEADER_LENGTH, checksum, 0, 0, FV_REVISION)
-                + S.FV_BLOCK.pack(layout.vars_size // BLOCK_SIZE, BLOCK_SIZE) + S.FV_BLOCK.pack(0, 0))
+        return (
+            S.FV_HEADER.pack(
+                b"\0" * 16,
+                S.guid_bytes(NV_DATA_FV_GUID),
+                layout.vars_size,
+                S.FV_SIGNATURE,
+                FV_ATTRIBUTES,
+                FV_HEADER_LENGTH,
+                checksum,
+                0,
+                0,
+                FV_REVISION,
+            )
+            + S.FV_BLOCK.pack(layout.vars_size // BLOCK_SIZE, BLOCK_SIZE)
+            + S.FV_BLOCK.pack(0, 0)
+        )
 
     raw = pack(0)
     return pack(-sum(struct.unpack(f"<{len(raw) // 2}H", raw)) & 0xFFFF)  # the 16-bit words sum to 0
@@ -121,9 +134,14 @@ def empty_store(layout: VarsLayout, authenticated: bool = True) -> bytes:
     buf = bytearray([ERASED]) * layout.vars_size
     fv = _fv_header(layout)
     buf[: len(fv)] = fv
-    vsh = VARIABLE_STORE_HEADER.pack(S.guid_bytes(AUTH_VARIABLE_GUID if authenticated else VARIABLE_GUID),
-                                     layout.live_size - len(fv), VARIABLE_STORE_FORMATTED, VARIABLE_STORE_HEALTHY,
-                                     0, 0)
+    vsh = VARIABLE_STORE_HEADER.pack(
+        S.guid_bytes(AUTH_VARIABLE_GUID if authenticated else VARIABLE_GUID),
+        layout.live_size - len(fv),
+        VARIABLE_STORE_FORMATTED,
+        VARIABLE_STORE_HEALTHY,
+        0,
+        0,
+    )
     buf[len(fv) : len(fv) + len(vsh)] = vsh
     ftw = ftw_working_header(layout)
     buf[layout.working_offset : layout.working_offset + len(ftw)] = ftw
@@ -167,8 +185,10 @@ class VarsPlan:
         """A line for the text output when the store is not the user's file."""
         if self.source == "generated":
             assert self.layout is not None
-            return (f"no variable store given or beside the image: booted with a generated empty "
-                    f"{self.size // 1024} KiB store ({self.layout.describe()})")
+            return (
+                f"no variable store given or beside the image: booted with a generated empty "
+                f"{self.size // 1024} KiB store ({self.layout.describe()})"
+            )
         if self.source == "embedded":
             return "the image holds its own variable store (a whole OVMF.fd): booted from a writable copy of it"
         if self.source == "beside":
@@ -176,8 +196,12 @@ class VarsPlan:
         return None
 
     def as_dict(self) -> dict:
-        return {"source": self.source, "path": str(self.path) if self.path else None, "size": self.size,
-                "layout": f"FD_SIZE_IN_KB={self.layout.fd_size_kb}" if self.layout else None}
+        return {
+            "source": self.source,
+            "path": str(self.path) if self.path else None,
+            "size": self.size,
+            "layout": f"FD_SIZE_IN_KB={self.layout.fd_size_kb}" if self.layout else None,
+        }
 
 
 def _beside(image: Path) -> list[Path]:
@@ -197,8 +221,10 @@ def _beside(image: Path) -> list[Path]:
 def _check_size(store: Path, image: Path, layout: VarsLayout | None) -> int:
     size = store.stat().st_size
     if layout is not None and size != layout.vars_size:
-        raise OvmfToolError(f"{store}: a {size}-byte variable store, but {image} is a 0x{layout.code_size:X}-byte "
-                            f"OVMF code image ({layout.describe()}): it needs 0x{layout.vars_size:X} bytes")
+        raise OvmfToolError(
+            f"{store}: a {size}-byte variable store, but {image} is a 0x{layout.code_size:X}-byte "
+            f"OVMF code image ({layout.describe()}): it needs 0x{layout.vars_size:X} bytes"
+        )
     if size == 0 or size % BLOCK_SIZE:
         raise OvmfToolError(f"{store}: {size} bytes is not a flash variable store (a multiple of 4 KiB)")
     try:  # it is copied for each boot: unreadable is an error now, not after the scan
@@ -214,15 +240,21 @@ def _no_layout(image: Path, size: int) -> str:
     codes = ", ".join(f"0x{lay.code_size:X}" for lay in LAYOUTS)
     whole = next((lay for lay in LAYOUTS if lay.fw_size == size), None)
     if whole is not None:
-        what = (f"the size of a whole {whole.fd_size_kb // 1024} MiB OVMF.fd, but it does not start with its "
-                f"variable store (a 0x{whole.vars_size:X}-byte gEfiSystemNvDataFvGuid volume), and no OVMF code image "
-                f"({codes} bytes) is that size")
+        what = (
+            f"the size of a whole {whole.fd_size_kb // 1024} MiB OVMF.fd, but it does not start with its "
+            f"variable store (a 0x{whole.vars_size:X}-byte gEfiSystemNvDataFvGuid volume), and no OVMF code image "
+            f"({codes} bytes) is that size"
+        )
     else:
         fds = ", ".join(f"0x{lay.fw_size:X}" for lay in LAYOUTS)
-        what = (f"neither an OVMF code image ({codes} bytes) nor a whole OVMF.fd ({fds} bytes, starting with "
-                f"its variable store)")
-    return (f"{image} is {size} bytes (0x{size:X}): {what}, so the variable store it boots with is unknown: "
-            "give --vars VARS (the OVMF_VARS*.fd built with it)")
+        what = (
+            f"neither an OVMF code image ({codes} bytes) nor a whole OVMF.fd ({fds} bytes, starting with "
+            f"its variable store)"
+        )
+    return (
+        f"{image} is {size} bytes (0x{size:X}): {what}, so the variable store it boots with is unknown: "
+        "give --vars VARS (the OVMF_VARS*.fd built with it)"
+    )
 
 
 def plan_vars(image: str | Path, vars_file: str | Path | None) -> VarsPlan:
@@ -236,8 +268,10 @@ def plan_vars(image: str | Path, vars_file: str | Path | None) -> VarsPlan:
     unified = embedded_layout(image)
     if unified is not None:
         if vars_file is not None:
-            raise OvmfToolError(f"{image} holds its own variable store (a whole {unified.fw_size // 0x100000} MiB "
-                                "OVMF.fd): --vars does not apply")
+            raise OvmfToolError(
+                f"{image} holds its own variable store (a whole {unified.fw_size // 0x100000} MiB "
+                "OVMF.fd): --vars does not apply"
+            )
         return VarsPlan("embedded", None, unified.vars_size, unified)
     if vars_file is not None:
         p = Path(vars_file)
@@ -251,8 +285,10 @@ def plan_vars(image: str | Path, vars_file: str | Path | None) -> VarsPlan:
     if beside:  # never silently replaced by a generated one: the user put it there for this image
         c, others = beside[0], beside[1:]
         also = "".join(f"; also beside it: {o.name}, {o.stat().st_size} bytes" for o in others)
-        raise OvmfToolError(f"{c}: a {c.stat().st_size}-byte variable store beside {image}, a "
-                            f"0x{code_layout.code_size:X}-byte OVMF code image ({code_layout.describe()}) that needs "
-                            f"0x{code_layout.vars_size:X} bytes ({code_layout.vars_size}){also}: give --vars with a "
-                            "store of that size, or move it away to boot with a generated empty one")
+        raise OvmfToolError(
+            f"{c}: a {c.stat().st_size}-byte variable store beside {image}, a "
+            f"0x{code_layout.code_size:X}-byte OVMF code image ({code_layout.describe()}) that needs "
+            f"0x{code_layout.vars_size:X} bytes ({code_layout.vars_size}){also}: give --vars with a "
+            "store of that size, or move it away to boot with a generated empty one"
+        )
     return VarsPlan("generated", None, code_layout.vars_size, code_layout)

@@ -54,7 +54,9 @@ class Dsc:
                 continue
             if m.arch not in ("common", arch.lower()) or m.module_type not in ("common", module_type.lower()):
                 continue
-            rank = (4 if m.component else 0) + (2 if m.arch != "common" else 0) + (1 if m.module_type != "common" else 0)
+            rank = (
+                (4 if m.component else 0) + (2 if m.arch != "common" else 0) + (1 if m.module_type != "common" else 0)
+            )
             if rank >= best_rank:
                 best, best_rank = m.instance, rank
         return best
@@ -143,8 +145,9 @@ def _read(ws: Path, path: Path, out: Dsc, defines: dict[str, str], state: dict, 
                 raise OvmfToolError(f"{rel}:{no}: !include {inc} not found")
             _read(ws, target, out, defines, state, depth + 1)
             continue
-        if low.startswith("define ") or (state["sections"] and state["sections"][0][0] == "defines" and "=" in line
-                                         and not line.startswith("!")):
+        if low.startswith("define ") or (
+            state["sections"] and state["sections"][0][0] == "defines" and "=" in line and not line.startswith("!")
+        ):
             body = line[7:] if low.startswith("define ") else line
             if "=" in body:
                 k, v = body.split("=", 1)
@@ -178,7 +181,7 @@ def _read(ws: Path, path: Path, out: Dsc, defines: dict[str, str], state: dict, 
                 inf = _expand(line[:-1].strip(), defines)
                 state["component"] = inf
                 state["sub"] = None
-                for sec, arch, _m in state["sections"]:
+                for _sec, arch, _m in state["sections"]:
                     out.components.append((arch, inf))
             elif line == "}":
                 state["component"] = None
@@ -187,9 +190,10 @@ def _read(ws: Path, path: Path, out: Dsc, defines: dict[str, str], state: dict, 
                     state["sub"] = line.strip("<>").lower()
                 elif state.get("sub") == "libraryclasses" and "|" in line:
                     cls, inst = (x.strip() for x in line.split("|", 1))
-                    for sec, arch, _m in state["sections"]:
-                        out.mappings.append(Mapping(cls, _expand(inst, defines), arch, "common",
-                                                    state["component"], rel, no))
+                    for _sec, arch, _m in state["sections"]:
+                        out.mappings.append(
+                            Mapping(cls, _expand(inst, defines), arch, "common", state["component"], rel, no)
+                        )
             elif line.lower().endswith(".inf"):
-                for sec, arch, _m in state["sections"]:
+                for _sec, arch, _m in state["sections"]:
                     out.components.append((arch, _expand(line, defines)))

@@ -1,5 +1,6 @@
 """Conditional expressions of DSC/FDF `!if`/`!elseif` (EDK II DSC spec, 'Expressions'), evaluated
-without eval: literals TRUE/FALSE, numbers, "strings" and bare words (strings too); NOT/!, ==/!=/EQ/NE, <, >, <=, >= (LT, GT,
+without eval: literals TRUE/FALSE, numbers, "strings" and bare words (strings too); NOT/!, ==/!=/EQ/NE, <, >, <=, >=
+(LT, GT,
 LE, GE), AND/&&, OR/||, parentheses. An undefined macro is the empty string; a PCD (TokenSpace.Name)
 is unknown and compares as the empty string; a malformed expression is false."""
 
@@ -7,8 +8,10 @@ from __future__ import annotations
 
 import re
 
-_TOKEN = re.compile(r'\s*(?:(?P<str>"[^"]*")|(?P<num>0[xX][0-9a-fA-F]+|\d+)|(?P<op>&&|\|\||==|!=|<=|>=|[()!<>])'
-                    r'|(?P<word>[A-Za-z_][\w.]*)|(?P<macro>\$\([A-Za-z0-9_]+\))|(?P<bad>\S))')
+_TOKEN = re.compile(
+    r'\s*(?:(?P<str>"[^"]*")|(?P<num>0[xX][0-9a-fA-F]+|\d+)|(?P<op>&&|\|\||==|!=|<=|>=|[()!<>])'
+    r"|(?P<word>[A-Za-z_][\w.]*)|(?P<macro>\$\([A-Za-z0-9_]+\))|(?P<bad>\S))"
+)
 _WORDS = {"and": "&&", "or": "||", "not": "!", "eq": "==", "ne": "!=", "lt": "<", "gt": ">", "le": "<=", "ge": ">="}
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovmftool.edk2 import strategy as S
 from ovmftool.edk2.dsc import Dsc, read_dsc
 from ovmftool.edk2.inf import read_inf
-from ovmftool.edk2 import strategy as S
 from ovmftool.errors import OvmfToolError
 
 STRATEGIES = ("auto", "dsc-inf", "unroll")
@@ -29,11 +29,18 @@ class Plan:
     tradeoffs: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
+        """The plan's fields (report.plan_report adds the document header)."""
         return {
-            "schema_version": "ovmftool.plan/1",
-            "tree": Path(self.tree).name, "tree_version": _tree_version(Path(self.tree)), "dsc": self.dsc, "defines": self.defines, "arches": self.arches,
-            "strategy": self.strategy, "reasons": self.reasons, "tradeoffs": self.tradeoffs,
-            "iolib_fifo": self.facts.fifo, "dropped_library_classes": self.facts.dropped_classes,
+            "tree": Path(self.tree).name,
+            "tree_version": _tree_version(Path(self.tree)),
+            "dsc": self.dsc,
+            "defines": self.defines,
+            "arches": self.arches,
+            "strategy": self.strategy,
+            "reasons": self.reasons,
+            "tradeoffs": self.tradeoffs,
+            "iolib_fifo": self.facts.fifo,
+            "dropped_library_classes": self.facts.dropped_classes,
             "other_string_io_sources": self.facts.other_sources,
             "patches": [{"subject": p.subject, "files": [e.path for e in p.edits]} for p in self.patches],
             "modules_affected": self.modules,
@@ -89,28 +96,36 @@ def make_plan(tree: Path, dsc_rel: str, defines: dict[str, str], arches: list[st
     if strategy == "auto":
         if all(plain.get(a) == "c-loop" for a in arches):
             strategy = "dsc-inf"
-            reasons.append(f"{S.PLAIN_INF} already builds C FIFO loops (IoLibFifo.c) for {', '.join(arches)} "
-                           "(trees from edk2-stable202402 on): switching the DSC to it is enough")
+            reasons.append(
+                f"{S.PLAIN_INF} already builds C FIFO loops (IoLibFifo.c) for {', '.join(arches)} "
+                "(trees from edk2-stable202402 on): switching the DSC to it is enough"
+            )
         else:
             strategy = "unroll"
-            reasons.append(f"{S.PLAIN_INF} builds IoFifo.nasm (pure REP INS/OUTS) for "
-                           f"{', '.join(a for a in arches if plain.get(a) == 'rep-nasm')} in this tree: switching "
-                           "the DSC to it removes nothing; unrolling the FIFO NASM keeps the Sev instance with its "
-                           + ("SEV and TDX" if (tree / S.TDX_SOURCE).is_file() else "SEV")
-                           + " handling and needs no new code")
+            reasons.append(
+                f"{S.PLAIN_INF} builds IoFifo.nasm (pure REP INS/OUTS) for "
+                f"{', '.join(a for a in arches if plain.get(a) == 'rep-nasm')} in this tree: switching "
+                "the DSC to it removes nothing; unrolling the FIFO NASM keeps the Sev instance with its "
+                + ("SEV and TDX" if (tree / S.TDX_SOURCE).is_file() else "SEV")
+                + " handling and needs no new code"
+            )
     else:
         reasons.append(f"strategy {strategy} was asked for")
     patches: list[S.PatchSpec] = []
     tradeoffs: list[str] = []
     if strategy == "unroll":
         patches = _unroll(tree, arches, used, facts)
-        tradeoffs.append("FIFO transfers run one IN/OUT per element instead of one REP instruction: each "
-                         "element is a VM exit either way under a VMM that intercepts the port")
+        tradeoffs.append(
+            "FIFO transfers run one IN/OUT per element instead of one REP instruction: each "
+            "element is a VM exit either way under a VMM that intercepts the port"
+        )
     else:
         patches = _dsc_inf(tree, dsc, arches, facts)
-        tradeoffs.append("the non-Sev IoLib drops the Sev instance's handling: SEV guests lose the unrolled "
-                         "path selection (harmless: the C loops never use string I/O) and TDX guests lose "
-                         "TDVMCALL-based port I/O in IoLib (port I/O then relies on the #VE handler)")
+        tradeoffs.append(
+            "the non-Sev IoLib drops the Sev instance's handling: SEV guests lose the unrolled "
+            "path selection (harmless: the C loops never use string I/O) and TDX guests lose "
+            "TDVMCALL-based port I/O in IoLib (port I/O then relies on the #VE handler)"
+        )
     if not patches:
         raise OvmfToolError("nothing to change: the IoLib instances this DSC uses carry no string I/O")
     mods = []
@@ -123,11 +138,18 @@ def make_plan(tree: Path, dsc_rel: str, defines: dict[str, str], arches: list[st
             continue  # built but not placed in the image by the FDF
         p = tree / inf
         mtype = read_inf(p).defines.get("MODULE_TYPE", "BASE") if p.is_file() else "BASE"
-        for arch_use in ([a] if a != "COMMON" else arches):
+        for arch_use in [a] if a != "COMMON" else arches:
             inst = dsc.resolve("IoLib", arch_use, mtype, inf)
             if inst in rep_used:
-                mods.append({"inf": inf, "arch": arch_use, "module_type": mtype, "iolib": inst,
-                             "fifo": facts.fifo[inst][arch_use]})
+                mods.append(
+                    {
+                        "inf": inf,
+                        "arch": arch_use,
+                        "module_type": mtype,
+                        "iolib": inst,
+                        "fifo": facts.fifo[inst][arch_use],
+                    }
+                )
     return Plan(str(tree), dsc_rel, defines, arches, strategy, reasons, patches, facts, mods, tradeoffs)
 
 
@@ -155,7 +177,8 @@ def _unroll(tree: Path, arches: list[str], used: set[str], facts: S.TreeFacts) -
         "of the FIFO routines, so DEBUG output (REP OUTSB to port 0x402) and fw_cfg reads (REP INSB)\n"
         "stop the guest.\n\n"
         f"Make every FIFO routine use its IN/OUT loop ({files}). The Sev routines keep their SEV\n"
-        "and TDX handling; SevNoRepIo stays for callers that use it.\n")
+        "and TDX handling; SevNoRepIo stays for callers that use it.\n"
+    )
     return [S.PatchSpec("MdePkg/BaseIoLibIntrinsic: unroll string I/O in the FIFO routines", body, edits)]
 
 
@@ -173,29 +196,40 @@ def _dsc_inf(tree: Path, dsc: Dsc, arches: list[str], facts: S.TreeFacts, c_loop
     if c_loops and any(plain.get(a) == "rep-nasm" for a in arches):
         edits = S.c_loop_inf(tree)
         if edits:
-            patches.append(S.PatchSpec(
-                "MdePkg/BaseIoLibIntrinsic: build the FIFO routines as C loops",
-                "BaseIoLibIntrinsic.inf builds X64/IoFifo.nasm and Ia32/IoFifo.nasm, which move FIFO data\n"
-                "with REP INS/OUTS. A VMM without instruction decode assists (bhyve without AMD\n"
-                "DecodeAssist, e.g. under nested virtualization) cannot emulate them.\n\n"
-                "Build IoLibFifoLoop.c instead: the same six routines as loops over IoRead/IoWrite,\n"
-                "as edk2-stable202402 and later do in IoLibFifo.c.\n", edits))
+            patches.append(
+                S.PatchSpec(
+                    "MdePkg/BaseIoLibIntrinsic: build the FIFO routines as C loops",
+                    "BaseIoLibIntrinsic.inf builds X64/IoFifo.nasm and Ia32/IoFifo.nasm, which move FIFO data\n"
+                    "with REP INS/OUTS. A VMM without instruction decode assists (bhyve without AMD\n"
+                    "DecodeAssist, e.g. under nested virtualization) cannot emulate them.\n\n"
+                    "Build IoLibFifoLoop.c instead: the same six routines as loops over IoRead/IoWrite,\n"
+                    "as edk2-stable202402 and later do in IoLibFifo.c.\n",
+                    edits,
+                )
+            )
     cls = S.add_dropped_classes(tree, dsc, facts.dropped_classes)
     sw = S.switch_dsc(tree, dsc)
     if cls:
         names = ", ".join(sorted(facts.dropped_classes))
-        patches.append(S.PatchSpec(
-            "OvmfPkg: list library classes that BaseIoLibIntrinsicSev used to provide",
-            f"BaseIoLibIntrinsicSev.inf depends on {names}; modules that call those classes' functions\n"
-            "without listing them linked only because every module links IoLib. List them explicitly so\n"
-            "the modules keep linking when the platform uses another IoLib instance.\n",
-            cls))
+        patches.append(
+            S.PatchSpec(
+                "OvmfPkg: list library classes that BaseIoLibIntrinsicSev used to provide",
+                f"BaseIoLibIntrinsicSev.inf depends on {names}; modules that call those classes' functions\n"
+                "without listing them linked only because every module links IoLib. List them explicitly so\n"
+                "the modules keep linking when the platform uses another IoLib instance.\n",
+                cls,
+            )
+        )
     if sw:
-        patches.append(S.PatchSpec(
-            "OvmfPkg: use the non-Sev IoLib instance",
-            "BaseIoLibIntrinsicSev moves FIFO data with REP INS/OUTS unless plain SEV is active. A VMM\n"
-            "without instruction decode assists (bhyve without AMD DecodeAssist, e.g. under nested\n"
-            "virtualization) cannot emulate them and stops the guest.\n\n"
-            "Map IoLib to BaseIoLibIntrinsic, whose FIFO routines are C loops over single port\n"
-            "accesses. This drops the Sev instance's SEV/TDX FIFO handling.\n", sw))
+        patches.append(
+            S.PatchSpec(
+                "OvmfPkg: use the non-Sev IoLib instance",
+                "BaseIoLibIntrinsicSev moves FIFO data with REP INS/OUTS unless plain SEV is active. A VMM\n"
+                "without instruction decode assists (bhyve without AMD DecodeAssist, e.g. under nested\n"
+                "virtualization) cannot emulate them and stops the guest.\n\n"
+                "Map IoLib to BaseIoLibIntrinsic, whose FIFO routines are C loops over single port\n"
+                "accesses. This drops the Sev instance's SEV/TDX FIFO handling.\n",
+                sw,
+            )
+        )
     return patches

@@ -20,7 +20,9 @@ def _git(cwd: str, *args: str, env: dict | None = None) -> str:
     except FileNotFoundError:
         raise OvmfToolError("git is needed to write the patch series (apt-get install git)") from None
     if r.returncode != 0:
-        raise OvmfToolError(f"git {args[0]} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+        raise OvmfToolError(
+            f"git {args[0]} failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}"
+        )
     return r.stdout
 
 
@@ -30,9 +32,17 @@ def write_series(patches: list[PatchSpec], out_dir: Path, author: str, signoff: 
     name, mail = name.strip(), mail.rstrip(">").strip()
     if not name or not mail:
         raise OvmfToolError(f"--author must look like 'Name <mail@example.org>', not {author!r}")
-    env = dict(os.environ, GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=mail, GIT_COMMITTER_NAME=name,
-               GIT_COMMITTER_EMAIL=mail, GIT_AUTHOR_DATE=FIXED_DATE, GIT_COMMITTER_DATE=FIXED_DATE,
-               GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME=name,
+        GIT_AUTHOR_EMAIL=mail,
+        GIT_COMMITTER_NAME=name,
+        GIT_COMMITTER_EMAIL=mail,
+        GIT_AUTHOR_DATE=FIXED_DATE,
+        GIT_COMMITTER_DATE=FIXED_DATE,
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_CONFIG_NOSYSTEM="1",
+    )
     work = tempfile.mkdtemp(prefix="ovmftool-series-")
     try:
         _git(work, "init", "-q", env=env)
@@ -57,11 +67,29 @@ def write_series(patches: list[PatchSpec], out_dir: Path, author: str, signoff: 
             if signoff:
                 msg += f"\nSigned-off-by: {signoff}\n"
             _git(work, "add", "-A", env=env)
-            subprocess.run(["git", "commit", "-q", "-F", "-"], cwd=work, input=msg, text=True, env=env, check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["git", "commit", "-q", "-F", "-"],
+                cwd=work,
+                input=msg,
+                text=True,
+                env=env,
+                check=True,
+                capture_output=True,
+            )
         tmp_out = Path(work, ".series")
-        _git(work, "format-patch", "-q", "--zero-commit", "--no-signature", "--full-index", "-N" if len(patches) == 1 else "-n",
-             "-o", str(tmp_out), "HEAD~%d" % len(patches), env=env)
+        _git(
+            work,
+            "format-patch",
+            "-q",
+            "--zero-commit",
+            "--no-signature",
+            "--full-index",
+            "-N" if len(patches) == 1 else "-n",
+            "-o",
+            str(tmp_out),
+            f"HEAD~{len(patches)}",
+            env=env,
+        )
         files = sorted(tmp_out.glob("*.patch"))
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []

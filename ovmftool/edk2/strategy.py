@@ -83,8 +83,9 @@ def tree_facts(ws: Path, dsc: Dsc, arches: list[str]) -> TreeFacts:
         for a in arches:
             for c in sev.library_classes(a):
                 if c not in plain.library_classes(a):
-                    facts.dropped_classes[c] = "common" if c in common else (
-                        a if facts.dropped_classes.get(c, a) == a else "common")
+                    facts.dropped_classes[c] = (
+                        "common" if c in common else (a if facts.dropped_classes.get(c, a) == a else "common")
+                    )
     facts.other_sources = _other_string_io(ws, dsc)
     return facts
 
@@ -110,9 +111,14 @@ def _other_string_io(ws: Path, dsc: Dsc) -> list[str]:
             if "__inbytestring" in text or "__outbytestring" in text or _ANY_IO.search(text):
                 for no, line in enumerate(text.splitlines(), 1):
                     code = line.split(";", 1)[0] if f.suffix.lower() in (".nasm", ".asm") else line.split("//", 1)[0]
-                    if re.search(r"__(in|out)(byte|word|dword)string", code) or (
-                            f.suffix.lower() in (".nasm", ".asm", ".s") and _ANY_IO.search(code)) or (
-                            f.suffix.lower() in (".c", ".h") and re.search(r"\"[^\"]*\b(rep\s*;?\s*)?(ins|outs)[bwl]\b", code)):
+                    if (
+                        re.search(r"__(in|out)(byte|word|dword)string", code)
+                        or (f.suffix.lower() in (".nasm", ".asm", ".s") and _ANY_IO.search(code))
+                        or (
+                            f.suffix.lower() in (".c", ".h")
+                            and re.search(r"\"[^\"]*\b(rep\s*;?\s*)?(ins|outs)[bwl]\b", code)
+                        )
+                    ):
                         hits.append(f"{rel}:{no}: {line.strip()}")
     return hits
 
@@ -134,8 +140,10 @@ _LOOP = {
     ("IA32", "outsw"): ["mov     ax, word [esi]", "out     dx, ax", "add     esi, 2"],
     ("IA32", "outsd"): ["mov     eax, dword [esi]", "out     dx, eax", "add     esi, 4"],
 }
-_NOTE = ("; String I/O is always unrolled into IN/OUT loops: a VMM without instruction decode assists\n"
-         "; (e.g. bhyve/propolis under nested virtualization) cannot emulate REP INS/OUTS.")
+_NOTE = (
+    "; String I/O is always unrolled into IN/OUT loops: a VMM without instruction decode assists\n"
+    "; (e.g. bhyve/propolis under nested virtualization) cannot emulate REP INS/OUTS."
+)
 
 
 def _nl(text: str) -> str:
@@ -150,9 +158,11 @@ def unroll_sev_nasm(text: str) -> str:
         r"(?P<indent>[ \t]*); Check if we need to unroll String I/O\n"
         r"[ \t]*call[ \t]+ASM_PFX\(SevNoRepIo\)\n[ \t]*test[ \t]+eax,[ \t]*eax\n[ \t]*jnz[ \t]+(?P<norep>@\w+)\n\n?"
         r"[ \t]*cld\n[ \t]*rep[ \t]+(?:ins|outs)[bwd]\n[ \t]*jmp[ \t]+@\w+\n\n?"
-        r"(?P=norep):\n")
-    t, n = pat.subn(lambda m: "\n".join(m.group("indent") + x for x in _NOTE.split("\n")) + "\n"
-                    + m.group("norep") + ":\n", t)
+        r"(?P=norep):\n"
+    )
+    t, n = pat.subn(
+        lambda m: "\n".join(m.group("indent") + x for x in _NOTE.split("\n")) + "\n" + m.group("norep") + ":\n", t
+    )
     if n == 0 or _REP_IO.search(t):
         raise OvmfToolError("IoFifoSev.nasm does not have the REP/loop layout the unroll strategy knows")
     return t.replace("\n", nl)
@@ -167,8 +177,7 @@ def unroll_rep_nasm(text: str, arch: str) -> str:
     def repl(m: re.Match) -> str:
         mnem = m.group(1).lower()
         body = _LOOP[(arch, mnem)]
-        lines = [_NOTE, f"    {jcxz}   .done", ".loop:"] + [f"    {b}" for b in body] + [
-            "    loop    .loop", ".done:"]
+        lines = [_NOTE, f"    {jcxz}   .done", ".loop:"] + [f"    {b}" for b in body] + ["    loop    .loop", ".done:"]
         return "\n".join(lines)
 
     t, n = re.subn(r"^[ \t]*rep[ \t]+((?:ins|outs)[bwd])[ \t]*$", repl, t, flags=re.M | re.I)
@@ -237,8 +246,11 @@ def switch_dsc(ws: Path, dsc: Dsc) -> list[FileEdit]:
     edits = []
     for rel in dict.fromkeys(m.file for m in dsc.instances("IoLib") if m.instance == SEV_INF):
         old = (ws / rel).read_bytes()
-        new = re.sub(rb"(IoLib\s*\|\s*)MdePkg/Library/BaseIoLibIntrinsic/BaseIoLibIntrinsicSev\.inf",
-                     rb"\1MdePkg/Library/BaseIoLibIntrinsic/BaseIoLibIntrinsic.inf", old)
+        new = re.sub(
+            rb"(IoLib\s*\|\s*)MdePkg/Library/BaseIoLibIntrinsic/BaseIoLibIntrinsicSev\.inf",
+            rb"\1MdePkg/Library/BaseIoLibIntrinsic/BaseIoLibIntrinsic.inf",
+            old,
+        )
         if new != old:
             edits.append(FileEdit(rel, old, new))
     return edits
@@ -285,7 +297,7 @@ def _add_class(text: bytes, cls: str, scope: str) -> bytes:
     head = b"[LibraryClasses]" if scope == "common" else b"[LibraryClasses." + scope.encode() + b"]"
     m = re.search(rb"(?mi)^" + re.escape(head) + rb"[ \t]*\r?\n", text)
     if m:
-        return text[: m.end()] + b"  " + cls.encode() + nl + text[m.end():]
+        return text[: m.end()] + b"  " + cls.encode() + nl + text[m.end() :]
     return text.rstrip(b"\r\n") + nl + nl + head + nl + b"  " + cls.encode() + nl
 
 

@@ -16,8 +16,14 @@ from ovmftool.edk2.series import write_series
 from ovmftool.errors import OvmfToolError
 from ovmftool.scan.scanner import default_jobs, scan_checked
 
-NEEDED = {"gcc": "build-essential", "make": "build-essential", "nasm": "nasm", "iasl": "acpica-tools",
-          "python3": "python3", "git": "git"}
+NEEDED = {
+    "gcc": "build-essential",
+    "make": "build-essential",
+    "nasm": "nasm",
+    "iasl": "acpica-tools",
+    "python3": "python3",
+    "git": "git",
+}
 
 
 @dataclass
@@ -47,10 +53,20 @@ def check_tools(boot: bool) -> None:
         qemu_binary()
 
 
-def verify_plan(p, series: list[Path], target: str, before_image: str | None, scratch: str | None,
-                keep_dir: Path, dsc_switch=None, boot: bool = True, say=None) -> dict:
+def verify_plan(
+    p,
+    series: list[Path],
+    target: str,
+    before_image: str | None,
+    scratch: str | None,
+    keep_dir: Path,
+    dsc_switch=None,
+    boot: bool = True,
+    say=None,
+) -> dict:
     """Build the tree of plan `p` with `series` applied (and, when given, with the DSC switch
-    alone: `dsc_switch`, a list of PatchSpec), scan each image, boot the patched one; the `verification` record of plan.json.
+    alone: `dsc_switch`, a list of PatchSpec), scan each image, boot the patched one; the `verification` record of
+    plan.json.
     The patched image is copied into `keep_dir`. Raises OvmfToolError when a site remains or
     the boot did not reach the shell (or boot manager) without string I/O."""
     say = say or (lambda _msg: None)
@@ -86,14 +102,21 @@ def verify_plan(p, series: list[Path], target: str, before_image: str | None, sc
             shutil.rmtree(work, ignore_errors=True)
         finally:
             shutil.rmtree(sdir, ignore_errors=True)
-        out["dsc_switch"] = {"sites": len(sw.findings), "build_seconds": round(b.seconds),
-                             "series": [s.subject for s in dsc_switch]}
+        out["dsc_switch"] = {
+            "sites": len(sw.findings),
+            "build_seconds": round(b.seconds),
+            "series": [s.subject for s in dsc_switch],
+        }
     work, b, after = built(series, "after")
     try:
         name = f"{b.fd.stem}.patched.fd"
         shutil.copyfile(b.fd, keep_dir / name)
-        out["after"] = {"sites": len(after.findings), "build_seconds": round(b.seconds), "image": name,
-                        "sha256": after.sha256}
+        out["after"] = {
+            "sites": len(after.findings),
+            "build_seconds": round(b.seconds),
+            "image": name,
+            "sha256": after.sha256,
+        }
         if boot and not after.findings:
             out["boot"] = _boot(b.fd, after, say)
     finally:
@@ -105,8 +128,10 @@ def verify_plan(p, series: list[Path], target: str, before_image: str | None, sc
         raise OvmfToolError(f"verification failed: {out['after']['sites']} string I/O sites remain after the series")
     bt = out.get("boot")
     if bt and (not bt["finished"] or bt["executed"]):
-        raise OvmfToolError(f"verification failed: the patched build's boot ended {bt['verdict']} with "
-                            f"{bt['executed']} string I/O instruction(s) executed")
+        raise OvmfToolError(
+            f"verification failed: the patched build's boot ended {bt['verdict']} with "
+            f"{bt['executed']} string I/O instruction(s) executed"
+        )
     return out
 
 
@@ -116,15 +141,22 @@ def _boot(fd: Path, scan, say) -> dict:
 
     say(f"verify: booting the patched {fd.name} under QEMU")
     bc = boot_image(str(fd), timeout=300.0, scan=scan)
-    return {"verdict": bc.verdict, "finished": bc.finished, "executed": len(bc.executed),
-            "seconds": round(bc.seconds, 1), "vars": bc.vars.get("source", "")}
+    return {
+        "verdict": bc.verdict,
+        "finished": bc.finished,
+        "executed": len(bc.executed),
+        "seconds": round(bc.seconds, 1),
+        "vars": bc.vars.get("source", ""),
+    }
 
 
 def scratch_copy(tree: Path, parent: Path) -> Path:
     """Copy the tree (without its Build directory) for a verification build."""
     dest = Path(tempfile.mkdtemp(prefix="edk2-", dir=parent))
-    tar = subprocess.Popen(["tar", "-C", str(tree), "--exclude=./Build", "--exclude=./Conf/BuildEnv.sh", "-cf", "-", "."],
-                           stdout=subprocess.PIPE)
+    tar = subprocess.Popen(
+        ["tar", "-C", str(tree), "--exclude=./Build", "--exclude=./Conf/BuildEnv.sh", "-cf", "-", "."],
+        stdout=subprocess.PIPE,
+    )
     r = subprocess.run(["tar", "-C", str(dest), "-xf", "-"], stdin=tar.stdout, capture_output=True)
     tar.wait()
     if tar.returncode or r.returncode:
@@ -143,8 +175,9 @@ def apply_series(tree: Path, series: list[Path]) -> None:
 def build(tree: Path, dsc: str, target: str, arches: list[str], defines: dict[str, str], log: Path) -> BuildResult:
     """Build OVMF in `tree` with GCC5; returns the code FD."""
     if not (tree / "BaseTools" / "Source" / "C" / "bin" / "GenFw").is_file():
-        r = subprocess.run(["make", "-C", str(tree / "BaseTools"), f"-j{os.cpu_count() or 1}"], capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            ["make", "-C", str(tree / "BaseTools"), f"-j{os.cpu_count() or 1}"], capture_output=True, text=True
+        )
         if r.returncode != 0:
             raise OvmfToolError(f"building BaseTools failed: {r.stderr.strip().splitlines()[-1:]}")
     args = ["build", "-t", "GCC5", "-p", dsc, "-b", target, "-n", str(os.cpu_count() or 1)]
@@ -153,8 +186,10 @@ def build(tree: Path, dsc: str, target: str, arches: list[str], defines: dict[st
     for k, v in defines.items():
         args += ["-D", f"{k}={v}"]
     # The copy's own BaseTools and Conf, whatever the tree's Conf/BuildEnv.sh remembered.
-    cmd = ("set -e; unset WORKSPACE PACKAGES_PATH CONF_PATH; export EDK_TOOLS_PATH=\"$PWD/BaseTools\"; "
-           ". ./edksetup.sh >/dev/null; " + " ".join(_q(a) for a in args))
+    cmd = (
+        'set -e; unset WORKSPACE PACKAGES_PATH CONF_PATH; export EDK_TOOLS_PATH="$PWD/BaseTools"; '
+        ". ./edksetup.sh >/dev/null; " + " ".join(_q(a) for a in args)
+    )
     start = time.monotonic()
     with open(log, "w") as fh:
         r = subprocess.run(["bash", "-c", cmd], cwd=tree, stdout=fh, stderr=subprocess.STDOUT)

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ovmftool.errors import OvmfToolError
-from ovmftool.scan.identity import site_keys
 from ovmftool.scan.cache import default_cache
+from ovmftool.scan.identity import site_keys
 from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, default_jobs, scan_paths
 
 BASELINE_SCHEMA = "ovmftool.baseline/1"
@@ -69,8 +69,17 @@ class _Fields:
     def fail(self, field: str, problem: str) -> OvmfToolError:
         return OvmfToolError(f"{self.what} {self.path}: {field}: {problem}")
 
-    def get(self, obj: dict, key: str, where: str, kind: str, required: bool = True, null: bool = False,
-            pattern: re.Pattern | None = None, minimum: int | None = None) -> Any:
+    def get(
+        self,
+        obj: dict,
+        key: str,
+        where: str,
+        kind: str,
+        required: bool = True,
+        null: bool = False,
+        pattern: re.Pattern | None = None,
+        minimum: int | None = None,
+    ) -> Any:
         name = f"{where}.{key}" if where else key
         if key not in obj:
             if required:
@@ -84,8 +93,11 @@ class _Fields:
         else:
             ok = isinstance(v, self._TYPES[kind])
         if not ok:
-            raise self.fail(name, f"{json.dumps(v)[:60]} is not {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
-                            + (" or null" if null else ""))
+            raise self.fail(
+                name,
+                f"{json.dumps(v)[:60]} is not {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+                + (" or null" if null else ""),
+            )
         if pattern is not None and not pattern.search(v):
             raise self.fail(name, f"{json.dumps(v)[:60]} does not match {pattern.pattern}")
         if minimum is not None and v < minimum:
@@ -186,8 +198,11 @@ class Waiver:
         return True
 
     def describe(self) -> str:
-        parts = [self.module] + ([self.function] if self.function else []) + (
-            [self.instruction] if self.instruction else [])
+        parts = (
+            [self.module]
+            + ([self.function] if self.function else [])
+            + ([self.instruction] if self.instruction else [])
+        )
         return "/".join(parts)
 
 
@@ -266,8 +281,13 @@ class ImageCheck:
     baseline: BaselineImage | None
 
 
-def check_images(inputs, baseline_file: str | None = None, waivers_file: str | None = None,
-                 symbols_dir: str | None = None, today: dt.date | None = None) -> list[ImageCheck | ScanFailure]:
+def check_images(
+    inputs,
+    baseline_file: str | None = None,
+    waivers_file: str | None = None,
+    symbols_dir: str | None = None,
+    today: dt.date | None = None,
+) -> list[ImageCheck | ScanFailure]:
     """`ovmftool check`: the baseline and waivers read (their errors come before any scan), the
     inputs (files, directories, patterns) scanned with the verdict rules of `scan`, and each
     image compared with its baseline entry; inputs that could not be scanned keep their place.
@@ -291,8 +311,9 @@ def check_images(inputs, baseline_file: str | None = None, waivers_file: str | N
     return out
 
 
-def check_image(image: str, baseline_file: str | None = None, waivers_file: str | None = None,
-                symbols_dir: str | None = None) -> CheckResult:
+def check_image(
+    image: str, baseline_file: str | None = None, waivers_file: str | None = None, symbols_dir: str | None = None
+) -> CheckResult:
     """`check` of one image named on the command line (an error if it cannot be scanned)."""
     (c,) = check_images([image], baseline_file, waivers_file, symbols_dir)
     if isinstance(c, ScanFailure):

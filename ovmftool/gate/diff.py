@@ -35,8 +35,12 @@ def diff(old: ScanResult, new: ScanResult) -> DiffResult:
     return out
 
 
-def diff_images(old: str, new: str, symbols_old: str | None = None, symbols_new: str | None = None,
-                ) -> tuple[ScanResult, ScanResult, DiffResult]:
+def diff_images(
+    old: str,
+    new: str,
+    symbols_old: str | None = None,
+    symbols_new: str | None = None,
+) -> tuple[ScanResult, ScanResult, DiffResult]:
     """`ovmftool diff`: both build directories opened (checked before any scan), both images
     scanned with the verdict rules of `scan`, their findings matched."""
     sym_a, sym_b = open_symbols(symbols_old, "--symbols-old"), open_symbols(symbols_new, "--symbols-new")

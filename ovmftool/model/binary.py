@@ -17,15 +17,18 @@ from dataclasses import dataclass
 
 from ovmftool.errors import ImageError, NothingToCheck
 from ovmftool.model import structs as S
-from ovmftool.model.node import Space
 from ovmftool.model.flash import FlashImage
+from ovmftool.model.node import Space
 from ovmftool.model.pe import MAX_SECTIONS, PeImage, parse_image
 
 NULL_GUID = "00000000-0000-0000-0000-000000000000"
 # NAME_GUID.efi | NAME_GUID.te, as `extract` writes them (a repeated name gets _2, _3, ...), and
 # names made from them (NAME_GUID.patched.efi)
-_EXTRACTED = re.compile(r"^(?:(?P<name>.+?)_)?(?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
-                        r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(?:[._-][^/]*)?\.(?:efi|te|pe|bin)$", re.I)
+_EXTRACTED = re.compile(
+    r"^(?:(?P<name>.+?)_)?(?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+    r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12})(?:[._-][^/]*)?\.(?:efi|te|pe|bin)$",
+    re.I,
+)
 
 
 def looks_like_binary(data: bytes) -> bool:
@@ -69,8 +72,10 @@ def parse_binary(data: bytes, path: str = "") -> BinaryFile:
     img = parse_image(space, 0, len(data), root)
     if not img.problems and img.subsystem not in S.EFI_SUBSYSTEMS:
         kind = S.OTHER_SUBSYSTEMS.get(img.subsystem, "not a UEFI subsystem")
-        raise NothingToCheck(f"{what} is not a UEFI module: its {img.format} header names subsystem {img.subsystem} "
-                         f"({kind}), not an EFI application or driver")
+        raise NothingToCheck(
+            f"{what} is not a UEFI module: its {img.format} header names subsystem {img.subsystem} "
+            f"({kind}), not an EFI application or driver"
+        )
     root.children.append(img)
     if not img.problems:
         if not img.sections:
@@ -87,22 +92,29 @@ def _check(data: bytes, what: str) -> None:
             raise ImageError(f"{what} is a truncated PE image: {len(data)} bytes, shorter than the DOS header")
         lfanew = S.DOS_E_LFANEW.get(data)
         if lfanew + len(S.PE_MAGIC) > len(data):
-            raise ImageError(f"{what} holds no firmware volume and is not a PE image (or is truncated): e_lfanew "
-                             f"0x{lfanew:X} is past the end of its {len(data)} bytes")
+            raise ImageError(
+                f"{what} holds no firmware volume and is not a PE image (or is truncated): e_lfanew "
+                f"0x{lfanew:X} is past the end of its {len(data)} bytes"
+            )
         if data[lfanew : lfanew + len(S.PE_MAGIC)] != S.PE_MAGIC:
-            raise ImageError(f"{what} holds no firmware volume and is not a PE image: MZ header without a PE "
-                             f"signature at e_lfanew 0x{lfanew:X}")
+            raise ImageError(
+                f"{what} holds no firmware volume and is not a PE image: MZ header without a PE "
+                f"signature at e_lfanew 0x{lfanew:X}"
+            )
         opt = lfanew + len(S.PE_MAGIC) + S.COFF_HEADER.size
         if opt + S.OPT_MAGIC.end > len(data):
             raise ImageError(f"{what} is a truncated PE image: {len(data)} bytes, the COFF header is cut off")
         magic = S.OPT_MAGIC.get(data, opt)
         if magic not in (S.OPT_MAGIC_PE32, S.OPT_MAGIC_PE32_PLUS):
-            raise ImageError(f"{what} holds no firmware volume and is not a PE32/PE32+ image: optional header "
-                             f"magic 0x{magic:X}")
+            raise ImageError(
+                f"{what} holds no firmware volume and is not a PE32/PE32+ image: optional header magic 0x{magic:X}"
+            )
     else:
         if len(data) < S.TE_HEADER.size:
             raise ImageError(f"{what} is a truncated TE image: {len(data)} bytes, shorter than the TE header")
         _sig, machine, nsec, _subsys, stripped = S.TE_HEADER.unpack_from(data, 0)[:5]
         if machine not in S.MACHINES or not 1 <= nsec <= MAX_SECTIONS or stripped < S.TE_HEADER.size:
-            raise ImageError(f"{what} holds no firmware volume and is not a TE image: VZ header with machine "
-                             f"0x{machine:04X}, {nsec} sections, stripped size 0x{stripped:X}")
+            raise ImageError(
+                f"{what} holds no firmware volume and is not a TE image: VZ header with machine "
+                f"0x{machine:04X}, {nsec} sections, stripped size 0x{stripped:X}"
+            )

@@ -24,7 +24,7 @@ class CodeBlob(Node):
     kind = "code"
 
     @classmethod
-    def reset_vector(cls, space: Space, off: int, size: int, parent: Node) -> "CodeBlob":
+    def reset_vector(cls, space: Space, off: int, size: int, parent: Node) -> CodeBlob:
         """The ResetVector file's body: entered at its last 16 bytes in real mode."""
         blob = cls(space, off, size, parent)
         blob.role, blob.mode = "reset-vector", 16

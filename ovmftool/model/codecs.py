@@ -9,7 +9,7 @@ import lzma
 import re
 import struct
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 from ovmftool.errors import ImageError
 from ovmftool.model import structs as S
@@ -61,7 +61,7 @@ class LzmaStream:
 
 def _lzma(data: bytes, limits: Limits, where: str) -> bytes:
     s = LzmaStream(data, limits, where)
-    out = s.feed(memoryview(data)[S.LZMA_HEADER.size:])
+    out = s.feed(memoryview(data)[S.LZMA_HEADER.size :])
     s.end()
     return out
 

@@ -14,7 +14,7 @@ import lzma
 import os
 import queue
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.model import structs as S
@@ -126,8 +126,9 @@ def encode_lzma(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
     try:
         comp = lzma.LZMACompressor(format=lzma.FORMAT_ALONE, filters=[f])
     except lzma.LZMAError as e:
-        raise EncodeError(f"LZMA encoder refused lc={f['lc']} lp={f['lp']} pb={f['pb']} dictionary "
-                          f"0x{f['dict_size']:X} ({e})") from None
+        raise EncodeError(
+            f"LZMA encoder refused lc={f['lc']} lp={f['lp']} pb={f['pb']} dictionary 0x{f['dict_size']:X} ({e})"
+        ) from None
     proof = _Proof(header, data)
     out = bytearray()
     view = memoryview(data)
@@ -186,5 +187,3 @@ COMPRESSION_ENCODERS: dict[int, Encoder] = {1: _efi}
 # Encoders whose output is proven, as it is written, to decode to their input with the parser's
 # own decoder: the re-parse of an assembled image takes the decoded bytes instead of decoding again.
 PROVEN: frozenset[Encoder] = frozenset({encode_lzma})
-
-

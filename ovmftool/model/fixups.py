@@ -63,4 +63,3 @@ def _own_sections(f: FfsFile):
         if isinstance(n, Section):
             yield n
             stack.extend(reversed([c for c in n.children if isinstance(c, Section)]))
-

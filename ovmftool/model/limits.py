@@ -30,9 +30,7 @@ class Limits:
     def charge_expansion(self, size: int, where: str) -> None:
         """Account for `size` decompressed bytes, or raise before they are produced."""
         if size > self.max_expanded_one:
-            raise LimitExceeded(
-                f"decompressed size {size} exceeds the per-section cap {self.max_expanded_one}", where
-            )
+            raise LimitExceeded(f"decompressed size {size} exceeds the per-section cap {self.max_expanded_one}", where)
         self._charge("expanded", size, self.max_expanded_total, "decompressed data", where)
 
     def image_memory_cap(self, raw_size: int) -> int:
@@ -43,8 +41,9 @@ class Limits:
         """Account for one PE/TE image's memory and relocation table, or raise: thousands of
         small images each declaring a large SizeOfImage are a bomb like a decompression bomb."""
         self._charge("image_memory", memory, self.max_image_memory_total, "the images' memory", where)
-        self._charge("relocation_bytes", relocation_bytes, self.max_relocation_bytes_total,
-                     "base relocation tables", where)
+        self._charge(
+            "relocation_bytes", relocation_bytes, self.max_relocation_bytes_total, "base relocation tables", where
+        )
 
     def _charge(self, total: str, amount: int, cap: int, what: str, where: str) -> None:
         """Add `amount` to the running total `total`, or raise if that would pass `cap`."""

@@ -10,8 +10,8 @@ through `children`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 
 @dataclass(eq=False, repr=False)
@@ -26,7 +26,7 @@ class Space:
     data: bytes
     abs_base: int | None
     label: str
-    origin: "Node | None" = None
+    origin: Node | None = None
 
     def abs(self, offset: int) -> int | None:
         """The absolute file offset of `offset` in this space, or None inside decoded data."""
@@ -48,7 +48,7 @@ class Problem:
     """Damage found while parsing: what is wrong and where."""
 
     message: str
-    node: "Node"
+    node: Node
     offset: int  # within the node's space
 
     @property
@@ -67,15 +67,17 @@ class Node:
     space: Space
     offset: int
     size: int
-    parent: "Node | None"
-    children: list["Node"] = field(default_factory=list, init=False)
+    parent: Node | None
+    children: list[Node] = field(default_factory=list, init=False)
     problems: list[Problem] = field(default_factory=list, init=False)
 
     kind = "node"
 
     def __repr__(self) -> str:  # compact: no bytes, no tree (parents and children link everything)
-        return (f"<{type(self).__name__} {self.kind} at {self.space.label}+0x{self.offset:X} size 0x{self.size:X}"
-                f"{'' if self.abs_offset is None else f' (file 0x{self.abs_offset:X})'}>")
+        return (
+            f"<{type(self).__name__} {self.kind} at {self.space.label}+0x{self.offset:X} size 0x{self.size:X}"
+            f"{'' if self.abs_offset is None else f' (file 0x{self.abs_offset:X})'}>"
+        )
 
     @property
     def abs_offset(self) -> int | None:
@@ -112,7 +114,7 @@ class Node:
             n, p = n + 1, p.parent
         return n
 
-    def ancestors(self) -> Iterator["Node"]:
+    def ancestors(self) -> Iterator[Node]:
         """Parent, grandparent, ... up to the root."""
         p = self.parent
         while p is not None:

@@ -112,7 +112,9 @@ def parse_flash(data: bytes, path: str = "", limits: Limits | None = None, known
         elf = elf_machine(data)
         if elf is not None and elf not in S.X86_MACHINES:
             raise NothingToCheck(f"{path or 'input'}: not x86: an ELF executable for {elf}, not a UEFI flash image")
-        raise NoVolume(f"{path or 'input'} holds no firmware volume (no _FVH signature) and is not a PE32/TE "
-                         "image: not a flash image or UEFI binary")
+        raise NoVolume(
+            f"{path or 'input'} holds no firmware volume (no _FVH signature) and is not a PE32/TE "
+            "image: not a flash image or UEFI binary"
+        )
     resolve(root)
     return root

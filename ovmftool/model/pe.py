@@ -14,9 +14,9 @@ from __future__ import annotations
 import bisect
 import struct
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterator
 
 from ovmftool.errors import printable
 from ovmftool.model import structs as S
@@ -277,8 +277,10 @@ def parse_image(space: Space, off: int, end: int, parent: Node | None, limits: L
     extent = max([img.size_of_image] + [s.rva + max(s.virtual_size, s.raw_size) for s in img.sections])
     cap = (limits or Limits()).image_memory_cap(len(raw))
     if extent > cap:
-        img.damage(f"image declares 0x{extent:X} bytes of memory (SizeOfImage, section extents), implausible "
-                   f"for 0x{len(raw):X} bytes of image; only 0x{cap:X} are loaded")
+        img.damage(
+            f"image declares 0x{extent:X} bytes of memory (SizeOfImage, section extents), implausible "
+            f"for 0x{len(raw):X} bytes of image; only 0x{cap:X} are loaded"
+        )
     img.mem_size = min(extent, cap)
     if limits is not None:
         limits.charge_image(img.mem_size, img.relocation_table()[1], space.place(off))

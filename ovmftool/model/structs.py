@@ -273,14 +273,33 @@ IMAGE_SCN_MEM_DISCARDABLE = 0x02000000
 IMAGE_SCN_MEM_EXECUTE = 0x20000000
 IMAGE_SCN_MEM_READ = 0x40000000
 IMAGE_SCN_MEM_WRITE = 0x80000000
-MACHINES = {0x014C: "IA32", 0x8664: "X64", 0x0200: "IPF", 0x0EBC: "EBC", 0x01C2: "ARM", 0xAA64: "AARCH64",
-            0x5032: "RISCV32", 0x5064: "RISCV64", 0x5128: "RISCV128", 0x6232: "LOONGARCH32",
-            0x6264: "LOONGARCH64"}
+MACHINES = {
+    0x014C: "IA32",
+    0x8664: "X64",
+    0x0200: "IPF",
+    0x0EBC: "EBC",
+    0x01C2: "ARM",
+    0xAA64: "AARCH64",
+    0x5032: "RISCV32",
+    0x5064: "RISCV64",
+    0x5128: "RISCV128",
+    0x6232: "LOONGARCH32",
+    0x6264: "LOONGARCH64",
+}
 X86_MACHINES = frozenset({"IA32", "X64"})
 # PE/TE subsystems of UEFI images (PE/COFF spec, "Windows Subsystem"), and names for the others
 EFI_SUBSYSTEMS = {10: "EFI application", 11: "EFI boot service driver", 12: "EFI runtime driver", 13: "EFI ROM"}
-OTHER_SUBSYSTEMS = {0: "unknown", 1: "native", 2: "Windows GUI", 3: "Windows console", 5: "OS/2 console",
-                    7: "POSIX console", 9: "Windows CE GUI", 14: "Xbox", 16: "Windows boot application"}
+OTHER_SUBSYSTEMS = {
+    0: "unknown",
+    1: "native",
+    2: "Windows GUI",
+    3: "Windows console",
+    5: "OS/2 console",
+    7: "POSIX console",
+    9: "Windows CE GUI",
+    14: "Xbox",
+    16: "Windows boot application",
+}
 
 # ELF identification and e_machine (System V ABI): a PVH ELF header before the firmware volume
 # (OvmfPkg/CloudHv/CloudHvElfHeader.fdf.inc, OvmfXen's generated header), or a whole non-UEFI
@@ -288,8 +307,19 @@ OTHER_SUBSYSTEMS = {0: "unknown", 1: "native", 2: "Windows GUI", 3: "Windows con
 ELF_MAGIC = b"\x7fELF"
 ELF_IDENT_SIZE = 16
 ELF_TYPE_MACHINE = struct.Struct("<HH")  # e_type, e_machine, right after e_ident (either class)
-ELF_MACHINES = {3: "IA32", 62: "X64", 20: "PPC", 21: "PPC64", 40: "ARM", 183: "AARCH64", 243: "RISCV",
-                258: "LOONGARCH", 2: "SPARC", 8: "MIPS", 22: "S390"}
+ELF_MACHINES = {
+    3: "IA32",
+    62: "X64",
+    20: "PPC",
+    21: "PPC64",
+    40: "ARM",
+    183: "AARCH64",
+    243: "RISCV",
+    258: "LOONGARCH",
+    2: "SPARC",
+    8: "MIPS",
+    22: "S390",
+}
 REL_BASED_ABSOLUTE, REL_BASED_HIGHLOW, REL_BASED_DIR64 = 0, 3, 10
 
 

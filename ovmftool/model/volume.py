@@ -123,7 +123,7 @@ def parse_volume(ctx: ParseContext, space: Space, off: int, limit: int, parent: 
         vol.block_map.append((nb, ln))
     else:
         vol.damage("block map has no (0, 0) terminator inside the header")
-    mapped = sum(n * l for n, l in vol.block_map)
+    mapped = sum(count * length for count, length in vol.block_map)
     if vol.block_map and mapped != fvlen:
         vol.damage(f"block map covers 0x{mapped:X} bytes, volume length is 0x{fvlen:X}")
     if extoff:

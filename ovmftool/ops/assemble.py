@@ -25,15 +25,16 @@ from ovmftool.model import codecs, encoders
 from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.ffs import RESET_VECTOR_GUID, FfsFile
-from ovmftool.model.node import Node, walk
 from ovmftool.model.flash import FlashImage
+from ovmftool.model.node import Node, walk
 from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
 from ovmftool.ops.rebase import rebase
 
-XIP_FILE_TYPES = frozenset({S.FV_FILETYPE_SECURITY_CORE, S.FV_FILETYPE_PEI_CORE, S.FV_FILETYPE_PEIM,
-                            S.FV_FILETYPE_COMBINED_PEIM_DRIVER})
+XIP_FILE_TYPES = frozenset(
+    {S.FV_FILETYPE_SECURITY_CORE, S.FV_FILETYPE_PEI_CORE, S.FV_FILETYPE_PEIM, S.FV_FILETYPE_COMBINED_PEIM_DRIVER}
+)
 
 
 class AssemblyError(OvmfToolError):
@@ -69,8 +70,9 @@ def _align(n: int, a: int) -> int:
 class Assembler:
     """One assembly of `root` with `edits`; `effort` picks the LZMA encoder effort."""
 
-    def __init__(self, root: FlashImage, edits: list[Edit | Replace], effort: str = "fast",
-                 force: bool = False) -> None:
+    def __init__(
+        self, root: FlashImage, edits: list[Edit | Replace], effort: str = "fast", force: bool = False
+    ) -> None:
         self.root = root
         self.effort = effort
         self.force = force
@@ -152,7 +154,8 @@ class Assembler:
         data = sec.space.data
         header = bytearray(data[sec.offset : sec.data_offset])
         extended = data[sec.offset : sec.offset + S.SECTION_SIZE_LENGTH] == S.SECTION_EXTENDED.to_bytes(
-            S.SECTION_SIZE_LENGTH, "little")
+            S.SECTION_SIZE_LENGTH, "little"
+        )
         common = S.SECTION_HEADER2_SIZE if extended else S.SECTION_HEADER.size  # the type-specific header's start
         if sec.decoded is not None:
             dec = sec.decoded
@@ -242,8 +245,10 @@ class Assembler:
             out += new
         end = _align(len(out), S.FFS_FILE_ALIGNMENT) if files else len(out)
         if end > vol.size:
-            raise VolumeFull(f"volume {vol.name or hex(vol.offset)} needs 0x{end - vol.size:X} more bytes than it has "
-                             f"(0x{vol.size:X})")
+            raise VolumeFull(
+                f"volume {vol.name or hex(vol.offset)} needs 0x{end - vol.size:X} more bytes than it has "
+                f"(0x{vol.size:X})"
+            )
         out += bytes([erase]) * (vol.size - len(out))
         return bytes(out)
 
@@ -283,9 +288,17 @@ class Assembler:
 
 def _pad_file(size: int, erase: int, state: int | None) -> bytes:
     """A pad file of `size` bytes (header included), as GenFv writes them."""
-    header = bytearray(S.FFS_HEADER.pack(b"\xff" * 16, 0, S.FFS_FIXED_CHECKSUM, S.FV_FILETYPE_FFS_PAD, 0,
-                                         size.to_bytes(S.FFS_SIZE_LENGTH, "little"),
-                                         state if state is not None else (0xF8 if erase == 0xFF else 0x07)))
+    header = bytearray(
+        S.FFS_HEADER.pack(
+            b"\xff" * 16,
+            0,
+            S.FFS_FIXED_CHECKSUM,
+            S.FV_FILETYPE_FFS_PAD,
+            0,
+            size.to_bytes(S.FFS_SIZE_LENGTH, "little"),
+            state if state is not None else (0xF8 if erase == 0xFF else 0x07),
+        )
+    )
     return _file_bytes(header, bytes([erase]) * (size - S.FFS_HEADER.size), 0, "pad file")
 
 

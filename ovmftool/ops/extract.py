@@ -7,20 +7,24 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ovmftool.model import structs as S
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.fixups import enclosing, volume_path
-from ovmftool.model.node import Node, walk
 from ovmftool.model.flash import FlashImage
+from ovmftool.model.node import Node, walk
 from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
-from ovmftool.model import structs as S
 from ovmftool.model.volume import Volume
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
 from ovmftool.ops.tree import summary
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_CONTAINER_SECTIONS = {S.EFI_SECTION_COMPRESSION, S.EFI_SECTION_GUID_DEFINED, S.EFI_SECTION_FIRMWARE_VOLUME_IMAGE,
-                       *S.IMAGE_SECTION_TYPES}
+_CONTAINER_SECTIONS = {
+    S.EFI_SECTION_COMPRESSION,
+    S.EFI_SECTION_GUID_DEFINED,
+    S.EFI_SECTION_FIRMWARE_VOLUME_IMAGE,
+    *S.IMAGE_SECTION_TYPES,
+}
 
 
 def _holds_modules(n: Node) -> bool:
@@ -40,9 +44,11 @@ def _lost(n: Node) -> str | None:
     if isinstance(n, Volume) and n.fv_length > n.size:
         missing = n.fv_length - n.size
         after = ", and any volume after it" if isinstance(n.parent, FlashImage) else ""
-        return (f"truncated: the volume header says 0x{n.fv_length:X} bytes and 0x{n.size:X} are present; the "
-                f"missing 0x{missing:X} bytes from {n.space.place(n.end)} on are lost with whatever they held "
-                f"(the rest of this volume's files{after})")
+        return (
+            f"truncated: the volume header says 0x{n.fv_length:X} bytes and 0x{n.size:X} are present; the "
+            f"missing 0x{missing:X} bytes from {n.space.place(n.end)} on are lost with whatever they held "
+            f"(the rest of this volume's files{after})"
+        )
     if isinstance(n, (FfsFile, Section)) and n.size == 0 and n.problems:
         container = "volume" if isinstance(n, FfsFile) else "container"
         return f"its size is unusable, so it and anything after it in its {container} are lost"
@@ -68,15 +74,17 @@ def unextracted(root: FlashImage) -> list[dict]:
         f = enclosing(n, FfsFile)
         kind = "module" if isinstance(n, PeImage) else n.kind
         reason = "; ".join(p.message for p in n.problems)
-        out.append({
-            "kind": kind,
-            "name": getattr(f, "ui_name", None) if isinstance(f, FfsFile) else None,
-            "guid": f.guid if isinstance(f, FfsFile) else getattr(n, "name_guid", None),
-            "volume": volume_path(n),
-            "where": n.problems[0].where,
-            "fd_offset": n.abs_offset,
-            "reason": f"{reason}: {lost}" if lost else reason,
-        })
+        out.append(
+            {
+                "kind": kind,
+                "name": getattr(f, "ui_name", None) if isinstance(f, FfsFile) else None,
+                "guid": f.guid if isinstance(f, FfsFile) else getattr(n, "name_guid", None),
+                "volume": volume_path(n),
+                "where": n.problems[0].where,
+                "fd_offset": n.abs_offset,
+                "reason": f"{reason}: {lost}" if lost else reason,
+            }
+        )
     return out
 
 
@@ -111,8 +119,15 @@ def extraction(root: FlashImage) -> tuple[list[tuple[str, Node]], dict]:
     for b in iter_code_blobs(root):
         f = b.parent
         fname = put(f"ResetVector_{getattr(f, 'guid', 'blob')}", ".bin", b)
-        blobs.append({"file": fname, "sha256": hashlib.sha256(b.data).hexdigest(), "fd_offset": b.abs_offset,
-                      "size": b.size, **summary(b)})
+        blobs.append(
+            {
+                "file": fname,
+                "sha256": hashlib.sha256(b.data).hexdigest(),
+                "fd_offset": b.abs_offset,
+                "size": b.size,
+                **summary(b),
+            }
+        )
     manifest = {  # its header (schema_version, tool, image): report.extraction's
         "modules": entries,
         "code_blobs": blobs,

@@ -9,8 +9,8 @@ from the file name; its GUID from NAME_GUID.efi, else the null GUID; its file ty
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile
@@ -95,8 +95,12 @@ class Module:
             return "SEC"
         if t in (S.FV_FILETYPE_PEI_CORE, S.FV_FILETYPE_PEIM):
             return "PEI"
-        if t in (S.FV_FILETYPE_MM, S.FV_FILETYPE_MM_CORE, S.FV_FILETYPE_MM_STANDALONE,
-                 S.FV_FILETYPE_MM_CORE_STANDALONE):
+        if t in (
+            S.FV_FILETYPE_MM,
+            S.FV_FILETYPE_MM_CORE,
+            S.FV_FILETYPE_MM_STANDALONE,
+            S.FV_FILETYPE_MM_CORE_STANDALONE,
+        ):
             return "MM"
         return "DXE"
 
@@ -118,8 +122,13 @@ class Module:
             "entry_rva": img.entry_rva,
             "size_of_image": img.size_of_image,
             "sections": [
-                {"name": s.name, "rva": s.rva, "virtual_size": s.virtual_size, "raw_size": s.raw_size,
-                 "executable": s.executable}
+                {
+                    "name": s.name,
+                    "rva": s.rva,
+                    "virtual_size": s.virtual_size,
+                    "raw_size": s.raw_size,
+                    "executable": s.executable,
+                }
                 for s in img.sections
             ],
             "relocations": len(img.relocations),

@@ -5,7 +5,7 @@ know no rendering: each node's line (`label`) and JSON fields (`summary`) are ma
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile
@@ -110,8 +110,13 @@ def summary(n: Node) -> dict:
             "entry_rva": n.entry_rva,
             "size_of_image": n.size_of_image,
             "sections": [
-                {"name": s.name, "rva": s.rva, "virtual_size": s.virtual_size, "raw_size": s.raw_size,
-                 "characteristics": f"0x{s.characteristics:08X}"}
+                {
+                    "name": s.name,
+                    "rva": s.rva,
+                    "virtual_size": s.virtual_size,
+                    "raw_size": s.raw_size,
+                    "characteristics": f"0x{s.characteristics:08X}",
+                }
                 for s in n.sections
             ],
             "relocations": len(n.relocations),
@@ -156,10 +161,19 @@ _SUBSYSTEMS = {10: "EFI_APPLICATION", 11: "EFI_BOOT_SERVICE_DRIVER", 12: "EFI_RU
 
 
 def _section_flags(c: int) -> str:
-    flags = [n for bit, n in ((S.IMAGE_SCN_CNT_CODE, "code"), (S.IMAGE_SCN_CNT_INITIALIZED_DATA, "data"),
-                              (S.IMAGE_SCN_CNT_UNINITIALIZED_DATA, "bss"), (S.IMAGE_SCN_MEM_DISCARDABLE, "discardable"),
-                              (S.IMAGE_SCN_MEM_EXECUTE, "exec"), (S.IMAGE_SCN_MEM_READ, "read"),
-                              (S.IMAGE_SCN_MEM_WRITE, "write")) if c & bit]
+    flags = [
+        n
+        for bit, n in (
+            (S.IMAGE_SCN_CNT_CODE, "code"),
+            (S.IMAGE_SCN_CNT_INITIALIZED_DATA, "data"),
+            (S.IMAGE_SCN_CNT_UNINITIALIZED_DATA, "bss"),
+            (S.IMAGE_SCN_MEM_DISCARDABLE, "discardable"),
+            (S.IMAGE_SCN_MEM_EXECUTE, "exec"),
+            (S.IMAGE_SCN_MEM_READ, "read"),
+            (S.IMAGE_SCN_MEM_WRITE, "write"),
+        )
+        if c & bit
+    ]
     return ",".join(flags) or "-"
 
 
@@ -174,21 +188,31 @@ def binary_lines(root: BinaryFile) -> Iterator[str]:
     mods = list(iter_modules(root))
     if mods:
         m = mods[0]
-        yield (f"standalone {img.format} {m.arch} module {m.name}  guid {m.guid}  "
-               f"(no firmware volume: file offsets are offsets in this file)")
+        yield (
+            f"standalone {img.format} {m.arch} module {m.name}  guid {m.guid}  "
+            f"(no firmware volume: file offsets are offsets in this file)"
+        )
     sub = _SUBSYSTEMS.get(img.subsystem, "unknown")
-    yield (f"  machine {img.machine} (0x{img.machine_code:04X})  subsystem {sub} ({img.subsystem})  "
-           f"image base 0x{img.image_base:X}  entry rva 0x{img.entry_rva:X}")
+    yield (
+        f"  machine {img.machine} (0x{img.machine_code:04X})  subsystem {sub} ({img.subsystem})  "
+        f"image base 0x{img.image_base:X}  entry rva 0x{img.entry_rva:X}"
+    )
     if img.format == "TE":
-        yield (f"  TE: stripped size 0x{img.size_of_headers:X} (file offset = rva - 0x{img.te_adjust:X})  "
-               f"size of image 0x{img.size_of_image:X}")
+        yield (
+            f"  TE: stripped size 0x{img.size_of_headers:X} (file offset = rva - 0x{img.te_adjust:X})  "
+            f"size of image 0x{img.size_of_image:X}"
+        )
     else:
-        yield (f"  size of image 0x{img.size_of_image:X}  size of headers 0x{img.size_of_headers:X}  "
-               f"section alignment 0x{img.section_alignment:X}  file alignment 0x{img.file_alignment:X}")
+        yield (
+            f"  size of image 0x{img.size_of_image:X}  size of headers 0x{img.size_of_headers:X}  "
+            f"section alignment 0x{img.section_alignment:X}  file alignment 0x{img.file_alignment:X}"
+        )
     yield f"  {len(img.sections)} sections:"
     for sec in img.sections:
-        yield (f"    {sec.name:<8} rva 0x{sec.rva:06X}  virtual 0x{sec.virtual_size:06X}  file 0x{sec.raw_offset:06X} "
-               f"+ 0x{sec.raw_size:06X}  0x{sec.characteristics:08X} {_section_flags(sec.characteristics)}")
+        yield (
+            f"    {sec.name:<8} rva 0x{sec.rva:06X}  virtual 0x{sec.virtual_size:06X}  file 0x{sec.raw_offset:06X} "
+            f"+ 0x{sec.raw_size:06X}  0x{sec.characteristics:08X} {_section_flags(sec.characteristics)}"
+        )
     yield f"  relocations {len(img.relocations)}  debug path {img.debug_path or '-'}"
     if mods and mods[0].build_info:
         yield f"  inf {mods[0].build_info[0]}"
@@ -240,4 +264,3 @@ def node_dict(n: Node) -> dict:
     if n.children:
         d["children"] = [node_dict(c) for c in n.children]
     return d
-

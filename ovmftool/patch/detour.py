@@ -33,8 +33,24 @@ from ovmftool.scan.disasm import cs, direct_target, string_io
 
 _LEGACY = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 _JCC = {f"j{c}" for c in ("o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g")}
-_CC_CODE = {"jo": 0, "jno": 1, "jb": 2, "jae": 3, "je": 4, "jne": 5, "jbe": 6, "ja": 7, "js": 8, "jns": 9, "jp": 10,
-            "jnp": 11, "jl": 12, "jge": 13, "jle": 14, "jg": 15}
+_CC_CODE = {
+    "jo": 0,
+    "jno": 1,
+    "jb": 2,
+    "jae": 3,
+    "je": 4,
+    "jne": 5,
+    "jbe": 6,
+    "ja": 7,
+    "js": 8,
+    "jns": 9,
+    "jp": 10,
+    "jnp": 11,
+    "jl": 12,
+    "jge": 13,
+    "jle": 14,
+    "jg": 15,
+}
 MIN_WINDOW = 5
 
 
@@ -81,10 +97,10 @@ def window_at(mem: bytes, bits: int, start: int, site: int, limit: int) -> Windo
     instructions, at least MIN_WINDOW bytes, code up to `limit`. CannotDetour says why not."""
     insns: list[Insn] = []
     pos = start
-    for addr, size, mnem, op in cs(bits).disasm_lite(bytes(mem[start:min(limit, site + 64)]), start):
+    for addr, size, mnem, op in cs(bits).disasm_lite(bytes(mem[start : min(limit, site + 64)]), start):
         if addr != pos:
             break
-        insns.append(Insn(addr, size, mnem, op, bytes(mem[addr:addr + size])))
+        insns.append(Insn(addr, size, mnem, op, bytes(mem[addr : addr + size])))
         pos = addr + size
         if pos > site and pos - start >= MIN_WINDOW:
             break
@@ -111,8 +127,9 @@ def window_at(mem: bytes, bits: int, start: int, site: int, limit: int) -> Windo
             raise CannotDetour(f"a RIP-relative operand at rva 0x{i.rva:X} in the displaced window")
         if i.mnemonic in ("jrcxz", "jecxz", "jcxz", "loop", "loope", "loopne"):
             raise CannotDetour(f"{i.mnemonic} at rva 0x{i.rva:X} in the displaced window (no near form)")
-        if k < at and (i.mnemonic.startswith("ret") or i.mnemonic == "jmp" or i.mnemonic in _JCC
-                       or i.mnemonic == "call"):
+        if k < at and (
+            i.mnemonic.startswith("ret") or i.mnemonic == "jmp" or i.mnemonic in _JCC or i.mnemonic == "call"
+        ):
             raise CannotDetour(f"{i.mnemonic} at rva 0x{i.rva:X} before the site in the window")
     return Window(start, pos, tuple(insns), at, sio.direction, sio.width, sio.rep is not None)
 
@@ -189,6 +206,7 @@ def site_bytes(win: Window, target: int) -> bytes:
 
 # --- one module: every site by a detour ---------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Planned:
     """A site's detour in its module: the window, where its code goes, the window's new bytes."""
@@ -207,7 +225,7 @@ def _function_facts(sizes: dict[int, int], mem: bytes, bits: int, lo: int, hi: i
     targets: set[int] = set()
     indirect = False
     for a in (r for r in sizes if lo <= r < hi):
-        for _addr, _size, mnem, op in md.disasm_lite(bytes(mem[a:a + 15]), a, 1):
+        for _addr, _size, mnem, op in md.disasm_lite(bytes(mem[a : a + 15]), a, 1):
             if mnem == "jmp" or mnem in _JCC or mnem in ("call", "jrcxz", "jecxz", "loop", "loope", "loopne"):
                 t = direct_target(op)
                 if t is not None:
@@ -243,8 +261,9 @@ def plan_module(img, cmap, sites: list[int], bits: int) -> tuple[list[tuple[int,
             facts[(lo, hi)] = _function_facts(sizes, mem, bits, lo, hi)
         targets, indirect = facts[(lo, hi)]
         if indirect:
-            refused[site] = (f"an indirect jump in its function (rva 0x{lo:X}..0x{hi:X}) could land in a displaced "
-                             "window")
+            refused[site] = (
+                f"an indirect jump in its function (rva 0x{lo:X}..0x{hi:X}) could land in a displaced window"
+            )
             continue
         cands = [site]
         i = index[site]

@@ -66,8 +66,17 @@ def _port_hooks(ports: list[tuple]):
 
 def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
     """Call the routine at `entry` of the code `mem` (mapped at _BASE) with `count`."""
-    from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE, UC_MODE_32,
-                         UC_MODE_64, Uc, UcError)
+    from unicorn import (
+        UC_ARCH_X86,
+        UC_HOOK_CODE,
+        UC_HOOK_INSN,
+        UC_HOOK_MEM_READ,
+        UC_HOOK_MEM_WRITE,
+        UC_MODE_32,
+        UC_MODE_64,
+        Uc,
+        UcError,
+    )
     from unicorn import x86_const as X
 
     uc = Uc(UC_ARCH_X86, UC_MODE_64 if bits == 64 else UC_MODE_32)
@@ -99,8 +108,17 @@ def _run(mem: bytes, bits: int, entry: int, count: int) -> Run:
     buf = _BUF + 0x100
     top = _STACK + _STACK_SIZE - 0x100
     if bits == 64:
-        nonvol = [X.UC_X86_REG_RBX, X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R12,
-                  X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15, X.UC_X86_REG_RSP]
+        nonvol = [
+            X.UC_X86_REG_RBX,
+            X.UC_X86_REG_RBP,
+            X.UC_X86_REG_RSI,
+            X.UC_X86_REG_RDI,
+            X.UC_X86_REG_R12,
+            X.UC_X86_REG_R13,
+            X.UC_X86_REG_R14,
+            X.UC_X86_REG_R15,
+            X.UC_X86_REG_RSP,
+        ]
         for i, r in enumerate(nonvol[:-1]):
             uc.reg_write(r, 0x1111111111111111 * (i + 1) & 0xFFFFFFFFFFFFFFFF)
         sp = top - 0x28  # shadow space above the return address
@@ -179,8 +197,9 @@ class Emulator:
         hundred modules is emulated once."""
         return self._compare_memo(original, rewritten, bits, entry, routine)[0]
 
-    def _compare_memo(self, original: bytes, rewritten: bytes, bits: int, entry: int,
-                      routine: str) -> tuple[list[str], tuple[int, ...]]:
+    def _compare_memo(
+        self, original: bytes, rewritten: bytes, bits: int, entry: int, routine: str
+    ) -> tuple[list[str], tuple[int, ...]]:
         """`compare`, also returning the entry-relative offsets the runs touched."""
         io = routine_io(routine)
         if io is None:
@@ -192,12 +211,22 @@ class Emulator:
         problems, touched = _compare(original, rewritten, bits, entry, io[1])
         self.runs += 2 * len(COUNTS)
         rel = tuple(sorted(t - entry for t in touched))
-        self.memo.setdefault(key, []).append((rel, _at(original, entry, rel), _at(rewritten, entry, rel),
-                                              list(problems)))
+        self.memo.setdefault(key, []).append(
+            (rel, _at(original, entry, rel), _at(rewritten, entry, rel), list(problems))
+        )
         return problems, rel
 
-    def compare_redirected(self, original: bytes, rewritten: bytes, bits: int, entry: int, length: int, loop: int,
-                           loop_len: int, routine: str) -> list[str]:
+    def compare_redirected(
+        self,
+        original: bytes,
+        rewritten: bytes,
+        bits: int,
+        entry: int,
+        length: int,
+        loop: int,
+        loop_len: int,
+        routine: str,
+    ) -> list[str]:
         """`compare` for a routine whose entry was turned into `jmp rel32` to a loop elsewhere.
 
         Both are position-independent, so they are emulated once in a canonical placement (routine
@@ -205,13 +234,20 @@ class Emulator:
         nothing but the routine's and the loop's bytes, and the module's jmp really goes to its loop.
         Otherwise the module's own memory images are emulated."""
         jmp = rewritten[entry : entry + 5]
-        if jmp[:1] == b"\xe9" and entry + 5 + int.from_bytes(jmp[1:5], "little", signed=True) == loop \
-                and length <= _C_LOOP - _C_ENTRY and loop_len <= 0x400:
+        if (
+            jmp[:1] == b"\xe9"
+            and entry + 5 + int.from_bytes(jmp[1:5], "little", signed=True) == loop
+            and length <= _C_LOOP - _C_ENTRY
+            and loop_len <= 0x400
+        ):
             size = _C_LOOP + 0x400
             a, b = bytearray(size), bytearray(size)
             a[_C_ENTRY : _C_ENTRY + length] = original[entry : entry + length]
-            b[_C_ENTRY : _C_ENTRY + length] = b"\xe9" + (_C_LOOP - _C_ENTRY - 5).to_bytes(4, "little", signed=True) \
+            b[_C_ENTRY : _C_ENTRY + length] = (
+                b"\xe9"
+                + (_C_LOOP - _C_ENTRY - 5).to_bytes(4, "little", signed=True)
                 + rewritten[entry + 5 : entry + length]
+            )
             b[_C_LOOP : _C_LOOP + loop_len] = rewritten[loop : loop + loop_len]
             problems, rel = self._compare_memo(bytes(a), bytes(b), bits, _C_ENTRY, routine)
             inside = set(range(0, length)) | set(range(_C_LOOP - _C_ENTRY, _C_LOOP - _C_ENTRY + loop_len))
@@ -225,8 +261,9 @@ def compare(original: bytes, rewritten: bytes, bits: int, entry: int, routine: s
     return Emulator().compare(original, rewritten, bits, entry, routine)
 
 
-def compare_redirected(original: bytes, rewritten: bytes, bits: int, entry: int, length: int, loop: int,
-                       loop_len: int, routine: str) -> list[str]:
+def compare_redirected(
+    original: bytes, rewritten: bytes, bits: int, entry: int, length: int, loop: int, loop_len: int, routine: str
+) -> list[str]:
     """`Emulator.compare_redirected` with a memo of its own (one routine)."""
     return Emulator().compare_redirected(original, rewritten, bits, entry, length, loop, loop_len, routine)
 
@@ -253,8 +290,7 @@ def _compare(original: bytes, rewritten: bytes, bits: int, entry: int, width: in
             continue
         expect = count * (width // 8)
         if sum(p[2] for p in a.ports) != expect:
-            problems.append(f"count {count}: the original moved {sum(p[2] for p in a.ports)} bytes, "
-                            f"expected {expect}")
+            problems.append(f"count {count}: the original moved {sum(p[2] for p in a.ports)} bytes, expected {expect}")
         for what in ("returned", "ports", "buffer", "frame", "regs", "df"):
             if getattr(a, what) != getattr(b, what):
                 problems.append(f"count {count}: {what} differ" + (f" ({b.error})" if what == "returned" else ""))
@@ -269,8 +305,7 @@ _W_BUF, _W_BUF_SIZE = 0x600000, 0x3000  # the pointer starts 3 bytes before (or 
 _W_STACK, _W_STACK_SIZE = 0x800000, 0x10000
 _W_SENTINEL = 0x00F00000  # a return address nothing maps: a displaced RET ends there
 WINDOW_COUNTS = (0, 1, 2, 5, 37)
-_GPR64 = ("RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12", "R13", "R14",
-          "R15")
+_GPR64 = ("RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")
 _GPR32 = ("EAX", "EBX", "ECX", "EDX", "ESI", "EDI", "EBP", "ESP")
 _FLAGS_MASK = 0xCD5 | 0x400  # CF PF AF ZF SF OF and DF
 
@@ -334,10 +369,15 @@ def _run_window(code: bytes, new: bytes | None, bits: int, state: dict) -> Windo
         error = f"stopped after {_MAX_PORTS} port accesses"
     final_sp = uc.reg_read(regs[names.index("RSP" if bits == 64 else "ESP")])
     lo = max(min(final_sp, sp), _W_STACK)
-    run = WindowRun(tuple(ports), tuple(uc.reg_read(r) for r in regs), uc.reg_read(X.UC_X86_REG_EFLAGS) & _FLAGS_MASK,
-                    bytes(uc.mem_read(_W_BUF, _W_BUF_SIZE)),
-                    bytes(uc.mem_read(lo, _W_STACK + _W_STACK_SIZE - lo)),
-                    left[0] if left else None, error)
+    run = WindowRun(
+        tuple(ports),
+        tuple(uc.reg_read(r) for r in regs),
+        uc.reg_read(X.UC_X86_REG_EFLAGS) & _FLAGS_MASK,
+        bytes(uc.mem_read(_W_BUF, _W_BUF_SIZE)),
+        bytes(uc.mem_read(lo, _W_STACK + _W_STACK_SIZE - lo)),
+        left[0] if left else None,
+        error,
+    )
     close = getattr(uc, "_Uc__finalizer", None)
     if close is not None:
         close()
@@ -351,7 +391,7 @@ def _window_states(bits: int, direction: str, rep: bool):
 
     rng = random.Random(0x510)
     mask = (1 << bits) - 1
-    for count in (WINDOW_COUNTS if rep else (1,)):
+    for count in WINDOW_COUNTS if rep else (1,):
         for df in (0, 1):
             st = {n: rng.getrandbits(bits) & mask for n in (_GPR64 if bits == 64 else _GPR32)}
             ptr = _W_BUF + 0x1000 + (2 if df else -3)

@@ -56,8 +56,16 @@ def _ia32(direction: str, width: int) -> bytes:
     body = unit + step + bytes([width // 8])
     loop = bytes([0xE2, (-(len(body) + 2)) & 0xFF])
     pop = bytes([save[0] + 8])
-    return (save + b"\xfc\x66\x8b\x54\x24\x08\x8b\x4c\x24\x0c" + load_buf + bytes([0xE3, len(body) + 2]) + body
-            + loop + pop + b"\xc3")
+    return (
+        save
+        + b"\xfc\x66\x8b\x54\x24\x08\x8b\x4c\x24\x0c"
+        + load_buf
+        + bytes([0xE3, len(body) + 2])
+        + body
+        + loop
+        + pop
+        + b"\xc3"
+    )
 
 
 def loop_code(arch: str, direction: str, width: int) -> bytes:
@@ -107,8 +115,9 @@ def _pieces(arch: str, routines: list[Routine]) -> tuple[bytes, list[int]]:
 def slack_room(img: PeImage, code_end: int) -> tuple[int, int] | None:
     """[start, end) RVAs of usable slack after `code_end` (where the build's .text ends): inside
     the executable section holding the code, file offset == RVA, all zero, no relocations."""
-    sec = next((s for s in img.sections if s.executable and s.rva < code_end <= s.rva + min(s.virtual_size,
-                                                                                            s.raw_size)), None)
+    sec = next(
+        (s for s in img.sections if s.executable and s.rva < code_end <= s.rva + min(s.virtual_size, s.raw_size)), None
+    )
     if sec is None or sec.rva != sec.raw_offset:
         return None
     start, end = _align(code_end, 16), sec.rva + min(sec.virtual_size, sec.raw_size)

@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.binary import BinaryFile
-from ovmftool.model.node import all_problems
 from ovmftool.model.flash import FlashImage
+from ovmftool.model.node import Space, all_problems
 from ovmftool.model.parser import parse_flash
-from ovmftool.model.node import Space
 from ovmftool.model.pe import parse_image
 from ovmftool.ops.assemble import Assembler, Edit, Replace, assemble
 from ovmftool.ops.modules import Module, iter_modules
@@ -98,8 +97,8 @@ class PatchResult:
     clean_modules: set[bytes] = field(default_factory=set, repr=False)  # digests of input modules without sites
 
     def as_dict(self) -> dict:
+        """The result's fields (report.patch_report adds the document header)."""
         return {
-            "schema_version": "ovmftool.patch/1",
             "input": {"path": self.input_path, "sha256": self.input_sha256},
             "output": {"sha256": self.output_sha256} if self.output_sha256 else None,
             "sites_before": self.sites_before,
@@ -120,16 +119,18 @@ class PatchFailed(OvmfToolError):
 
 
 def _refusal(f: Finding, shape: str, reason: str) -> Refusal:
-    return Refusal(f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset, f.mnemonic, f.bytes, shape,
-                   reason)
+    return Refusal(
+        f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset, f.mnemonic, f.bytes, shape, reason
+    )
 
 
 def _key(m: Module) -> tuple[str, str, str]:
     return (m.volume, m.guid, m.arch)
 
 
-def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]],
-                    emu: emulate.Emulator) -> tuple[list[str], int]:
+def _emulate_module(
+    m: Module, plans: list[tuple[Finding, shapes.Rewrite]], emu: emulate.Emulator
+) -> tuple[list[str], int]:
     """Emulate each rewritten function of `m` against the original; (problems, functions checked)."""
     orig = bytes(m.image.memory)
     new = bytearray(orig)
@@ -148,9 +149,14 @@ def _emulate_module(m: Module, plans: list[tuple[Finding, shapes.Rewrite]],
     return problems, runs
 
 
-def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | None = None,
-               early: Callable[[list], None] | None = None,
-               detour_all: bool = False) -> tuple[PatchResult, list[Edit | Replace]]:
+def plan_patch(
+    path: str,
+    root: FlashImage,
+    jobs: int = 1,
+    symbols_dir: str | None = None,
+    early: Callable[[list], None] | None = None,
+    detour_all: bool = False,
+) -> tuple[PatchResult, list[Edit | Replace]]:
     """Scan, classify and emulate: the rewrites and refusals, and the edits to apply.
 
     `symbols_dir`: the image's build directory; its symbols name functions and show where each
@@ -177,11 +183,17 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | No
     for f in scan.findings:
         m = mods.get((f.volume, f.guid, f.arch))
         size = len(bytes.fromhex(f.bytes))
-        verdicts[id(f)] = shapes.classify(m.image, f.rva, size) if m is not None else \
-            shapes.Verdict("unknown", None, "not inside a PE/TE module (raw code)")
+        verdicts[id(f)] = (
+            shapes.classify(m.image, f.rva, size)
+            if m is not None
+            else shapes.Verdict("unknown", None, "not inside a PE/TE module (raw code)")
+        )
     to_detour: dict[tuple, list[Finding]] = {}
-    detoured = {key for f in scan.findings if (key := (f.volume, f.guid, f.arch)) in mods
-                and (detour_all or _needs_detour(f, verdicts[id(f)]))}
+    detoured = {
+        key
+        for f in scan.findings
+        if (key := (f.volume, f.guid, f.arch)) in mods and (detour_all or _needs_detour(f, verdicts[id(f)]))
+    }
     for f in scan.findings:
         v = verdicts[id(f)]
         if (f.volume, f.guid, f.arch) in detoured:
@@ -196,15 +208,25 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | No
         per_module.setdefault((f.volume, f.guid, f.arch), []).append((f, v.rewrite))
     code_end = {(s.volume, s.guid, s.arch): s.code_end for s in scan.modules}  # from the scan's symbol tables
     grown = [g for key, finds in to_grow.items() if (g := _prepare_grow(mods[key], finds, res, code_end.get(key)))]
-    detours = [d for key, finds in sorted(to_detour.items()) if (d := _prepare_detours(mods[key], finds, res,
-                                                                                       code_end.get(key)))]
-    placed = {key: [(f, rw, mods[key].image.rva_to_offset(rw.rva)) for f, rw in plans]
-              for key, plans in per_module.items()}
+    detours = [
+        d
+        for key, finds in sorted(to_detour.items())
+        if (d := _prepare_detours(mods[key], finds, res, code_end.get(key)))
+    ]
+    placed = {
+        key: [(f, rw, mods[key].image.rva_to_offset(rw.rva)) for f, rw in plans] for key, plans in per_module.items()
+    }
     if early is not None:
-        early([Replace(g.module.image, g.grown.data) for g in grown]
-              + [Replace(d.module.image, d.data) for d in detours]
-              + [Edit(mods[key].image, off, rw.old, rw.new) for key, ps in placed.items() for _f, rw, off in ps
-                 if off is not None])
+        early(
+            [Replace(g.module.image, g.grown.data) for g in grown]
+            + [Replace(d.module.image, d.data) for d in detours]
+            + [
+                Edit(mods[key].image, off, rw.old, rw.new)
+                for key, ps in placed.items()
+                for _f, rw, off in ps
+                if off is not None
+            ]
+        )
     edits: list[Edit | Replace] = []
     emu = emulate.Emulator()
     for g in grown:
@@ -227,9 +249,23 @@ def plan_patch(path: str, root: FlashImage, jobs: int = 1, symbols_dir: str | No
                 res.refusals.append(_refusal(f, rw.shape, "site has no file bytes"))
                 continue
             edits.append(Edit(m.image, off, rw.old, rw.new))
-            res.rewrites.append(PlannedRewrite(f.module, f.guid, f.arch, f.volume, f.function, f.function_rva,
-                                               f.rva, f.fd_offset, f.mnemonic, rw.shape, rw.old.hex(), rw.new.hex(),
-                                               rw.note))
+            res.rewrites.append(
+                PlannedRewrite(
+                    f.module,
+                    f.guid,
+                    f.arch,
+                    f.volume,
+                    f.function,
+                    f.function_rva,
+                    f.rva,
+                    f.fd_offset,
+                    f.mnemonic,
+                    rw.shape,
+                    rw.old.hex(),
+                    rw.new.hex(),
+                    rw.note,
+                )
+            )
     res.emulation_runs = emu.runs
     res.rewrites.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
     res.refusals.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
@@ -279,13 +315,22 @@ def _check_unsigned(path: str, root: BinaryFile) -> None:
     signature would no longer verify, and Secure Boot would refuse to load it."""
     off, size = root.image.directories.get(_DIR_SECURITY, (0, 0))
     if off and size:
-        raise OvmfToolError(f"{path} carries an Authenticode signature (certificate table at file offset 0x{off:X}, "
-                            f"{size} bytes) that a patched copy would break; remove the signature (e.g. "
-                            "`sbattach --remove`) and patch the unsigned binary")
+        raise OvmfToolError(
+            f"{path} carries an Authenticode signature (certificate table at file offset 0x{off:X}, "
+            f"{size} bytes) that a patched copy would break; remove the signature (e.g. "
+            "`sbattach --remove`) and patch the unsigned binary"
+        )
 
 
-def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = False, dry_run: bool = False,
-          symbols_dir: str | None = None, detour_all: bool = False) -> PatchResult:
+def patch(
+    path: str,
+    root: FlashImage,
+    jobs: int = 1,
+    allow_unknown: bool = False,
+    dry_run: bool = False,
+    symbols_dir: str | None = None,
+    detour_all: bool = False,
+) -> PatchResult:
     """Plan, assemble and prove. `result.output` holds the bytes to write (None for a dry run
     or when sites were refused and not allowed)."""
     spec = None if dry_run else _Speculation(root)
@@ -296,8 +341,10 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
         _check_unsigned(path, root)
     out, asm = spec.take(edits)
     res.lzma_effort = asm.effort if asm.reencoded else None
-    res.reencoded = [{"space": s.space.label, "offset": s.offset, "compression": s.compression, "old_size": a,
-                      "new_size": b} for s, a, b in asm.reencoded]
+    res.reencoded = [
+        {"space": s.space.label, "offset": s.offset, "compression": s.compression, "old_size": a, "new_size": b}
+        for s, a, b in asm.reencoded
+    ]
     res.moved = [{"file": n, "old_offset": a, "new_offset": b} for n, a, b in asm.moved]
     res.rebased = [{"module": n, "delta": d} for n, d in asm.rebased]
     new_root = parse_flash(out, path, known=asm.proven)  # the re-encoded streams were proven as written
@@ -306,8 +353,10 @@ def patch(path: str, root: FlashImage, jobs: int = 1, allow_unknown: bool = Fals
         raise PatchFailed(f"the assembled image does not parse cleanly ({bad[0]}); nothing written")
     res.sites_after, res.modules_rescanned = _rescan(res.clean_modules, new_root)
     if res.sites_after != len(res.refusals):
-        raise PatchFailed(f"rescan of the patched image found {res.sites_after} string I/O sites, expected "
-                          f"{len(res.refusals)}; nothing written")
+        raise PatchFailed(
+            f"rescan of the patched image found {res.sites_after} string I/O sites, expected "
+            f"{len(res.refusals)}; nothing written"
+        )
     res.output = out
     res.output_sha256 = hashlib.sha256(out).hexdigest()
     return res
@@ -352,8 +401,10 @@ def _prepare_detours(m: Module, finds: list[Finding], res: PatchResult, code_end
     except grow.CannotGrow as e:
         res.refusals.extend(_refusal(by_rva[s], "detour", f"cannot grow the module: {e}") for s, _w in windows)
         return None
-    planned = [(by_rva[s], w, t, bytes(img.memory[w.rva:w.end]), detour.site_bytes(w, t))
-               for (s, w), t in zip(windows, targets)]
+    planned = [
+        (by_rva[s], w, t, bytes(img.memory[w.rva : w.end]), detour.site_bytes(w, t))
+        for (s, w), t in zip(windows, targets)
+    ]
     return _Detours(m, finds, planned, data, placement)
 
 
@@ -367,8 +418,9 @@ def _verify_detours(d: _Detours, res: PatchResult, memo: dict) -> bool:
         if key not in memo:
             k = emulate._W_SITE - w.rva
             canon = detour.detour_code(w, bits, emulate._W_NEW - k)
-            memo[key] = emulate.compare_window(old, detour.site_bytes(w, emulate._W_NEW - k), canon, bits,
-                                               w.direction, w.rep)
+            memo[key] = emulate.compare_window(
+                old, detour.site_bytes(w, emulate._W_NEW - k), canon, bits, w.direction, w.rep
+            )
             res.emulated_functions += 1
             res.emulation_runs += 2 * len(emulate.WINDOW_COUNTS if w.rep else (1,)) * 2
         problems += [f"{f.module} rva 0x{f.rva:X}: {p}" for p in memo[key]]
@@ -376,11 +428,24 @@ def _verify_detours(d: _Detours, res: PatchResult, memo: dict) -> bool:
         res.refusals.extend(_refusal(f, "detour", "emulation: " + "; ".join(problems[:3])) for f, *_ in d.planned)
         return False
     for f, w, t, old, new in d.planned:
-        res.rewrites.append(PlannedRewrite(
-            f.module, f.guid, f.arch, f.volume, f.function, f.function_rva, f.rva, f.fd_offset, f.mnemonic,
-            "detour", old.hex(), new.hex(),
-            f"{w.size} bytes from rva 0x{w.rva:X} jump to IN/OUT code at rva 0x{t:X} ({d.placement}), which "
-            "runs the displaced instructions and jumps back"))
+        res.rewrites.append(
+            PlannedRewrite(
+                f.module,
+                f.guid,
+                f.arch,
+                f.volume,
+                f.function,
+                f.function_rva,
+                f.rva,
+                f.fd_offset,
+                f.mnemonic,
+                "detour",
+                old.hex(),
+                new.hex(),
+                f"{w.size} bytes from rva 0x{w.rva:X} jump to IN/OUT code at rva 0x{t:X} ({d.placement}), which "
+                "runs the displaced instructions and jumps back",
+            )
+        )
     return True
 
 
@@ -410,8 +475,9 @@ def _prepare_grow(m: Module, finds: list[Finding], res: PatchResult, code_end: i
     """Grow `m` for the routines holding `finds` (in its slack after `code_end`, where the build's
     .text ends by its symbols, when there is room); sites it cannot take are refused."""
     owner = {id(f): r for f in finds if (r := _iofifo_routine(f)) is not None}
-    res.refusals.extend(_refusal(f, "rep-fifo", "no IoFifo.nasm signature matches the routine")
-                        for f in finds if id(f) not in owner)
+    res.refusals.extend(
+        _refusal(f, "rep-fifo", "no IoFifo.nasm signature matches the routine") for f in finds if id(f) not in owner
+    )
     finds = [f for f in finds if id(f) in owner]
     if not finds:
         return None
@@ -433,8 +499,9 @@ def _verify_grow(p: _Grow, res: PatchResult, emu: emulate.Emulator) -> bool:
     problems = []
     for rt in p.routines:
         loop_len = len(grow.loop_code(m.arch, rt.direction, rt.width))
-        problems += emu.compare_redirected(orig, new, m.image.bits, rt.rva, rt.length, entries[rt.rva][2],
-                                           loop_len, rt.name)
+        problems += emu.compare_redirected(
+            orig, new, m.image.bits, rt.rva, rt.length, entries[rt.rva][2], loop_len, rt.name
+        )
         res.emulated_functions += 1
     if problems:
         res.refusals.extend(_refusal(f, "rep-fifo", "emulation: " + "; ".join(problems[:3])) for f in p.finds)
@@ -442,12 +509,28 @@ def _verify_grow(p: _Grow, res: PatchResult, emu: emulate.Emulator) -> bool:
     for f in p.finds:
         rt = p.owner[id(f)]
         old, new_b, target = entries[rt.rva]
-        res.rewrites.append(PlannedRewrite(
-            f.module, f.guid, f.arch, f.volume, f.function, f.function_rva, rt.rva, f.fd_offset, f.mnemonic,
-            "rep-fifo", old.hex(), new_b.hex(),
-            f"entry jumps to an IN/OUT loop at rva 0x{target:X} ({g.placement}); " + (
-                "in the slack after the build's .text, the module keeps its size" if g.placement == "slack" else
-                f"the module grows by {len(g.data) - m.image.size} bytes")))
+        res.rewrites.append(
+            PlannedRewrite(
+                f.module,
+                f.guid,
+                f.arch,
+                f.volume,
+                f.function,
+                f.function_rva,
+                rt.rva,
+                f.fd_offset,
+                f.mnemonic,
+                "rep-fifo",
+                old.hex(),
+                new_b.hex(),
+                f"entry jumps to an IN/OUT loop at rva 0x{target:X} ({g.placement}); "
+                + (
+                    "in the slack after the build's .text, the module keeps its size"
+                    if g.placement == "slack"
+                    else f"the module grows by {len(g.data) - m.image.size} bytes"
+                ),
+            )
+        )
     return True
 
 

@@ -38,8 +38,9 @@ def decode_json(t: Triage) -> dict:
         "explanation": t.explanation,
         "signature_matches": [_routine_dict(r) for r in t.routines],
         "shorter_signature_matches": _shorter_dict(t.shorter_routines),
-        "image": ({"path": t.image_path, "sha256": t.image_sha256, "standalone": t.image_standalone}
-                  if has_image else None),
+        "image": (
+            {"path": t.image_path, "sha256": t.image_sha256, "standalone": t.image_standalone} if has_image else None
+        ),
         "matches": [asdict(m) for m in t.matches] if has_image else None,
         "shorter_matches": _shorter_dict(t.shorter_matches) if has_image else None,
     }
@@ -65,12 +66,16 @@ def _routine_detail(r: RoutineMatch, t: Triage) -> str:
     if not r.followed_by:
         if r.matched == total:
             return f"{where}: all {total} bytes match{built}"
-        return (f"{where}: the routine's last {_n(r.matched)} match; the {total - r.matched} after them lie past "
-                f"its end, in code no built-in signature covers{built}")
+        return (
+            f"{where}: the routine's last {_n(r.matched)} match; the {total - r.matched} after them lie past "
+            f"its end, in code no built-in signature covers{built}"
+        )
     nxt = ", then ".join(f"{_n(f.matched)} of {' or '.join(f.routines)}" for f in r.followed_by)
     left = total - r.explained
-    return (f"{where}: the routine's last {_n(r.matched)} match, then {nxt} (the next routine of {r.source}): "
-            f"{r.explained} of {total} bytes" + (f", {left} not covered" if left else "") + built)
+    return (
+        f"{where}: the routine's last {_n(r.matched)} match, then {nxt} (the next routine of {r.source}): "
+        f"{r.explained} of {total} bytes" + (f", {left} not covered" if left else "") + built
+    )
 
 
 def _undecoded(t: Triage) -> tuple[int, bytes]:
@@ -117,8 +122,10 @@ def decode_text(t: Triage) -> str:
     if tail:
         why = "a truncated instruction" if _truncated(tail, t.bits) else "not a valid instruction"
         one = len(tail) == 1
-        lines.append(f"{'=>' if not t.instructions else '  '} +{tail_at:<3} {tail.hex():<20} ({len(tail)} "
-                     f"byte{'' if one else 's'} that do{'es' if one else ''} not decode: {why})")
+        lines.append(
+            f"{'=>' if not t.instructions else '  '} +{tail_at:<3} {tail.hex():<20} ({len(tail)} "
+            f"byte{'' if one else 's'} that do{'es' if one else ''} not decode: {why})"
+        )
     lines.append("")
     lines.append(t.explanation)
     if t.image_path is not None:
@@ -132,19 +139,21 @@ def _image_lines(t: Triage) -> list[str]:
     total = len(t.data)
     lines = []
     if not t.matches:
-        only = (f" more than the faulting instruction's {t.first_len} bytes" if t.shorter_matches.count else "")
+        only = f" more than the faulting instruction's {t.first_len} bytes" if t.shorter_matches.count else ""
         lines.append(f"no code in {t.image_path} matches these bytes{only}")
     for m in t.matches:
         if m.fd_offset is None:
             where = "compressed"
         else:
             where = f"{'file' if t.image_standalone else 'fd'} 0x{m.fd_offset:X}"
-        fn = (f" in {m.function} [{m.function_source}]" if m.function else " in ?")
+        fn = f" in {m.function} [{m.function_source}]" if m.function else " in ?"
         if m.signature:
             fn += f" {m.signature['library']} {m.signature['source']}"
         vol = f", {m.volume}" if m.volume else ""
-        lines.append(f"match {m.matched}/{total} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}{vol}){fn}"
-                     + ("" if m.is_site else " (not at a scanned site)"))
+        lines.append(
+            f"match {m.matched}/{total} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}{vol}){fn}"
+            + ("" if m.is_site else " (not at a scanned site)")
+        )
     s = _shorter_text(t.shorter_matches, "")
     if s:
         lines.append(s)
@@ -190,8 +199,9 @@ def decode_log_json(lt: LogTriage) -> dict:
         "bits": lt.bits,
         "verdict": lt.verdict,
         "exits": lt.exits,
-        "image": ({"path": lt.image_path, "sha256": lt.image_sha256, "standalone": lt.image_standalone}
-                  if has_image else None),
+        "image": (
+            {"path": lt.image_path, "sha256": lt.image_sha256, "standalone": lt.image_standalone} if has_image else None
+        ),
         "instructions": instructions,
         "redacted": red,
         "unreadable": unr,
@@ -250,18 +260,24 @@ def decode_log_text(lt: LogTriage) -> str:
         lines.append(f"  {HOW_TO_UNREDACT}")
     if lt.unreadable.count:
         lines.append("")
-        lines.append(f"{_exits(lt.unreadable.count)} whose inst_data could not be read: "
-                     + "; ".join(f"{why} ({n})" for why, n in sorted(lt.unreadable.reasons.items())))
+        lines.append(
+            f"{_exits(lt.unreadable.count)} whose inst_data could not be read: "
+            + "; ".join(f"{why} ({n})" for why, n in sorted(lt.unreadable.reasons.items()))
+        )
         lines.append(f"  {_where(lt.unreadable)}")
     if lt.more.count:
         lines.append("")
-        lines.append(f"{_exits(lt.more.count)} of further distinct instructions: not decoded (only the first "
-                     f"{MAX_DISTINCT} distinct instructions of a log are)")
+        lines.append(
+            f"{_exits(lt.more.count)} of further distinct instructions: not decoded (only the first "
+            f"{MAX_DISTINCT} distinct instructions of a log are)"
+        )
         lines.append(f"  {_where(lt.more)}")
     lines.append("")
     comp = f", {lt.compression}" if lt.compression else ""
-    lines.append(f"log: {lt.source} ({lt.lines_read} line{'s' * (lt.lines_read != 1)} read{comp})"
-                 + (f"; image: {lt.image_path}" if lt.image_path else ""))
+    lines.append(
+        f"log: {lt.source} ({lt.lines_read} line{'s' * (lt.lines_read != 1)} read{comp})"
+        + (f"; image: {lt.image_path}" if lt.image_path else "")
+    )
     return "\n".join(printable(x) for x in lines) + "\n"
 
 

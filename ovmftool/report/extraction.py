@@ -52,8 +52,13 @@ def extract_checked(image: str, root: FlashImage, out_dir: str, allow_damaged: b
 
 def extraction_text(manifest: dict, out_dir: str) -> str:
     """`extract`'s stdout: each part skipped, then what was written where."""
-    lines = [f"skipped {s['kind']} {s['name'] or s['guid'] or '?'} in {s['volume'] or 'the image'} "
-             f"at {s['where']}: {s['reason']}" for s in manifest["skipped"]]
-    lines.append(f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {out_dir}"
-                 + (f"; skipped {len(manifest['skipped'])}" if manifest["skipped"] else ""))
+    lines = [
+        f"skipped {s['kind']} {s['name'] or s['guid'] or '?'} in {s['volume'] or 'the image'} "
+        f"at {s['where']}: {s['reason']}"
+        for s in manifest["skipped"]
+    ]
+    lines.append(
+        f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {out_dir}"
+        + (f"; skipped {len(manifest['skipped'])}" if manifest["skipped"] else "")
+    )
     return "".join(x + "\n" for x in lines)

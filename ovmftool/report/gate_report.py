@@ -13,9 +13,19 @@ DIFF_SCHEMA = "ovmftool.diff/1"
 
 
 def _sites(r: ScanResult) -> list[dict]:
-    return [{"key": k, "module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
-             "mnemonic": f.mnemonic, "bytes": f.bytes, "rva": f.rva}
-            for f, k in zip(r.findings, site_keys(r.findings))]
+    return [
+        {
+            "key": k,
+            "module": f.module,
+            "guid": f.guid,
+            "arch": f.arch,
+            "function": f.function,
+            "mnemonic": f.mnemonic,
+            "bytes": f.bytes,
+            "rva": f.rva,
+        }
+        for f, k in zip(r.findings, site_keys(r.findings))
+    ]
 
 
 def baseline_doc(r: ScanResult | list[ScanResult]) -> dict:
@@ -23,8 +33,10 @@ def baseline_doc(r: ScanResult | list[ScanResult]) -> dict:
     each image under its path and sha256); read back by `gate.baseline.load_baseline_images`."""
     if isinstance(r, ScanResult):
         return {**header(BASELINE_SCHEMA, image=image_ref(r, size=False)), "sites": _sites(r)}
-    return {**header(BASELINE_SCHEMA_MULTI),
-            "images": [{"image": image_ref(x, size=False), "sites": _sites(x)} for x in r]}
+    return {
+        **header(BASELINE_SCHEMA_MULTI),
+        "images": [{"image": image_ref(x, size=False), "sites": _sites(x)} for x in r],
+    }
 
 
 def baseline_line(results: list[ScanResult], output: str) -> str:
@@ -35,20 +47,34 @@ def baseline_line(results: list[ScanResult], output: str) -> str:
 
 
 def _check_lines(out: CheckResult, warnings: bool) -> list[tuple[str, bool]]:
-    lines = [(f"NEW  {f.module} {f.guid} {f.arch} rva 0x{f.rva:X} {f.mnemonic} {f.bytes} "
-              f"in {f.function or '?'} [{f.function_source}] ({f.volume})", False) for f in out.new]
-    lines += [(f"waived  {f.module} rva 0x{f.rva:X} {f.mnemonic} in {f.function or '?'}: {w.reason}", False)
-              for f, w in out.waived]
+    lines = [
+        (
+            f"NEW  {f.module} {f.guid} {f.arch} rva 0x{f.rva:X} {f.mnemonic} {f.bytes} "
+            f"in {f.function or '?'} [{f.function_source}] ({f.volume})",
+            False,
+        )
+        for f in out.new
+    ]
+    lines += [
+        (f"waived  {f.module} rva 0x{f.rva:X} {f.mnemonic} in {f.function or '?'}: {w.reason}", False)
+        for f, w in out.waived
+    ]
     if warnings:
         lines += _waiver_warnings(out)
-    lines.append((f"check: {len(out.new)} new, {len(out.waived)} waived, {out.known} in baseline, "
-                  f"{out.gone} baseline sites gone", False))
+    lines.append(
+        (
+            f"check: {len(out.new)} new, {len(out.waived)} waived, {out.known} in baseline, "
+            f"{out.gone} baseline sites gone",
+            False,
+        )
+    )
     return lines
 
 
 def _waiver_warnings(out: CheckResult) -> list[tuple[str, bool]]:
-    return ([(f"warning: waiver {w.describe()} expired on {w.expires}", True) for w in out.expired]
-            + [(f"warning: waiver {w.describe()} matched no site", True) for w in out.unused])
+    return [(f"warning: waiver {w.describe()} expired on {w.expires}", True) for w in out.expired] + [
+        (f"warning: waiver {w.describe()} matched no site", True) for w in out.unused
+    ]
 
 
 def check_lines(out: CheckResult) -> list[tuple[str, bool]]:
@@ -69,15 +95,21 @@ def check_report(checks: list[ImageCheck | ScanFailure]) -> list[tuple[str, bool
         if not isinstance(c, ImageCheck):
             lines.append((f"{'skipped' if c.exit_code == 0 else 'error'}: {c.message}", c.exit_code != 0))
             continue
-        lines.append((f"{c.path}:" + ("" if c.baseline else " no baseline entry for this image: every site is new"),
-                      False))
+        lines.append(
+            (f"{c.path}:" + ("" if c.baseline else " no baseline entry for this image: every site is new"), False)
+        )
         lines += [("  " + t, e) for t, e in _check_lines(c.result, False)]
     if done:
         lines += _waiver_warnings(done[0].result)
     new = sum(len(c.result.new) for c in done)
     failed = sum(1 for c in checks if not isinstance(c, ImageCheck) and c.exit_code)
-    lines.append((f"check: {new} new in {sum(1 for c in done if c.result.new)} of {len(done)} images; "
-                  f"{failed} error{'s' * (failed != 1)}", False))
+    lines.append(
+        (
+            f"check: {new} new in {sum(1 for c in done if c.result.new)} of {len(done)} images; "
+            f"{failed} error{'s' * (failed != 1)}",
+            False,
+        )
+    )
     return lines
 
 
@@ -89,24 +121,44 @@ def check_exit(checks: list[ImageCheck | ScanFailure]) -> int:
 
 
 def _row(f: Finding) -> dict:
-    return {"module": f.module, "guid": f.guid, "arch": f.arch, "function": f.function,
-            "mnemonic": f.mnemonic, "bytes": f.bytes, "rva": f.rva, "volume": f.volume}
+    return {
+        "module": f.module,
+        "guid": f.guid,
+        "arch": f.arch,
+        "function": f.function,
+        "mnemonic": f.mnemonic,
+        "bytes": f.bytes,
+        "rva": f.rva,
+        "volume": f.volume,
+    }
 
 
 def diff_json(old: ScanResult, new: ScanResult, d: DiffResult) -> dict:
     """The `diff --format json` document."""
-    return {**header(DIFF_SCHEMA), "old": image_ref(old, size=False), "new": image_ref(new, size=False),
-            "added": [_row(f) for f in d.added], "removed": [_row(f) for f in d.removed],
-            "unchanged": len(d.unchanged), "modules_added": d.modules_added, "modules_removed": d.modules_removed}
+    return {
+        **header(DIFF_SCHEMA),
+        "old": image_ref(old, size=False),
+        "new": image_ref(new, size=False),
+        "added": [_row(f) for f in d.added],
+        "removed": [_row(f) for f in d.removed],
+        "unchanged": len(d.unchanged),
+        "modules_added": d.modules_added,
+        "modules_removed": d.modules_removed,
+    }
 
 
 def diff_text(d: DiffResult) -> str:
     """Added (+) and removed (-) sites, then modules, then the count line."""
-    lines = [f"{tag} {f.module} {f.arch} {f.function or '?'} {f.mnemonic} {f.bytes} (rva 0x{f.rva:X})"
-             for tag, fs in (("+", d.added), ("-", d.removed)) for f in fs]
+    lines = [
+        f"{tag} {f.module} {f.arch} {f.function or '?'} {f.mnemonic} {f.bytes} (rva 0x{f.rva:X})"
+        for tag, fs in (("+", d.added), ("-", d.removed))
+        for f in fs
+    ]
     lines += [f"+ module {m}" for m in d.modules_added] + [f"- module {m}" for m in d.modules_removed]
-    lines.append(f"diff: {len(d.added)} added, {len(d.removed)} removed, {len(d.unchanged)} unchanged; "
-                 f"modules {len(d.modules_added)} added, {len(d.modules_removed)} removed")
+    lines.append(
+        f"diff: {len(d.added)} added, {len(d.removed)} removed, {len(d.unchanged)} unchanged; "
+        f"modules {len(d.modules_added)} added, {len(d.modules_removed)} removed"
+    )
     return "".join(x + "\n" for x in lines)
 
 

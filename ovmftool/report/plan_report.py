@@ -9,11 +9,23 @@ from pathlib import Path
 from ovmftool.edk2.plan import command_line, dsc_switch_only, make_plan, parse_defines
 from ovmftool.edk2.series import check_applies, write_series
 from ovmftool.edk2.verify import check_tools, verify_plan
+from ovmftool.report.document import header
 from ovmftool.report.io import commit_output_dir, discard_output_dir, new_output_dir
 
+PLAN_SCHEMA = "ovmftool.plan/1"
 
-def write_plan(tree: str, dsc: str, defines, arches, strategy: str, out_dir: str, author: str,
-               signoff: str | None, verification: dict | None = None) -> str:
+
+def write_plan(
+    tree: str,
+    dsc: str,
+    defines,
+    arches,
+    strategy: str,
+    out_dir: str,
+    author: str,
+    signoff: str | None,
+    verification: dict | None = None,
+) -> str:
     """Plan, write the series (checked to apply), verify it when `verification` holds the
     arguments of `edk2.verify.verify_plan` (`dsc_switch`: a flag), write plan.json and
     SUMMARY.md, and move the directory into place; returns the summary."""
@@ -25,7 +37,7 @@ def write_plan(tree: str, dsc: str, defines, arches, strategy: str, out_dir: str
     try:
         series = write_series(p.patches, tmp, author, signoff or author)
         check_applies(series, Path(p.tree))
-        doc = p.as_dict()
+        doc = {**header(PLAN_SCHEMA), **p.as_dict()}
         doc["series"] = [s.name for s in series]
         doc["command"] = command_line(dsc, defs, arches, strategy)
         if verification is not None:
@@ -43,13 +55,16 @@ def write_plan(tree: str, dsc: str, defines, arches, strategy: str, out_dir: str
 
 
 def plan_summary(doc: dict) -> str:
-    lines = [f"# ovmftool plan: {doc['dsc']} ({', '.join(doc['arches'])})", "",
-             f"Strategy: **{doc['strategy']}**", ""]
+    lines = [f"# ovmftool plan: {doc['dsc']} ({', '.join(doc['arches'])})", "", f"Strategy: **{doc['strategy']}**", ""]
     lines += [f"- {r}" for r in doc["reasons"]] + [""]
     lines += ["## Series", ""] + [f"- `{s}`" for s in doc["series"]] + [""]
-    lines += ["## Modules affected", "",
-              f"{len(doc['modules_affected'])} components resolve IoLib to an instance with REP string I/O; each that "
-              "links IoLib (directly or through a library) carries the six FIFO routines, one string I/O instruction each.", ""]
+    lines += [
+        "## Modules affected",
+        "",
+        f"{len(doc['modules_affected'])} components resolve IoLib to an instance with REP string I/O; each that "
+        "links IoLib (directly or through a library) carries the six FIFO routines, one string I/O instruction each.",
+        "",
+    ]
     for m in doc["modules_affected"][:200]:
         lines.append(f"- {m['inf']} ({m['arch']}, {m['module_type']}): {m['iolib'].rsplit('/', 1)[-1]} {m['fifo']}")
     lines += ["", "Sites expected to remain: 0", ""]
@@ -72,20 +87,29 @@ def _verification(v: dict) -> list[str]:
         before += f" (--before {b['image']}, sha256 {b['sha256']})"
     lines = ["## Verification", ""]
     if "boot" not in v and "dsc_switch" not in v:  # the record of earlier versions
-        return lines + [f"- target {t}: {v['before']['sites']} sites before, {v['after']['sites']} after "
-                        f"(image sha256 {v['after']['sha256']})", ""]
+        return lines + [
+            f"- target {t}: {v['before']['sites']} sites before, {v['after']['sites']} after "
+            f"(image sha256 {v['after']['sha256']})",
+            "",
+        ]
     lines.append(before)
     if "dsc_switch" in v:
         sw = v["dsc_switch"]
         subjects = ", ".join(f"“{x}”" for x in sw["series"])
-        lines.append(f"- {t} build with only the DSC switched to the non-Sev IoLib (the dsc-inf strategy's {subjects}, "
-                     f"without its C loops; built in {sw['build_seconds']} s): {sw['sites']} sites"
-                     + (" — switching the DSC removes nothing in this tree" if sw["sites"] >= v["before"]["sites"] else ""))
+        lines.append(
+            f"- {t} build with only the DSC switched to the non-Sev IoLib (the dsc-inf strategy's {subjects}, "
+            f"without its C loops; built in {sw['build_seconds']} s): {sw['sites']} sites"
+            + (" — switching the DSC removes nothing in this tree" if sw["sites"] >= v["before"]["sites"] else "")
+        )
     a = v["after"]
-    lines.append(f"- {t} build with this series: {a['sites']} sites (built in {a['build_seconds']} s; "
-                 f"image sha256 {a['sha256']})")
+    lines.append(
+        f"- {t} build with this series: {a['sites']} sites (built in {a['build_seconds']} s; "
+        f"image sha256 {a['sha256']})"
+    )
     if "boot" in v:
         b = v["boot"]
-        lines.append(f"- boot of that image under QEMU (TCG, q35, variable store: {b['vars']}): {b['verdict']} in "
-                     f"{b['seconds']:.0f} s, {b['executed']} string I/O instructions executed")
+        lines.append(
+            f"- boot of that image under QEMU (TCG, q35, variable store: {b['vars']}): {b['verdict']} in "
+            f"{b['seconds']:.0f} s, {b['executed']} string I/O instructions executed"
+        )
     return lines + [""]

@@ -35,7 +35,8 @@ _HELP_TEXT = (
     "BaseIoLibIntrinsic(Sev) (IoReadFifo8... and IoWriteFifo8...), used for fw_cfg reads and DEBUG output. "
     "Fix the source with a patch series for your EDK II tree (ovmftool plan --edk2 TREE --dsc DSC -o DIR; "
     "verified series for Debian's trees are in edk2-patches/), or rewrite the routines in the built image "
-    "(ovmftool patch IMAGE -o OUT). Re-run ovmftool scan: exit code 0 means checked and clean.")
+    "(ovmftool patch IMAGE -o OUT). Re-run ovmftool scan: exit code 0 means checked and clean."
+)
 _HELP_MARKDOWN = """\
 String port I/O (`INS`/`OUTS`, usually with `REP`) in firmware code stops a
 [propolis](https://github.com/oxidecomputer/propolis) guest on hosts without AMD DecodeAssist (any
@@ -59,28 +60,40 @@ RULES = [
         "id": "OVMF-STRING-IO-OUT",
         "name": "StringPortOutput",
         "shortDescription": {"text": "String port output (OUTS, usually REP OUTSB/W/D)"},
-        "fullDescription": {"text": (
-            "OUTSB/OUTSW/OUTSD write a buffer to an I/O port, one element per repetition. A VMM must "
-            "decode the instruction to emulate it; bhyve without AMD DecodeAssist (any nested setup) "
-            "hands propolis the raw bytes and propolis panics with 'Unhandled VM exit: InstEmul'.")},
+        "fullDescription": {
+            "text": (
+                "OUTSB/OUTSW/OUTSD write a buffer to an I/O port, one element per repetition. A VMM must "
+                "decode the instruction to emulate it; bhyve without AMD DecodeAssist (any nested setup) "
+                "hands propolis the raw bytes and propolis panics with 'Unhandled VM exit: InstEmul'."
+            )
+        },
         "help": {"text": _HELP_TEXT, "markdown": _HELP_MARKDOWN},
         "helpUri": INFO_URI,
         "defaultConfiguration": {"level": "error"},
-        "properties": {"tags": ["firmware", "virtualization", "port-io"], "precision": "very-high",
-                       "problem.severity": "error"},
+        "properties": {
+            "tags": ["firmware", "virtualization", "port-io"],
+            "precision": "very-high",
+            "problem.severity": "error",
+        },
     },
     {
         "id": "OVMF-STRING-IO-IN",
         "name": "StringPortInput",
         "shortDescription": {"text": "String port input (INS, usually REP INSB/W/D)"},
-        "fullDescription": {"text": (
-            "INSB/INSW/INSD read a buffer from an I/O port (OVMF reads fw_cfg this way). Like OUTS, the VMM "
-            "must decode it; without DecodeAssist propolis cannot and panics.")},
+        "fullDescription": {
+            "text": (
+                "INSB/INSW/INSD read a buffer from an I/O port (OVMF reads fw_cfg this way). Like OUTS, the VMM "
+                "must decode it; without DecodeAssist propolis cannot and panics."
+            )
+        },
         "help": {"text": _HELP_TEXT, "markdown": _HELP_MARKDOWN},
         "helpUri": INFO_URI,
         "defaultConfiguration": {"level": "error"},
-        "properties": {"tags": ["firmware", "virtualization", "port-io"], "precision": "very-high",
-                       "problem.severity": "error"},
+        "properties": {
+            "tags": ["firmware", "virtualization", "port-io"],
+            "precision": "very-high",
+            "problem.severity": "error",
+        },
     },
 ]
 _RULE_INDEX = {"out": 0, "in": 1}
@@ -138,17 +151,40 @@ class _Places:
         """The instruction's address entry (added to the table), with its parents."""
         fq, name = self._names(f)
         mod = (f.guid, f.arch, f.volume, f.module)
-        parent = self._address(mod, {"kind": "module", "name": f.module, "fullyQualifiedName": fq,
-                                     "properties": {"guid": f.guid, "arch": f.arch, "artifactIndex": self.image}})
+        parent = self._address(
+            mod,
+            {
+                "kind": "module",
+                "name": f.module,
+                "fullyQualifiedName": fq,
+                "properties": {"guid": f.guid, "arch": f.arch, "artifactIndex": self.image},
+            },
+        )
         base = 0
         if name is not None:
-            parent = self._address((*mod, f.function_rva), {
-                "kind": "function", "name": name, "fullyQualifiedName": f"{f.module}!{name}",
-                "relativeAddress": f.function_rva, "offsetFromParent": f.function_rva, "parentIndex": parent})
+            parent = self._address(
+                (*mod, f.function_rva),
+                {
+                    "kind": "function",
+                    "name": name,
+                    "fullyQualifiedName": f"{f.module}!{name}",
+                    "relativeAddress": f.function_rva,
+                    "offsetFromParent": f.function_rva,
+                    "parentIndex": parent,
+                },
+            )
             base = f.function_rva
-        i = self._address((*mod, "insn", f.rva), {
-            "kind": "instruction", "name": f.mnemonic, "relativeAddress": f.rva, "offsetFromParent": f.rva - base,
-            "length": len(f.bytes) // 2, "parentIndex": parent})
+        i = self._address(
+            (*mod, "insn", f.rva),
+            {
+                "kind": "instruction",
+                "name": f.mnemonic,
+                "relativeAddress": f.rva,
+                "offsetFromParent": f.rva - base,
+                "length": len(f.bytes) // 2,
+                "parentIndex": parent,
+            },
+        )
         return dict(self.addresses[i])
 
     def logical_of(self, f: Finding) -> list[dict]:
@@ -158,9 +194,10 @@ class _Places:
         m = self._logical(mod, {"kind": "module", "name": f.module, "fullyQualifiedName": fq})
         out = [dict(self.logical[m])]
         if name is not None:
-            fn = self._logical((*mod, f.function_rva, name), {"kind": "function", "name": name,
-                                                              "fullyQualifiedName": f"{f.module}!{name}",
-                                                              "parentIndex": m})
+            fn = self._logical(
+                (*mod, f.function_rva, name),
+                {"kind": "function", "name": name, "fullyQualifiedName": f"{f.module}!{name}", "parentIndex": m},
+            )
             out.append({k: v for k, v in self.logical[fn].items() if k != "parentIndex"})
         return out
 
@@ -178,31 +215,43 @@ def _result(f: Finding, key: str, image: dict, listing: dict, line: int, text: s
     fn = f.function or "?"
     # The primary location is a line of the listing (GitHub shows a location only with a line);
     # the instruction's bytes in the image follow as the related location.
-    primary = {"physicalLocation": {"artifactLocation": listing,
-                                    "region": {"startLine": line, "startColumn": 1, "endColumn": len(text) + 1,
-                                               "snippet": {"text": text}}},
-               "logicalLocations": places.logical_of(f)}
+    primary = {
+        "physicalLocation": {
+            "artifactLocation": listing,
+            "region": {"startLine": line, "startColumn": 1, "endColumn": len(text) + 1, "snippet": {"text": text}},
+        },
+        "logicalLocations": places.logical_of(f),
+    }
     in_image: dict = {"artifactLocation": image, "address": places.instruction(f)}
     if f.fd_region is not None:
         region: dict = {"byteOffset": f.fd_region["offset"], "byteLength": f.fd_region["length"]}
         if f.fd_region["holder"] != "instruction":
-            region["message"] = {"text": (
-                f"the {f.fd_region['holder']} that holds the instruction compressed: decoded, it is at RVA "
-                f"0x{f.rva:X} of {f.module} in {f.volume}")}
+            region["message"] = {
+                "text": (
+                    f"the {f.fd_region['holder']} that holds the instruction compressed: decoded, it is at RVA "
+                    f"0x{f.rva:X} of {f.module} in {f.volume}"
+                )
+            }
         in_image["region"] = region
-    related = {"id": 1, "physicalLocation": in_image,
-               "message": {"text": f"the instruction in {image['uri'].rsplit('/', 1)[-1]}"}}
+    related = {
+        "id": 1,
+        "physicalLocation": in_image,
+        "message": {"text": f"the instruction in {image['uri'].rsplit('/', 1)[-1]}"},
+    }
     rep = "REP " if f.rep == "rep" else ("REPNE " if f.rep == "repne" else "")
     what = f"{rep}{f.mnemonic.split()[-1].upper()}"
     where = f"{f.module}!{fn}" + (f" ({f.function_source})" if f.function_source else "")
-    run = "reachable from the module entry point" if f.reachable else "not reachable from the entry point by direct calls"
+    run = (
+        "reachable from the module entry point" if f.reachable else "not reachable from the entry point by direct calls"
+    )
     fp = fingerprint(key)
     return {
         "ruleId": RULES[_RULE_INDEX[f.direction]]["id"],
         "ruleIndex": _RULE_INDEX[f.direction],
         "level": "error",
-        "message": {"text": f"{what} at RVA 0x{f.rva:X} in {where}, {f.volume or 'flash'}; {run} "
-                            f"([bytes in the image](1))."},
+        "message": {
+            "text": f"{what} at RVA 0x{f.rva:X} in {where}, {f.volume or 'flash'}; {run} ([bytes in the image](1))."
+        },
         "locations": [primary],
         "relatedLocations": [related],
         # GitHub code scanning reads only primaryLocationLineHash: it carries the same
@@ -210,18 +259,37 @@ def _result(f: Finding, key: str, image: dict, listing: dict, line: int, text: s
         "partialFingerprints": {"ovmftoolSite/v1": fp, "primaryLocationLineHash": fp},
         "properties": {
             "image": image["uri"],
-            "module": f.module, "guid": f.guid, "arch": f.arch, "fileType": f.file_type, "volume": f.volume,
-            "fdOffset": f.fd_offset, "containerOffset": f.container_offset, "rva": f.rva, "bytes": f.bytes,
-            "mnemonic": f.mnemonic, "width": f.width, "rep": f.rep, "function": f.function,
-            "functionSource": f.function_source, "reachable": f.reachable, "siteKey": key,
+            "module": f.module,
+            "guid": f.guid,
+            "arch": f.arch,
+            "fileType": f.file_type,
+            "volume": f.volume,
+            "fdOffset": f.fd_offset,
+            "containerOffset": f.container_offset,
+            "rva": f.rva,
+            "bytes": f.bytes,
+            "mnemonic": f.mnemonic,
+            "width": f.width,
+            "rep": f.rep,
+            "function": f.function,
+            "functionSource": f.function_source,
+            "reachable": f.reachable,
+            "siteKey": key,
             "compressed": f.fd_offset is None,
         },
     }
 
 
 def _tool() -> dict:
-    return {"driver": {"name": "ovmftool", "version": __version__, "semanticVersion": __version__,
-                       "informationUri": INFO_URI, "rules": RULES}}
+    return {
+        "driver": {
+            "name": "ovmftool",
+            "version": __version__,
+            "semanticVersion": __version__,
+            "informationUri": INFO_URI,
+            "rules": RULES,
+        }
+    }
 
 
 LISTING_SUFFIX = ".sites.txt"
@@ -245,22 +313,38 @@ def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:
         loc = artifact_location(o.path, root) if o.path else {"uri": "image"}
         relative |= loc.get("uriBaseId") == SRCROOT
         image = {**loc, "index": len(artifacts)}
-        entry: dict = {"location": loc, "roles": ["analysisTarget"],
-                       "properties": {"exitCode": o.exit_code, "exitCodeDescription": _EXIT_MEANING[o.exit_code]}}
+        entry: dict = {
+            "location": loc,
+            "roles": ["analysisTarget"],
+            "properties": {"exitCode": o.exit_code, "exitCodeDescription": _EXIT_MEANING[o.exit_code]},
+        }
         artifacts.append(entry)
         if isinstance(o, ScanFailure):
-            notes.append({"level": "error", "message": {"text": o.message},
-                          "locations": [{"physicalLocation": {"artifactLocation": image}}]})
+            notes.append(
+                {
+                    "level": "error",
+                    "message": {"text": o.message},
+                    "locations": [{"physicalLocation": {"artifactLocation": image}}],
+                }
+            )
             continue
         entry.update(length=o.size, hashes={"sha-256": o.sha256})
         entry["properties"].update(sites=len(o.findings), modulesScanned=len(o.modules), notes=o.notes)
         lines = [_listing_header(o)] + [listing_line(f) for f in o.findings]
         text = "".join(x + "\n" for x in lines)
         listing = {**loc, "uri": loc["uri"] + LISTING_SUFFIX, "index": len(artifacts)}
-        artifacts.append({"location": {k: v for k, v in listing.items() if k != "index"}, "parentIndex": image["index"],
-                          "roles": ["analysisTarget"], "mimeType": "text/plain", "encoding": "utf-8",
-                          "contents": {"text": text}, "length": len(text.encode()),
-                          "description": {"text": f"the string I/O sites of {loc['uri']}, one a line"}})
+        artifacts.append(
+            {
+                "location": {k: v for k, v in listing.items() if k != "index"},
+                "parentIndex": image["index"],
+                "roles": ["analysisTarget"],
+                "mimeType": "text/plain",
+                "encoding": "utf-8",
+                "contents": {"text": text},
+                "length": len(text.encode()),
+                "description": {"text": f"the string I/O sites of {loc['uri']}, one a line"},
+            }
+        )
         places.image = image["index"]
         for n, (f, k) in enumerate(zip(o.findings, site_keys(o.findings))):
             results.append(_result(f, k, image, listing, n + 2, lines[n + 1], places))
@@ -270,9 +354,12 @@ def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:
         inv["toolExecutionNotifications"] = notes
     run["invocations"] = [inv]
     if relative:
-        run["originalUriBaseIds"] = {SRCROOT: {"uri": _dir_uri(root),
-                                               "description": {"text": "the source root (--sarif-root, "
-                                                                       "default the working directory)"}}}
+        run["originalUriBaseIds"] = {
+            SRCROOT: {
+                "uri": _dir_uri(root),
+                "description": {"text": "the source root (--sarif-root, default the working directory)"},
+            }
+        }
     run["artifacts"] = artifacts
     run["columnKind"] = "unicodeCodePoints"
     run["results"] = results

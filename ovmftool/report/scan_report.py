@@ -30,7 +30,10 @@ def scan_json(r: ScanResult) -> dict:
 
 def scan_error_json(f: ScanFailure) -> dict:
     """The JSON entry of an input that could not be scanned, or was skipped."""
-    return {**header(SCAN_SCHEMA, image={"path": f.path}), "skipped" if isinstance(f, ScanSkipped) else "error": f.message}
+    return {
+        **header(SCAN_SCHEMA, image={"path": f.path}),
+        "skipped" if isinstance(f, ScanSkipped) else "error": f.message,
+    }
 
 
 def scan_json_doc(outcomes: list[ScanResult | ScanFailure]):
@@ -64,7 +67,11 @@ def scan_text(r: ScanResult) -> str:
             fn = f"{f.function} [{f.function_source}]" if f.function else "?"
             if f.signature:
                 fn += f" {f.signature['library']} {f.signature['source']}"
-            run = "reachable from the entry point" if f.reachable else "not reachable from the entry point by direct calls"
+            run = (
+                "reachable from the entry point"
+                if f.reachable
+                else "not reachable from the entry point by direct calls"
+            )
             callers = ", ".join(c.function for c in f.callers[:4]) + (" ..." if len(f.callers) > 4 else "")
             lines.append(f"    rva 0x{f.rva:06X}  {f.mnemonic:<10} {f.bytes:<8} {where:<12} {fn}")
             lines.append(f"      {run}" + (f"; called from {callers}" if callers else ""))
@@ -98,13 +105,16 @@ def next_steps_lines(s: NextSteps) -> list[str]:
     def wrap(text: str) -> list[str]:
         return textwrap.wrap(text, width=100, initial_indent=pad, subsequent_indent=pad, break_on_hyphens=False)
 
-    lines = ["next steps:",
-             f"  patch this image:  {s.patch_command}",
-             *wrap("(rewrites each site into equivalent IN/OUT loop code, each checked by emulation; docs/patch.md)")]
+    lines = [
+        "next steps:",
+        f"  patch this image:  {s.patch_command}",
+        *wrap("(rewrites each site into equivalent IN/OUT loop code, each checked by emulation; docs/patch.md)"),
+    ]
     if s.matching is not None:
         lines.append(f"  fix the source:    {_shown(s.matching.path)}")
-        lines += wrap(f"(the matching series: {s.reason}; made for {s.matching.dsc}; for another DSC or tree: "
-                      f"{s.plan_command})")
+        lines += wrap(
+            f"(the matching series: {s.reason}; made for {s.matching.dsc}; for another DSC or tree: {s.plan_command})"
+        )
     else:
         lines.append(f"  fix the source:    {s.plan_command}")
         if s.reason:
@@ -119,15 +129,22 @@ def scan_text_all(outcomes: list[ScanResult | ScanFailure]) -> str:
     if len(outcomes) == 1:
         o = outcomes[0]
         return scan_text(o) if isinstance(o, ScanResult) else ""
-    parts = [scan_text(o) if isinstance(o, ScanResult) else
-             f"{o.path}\n  {'skipped' if isinstance(o, ScanSkipped) else 'error'}: {o.message}\n" for o in outcomes]
+    parts = [
+        scan_text(o)
+        if isinstance(o, ScanResult)
+        else f"{o.path}\n  {'skipped' if isinstance(o, ScanSkipped) else 'error'}: {o.message}\n"
+        for o in outcomes
+    ]
     done = [o for o in outcomes if isinstance(o, ScanResult)]
     skipped = sum(1 for o in outcomes if isinstance(o, ScanSkipped))
     sites = sum(len(r.findings) for r in done)
     errors = len(outcomes) - len(done) - skipped
-    parts.append(f"total: {sites} site{'s' * (sites != 1)} in {sum(1 for r in done if r.findings)} of "
-                 f"{len(outcomes) - skipped} images; {errors} error{'s' * (errors != 1)}"
-                 + (f"; {skipped} file{'s' * (skipped != 1)} skipped (nothing to check)" if skipped else "") + "\n")
+    parts.append(
+        f"total: {sites} site{'s' * (sites != 1)} in {sum(1 for r in done if r.findings)} of "
+        f"{len(outcomes) - skipped} images; {errors} error{'s' * (errors != 1)}"
+        + (f"; {skipped} file{'s' * (skipped != 1)} skipped (nothing to check)" if skipped else "")
+        + "\n"
+    )
     return "".join(parts)
 
 

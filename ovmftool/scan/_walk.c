@@ -1158,7 +1158,7 @@ static uint64_t load_le(const uint8_t *p, int n) {
 /* pointer_roots(mem, rvas, types, image_base, dir64, highlow): the sorted distinct targets
  * (value - image_base, modulo 2**64) below len(mem) of the base relocations of type dir64
  * (8-byte pointers) and highlow (4-byte) that lie whole inside mem; rvas: 8-byte unsigned
- * integers in native order (array("Q")), types: one byte each (scanner._pointer_roots). */
+ * integers in native order (array("Q")), types: one byte each (scan.analysis.pointer_roots). */
 static PyObject *py_pointer_roots(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer mem, rvas, types;

@@ -33,22 +33,32 @@ from ovmftool.scan.scanner import ScanResult
 # (`pip install .`) has none: there the series are found from the working directory (`series_dir`).
 SOURCE_SERIES_DIR = Path(__file__).resolve().parents[2] / "edk2-patches"
 SERIES_REPO_PATH = "edk2-patches/"  # where the series live in ovmftool's source repository
-_DSC_FOR_ARCHES = {("X64",): "OvmfPkg/OvmfPkgX64.dsc", ("IA32", "X64"): "OvmfPkg/OvmfPkgIa32X64.dsc",
-                   ("IA32",): "OvmfPkg/OvmfPkgIa32.dsc"}
+_DSC_FOR_ARCHES = {
+    ("X64",): "OvmfPkg/OvmfPkgX64.dsc",
+    ("IA32", "X64"): "OvmfPkg/OvmfPkgIa32X64.dsc",
+    ("IA32",): "OvmfPkg/OvmfPkgIa32.dsc",
+}
 # X64 platforms of OvmfPkg told apart by modules only they build (their FDFs, edk2 2022.11 to
 # 2025.02): (DSC, modules any of which shows it, modules none of which it has, why)
 _X64_PLATFORMS = (
     # XenPlatformPei and XenAcpiPlatform (XenAcpiPlatformDxe's module), not the Xen PV drivers
     # OvmfPkgX64 also carried until 2021 (Debian's 2020.11, Oxide's 202105 fork)
     ("OvmfPkg/OvmfXen.dsc", {"XenPlatformPei", "XenAcpiPlatform", "XenIoPvhDxe"}, set(), "Xen's platform modules"),
-    ("OvmfPkg/Bhyve/BhyveX64.dsc", {"BhyveRfbDxe", "EmuGopDxe", "HpetTimerDxe"}, set(),
-     "bhyve's framebuffer (BhyveRfbDxe, named EmuGopDxe) or the HPET timer driver"),
+    (
+        "OvmfPkg/Bhyve/BhyveX64.dsc",
+        {"BhyveRfbDxe", "EmuGopDxe", "HpetTimerDxe"},
+        set(),
+        "bhyve's framebuffer (BhyveRfbDxe, named EmuGopDxe) or the HPET timer driver",
+    ),
     ("OvmfPkg/AmdSev/AmdSevX64.dsc", {"SecretPei", "SecretDxe"}, set(), "the SEV launch-secret modules"),
     ("OvmfPkg/Microvm/MicrovmX64.dsc", {"FdtClientDxe", "VirtioFdtDxe"}, set(), "the FDT-described virtio modules"),
-    ("OvmfPkg/IntelTdx/IntelTdxX64.dsc", {"TdxDxe"}, {"PeiCore", "DxeIpl", "PlatformPei"},
-     "TdxDxe with no PEI phase"),
-    ("OvmfPkg/CloudHv/CloudHvX64.dsc", {"SerialDxe"}, {"PciSioSerialDxe", "XenPlatformPei", "FdtClientDxe"},
-     "SerialDxe without the ISA serial driver"),
+    ("OvmfPkg/IntelTdx/IntelTdxX64.dsc", {"TdxDxe"}, {"PeiCore", "DxeIpl", "PlatformPei"}, "TdxDxe with no PEI phase"),
+    (
+        "OvmfPkg/CloudHv/CloudHvX64.dsc",
+        {"SerialDxe"},
+        {"PciSioSerialDxe", "XenPlatformPei", "FdtClientDxe"},
+        "SerialDxe without the ISA serial driver",
+    ),
 )
 
 
@@ -101,7 +111,7 @@ def series_dir(cwd: Path | None = None, source: Path | None = None) -> Path | No
         here = (cwd or Path.cwd()).resolve()
     except OSError:  # the working directory was removed
         here = None
-    for d in ([here, *here.parents] if here is not None else []):
+    for d in [here, *here.parents] if here is not None else []:
         if _has_series(d / "edk2-patches"):
             return d / "edk2-patches"
     source = source if source is not None else SOURCE_SERIES_DIR
@@ -126,8 +136,17 @@ def known_series(base: Path | None = None) -> list[Series]:
     for plan in sorted(base.glob("*/*/plan.json")) if base is not None and base.is_dir() else []:
         try:
             d = json.loads(plan.read_text())
-            out.append(Series(plan.parent, d["tree"].removeprefix("edk2-"), d["dsc"], tuple(sorted(d["arches"])),
-                              d["strategy"], tuple(f for p in d["patches"] for f in p["files"]), d["iolib_fifo"]))
+            out.append(
+                Series(
+                    plan.parent,
+                    d["tree"].removeprefix("edk2-"),
+                    d["dsc"],
+                    tuple(sorted(d["arches"])),
+                    d["strategy"],
+                    tuple(f for p in d["patches"] for f in p["files"]),
+                    d["iolib_fifo"],
+                )
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue  # not a series this version understands
     return out
@@ -158,38 +177,56 @@ def next_steps(r: ScanResult, base: Path | None = None) -> NextSteps | None:
         return None
     arches = tuple(sorted({m.arch for m in r.modules})) or ("X64",)
     dsc = "YOUR.dsc" if r.standalone else platform_dsc(arches, {m.name for m in r.modules})[0]
-    steps = NextSteps(f"ovmftool patch {shlex.quote(r.path)} -o {shlex.quote(_out_name(r.path))}",
-                      f"ovmftool plan --edk2 TREE --dsc {dsc} -o DIR")
+    steps = NextSteps(
+        f"ovmftool patch {shlex.quote(r.path)} -o {shlex.quote(_out_name(r.path))}",
+        f"ovmftool plan --edk2 TREE --dsc {dsc} -o DIR",
+    )
     base = base if base is not None else series_dir()
     series = known_series(base) if base is not None else []
     if not series:
-        steps.reason = (f"the verified series are in {SERIES_REPO_PATH} of ovmftool's source repository, which is "
-                        "not in or above the working directory (run scan in a checkout to match them)")
+        steps.reason = (
+            f"the verified series are in {SERIES_REPO_PATH} of ovmftool's source repository, which is "
+            "not in or above the working directory (run scan in a checkout to match them)"
+        )
         return steps
     trees = ", ".join(sorted({s.tree for s in series}))
     known = None if r.standalone else known_images(base).get(r.sha256)
     if known is None:
-        steps.reason = (("a standalone module does not tell which tree and DSC built it" if r.standalone else
-                         "the image is no build edk2-patches/ knows, and its FIFO routines are the same code in "
-                         "every tree that has them, so it does not show which tree built it")
-                        + f"; edk2-patches/ has series for edk2 {trees}: `plan` writes the one for your tree")
+        steps.reason = (
+            "a standalone module does not tell which tree and DSC built it"
+            if r.standalone
+            else "the image is no build edk2-patches/ knows, and its FIFO routines are the same code in "
+            "every tree that has them, so it does not show which tree built it"
+        ) + f"; edk2-patches/ has series for edk2 {trees}: `plan` writes the one for your tree"
         return steps
     unnamed = [f for f in r.findings if f.signature is None]
     if unnamed:
         n = len(unnamed)
-        steps.reason = (f"the image is {known['what']} (edk2 {known['tree']}), but {n} site{'s' * (n != 1)} "
-                        f"lie{'s' * (n == 1)} in code no built-in signature names; `plan` finds the sources in "
-                        "your tree")
+        steps.reason = (
+            f"the image is {known['what']} (edk2 {known['tree']}), but {n} site{'s' * (n != 1)} "
+            f"lie{'s' * (n == 1)} in code no built-in signature names; `plan` finds the sources in "
+            "your tree"
+        )
         return steps
-    fit = [s for s in series if s.tree == known["tree"] and s.arches == arches and s.dsc == dsc
-           and all(s.removes(f.signature, f.arch) for f in r.findings)]
+    fit = [
+        s
+        for s in series
+        if s.tree == known["tree"]
+        and s.arches == arches
+        and s.dsc == dsc
+        and all(s.removes(f.signature, f.arch) for f in r.findings)
+    ]
     if fit:
         steps.matching = fit[0]
         libs = sorted({f"{f.signature['library']} {f.signature['source']}" for f in r.findings})
-        steps.reason = (f"the image is {known['what']}, built from edk2 {known['tree']}; every site is in "
-                        f"{', '.join(libs)}, which the series "
-                        f"{'unrolls' if fit[0].strategy == 'unroll' else 'replaces'}")
+        steps.reason = (
+            f"the image is {known['what']}, built from edk2 {known['tree']}; every site is in "
+            f"{', '.join(libs)}, which the series "
+            f"{'unrolls' if fit[0].strategy == 'unroll' else 'replaces'}"
+        )
     else:
-        steps.reason = (f"the image is {known['what']} (edk2 {known['tree']}), but no series in edk2-patches/ "
-                        f"for that tree and {dsc} removes all of them")
+        steps.reason = (
+            f"the image is {known['what']} (edk2 {known['tree']}), but no series in edk2-patches/ "
+            f"for that tree and {dsc} removes all of them"
+        )
     return steps

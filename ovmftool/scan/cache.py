@@ -74,8 +74,10 @@ def fingerprint() -> str:
 
         pkg = os.path.dirname(os.path.abspath(ovmftool.__file__))
         h = hashlib.sha256()
-        h.update(f"ovmftool {ovmftool.__version__}\0capstone {_capstone_stamp()}\0"
-                 f"walk {'native' if native_available() else 'python'}\0".encode())
+        h.update(
+            f"ovmftool {ovmftool.__version__}\0capstone {_capstone_stamp()}\0"
+            f"walk {'native' if native_available() else 'python'}\0".encode()
+        )
         with open(os.path.join(pkg, "scan", "signatures.json"), "rb") as fh:
             h.update(b"signatures\0" + hashlib.sha256(fh.read()).digest())
         files = [os.path.join(pkg, "errors.py")]
@@ -101,8 +103,12 @@ def _capstone_stamp() -> str:
         return "none"
     d = os.path.dirname(spec.origin)
     out = []
-    for f in ("__init__.py", os.path.join("lib", "libcapstone.so"), os.path.join("lib", "libcapstone.dylib"),
-              os.path.join("lib", "capstone.dll")):
+    for f in (
+        "__init__.py",
+        os.path.join("lib", "libcapstone.so"),
+        os.path.join("lib", "libcapstone.dylib"),
+        os.path.join("lib", "capstone.dll"),
+    ):
         try:
             st = os.stat(os.path.join(d, f))
         except OSError:
@@ -164,8 +170,10 @@ class ResultCache:
         if not self.writable:
             return
         body = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        blob = json.dumps({"format": FORMAT, "key": key, "sha256": hashlib.sha256(body.encode()).hexdigest(),
-                           "payload": body}, sort_keys=True).encode()
+        blob = json.dumps(
+            {"format": FORMAT, "key": key, "sha256": hashlib.sha256(body.encode()).hexdigest(), "payload": body},
+            sort_keys=True,
+        ).encode()
         path = self._path(key)
         tmp = None
         try:
@@ -190,8 +198,12 @@ def _unwrap(blob: bytes, key: str):
     sha256 of its payload as written."""
     try:
         doc = json.loads(blob)
-        if (not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != key
-                or not isinstance(doc.get("payload"), str)):
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != FORMAT
+            or doc.get("key") != key
+            or not isinstance(doc.get("payload"), str)
+        ):
             return None
         body = doc["payload"]
         if hashlib.sha256(body.encode()).hexdigest() != doc.get("sha256"):

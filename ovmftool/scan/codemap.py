@@ -27,12 +27,25 @@ import bisect
 from dataclasses import dataclass, field
 
 from ovmftool.errors import LimitExceeded
-from ovmftool.scan.disasm import (K_CALL, K_COND, K_END, K_JMP, K_LEA, K_ODD, K_SIO, RawDecoder, cs, native_decoder,
-                                  native_walk_on)
+from ovmftool.scan.disasm import (
+    K_CALL,
+    K_COND,
+    K_END,
+    K_JMP,
+    K_LEA,
+    K_ODD,
+    K_SIO,
+    RawDecoder,
+    cs,
+    native_decoder,
+    native_walk_on,
+)
 
 DECODE_INSNS = 32
 SWEEP_INSNS = 1024
-PROBE_INSNS = 8  # first decode of an unproven pointer target: most are data and fail early  # instructions decoded per capstone call; decoded instructions are cached
+# instructions decoded per capstone call in the first decode of an unproven pointer target (most
+# are data and fail early); decoded instructions are cached
+PROBE_INSNS = 8
 MAX_GAP = 4096  # larger holes are data (strings, tables), not routines linked beside others
 _PAD = frozenset(b"\x90\xcc\x00")
 # Caps on one module's code map (_walk.c has the same): far above any real module (OVMF's largest
@@ -48,8 +61,10 @@ class CodeMapLimit(LimitExceeded):
     """A module's code map would exceed the walk's caps: a hostile module, not code."""
 
 
-_CAPS_MESSAGE = ("the module's code map exceeds the walk's caps (more than 65536 functions, 262144 calls and jumps, "
-                 "65536 string I/O sites or 4096 targets outside it)")
+_CAPS_MESSAGE = (
+    "the module's code map exceeds the walk's caps (more than 65536 functions, 262144 calls and jumps, "
+    "65536 string I/O sites or 4096 targets outside it)"
+)
 
 
 @dataclass
@@ -179,8 +194,11 @@ class Discoverer:
         if n >= 4 and a + n < len(m) and m[a + n] == 0:
             return True
         k = 0
-        while a + 2 * k + 1 < len(m) and (0x20 <= m[a + 2 * k] < 0x7F or m[a + 2 * k] in (9, 10, 13)) \
-                and m[a + 2 * k + 1] == 0:
+        while (
+            a + 2 * k + 1 < len(m)
+            and (0x20 <= m[a + 2 * k] < 0x7F or m[a + 2 * k] in (9, 10, 13))
+            and m[a + 2 * k + 1] == 0
+        ):
             k += 1
             if k > 128:
                 break
@@ -296,8 +314,12 @@ class Discoverer:
         m.tails.extend(trial.tails)
         m.sites.extend(trial.sites)
         self.outside += sum(1 for f in trial.functions if not 0 <= f < len(self.mem))
-        if (len(m.functions) > MAX_FUNCS or self.outside > MAX_OUTSIDE or len(m.calls) + len(m.tails) > MAX_TRANSFERS
-                or len(m.sites) > MAX_SITES):
+        if (
+            len(m.functions) > MAX_FUNCS
+            or self.outside > MAX_OUTSIDE
+            or len(m.calls) + len(m.tails) > MAX_TRANSFERS
+            or len(m.sites) > MAX_SITES
+        ):
             raise CodeMapLimit(_CAPS_MESSAGE)
 
     def add_root(self, root: int, kind: str, weak: bool) -> list[int]:
@@ -410,8 +432,13 @@ def pointer_targets(mem: bytes, relocations, image_base: int) -> list[int]:
     from ovmftool.model import structs as S
 
     rvas, types = getattr(relocations, "rvas", None), getattr(relocations, "types", None)
-    if (native_available() and getattr(rvas, "typecode", None) == "Q" and isinstance(types, (bytes, bytearray))
-            and len(rvas) == len(types) and 0 <= image_base < 1 << 64):
+    if (
+        native_available()
+        and getattr(rvas, "typecode", None) == "Q"
+        and isinstance(types, (bytes, bytearray))
+        and len(rvas) == len(types)
+        and 0 <= image_base < 1 << 64
+    ):
         from ovmftool.scan import _walk
 
         return _walk.pointer_roots(mem, rvas, types, image_base, S.REL_BASED_DIR64, S.REL_BASED_HIGHLOW)
@@ -435,8 +462,15 @@ def native_available() -> bool:
     return native_walk_on()
 
 
-def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: list[tuple[int, str]],
-             weak: list[int], native: bool | None = None, lean: bool = False) -> CodeMap:
+def discover(
+    mem: bytes,
+    bits: int,
+    exec_ranges: list[tuple[int, int]],
+    strong: list[tuple[int, str]],
+    weak: list[int],
+    native: bool | None = None,
+    lean: bool = False,
+) -> CodeMap:
     """Find the code of a module: strong roots first, then validated weak roots, then gaps.
 
     `native` None: the C walk when built (and OVMFTOOL_PURE_PYTHON is unset), else Python.
@@ -450,19 +484,27 @@ def discover(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: 
     if walker is not None:
         fn, args = walker
         try:
-            sizes, functions, calls, tails, sites, code_bytes = fn(mem, bits, sorted(exec_ranges), strong, weak, *args,
-                                                                    lean)
+            sizes, functions, calls, tails, sites, code_bytes = fn(
+                mem, bits, sorted(exec_ranges), strong, weak, *args, lean
+            )
         except OverflowError:  # the C walk's caps
             raise CodeMapLimit(_CAPS_MESSAGE) from None
         if calls is None:
             return CodeMap(code_bytes=code_bytes, lean=True, n_functions=functions)
-        return CodeMap(functions=set(functions), calls=calls, tails=tails,
-                       sites=[Site(a, n, mn, f) for a, n, mn, f in sites], sizes=sizes, code_bytes=code_bytes)
+        return CodeMap(
+            functions=set(functions),
+            calls=calls,
+            tails=tails,
+            sites=[Site(a, n, mn, f) for a, n, mn, f in sites],
+            sizes=sizes,
+            code_bytes=code_bytes,
+        )
     return discover_python(mem, bits, exec_ranges, strong, weak)
 
 
-def discover_python(mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: list[tuple[int, str]],
-                    weak: list[int]) -> CodeMap:
+def discover_python(
+    mem: bytes, bits: int, exec_ranges: list[tuple[int, int]], strong: list[tuple[int, str]], weak: list[int]
+) -> CodeMap:
     """The reference walk in Python (see `discover`)."""
     d = Discoverer(mem, bits, exec_ranges)
     pending: list[int] = []

@@ -6,15 +6,19 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 STRING_IO = {
-    "insb": (8, "in"), "insw": (16, "in"), "insd": (32, "in"),
-    "outsb": (8, "out"), "outsw": (16, "out"), "outsd": (32, "out"),
+    "insb": (8, "in"),
+    "insw": (16, "in"),
+    "insd": (32, "in"),
+    "outsb": (8, "out"),
+    "outsw": (16, "out"),
+    "outsd": (32, "out"),
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def cs(bits: int):
     """A capstone decoder for 16-, 32- or 64-bit x86 (detail off: the fast path)."""
     import capstone
@@ -106,7 +110,7 @@ def _capstone_dir() -> str | None:
     return locs[0] if locs else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _capstone_lib():
     """capstone's C library (ctypes) for the native walk, or None unless it is capstone 5.
 
@@ -123,8 +127,14 @@ def _capstone_lib():
         for d in (os.environ.get("LIBCAPSTONE_PATH"), os.path.join(pkg, "lib") if pkg else None):
             if d is None:
                 continue
-            f = next((f for f in (os.path.join(d, "libcapstone.so"), os.path.join(d, "libcapstone.so.5"))
-                      if os.path.exists(f)), None)
+            f = next(
+                (
+                    f
+                    for f in (os.path.join(d, "libcapstone.so"), os.path.join(d, "libcapstone.so.5"))
+                    if os.path.exists(f)
+                ),
+                None,
+            )
             if f is not None:
                 lib = ctypes.CDLL(f, mode=getattr(os, "RTLD_DEEPBIND", 0))
                 break
@@ -139,7 +149,7 @@ def _capstone_lib():
     return lib if major.value == 5 else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _native_handle(bits: int) -> tuple[int, int, int, int] | None:
     """(capstone handle for x86 `bits`, cs_malloc, cs_disasm_iter, cs_free) for the C side, or None.
     A handle of its own, with capstone's defaults (detail off, Intel syntax), as `cs` has."""
@@ -166,18 +176,39 @@ def disasm_lite(code: bytes, bits: int) -> list[tuple[int, int, str, str]]:
     return list(cs(bits).disasm_lite(code, 0))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kinds() -> dict[int, int]:
     X = _x86_const()
 
     k: dict[int, int] = {}
-    for name in ("JAE", "JA", "JBE", "JB", "JCXZ", "JECXZ", "JE", "JGE", "JG", "JLE", "JL", "JNE", "JNO", "JNP",
-                 "JNS", "JO", "JP", "JRCXZ", "JS", "LOOP", "LOOPE", "LOOPNE"):
+    for name in (
+        "JAE",
+        "JA",
+        "JBE",
+        "JB",
+        "JCXZ",
+        "JECXZ",
+        "JE",
+        "JGE",
+        "JG",
+        "JLE",
+        "JL",
+        "JNE",
+        "JNO",
+        "JNP",
+        "JNS",
+        "JO",
+        "JP",
+        "JRCXZ",
+        "JS",
+        "LOOP",
+        "LOOPE",
+        "LOOPNE",
+    ):
         k[getattr(X, f"X86_INS_{name}")] = K_COND
     k[X.X86_INS_JMP] = K_JMP
     k[X.X86_INS_CALL] = K_CALL
-    for name in ("LJMP", "RET", "RETF", "RETFQ", "IRET", "IRETD", "IRETQ", "UD2", "INT3", "SYSRET", "SYSEXIT",
-                 "RSM"):
+    for name in ("LJMP", "RET", "RETF", "RETFQ", "IRET", "IRETD", "IRETQ", "UD2", "INT3", "SYSRET", "SYSEXIT", "RSM"):
         if hasattr(X, f"X86_INS_{name}"):
             k[getattr(X, f"X86_INS_{name}")] = K_END
     for name in ("INSB", "INSW", "INSD", "OUTSB", "OUTSW", "OUTSD"):
@@ -185,8 +216,29 @@ def _kinds() -> dict[int, int]:
     k[X.X86_INS_LEA] = K_LEA
     # Legal but never emitted by compilers for UEFI code, and what text decodes to: a pointer
     # target whose code holds one of these is data.
-    for name in ("INT", "INTO", "BOUND", "ARPL", "AAA", "AAS", "DAA", "DAS", "AAM", "AAD", "SALC", "XLATB", "LDS",
-                 "LES", "LCALL", "ENTER", "FWAIT", "SAHF", "LAHF", "CMC", "INT1"):
+    for name in (
+        "INT",
+        "INTO",
+        "BOUND",
+        "ARPL",
+        "AAA",
+        "AAS",
+        "DAA",
+        "DAS",
+        "AAM",
+        "AAD",
+        "SALC",
+        "XLATB",
+        "LDS",
+        "LES",
+        "LCALL",
+        "ENTER",
+        "FWAIT",
+        "SAHF",
+        "LAHF",
+        "CMC",
+        "INT1",
+    ):
         if hasattr(X, f"X86_INS_{name}"):
             k[getattr(X, f"X86_INS_{name}")] = K_ODD
     return k
@@ -226,8 +278,9 @@ class RawDecoder:
         # max_insns instructions span at most 15 bytes each; capstone reads every prefix it is
         # given before refusing an over-long instruction, so do not give it megabytes
         span = end - a if max_insns <= 0 else min(end - a, 15 * max_insns)
-        n = self._cs.cs_disasm(self.handle, ct.cast(self.base + a, ct.POINTER(ct.c_char)), max(0, span), a,
-                               max_insns, ct.byref(ins))
+        n = self._cs.cs_disasm(
+            self.handle, ct.cast(self.base + a, ct.POINTER(ct.c_char)), max(0, span), a, max_insns, ct.byref(ins)
+        )
         if n <= 0:
             return [], [], {}
         try:
@@ -265,7 +318,7 @@ def native_walk_on() -> bool:
     return not os.environ.get("OVMFTOOL_PURE_PYTHON") and native_decoder(64) is not None
 
 
-@lru_cache(maxsize=None)
+@cache
 def native_decoder(bits: int):
     """(ovmftool.scan._walk.discover, its capstone arguments) or None when the C walk is not built.
 

@@ -7,7 +7,8 @@
   (sorted by path, component by component). Symbolic links are followed (each directory is
   read once, so a link loop ends). Entries with such a name that are not regular files
   (broken links, FIFOs, devices) are inputs too and fail (`not a regular file`), as does a
-  subdirectory that cannot be listed: no image is left out silently. A directory holding no such file fails itself: `DIR: no firmware image
+  subdirectory that cannot be listed: no image is left out silently. A directory holding no such file fails itself:
+  `DIR: no firmware image
   (*.fd, ...) in this directory`.
 - A **glob pattern** (`*`, `?`, `[...]`, and `**` for any depth), for a shell or CI that passes it
   quoted, expands here as the shell would (hidden names only when the pattern spells the dot),

@@ -14,7 +14,8 @@ speed, and decides every routine of the builds the tests hold.
 
 Names: in trees with TDX support (edk2's TDX series, tianocore/edk2 #2727: from
 edk2-stable202205, which is the first tag whose IoFifoSev.nasm exports `SevIoReadFifo8` and whose
-BaseLib has TdCall.nasm; 202111 and 202202 have neither; 2022.11 and 2025.02 have both) the X64 Sev routines are `SevIoReadFifo8`...
+BaseLib has TdCall.nasm; 202111 and 202202 have neither; 2022.11 and 2025.02 have both) the X64 Sev routines are
+`SevIoReadFifo8`...
 behind C wrappers named `IoReadFifo8`... (IoLibFifo.c); in older trees (edk2-stable202105, the
 base of Oxide's fork) the same code is exported as `IoReadFifo8`... The bytes are identical
 (assembled from both trees), so the tree's era comes from other code: the TDCALL instruction
@@ -31,13 +32,36 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 from ovmftool.scan.disasm import direct_target, disasm_lite, string_io
 
-_BRANCHES = frozenset({"call", "jmp"}) | frozenset({"jo", "jno", "jb", "jae", "je", "jne", "jbe", "ja", "js",
-                                                     "jns", "jp", "jnp", "jl", "jge", "jle", "jg", "loop",
-                                                     "loope", "loopne", "jrcxz", "jecxz", "jcxz"})
+_BRANCHES = frozenset({"call", "jmp"}) | frozenset(
+    {
+        "jo",
+        "jno",
+        "jb",
+        "jae",
+        "je",
+        "jne",
+        "jbe",
+        "ja",
+        "js",
+        "jns",
+        "jp",
+        "jnp",
+        "jl",
+        "jge",
+        "jle",
+        "jg",
+        "loop",
+        "loope",
+        "loopne",
+        "jrcxz",
+        "jecxz",
+        "jcxz",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +112,11 @@ class SignatureMatch:
 # Opcodes whose register-register form has a twin encoding (the direction bit), and opcodes whose
 # operands commute (TEST, XCHG): assemblers differ in which they emit (NASM 2.15 vs 2.16 for XCHG).
 _DIRECTION_TWINS = {op for base in range(0x00, 0x40, 8) for op in (base, base + 1, base + 2, base + 3)} | {
-    0x88, 0x89, 0x8A, 0x8B}
+    0x88,
+    0x89,
+    0x8A,
+    0x8B,
+}
 _COMMUTING = {0x84, 0x85, 0x86, 0x87}
 
 
@@ -161,7 +189,7 @@ def _alt_pattern(alt: tuple[int | None, ...]) -> bytes:
     return b"".join(b"." if b is None else re.escape(bytes([b])) for b in alt)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pattern(code: bytes, bits: int) -> re.Pattern:
     """The routine as a regex: each instruction's accepted encodings, wildcards as any byte."""
     parts: list[bytes] = []
@@ -198,7 +226,7 @@ def _pre_tdx_name(arch: str, source: str, routine: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def load() -> tuple[Signature, ...]:
     """All built-in signatures."""
     with open(os.path.join(os.path.dirname(__file__), "signatures.json")) as fh:
@@ -208,8 +236,20 @@ def load() -> tuple[Signature, ...]:
         code = bytes.fromhex(r["bytes"])
         bits = 64 if r["arch"] == "X64" else 32
         old = _pre_tdx_name(r["arch"], r["source"], r["routine"])
-        out.append(Signature(r["arch"], r["library"], r["source"], r["routine"], code, tuple(r["trees"]),
-                             bits, _sites(code, bits), (old,) if old else (), old))
+        out.append(
+            Signature(
+                r["arch"],
+                r["library"],
+                r["source"],
+                r["routine"],
+                code,
+                tuple(r["trees"]),
+                bits,
+                _sites(code, bits),
+                (old,) if old else (),
+                old,
+            )
+        )
     return tuple(out)
 
 
@@ -241,7 +281,7 @@ def _normalise(code: bytes, bits: int, limit: int | None = None) -> tuple[list[N
     # a target lands on the first kept instruction at or after it, when it is an instruction start
     index_at: dict[int, int] = {}
     k = kept
-    for addr, size, mnem, _op in reversed(rows):
+    for addr, _size, mnem, _op in reversed(rows):
         if mnem is not None:
             k -= 1
         index_at[addr] = k
@@ -270,7 +310,7 @@ def _commuted(mnem: str, op: str) -> str:
     return op
 
 
-@lru_cache(maxsize=None)
+@cache
 def _instructions(sig: Signature) -> tuple[Norm, ...]:
     return tuple(_normalise(sig.code, sig.bits)[0])
 
@@ -288,13 +328,16 @@ def _compare_at(mem: bytes, start: int, hi: int, sig: Signature) -> tuple[int, t
     return where[-1][1], tuple(start + a for a, _end, mnem in where if string_io(mnem))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _window(sig: Signature, off: int) -> tuple[int, ...]:
     """Where, relative to `off` (a string I/O instruction's offset in the signature), the routine
     may start in another encoding: nearest first. Each branch before the site may be short or
     near (4 bytes either way), alignment padding or other operand forms add up to 16 bytes."""
-    before = sum(1 for (a, _alts), _site in tokens(sig.code, sig.bits) if a < off
-                 and any(len(alt) and alt[-1] is None for alt in _alts))
+    before = sum(
+        1
+        for (a, _alts), _site in tokens(sig.code, sig.bits)
+        if a < off and any(len(alt) and alt[-1] is None for alt in _alts)
+    )
     w = 16 + 4 * before
     return tuple(sorted(range(-w, w + 1), key=lambda d: (abs(d), d)))
 
@@ -325,7 +368,7 @@ def find(mem: bytes, arch: str, ranges: list[tuple[int, int]]) -> list[Signature
 
         raise CodeMapLimit(f"more than {MAX_ANCHORS} string I/O instructions' bytes in the module's code")
     pending: list[tuple[int, int, int, list[tuple[int, Signature]]]] = []
-    for (anchor, cands), per_range in zip(by_anchor.items(), positions):
+    for (_anchor, cands), per_range in zip(by_anchor.items(), positions):
         for (lo, hi), at in zip(ranges, per_range):
             for p in at:
                 hit = False
@@ -335,8 +378,9 @@ def find(mem: bytes, arch: str, ranges: list[tuple[int, int]]) -> list[Signature
                         continue
                     if start in found or sig.pattern.match(mem, start, hi):
                         if start not in found:
-                            found[start] = SignatureMatch(start, sig, len(sig.code),
-                                                          tuple(start + o for o in sig.sites))
+                            found[start] = SignatureMatch(
+                                start, sig, len(sig.code), tuple(start + o for o in sig.sites)
+                            )
                         hit = True
                         break
                 if not hit:

@@ -51,8 +51,9 @@ class BuildSymbols:
             raise OvmfToolError(f"--symbols: no .debug or .map files under {build_dir} (expected <ARCH>/*.debug)")
         self._cache: dict[tuple, SymbolTable | None] = {}
 
-    def lookup(self, name: str, guid: str, arch: str, text_rva: int | None,
-               entry_rva: int | None = None) -> SymbolTable | None:
+    def lookup(
+        self, name: str, guid: str, arch: str, text_rva: int | None, entry_rva: int | None = None
+    ) -> SymbolTable | None:
         """Symbols of the module with that UI name and GUID (NAME_GUID.debug wins over NAME.debug).
 
         A file whose `_ModuleEntryPoint` is not at the module's entry point belongs to another
@@ -75,8 +76,8 @@ class BuildSymbols:
 
 
 def _read_elf(path: Path, text_rva: int | None) -> SymbolTable | None:
-    from elftools.elf.elffile import ELFFile
     from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
 
     try:
         with open(path, "rb") as fh:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 from ovmftool.errors import LimitExceeded, OvmfToolError
 from ovmftool.scan import signatures as sigs
@@ -58,9 +58,10 @@ def parse_bytes(text: str) -> bytes:
             try:
                 vals.append(int(x, 16) if x.lower().startswith("0x") else int(x, 10))
             except ValueError:
-                raise OvmfToolError(f"cannot read {m.group(0)[:60]!r} as a list of byte values (decimal, or "
-                                    "0x-prefixed hex)") from None
-        ln = _LEN.search(t[m.end():])
+                raise OvmfToolError(
+                    f"cannot read {m.group(0)[:60]!r} as a list of byte values (decimal, or 0x-prefixed hex)"
+                ) from None
+        ln = _LEN.search(t[m.end() :])
         if ln:
             vals = vals[: int(ln.group(1))]
         if not vals:
@@ -105,14 +106,18 @@ def _tokens_to_bytes(t: str) -> list[int]:
     if hexes and decs and all(len(x) == 1 for x in decs):
         raise OvmfToolError(f"cannot read {decs[0]!r} in {shown!r} as a byte: hex bytes have two digits")
     if hexes and decs:
-        raise OvmfToolError(f"{shown!r} mixes decimal ({decs[0]}) and hex ({hexes[0]}) bytes: give 0x-prefixed "
-                            "hex, or decimal in brackets")
+        raise OvmfToolError(
+            f"{shown!r} mixes decimal ({decs[0]}) and hex ({hexes[0]}) bytes: give 0x-prefixed "
+            "hex, or decimal in brackets"
+        )
     if not hexes and not decs and any(int(x, 16) != int(x, 10) for x in either):
         ex = either[:2]
         joined = f", hex without separators ({''.join(ex)})," if len(ex) > 1 else ""
-        raise OvmfToolError(f"{shown!r} could be hex or decimal bytes: give 0x-prefixed hex "
-                            f"({' '.join('0x' + x for x in ex)}){joined} or decimal in brackets "
-                            f"([{', '.join(ex)}])")
+        raise OvmfToolError(
+            f"{shown!r} could be hex or decimal bytes: give 0x-prefixed hex "
+            f"({' '.join('0x' + x for x in ex)}){joined} or decimal in brackets "
+            f"([{', '.join(ex)}])"
+        )
     base = 10 if decs else 16
     vals: list[int] = []
     for k, tok in kinds:
@@ -236,38 +241,50 @@ class Triage:
         if self.faulting and string_io(self.faulting.mnemonic) is None:
             head += " (not string port I/O)"
         if not self.routines:
-            return (f"{head}: no built-in signature matches (not a FIFO routine of BaseIoLibIntrinsic or "
-                    "BaseIoLibIntrinsicSev as the covered EDK II trees build it)")
+            return (
+                f"{head}: no built-in signature matches (not a FIFO routine of BaseIoLibIntrinsic or "
+                "BaseIoLibIntrinsicSev as the covered EDK II trees build it)"
+            )
         if not any(r.complete for r in self.routines):
             n = self.routines[0].explained
-            return (f"{head}: no built-in signature matches all {len(self.data)} bytes; closest ({n} bytes): "
-                    + " or ".join(r.describe() for r in self.routines))
+            return (
+                f"{head}: no built-in signature matches all {len(self.data)} bytes; closest ({n} bytes): "
+                + " or ".join(r.describe() for r in self.routines)
+            )
         return f"{head}: " + " or ".join(r.describe() for r in self.routines)
 
 
 def _explain(first: Decoded | None, bits: int) -> str:
     if first is None:
-        return (f"The bytes do not decode as a {bits}-bit x86 instruction; try --bits 16 or 32 (a guest still in "
-                "real or protected mode) or check the input.")
+        return (
+            f"The bytes do not decode as a {bits}-bit x86 instruction; try --bits 16 or 32 (a guest still in "
+            "real or protected mode) or check the input."
+        )
     sio = string_io(first.mnemonic)
     if sio is None:
-        return (f"The faulting instruction is {first.mnemonic.upper()} {first.operands}. It is not string port "
-                "I/O; propolis hands an InstEmul exit to its instruction emulator, which handles only what it "
-                "knows; this one it could not.")
+        return (
+            f"The faulting instruction is {first.mnemonic.upper()} {first.operands}. It is not string port "
+            "I/O; propolis hands an InstEmul exit to its instruction emulator, which handles only what it "
+            "knows; this one it could not."
+        )
     unit = {8: "byte", 16: "word", 32: "doubleword"}[sio.width]
     rep = {"rep": "REP-prefixed ", "repne": "REPNE-prefixed ", None: ""}[sio.rep]
     if sio.direction == "out":
-        act = (f"reads a {unit} from memory at [RSI] and writes it to the I/O port in DX, advancing RSI"
-               + (", repeating RCX times" if sio.rep else ""))
+        act = f"reads a {unit} from memory at [RSI] and writes it to the I/O port in DX, advancing RSI" + (
+            ", repeating RCX times" if sio.rep else ""
+        )
     else:
-        act = (f"reads a {unit} from the I/O port in DX and stores it to memory at [RDI], advancing RDI"
-               + (", repeating RCX times" if sio.rep else ""))
-    return (f"The faulting instruction is {rep}{first.mnemonic.split()[-1].upper()}: it {act}. On AMD hosts with "
-            "DecodeAssist the CPU decodes string I/O itself and bhyve gets a structured INOUT exit that it splits "
-            "into single port accesses. Without DecodeAssist (nested virtualization, e.g. bhyve under KVM) the "
-            "CPU cannot describe the operation, bhyve falls back to an InstEmul exit with the raw bytes, and "
-            "propolis, which does not emulate string I/O, panics with 'Unhandled VM exit: InstEmul'. In OVMF "
-            "these instructions come from the FIFO routines of BaseIoLibIntrinsic (IoFifoSev.nasm / IoFifo.nasm).")
+        act = f"reads a {unit} from the I/O port in DX and stores it to memory at [RDI], advancing RDI" + (
+            ", repeating RCX times" if sio.rep else ""
+        )
+    return (
+        f"The faulting instruction is {rep}{first.mnemonic.split()[-1].upper()}: it {act}. On AMD hosts with "
+        "DecodeAssist the CPU decodes string I/O itself and bhyve gets a structured INOUT exit that it splits "
+        "into single port accesses. Without DecodeAssist (nested virtualization, e.g. bhyve under KVM) the "
+        "CPU cannot describe the operation, bhyve falls back to an InstEmul exit with the raw bytes, and "
+        "propolis, which does not emulate string I/O, panics with 'Unhandled VM exit: InstEmul'. In OVMF "
+        "these instructions come from the FIFO routines of BaseIoLibIntrinsic (IoFifoSev.nasm / IoFifo.nasm)."
+    )
 
 
 def decode(data: bytes, bits: int = 64) -> Triage:
@@ -277,8 +294,9 @@ def decode(data: bytes, bits: int = 64) -> Triage:
     for a, size, mn, op in cs(bits).disasm_lite(data, 0):
         out.append(Decoded(a, data[a : a + size].hex(), mn, op))
     t = Triage(data, bits, out, _explain(out[0] if out else None, bits))
-    t.routines, t.shorter_routines = _collapse(match_signatures(data, bits), lambda r: r.explained, t.first_len,
-                                               len(data))
+    t.routines, t.shorter_routines = _collapse(
+        match_signatures(data, bits), lambda r: r.explained, t.first_len, len(data)
+    )
     return t
 
 
@@ -295,7 +313,8 @@ def triage(text: str, bits: int = 64, image: str | None = None) -> Triage:
 
 # --- the signatures, one token per instruction -----------------------------------------------
 
-@lru_cache(maxsize=None)
+
+@cache
 def _tokens(sig: sigs.Signature) -> tuple[sigs.Token, ...]:
     """The routine as instructions with their accepted encodings (the signatures' own rules)."""
     return tuple(t for t, _site in sigs.tokens(sig.code, 64 if sig.arch == "X64" else 32))
@@ -358,14 +377,23 @@ def match_signatures(data: bytes, bits: int = 64) -> list[RoutineMatch]:
             n, complete = _agree(toks, i, data)
             if n < min(first_len, len(data)):
                 continue
-            rm = RoutineMatch(sig.routine, list(sig.aliases), sig.library, sig.source, sig.arch,
-                              "Sev" if sig.library.endswith("Sev") else "non-Sev", list(sig.trees), off,
-                              off in sig.sites, n, complete)
+            rm = RoutineMatch(
+                sig.routine,
+                list(sig.aliases),
+                sig.library,
+                sig.source,
+                sig.arch,
+                "Sev" if sig.library.endswith("Sev") else "non-Sev",
+                list(sig.trees),
+                off,
+                off in sig.sites,
+                n,
+                complete,
+            )
             if complete and n < len(data):
                 rm.followed_by = _following(sig, data[n:])
             out.append(rm)
-    out.sort(key=lambda r: (-r.explained, not r.complete, r.arch != arch, not r.at_site, r.source, r.routine,
-                            r.offset))
+    out.sort(key=lambda r: (-r.explained, not r.complete, r.arch != arch, not r.at_site, r.source, r.routine, r.offset))
     return out
 
 
@@ -408,8 +436,11 @@ def find_in_image(t: Triage, root) -> None:
             p = mem.find(first, lo, hi)
             while p >= 0:
                 if len(hits) >= MAX_HITS_PER_MODULE:
-                    raise LimitExceeded(f"module {m.name}: more than {MAX_HITS_PER_MODULE} places match the first "
-                                        "instruction's bytes (not code)", m.volume or "its file")
+                    raise LimitExceeded(
+                        f"module {m.name}: more than {MAX_HITS_PER_MODULE} places match the first "
+                        "instruction's bytes (not code)",
+                        m.volume or "its file",
+                    )
                 n = len(first)
                 while n < len(t.data) and p + n < hi and mem[p + n] == t.data[n]:
                     n += 1
@@ -422,7 +453,20 @@ def find_in_image(t: Triage, root) -> None:
             f = sites.get(rva)
             off = m.image.rva_to_offset(rva)
             fd = m.image.abs_offset + off if (m.image.abs_offset is not None and off is not None) else None
-            matches.append(Match(m.name, m.guid, m.arch, m.volume, rva, fd, n, f.function if f else None,
-                                 f.function_source if f else None, f is not None, f.signature if f else None))
+            matches.append(
+                Match(
+                    m.name,
+                    m.guid,
+                    m.arch,
+                    m.volume,
+                    rva,
+                    fd,
+                    n,
+                    f.function if f else None,
+                    f.function_source if f else None,
+                    f is not None,
+                    f.signature if f else None,
+                )
+            )
     matches.sort(key=lambda x: (-x.matched, not x.is_site, x.volume, x.module, x.guid, x.rva))
     t.matches, t.shorter_matches = _collapse(matches, lambda x: x.matched, t.first_len, len(t.data))

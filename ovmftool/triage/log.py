@@ -13,7 +13,8 @@ stdout); gzip, xz and bzip2 compressed logs are read as they are.
 
 What is read: the log streamed line by line (a line is cut at `MAX_LINE` bytes), an exit's text
 followed over at most `MAX_SPAN_LINES` lines; the first `MAX_DISTINCT` distinct byte streams are
-kept and decoded, exits of further ones only counted, so memory stays bounded on any log. A file that cannot be opened or decompressed, or that
+kept and decoded, exits of further ones only counted, so memory stays bounded on any log. A file that cannot be
+opened or decompressed, or that
 holds NUL bytes (not a text log), is an error: "no InstEmul exits" must mean a log was read.
 """
 
@@ -55,7 +56,8 @@ HOW_TO_UNREDACT = (
     "DISPLAY_GUEST_DATA (lib/propolis/src/common.rs) is set; propolis-server sets it when built "
     "without the 'omicron-build' Cargo feature that Omicron's production builds use. Run a "
     "propolis-server built without 'omicron-build' (or with DISPLAY_GUEST_DATA initialised to true), "
-    "reproduce the crash and run 'ovmftool decode --log' on the new log (docs/propolis.md)")
+    "reproduce the crash and run 'ovmftool decode --log' on the new log (docs/propolis.md)"
+)
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Group:
     _first: datetime | None = None
     _last: datetime | None = None
 
-    def add(self, ex: "_Exit") -> None:
+    def add(self, ex: _Exit) -> None:
         self.count += 1
         if len(self.lines) < MAX_KEPT:
             self.lines.append(ex.line)
@@ -127,8 +129,7 @@ class LogTriage:
 
     @property
     def exits(self) -> int:
-        return (sum(i.count for i in self.instructions) + self.redacted.count + self.unreadable.count
-                + self.more.count)
+        return sum(i.count for i in self.instructions) + self.redacted.count + self.unreadable.count + self.more.count
 
     @property
     def verdict(self) -> str:
@@ -168,6 +169,7 @@ class _Exit:
 
 
 # --- reading the log -------------------------------------------------------------------------
+
 
 def _open(path: str):
     """The log as a binary stream (decompressed), and the compression's name."""
@@ -253,7 +255,7 @@ def _read_bytes(span: str) -> tuple[bytes | None, bool, str | None]:
     m = _INST.search(span)
     if m is None:
         return None, False, "no inst_data field"
-    rest = span[m.end():]
+    rest = span[m.end() :]
     if rest.startswith(REDACTED):
         return None, True, None
     if rest.startswith("["):
@@ -271,13 +273,13 @@ def _read_bytes(span: str) -> tuple[bytes | None, bool, str | None]:
             return None, False, "inst_data is not a list of byte values"
         if any(v > 255 for v in vals):
             return None, False, "inst_data has values over 255"
-        after = rest[end + 1:]
+        after = rest[end + 1 :]
     else:
         hm = re.match(r"\"?((?:[0-9a-fA-F]{2})+)\"?(?![0-9A-Za-z])", rest)
         if hm is None:
             return None, False, "inst_data is neither a byte list nor hex"
         vals = list(bytes.fromhex(hm.group(1)))
-        after = rest[hm.end():]
+        after = rest[hm.end() :]
     ln = _LEN.search(after)
     if ln is not None:
         n = int(ln.group(1)[2:], 16) if ln.group(1).startswith("0x") else int(ln.group(1))
@@ -380,8 +382,11 @@ def _walk(lines):
     for n, text in lines:
         st = text.strip()
         # a bunyan record, parsed only when it may hold an exit or end an unclosed one
-        obj = (_parse_json(st) if st.startswith("{") and st.endswith("}") and (pending is not None or "InstEmul" in st)
-               else None)
+        obj = (
+            _parse_json(st)
+            if st.startswith("{") and st.endswith("}") and (pending is not None or "InstEmul" in st)
+            else None
+        )
         if pending is not None and obj is None:
             pl, ptext, before, pmeta = pending
             ptext += "\n" + text

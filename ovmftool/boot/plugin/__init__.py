@@ -123,24 +123,36 @@ def _header(log) -> Path:
     if local is not None:
         return local
     try:
-        srcver = subprocess.run(["dpkg-query", "-W", "-f", "${source:Version}", "qemu-system-x86"],
-                                capture_output=True, text=True, check=True).stdout.strip()
+        srcver = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${source:Version}", "qemu-system-x86"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        raise OvmfToolError("no qemu-plugin.h installed and no Debian qemu-system-x86 package to fetch it from")
+        raise OvmfToolError(
+            "no qemu-plugin.h installed and no Debian qemu-system-x86 package to fetch it from"
+        ) from None
     cached = cache_dir() / "headers" / re.sub(r"[^A-Za-z0-9.+-]+", "_", srcver) / "qemu-plugin.h"
     if cached.is_file():
         return cached
     with tempfile.TemporaryDirectory(prefix="ovmftool-qemu-src-") as tmp:
         log(f"fetching QEMU's source package {srcver} for qemu-plugin.h (apt-get source --download-only)")
-        r = subprocess.run(["apt-get", "source", "--download-only", f"qemu={srcver}"], cwd=tmp,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["apt-get", "source", "--download-only", f"qemu={srcver}"], cwd=tmp, capture_output=True, text=True
+        )
         origs = sorted(Path(tmp).glob("qemu_*.orig.tar.*"))
         if r.returncode != 0 or not origs:
             msg = (r.stderr.strip().splitlines() or ["no source archive"])[-1]
-            raise OvmfToolError(f"apt-get source qemu={srcver} failed (deb-src enabled? "
-                                f"corpus/scripts/apt-sources.sh): {msg}")
-        r = subprocess.run(["tar", "-xf", str(origs[0]), "--wildcards", "--no-anchored", "include/qemu/qemu-plugin.h"],
-                           cwd=tmp, capture_output=True, text=True)
+            raise OvmfToolError(
+                f"apt-get source qemu={srcver} failed (deb-src enabled? corpus/scripts/apt-sources.sh): {msg}"
+            )
+        r = subprocess.run(
+            ["tar", "-xf", str(origs[0]), "--wildcards", "--no-anchored", "include/qemu/qemu-plugin.h"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
         found = sorted(Path(tmp).glob("*/include/qemu/qemu-plugin.h"))
         if r.returncode != 0 or not found:
             raise OvmfToolError(f"{origs[0].name} holds no include/qemu/qemu-plugin.h")
@@ -167,8 +179,11 @@ def build(log=lambda s: None) -> Path:
     hdr = _header(log)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_suffix(f".{os.getpid()}.part")
-    r = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-I", str(hdr.parent), "-o", str(part), str(SOURCE)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [gcc, "-shared", "-fPIC", "-O2", "-Wall", "-I", str(hdr.parent), "-o", str(part), str(SOURCE)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         part.unlink(missing_ok=True)
         raise OvmfToolError("building the boot-check plugin failed: " + " ".join(r.stderr.split())[:300])
@@ -245,10 +260,25 @@ def read_table(path: Path) -> Table | None:
         return None
     sites = []
     for i in range(n):
-        (va, tr, itr, ef, ei, acc, _armed, _size, pend, zero, stray, rep, ln, _is_in, _pad, b,
-         dis) = SITE.unpack_from(data, HEADER.size + i * SITE.size)
-        sites.append(Site(va, b[:ln].hex(), dis.split(b"\0")[0].decode(errors="replace"), bool(rep), tr, itr, ef, ei,
-                          acc, zero, bool(pend), stray))
+        (va, tr, itr, ef, ei, acc, _armed, _size, pend, zero, stray, rep, ln, _is_in, _pad, b, dis) = SITE.unpack_from(
+            data, HEADER.size + i * SITE.size
+        )
+        sites.append(
+            Site(
+                va,
+                b[:ln].hex(),
+                dis.split(b"\0")[0].decode(errors="replace"),
+                bool(rep),
+                tr,
+                itr,
+                ef,
+                ei,
+                acc,
+                zero,
+                bool(pend),
+                stray,
+            )
+        )
     return Table(n, bool(overflow), bool(executed), queries, failed, sites)
 
 

@@ -1,0 +1,182 @@
+"""The records a scan produces: a site (`Finding`, with its `Caller`s), a module's summary, one
+image's result (`ScanResult`) or failure (`ScanFailure`, `ScanSkipped`), and what a module's
+bytes alone decide (`ModuleAnalysis` of `SiteFacts`, the unit of the cache)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+def plain(v):
+    """What dataclasses.asdict makes of the scanner's records (dataclasses holding lists, dicts,
+    tuples, str, int, bool, None): equal values, without asdict's deep copy of every leaf (a
+    fifth of rendering a scan)."""
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return v
+    if t is list:
+        return [plain(x) for x in v]
+    if t is dict:
+        return {k: plain(x) for k, x in v.items()}
+    if t is tuple:
+        return tuple(plain(x) for x in v)
+    names = _FIELD_NAMES.get(t)
+    if names is None and hasattr(t, "__dataclass_fields__"):
+        names = _FIELD_NAMES[t] = tuple(f.name for f in fields(t))
+    if names is None:
+        return v
+    return {n: plain(getattr(v, n)) for n in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+@dataclass
+class Caller:
+    """A direct call to the function holding a site."""
+
+    function: str
+    function_rva: int
+    call_rva: int
+    kind: str  # "call", or "jmp" for a tail call
+
+
+@dataclass
+class Finding:
+    """One string I/O instruction in code."""
+
+    module: str
+    guid: str
+    file_type: str
+    arch: str
+    volume: str
+    fd_offset: int | None
+    container_offset: int
+    rva: int
+    pe_section: str | None
+    bytes: str
+    mnemonic: str
+    width: int
+    direction: str
+    rep: str | None
+    function: str | None
+    function_rva: int | None
+    function_source: str | None
+    signature: dict | None
+    callers: list[Caller] = field(default_factory=list)
+    reachable: bool = False
+    # Where the instruction's bytes are in the file as stored: the instruction itself when it is
+    # stored as is, else the (compressed) node that holds it: {"offset", "length", "holder"}.
+    fd_region: dict | None = None
+
+    def as_dict(self) -> dict:
+        return plain(self)
+
+
+@dataclass
+class ModuleSummary:
+    """Per-module scan facts for the report."""
+
+    name: str
+    guid: str
+    file_type: str
+    arch: str
+    volume: str
+    fd_offset: int | None
+    code_bytes: int
+    functions: int
+    sites: int
+    symbols: str | None
+    code_end: int | None = None  # with symbols: where the build's .text output section ends (RVA)
+
+    def as_dict(self) -> dict:
+        return plain(self)
+
+
+@dataclass
+class ScanResult:
+    """Everything `scan` found in one image."""
+
+    path: str
+    sha256: str
+    size: int
+    modules: list[ModuleSummary]
+    findings: list[Finding]
+    notes: list[str] = field(default_factory=list)
+    standalone: bool = False  # a standalone PE32/TE file (an extracted module), not a flash image
+    era: str | None = None  # the EDK II tree era the image shows (`tree_era`): names routines, picks series
+    # What this run spent (JUnit `time`): per module (parallel with `modules`) and on the whole
+    # image; a result the cache served spent nearly nothing. Never part of the JSON report.
+    module_seconds: list[float] = field(default_factory=list, compare=False)
+    seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def exit_code(self) -> int:
+        """This image's verdict: 1 when it has sites, else 0 (checked and clean)."""
+        return 1 if self.findings else 0
+
+
+@dataclass
+class ScanFailure:
+    """An input that could not be scanned (unreadable, damaged, or holding no code): it keeps
+    its place in every report, and its verdict is 2. `nothing`: the input holds nothing the
+    tool checks (`errors.NothingToCheck`)."""
+
+    path: str
+    message: str
+    nothing: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 2
+
+
+@dataclass
+class ScanSkipped(ScanFailure):
+    """A file a directory or pattern brought in that holds nothing the tool checks (a variable
+    store, a blob `extract` wrote, a PE that is no UEFI module, firmware for another
+    architecture): listed with the reason, verdict 0. Named on the command line it would be a
+    `ScanFailure`."""
+
+    @property
+    def exit_code(self) -> int:
+        return 0
+
+
+def worst_exit(outcomes) -> int:
+    """The exit code of a scan of several inputs: the worst of theirs (2 > 1 > 0)."""
+    return max((o.exit_code for o in outcomes), default=0)
+
+
+class Found(str):
+    """An input path a directory or a pattern brought in (`scan.inputs`), not one named: when it
+    holds nothing the tool checks it is skipped, not an error."""
+
+
+@dataclass
+class SiteFacts:
+    """One site as the module's own bytes decide it (no place in the image): the unit of the cache."""
+
+    rva: int
+    size: int
+    mnemonic: str
+    bytes: str
+    function: str | None
+    function_rva: int | None
+    function_source: str | None
+    signature: dict | None
+    callers: list[Caller]
+    reachable: bool
+
+
+@dataclass
+class ModuleAnalysis:
+    """What a module's code holds, from its bytes, the era and the symbols alone: the code map's
+    size and every site (`SiteFacts`, by RVA). `place_analysis` places it in the image."""
+
+    code_bytes: int
+    functions: int
+    sites: list[SiteFacts]
+    symbols: str | None = None
+    code_end: int | None = None
+    seconds: float = field(default=0.0, compare=False)  # what it took this run (JUnit `time`), not cached
