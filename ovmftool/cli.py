@@ -119,7 +119,7 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
 )
 @click.option(
     "--sarif-root",
-    type=click.Path(file_okay=False),
+    type=click.Path(file_okay=False, exists=True),
     help="SARIF: image URIs are relative to this directory (%SRCROOT%; default: the working directory).",
 )
 def scan(
@@ -171,6 +171,9 @@ def baseline(images: tuple[str, ...], output: str, symbols_dir: str | None) -> N
     failed = [o for o in outcomes if isinstance(o, ScanFailure) and o.exit_code]
     if failed:  # nothing written: a baseline must not silently leave out an image
         _fail(failed[0].message + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
+    for o in outcomes:
+        if isinstance(o, ScanFailure):  # skipped (verdict 0): said, not recorded
+            click.echo(f"skipped: {o.message}", err=True)
     results = [o for o in outcomes if isinstance(o, ScanResult)]
     _emit(to_json(baseline_doc(results[0] if len(results) == 1 else results)), output)
     click.echo(baseline_line(results, output), err=True)

@@ -469,7 +469,7 @@ def test_one_baseline_file_for_several_images(tmp_path):
     other.write_bytes(Path(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]).read_bytes())
     r = CliRunner().invoke(main, ["check", "--baseline", str(base), str(a), str(other)])
     assert r.exit_code == 1
-    assert f"{other}: no baseline entry for this image: every site is new" in r.stdout
+    assert f"{other}: no baseline entry for this image (by path or contents): every site is new" in r.stdout
     assert "check: 90 new in 1 of 2 images; 0 errors" in r.stdout
     # a one-image baseline still applies to the one image checked, wherever it was recorded
     one = tmp_path / "one.json"

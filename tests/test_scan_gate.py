@@ -167,7 +167,7 @@ def test_several_inputs_keep_their_places_in_every_format(tmp_path):
         rel = os.path.relpath(os.path.realpath(p))
         return Path(p).resolve().as_uri() if rel.startswith("..") else rel
 
-    targets = [a for a in run["artifacts"] if "parentIndex" not in a]
+    targets = [a for a in run["artifacts"] if "analysisTarget" in a["roles"]]
     assert [a["location"]["uri"] for a in targets] == [uri(p) for p in imgs]
     assert [a["properties"]["exitCode"] for a in targets] == want_codes
     inv = run["invocations"][0]
@@ -231,7 +231,8 @@ def test_sarif_results_have_listing_lines_regions_and_addresses():
     assert image["location"] == {"uri": os.path.relpath(DEB), "uriBaseId": "%SRCROOT%"}
     assert image["hashes"]["sha-256"] == hashlib.sha256(Path(DEB).read_bytes()).hexdigest()
     assert listing["location"] == {"uri": os.path.relpath(DEB) + ".sites.txt", "uriBaseId": "%SRCROOT%"}
-    assert listing["parentIndex"] == 0 and listing["mimeType"] == "text/plain"
+    assert listing["properties"]["listingOf"] == 0 and listing["roles"] == ["resultFile"]
+    assert listing["mimeType"] == "text/plain" and listing["description"]["text"].endswith(f"of {DEB}, one a line")
     lines = listing["contents"]["text"].splitlines()
     assert lines[0].startswith("# ovmftool") and len(lines) == 91
     root = read_image(DEB)

@@ -40,10 +40,12 @@ WAIVERS_SCHEMA = "ovmftool.waivers/1"
 
 def _load_json(path: str, what: str) -> dict:
     try:
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
     except OSError as e:
         raise OvmfToolError(f"cannot read {what} {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise OvmfToolError(f"{what} {path} is not JSON: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise OvmfToolError(f"{what} {path} is not JSON: {e.msg} at line {e.lineno}") from None
     if not isinstance(doc, dict):
@@ -157,6 +159,8 @@ def load_baseline_images(path: str) -> list[BaselineImage]:
         if not isinstance(entry, dict):
             raise c.fail(f"images[{i}]", "is not an object")
         out.append(_image_entry(c, entry, f"images[{i}]"))
+        if any(os.path.normpath(e.path) == os.path.normpath(out[-1].path) for e in out[:-1]):
+            raise c.fail(f"images[{i}].image.path", f"{out[-1].path!r} is recorded twice")
     return out
 
 
@@ -166,11 +170,16 @@ def load_baseline(path: str) -> set[str]:
 
 
 def baseline_for(entries: list[BaselineImage], r: ScanResult, alone: bool) -> BaselineImage | None:
-    """The entry that applies to the image of `r`: recorded under its path, else under its
+    """The entry that applies to the image of `r`: recorded under its path (as written, or naming
+    the same file from this directory: `build/x.fd` and `/abs/build/x.fd`), else under its
     contents, else, when `alone` (the only image checked) and the file records one image, that
     one (an image moved or renamed since). None: no entry applies."""
-    norm = os.path.normpath(r.path)
-    for pick in (lambda e: os.path.normpath(e.path) == norm, lambda e: e.sha256 == r.sha256):
+    norm, real = os.path.normpath(r.path), os.path.realpath(r.path)
+    for pick in (
+        lambda e: os.path.normpath(e.path) == norm,
+        lambda e: os.path.realpath(e.path) == real,
+        lambda e: e.sha256 == r.sha256,
+    ):
         hit = [e for e in entries if pick(e)]
         if hit:
             return hit[0]
@@ -279,6 +288,7 @@ class ImageCheck:
     path: str
     result: CheckResult
     baseline: BaselineImage | None
+    unmatched: bool = False  # a baseline file was given, and no entry of it applies to this image
 
 
 def check_images(
@@ -303,7 +313,8 @@ def check_images(
             out.append(o)
             continue
         entry = baseline_for(entries, o, alone)
-        out.append(ImageCheck(o.path, check(o, entry.keys if entry else set(), waivers, today), entry))
+        result = check(o, entry.keys if entry else set(), waivers, today)
+        out.append(ImageCheck(o.path, result, entry, unmatched=bool(baseline_file) and entry is None))
     live = [w for w in waivers if w.expires is None or w.expires >= (today or dt.date.today())]
     for c in out:
         if isinstance(c, ImageCheck):

@@ -52,7 +52,9 @@ class BinaryFile(FlashImage):
     @property
     def image(self) -> PeImage:
         """The module."""
-        return self.children[0]
+        img = self.children[0]
+        assert isinstance(img, PeImage)
+        return img
 
 
 def parse_binary(data: bytes, path: str = "") -> BinaryFile:

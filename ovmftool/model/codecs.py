@@ -44,7 +44,7 @@ class LzmaStream:
         self._dec = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE)
         self.feed(bytes(head))
 
-    def feed(self, piece) -> bytes:
+    def feed(self, piece: bytes | memoryview) -> bytes:
         """What `piece` (the stream's next bytes) decodes to; never more than the declared size + 1."""
         try:
             out = self._dec.decompress(piece, max_length=self.size + 1 - self.got)
@@ -124,7 +124,7 @@ def bcj_x86_decode(data: bytes) -> bytes:
     and decoded through the raw filter chain X86 <- LZMA2, so the conversion runs in C. A
     decoded section of 128 MiB converts in about a second, whatever its bytes."""
     n, mv = len(data), memoryview(data)
-    parts: list = []
+    parts: list[bytes | memoryview] = []
     for i in range(0, n, 1 << 16):
         k = min(1 << 16, n - i)
         parts.append(bytes((1 if i == 0 else 2, (k - 1) >> 8, (k - 1) & 0xFF)))
@@ -185,7 +185,7 @@ def _brotli(data: bytes, limits: Limits, where: str) -> bytes:
         raise DecodeError(f"Brotli decode failed ({e})", where) from None
     if len(out) != size or not dec.is_finished():
         raise DecodeError(f"Brotli stream yields {len(out)}+ bytes, header says {size}", where)
-    return out
+    return bytes(out)
 
 
 Decoder = Callable[[bytes, Limits, str], bytes]

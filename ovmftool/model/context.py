@@ -26,7 +26,7 @@ class ParseContext:
     stack: list[tuple[Node, Space, int]] = field(default_factory=list)
     # (decoder, encoded bytes) -> decoded bytes already proven by the encoder that wrote them
     # (`encoders.PROVEN`): the re-parse of an assembled image takes them instead of decoding again
-    known: dict = field(default_factory=dict)
+    known: dict[tuple[object, bytes], bytes] = field(default_factory=dict)
 
     def enter(self, node: Node, space: Space, off: int) -> None:
         """Descend into `node`'s contents; enforces the depth cap."""

@@ -28,7 +28,7 @@ from ovmftool.model.limits import Limits
 # decodes the same), and liblzma's match finders take about 7.5 times the dictionary in memory
 # (16 MiB, OVMF's usual, is about 120 MB; 4 MiB about 30 MB).
 MIB = 1 << 20
-LZMA_EFFORTS = {
+LZMA_EFFORTS: dict[str, dict[str, int | None]] = {
     "fast": {"mode": lzma.MODE_FAST, "nice_len": 8, "mf": lzma.MF_HC3, "depth": 0, "dict_cap": 4 * MIB},
     "tight": {"mode": lzma.MODE_FAST, "nice_len": 32, "mf": lzma.MF_HC4, "depth": 0, "dict_cap": 16 * MIB},
     "edk2": {"mode": lzma.MODE_NORMAL, "nice_len": 32, "mf": lzma.MF_BT4, "depth": 32, "dict_cap": None},
@@ -39,7 +39,7 @@ class EncodeError(OvmfToolError):
     """Section data could not be re-encoded."""
 
 
-def lzma_props(old_stream: bytes, size: int | None = None) -> dict:
+def lzma_props(old_stream: bytes, size: int | None = None) -> dict[str, int]:
     """lc, lp, pb and dictionary size from an ".lzma alone" header.
 
     With `size` (of the data to encode), the dictionary is no larger than that data needs (the
@@ -72,7 +72,7 @@ class _Proof:
 
     def __init__(self, header: bytes, data: bytes) -> None:
         self.header, self.data = header, data
-        self.pieces: queue.SimpleQueue = queue.SimpleQueue()
+        self.pieces: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.problem: str | None = None
         self.thread = threading.Thread(target=self._run, name="ovmftool-lzma-proof", daemon=True)
         self.thread.start()
@@ -119,7 +119,7 @@ def encode_lzma(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
     cap = level.pop("dict_cap")
     f = dict(lzma_props(old_stream, len(data)), id=lzma.FILTER_LZMA1, **level)
     if cap is not None:
-        f["dict_size"] = min(f["dict_size"], cap)
+        f["dict_size"] = min(int(f["dict_size"] or 0), cap)
     # liblzma writes "size unknown" (all ones) and an end marker; EDK II's decoder reads the size
     # from the header (and accepts the end marker), so the header written has the real size.
     header = bytes(old_stream[0 : S.LZMA_PROPERTIES_SIZE]) + len(data).to_bytes(8, "little")
@@ -173,7 +173,7 @@ def _brotli(data: bytes, old_stream: bytes, effort: str = "fast") -> bytes:
     import brotli
 
     scratch = S.BROTLI_HEADER.unpack_from(old_stream)[1] if len(old_stream) >= S.BROTLI_HEADER.size else 0
-    return S.BROTLI_HEADER.pack(len(data), scratch) + brotli.compress(data, quality=9, lgwin=22)
+    return S.BROTLI_HEADER.pack(len(data), scratch) + bytes(brotli.compress(data, quality=9, lgwin=22))
 
 
 Encoder = Callable[..., bytes]

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from ovmftool.model import structs as S
 from ovmftool.model.blob import CodeBlob
 from ovmftool.model.ffs import FfsFile
@@ -55,7 +57,7 @@ def enclosing(node: Node, cls: type) -> Node | None:
     return None
 
 
-def _own_sections(f: FfsFile):
+def _own_sections(f: FfsFile) -> Iterator[Section]:
     """Sections of a file, through encapsulations but not into nested volumes."""
     stack = list(reversed(f.children))
     while stack:

@@ -96,7 +96,9 @@ def foreign_machine(root: FlashImage) -> str | None:
     return f"{max(machines, key=lambda k: machines[k])} firmware: its modules are {named}"
 
 
-def parse_flash(data: bytes, path: str = "", limits: Limits | None = None, known: dict | None = None) -> FlashImage:
+def parse_flash(
+    data: bytes, path: str = "", limits: Limits | None = None, known: dict[tuple[object, bytes], bytes] | None = None
+) -> FlashImage:
     """Parse the bytes of a flash image (pass 1, then the fix-ups of pass 2). Bytes that start
     with MZ/VZ and hold no firmware volume are a standalone PE/TE file (`model.binary`).
     `known`: sections' decoded bytes already proven (`ParseContext.known`)."""

@@ -57,7 +57,7 @@ class Relocations:
     def __init__(self) -> None:
         self.rvas = array("Q")
         self.types = bytearray()
-        self._keys: array | None = None
+        self._keys: array[int] | None = None
 
     def add(self, rva: int, rtype: int) -> None:
         self.rvas.append(rva)
@@ -74,7 +74,7 @@ class Relocations:
 
     def __eq__(self, other: object) -> bool:
         try:
-            return list(self) == list(other)  # type: ignore[call-overload]
+            return bool(list(self) == list(other))  # type: ignore[call-overload]
         except TypeError:
             return NotImplemented
 

@@ -148,7 +148,7 @@ def _parse_body(ctx: ParseContext, sec: Section) -> None:
             sec.header_size += n
 
 
-def _decode_into(ctx: ParseContext, sec: Section, decoder, expect: int | None = None) -> None:
+def _decode_into(ctx: ParseContext, sec: Section, decoder: codecs.Decoder, expect: int | None = None) -> None:
     where = sec.place
     body = sec.body
     try:

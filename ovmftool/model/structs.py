@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 import uuid
 
+Buffer = bytes | bytearray | memoryview  # what a field is read from
+
 
 class Field:
     """One scalar field of an on-disk header: its offset from the header's start and its
@@ -28,11 +30,12 @@ class Field:
         """Offset just past the field, from the header's start."""
         return self.offset + self._st.size
 
-    def get(self, buf, base: int = 0) -> int:
+    def get(self, buf: Buffer, base: int = 0) -> int:
         """The field of the header at `base` in `buf` (struct.error when `buf` is too short)."""
-        return self._st.unpack_from(buf, base + self.offset)[0]
+        value: int = self._st.unpack_from(buf, base + self.offset)[0]
+        return value
 
-    def put(self, buf, base: int, value: int) -> None:
+    def put(self, buf: bytearray | memoryview, base: int, value: int) -> None:
         """Write the field of the header at `base` in the writable `buf`."""
         self._st.pack_into(buf, base + self.offset, value)
 

@@ -80,7 +80,9 @@ class Assembler:
         self.replaced: dict[int, bytes] = {}
         self.dirty: set[int] = set()
         self.reencoded: list[tuple[Section, int, int]] = []  # (section, old size, new size)
-        self.proven: dict = {}  # (decoder, encoded body) -> decoded bytes, for parse_flash's `known`
+        self.proven: dict[
+            tuple[object, bytes], bytes
+        ] = {}  # (decoder, encoded body) -> decoded bytes, for parse_flash's `known`
         self.moved: list[tuple[str, int, int]] = []  # (file, old offset, new offset) within its volume
         self.rebased: list[tuple[str, int]] = []  # (module, delta)
         for e in edits:

@@ -89,15 +89,17 @@ def check_report(checks: list[ImageCheck | ScanFailure]) -> list[tuple[str, bool
     and a total line."""
     done = [c for c in checks if isinstance(c, ImageCheck)]
     if len(checks) == 1 and done:
-        return check_lines(done[0].result)
+        c = done[0]
+        return ([(_NO_ENTRY.format(c.path), True)] if c.unmatched else []) + check_lines(c.result)
     lines: list[tuple[str, bool]] = []
     for c in checks:
-        if not isinstance(c, ImageCheck):
-            lines.append((f"{'skipped' if c.exit_code == 0 else 'error'}: {c.message}", c.exit_code != 0))
+        if not isinstance(c, ImageCheck):  # skipped: stdout; could not be scanned: the error line
+            skipped = c.exit_code == 0
+            lines.append((f"skipped: {c.message}", False) if skipped else (f"ovmftool: error: {c.message}", True))
             continue
-        lines.append(
-            (f"{c.path}:" + ("" if c.baseline else " no baseline entry for this image: every site is new"), False)
-        )
+        lines.append((f"{c.path}:", False))
+        if c.unmatched:
+            lines.append(("  " + _NO_ENTRY.format(c.path), False))
         lines += [("  " + t, e) for t, e in _check_lines(c.result, False)]
     if done:
         lines += _waiver_warnings(done[0].result)
@@ -105,12 +107,15 @@ def check_report(checks: list[ImageCheck | ScanFailure]) -> list[tuple[str, bool
     failed = sum(1 for c in checks if not isinstance(c, ImageCheck) and c.exit_code)
     lines.append(
         (
-            f"check: {new} new in {sum(1 for c in done if c.result.new)} of {len(done)} images; "
+            f"check: {new} new in {sum(1 for c in done if c.result.new)} of {len(done) + failed} images; "
             f"{failed} error{'s' * (failed != 1)}",
             False,
         )
     )
     return lines
+
+
+_NO_ENTRY = "{}: no baseline entry for this image (by path or contents): every site is new"
 
 
 def check_exit(checks: list[ImageCheck | ScanFailure]) -> int:

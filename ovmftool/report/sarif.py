@@ -167,7 +167,7 @@ class _Places:
                 {
                     "kind": "function",
                     "name": name,
-                    "fullyQualifiedName": f"{f.module}!{name}",
+                    "fullyQualifiedName": f"{fq}!{name}",
                     "relativeAddress": f.function_rva,
                     "offsetFromParent": f.function_rva,
                     "parentIndex": parent,
@@ -196,10 +196,13 @@ class _Places:
         if name is not None:
             fn = self._logical(
                 (*mod, f.function_rva, name),
-                {"kind": "function", "name": name, "fullyQualifiedName": f"{f.module}!{name}", "parentIndex": m},
+                {"kind": "function", "name": name, "fullyQualifiedName": f"{fq}!{name}", "parentIndex": m},
             )
             out.append({k: v for k, v in self.logical[fn].items() if k != "parentIndex"})
         return out
+
+
+_NAMED_BY = {"symbols": "the build's symbols", "signature": "a built-in signature", "analysis": "its address"}
 
 
 def listing_line(f: Finding) -> str:
@@ -240,7 +243,7 @@ def _result(f: Finding, key: str, image: dict, listing: dict, line: int, text: s
     }
     rep = "REP " if f.rep == "rep" else ("REPNE " if f.rep == "repne" else "")
     what = f"{rep}{f.mnemonic.split()[-1].upper()}"
-    where = f"{f.module}!{fn}" + (f" ({f.function_source})" if f.function_source else "")
+    where = f"{f.module}!{fn}" + (f" (named by {_NAMED_BY[f.function_source]})" if f.function_source else "")
     run = (
         "reachable from the module entry point" if f.reachable else "not reachable from the entry point by direct calls"
     )
@@ -309,8 +312,12 @@ def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:
     results: list[dict] = []
     places = _Places()
     relative = False
+    seen: set[str] = set()
     for o in outcomes:
         loc = artifact_location(o.path, root) if o.path else {"uri": "image"}
+        if loc["uri"] in seen:  # a file named twice: one artifact, its results once
+            continue
+        seen.add(loc["uri"])
         relative |= loc.get("uriBaseId") == SRCROOT
         image = {**loc, "index": len(artifacts)}
         entry: dict = {
@@ -336,13 +343,13 @@ def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:
         artifacts.append(
             {
                 "location": {k: v for k, v in listing.items() if k != "index"},
-                "parentIndex": image["index"],
-                "roles": ["analysisTarget"],
+                "roles": ["resultFile"],
                 "mimeType": "text/plain",
                 "encoding": "utf-8",
                 "contents": {"text": text},
                 "length": len(text.encode()),
-                "description": {"text": f"the string I/O sites of {loc['uri']}, one a line"},
+                "description": {"text": f"the string I/O sites of {o.path}, one a line"},
+                "properties": {"listingOf": image["index"]},
             }
         )
         places.image = image["index"]

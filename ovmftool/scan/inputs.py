@@ -16,7 +16,8 @@
   (a matched directory expands as above). A pattern that matches nothing fails: `PATTERN: no
   file matches`. An argument that exists as a file or directory is never read as a pattern.
 
-Inputs keep the order of the arguments. Files of identical contents (a file named twice, a copy
+Inputs keep the order of the arguments; a file a directory or pattern brings in again (it
+was named, or brought in, before) is taken once. Files of identical contents (a file named twice, a copy
 under another name) are scanned once and reported under each name. A failing input
 (`ScanFailure`) keeps its place and makes the exit code 2, as an unreadable image does, except
 that a file a directory or pattern brought in which holds nothing the tool checks (a variable
@@ -54,6 +55,22 @@ def expand_inputs(args) -> list[str | ScanFailure]:
                 out += [Found(x) if isinstance(x, str) else x for x in _expand_path(m)]
         else:
             out += _expand_path(arg)
+    return _once(out)
+
+
+def _once(items: list[str | ScanFailure]) -> list[str | ScanFailure]:
+    """`items` without a file a directory or pattern brought in again (`Found`) when an earlier
+    input is the same file: overlapping arguments (`fw fw/x64/OVMF_CODE.fd`, two patterns)
+    scan and report each file once. A file named twice on the command line stays twice."""
+    seen: set[str] = set()
+    out: list[str | ScanFailure] = []
+    for x in items:
+        if isinstance(x, str):
+            real = os.path.realpath(x)
+            if isinstance(x, Found) and real in seen:
+                continue
+            seen.add(real)
+        out.append(x)
     return out
 
 
