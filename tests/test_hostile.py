@@ -620,3 +620,37 @@ def test_a_routine_that_never_returns_ends_at_the_instruction_cap():
     assert not run.returned and run.error is None
     assert run.touched == frozenset({0, 1, 2})
     assert emulate._MAX_INSNS <= 20_000  # each instruction runs a Python hook: keep the cap small
+
+
+def test_string_io_bytes_no_routine_explains_are_matched_in_linear_time(tmp_path):
+    """Found by coverage-guided fuzzing (tools/atheris_fuzz.py, target scan): a module whose code is
+    tens of thousands of `rep outsb` byte pairs, under the anchor cap, sent the instruction-level
+    signature matcher over every nearby start of every anchor for every routine: 20 s for 16 KiB,
+    minutes for 64 KiB. Each start is now decoded once and rejected at its first instruction."""
+    for pairs in (8192, 32000):
+        r, dt = _cli(tmp_path, _image(_pe64(b"\xc3" + b"\xf3\x6e" * pairs)), "scan", "-j", "1", "IMG")
+        assert r.exit_code in (0, 1) and dt < 10, (pairs, dt, r.stderr)
+
+
+def test_a_damaged_gzip_log_is_one_line(tmp_path):
+    """Found by fuzzing (target log): a gzip log whose deflate stream is damaged raised zlib.error,
+    which `decode --log` reported as an internal error."""
+    import gzip
+
+    raw = bytearray(gzip.compress(b"Unhandled VM exit: InstEmul\n" * 50, mtime=0))
+    raw[12:20] = b"\xff" * 8  # inside the deflate stream's block header
+    p = tmp_path / "propolis.log.gz"
+    p.write_bytes(bytes(raw))
+    r = CliRunner().invoke(main, ["decode", "--log", str(p)])
+    assert_error(r, f"cannot read {p}: ")
+
+
+def test_a_deeply_nested_baseline_or_waiver_file_is_one_line(tmp_path):
+    """Found by fuzzing (target baseline): `[` 2000 times hit Python's recursion limit in json."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 2000)
+    image = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])
+    r = CliRunner().invoke(main, ["check", "--baseline", str(deep), image])
+    assert_error(r, f"baseline {deep} is not JSON this tool reads: nested too deeply")
+    r = CliRunner().invoke(main, ["check", "--waivers", str(deep), image])
+    assert_error(r, f"waivers {deep} is not JSON this tool reads: nested too deeply")

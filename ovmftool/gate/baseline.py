@@ -48,6 +48,8 @@ def _load_json(path: str, what: str) -> dict:
         raise OvmfToolError(f"{what} {path} is not JSON: not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise OvmfToolError(f"{what} {path} is not JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise OvmfToolError(f"{what} {path} is not JSON this tool reads: nested too deeply") from None
     if not isinstance(doc, dict):
         raise OvmfToolError(f"{what} {path} is not a JSON object")
     return doc

@@ -319,6 +319,10 @@ def _compare_at(mem: bytes, start: int, hi: int, sig: Signature) -> tuple[int, t
     """(size, site RVAs) when the code at `start` decodes to `sig`'s instructions, else None."""
     want = _instructions(sig)
     window = bytes(mem[start : min(hi, start + 4 * len(sig.code) + 32)])
+    if want and want[0][1] is None:  # the first instruction first: most starts fail there, cheaply
+        first = next(((m, o) for _a, _s, m, o in disasm_lite(window[:64], sig.bits) if m != "nop"), None)
+        if first is not None and f"{first[0]} {_commuted(*first)}" != want[0][0]:
+            return None
     got, where = _normalise(window, sig.bits, len(want))
     if len(got) != len(want):
         return None
@@ -394,6 +398,7 @@ def _find_by_instructions(mem: bytes, pending, found: dict[int, SignatureMatch])
     """For each anchor no byte pattern explained (ascending), the routine whose instructions
     match at a start near the signature's distance with a string I/O instruction at the anchor."""
     covered = sorted((m.rva, m.end) for m in found.values())
+    tried: dict[tuple[int, int, int], tuple[int, tuple[int, ...]] | None] = {}
     for p, lo, hi, cands in sorted(pending, key=lambda x: x[0]):
         if any(a <= p < b for a, b in covered):
             continue
@@ -403,7 +408,10 @@ def _find_by_instructions(mem: bytes, pending, found: dict[int, SignatureMatch])
                 start = p - off + d
                 if start < lo or start > p:
                     continue
-                r = _compare_at(mem, start, hi, sig)
+                key = (start, hi, id(sig))  # nearby anchors try the same starts: each is decoded once
+                if key not in tried:
+                    tried[key] = _compare_at(mem, start, hi, sig)
+                r = tried[key]
                 if r is not None and p in r[1]:
                     hit = SignatureMatch(start, sig, r[0], r[1])
                     break

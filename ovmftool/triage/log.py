@@ -27,6 +27,7 @@ import json
 import lzma
 import re
 import sys
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -207,7 +208,7 @@ def _lines(stream, name: str):
                 rest = b
                 while rest and not rest.endswith(b"\n"):
                     rest = stream.readline(MAX_LINE)
-        except (OSError, EOFError, lzma.LZMAError) as e:
+        except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
             raise OvmfToolError(f"cannot read {name}: {one_line(str(e)) or type(e).__name__}") from None
         if not b:
             return
