@@ -127,9 +127,9 @@ def test_every_real_site_is_named_from_15_bytes_at_its_rip(image):
     for f in res.findings:
         mem = mods[(f.volume, f.guid, f.arch)].image.memory
         t = decode(mem[f.rva : f.rva + 15], 64 if f.arch == "X64" else 32)
-        want = (f.arch, f.signature["source"], f.signature["routine"])
+        want = (f.arch, f.signature.source, f.signature.routine)
         assert [(r.arch, r.source, r.routine) for r in t.routines] == [want], (f.module, hex(f.rva), t.verdict)
-        assert t.routines[0].library == f.signature["library"]
+        assert t.routines[0].library == f.signature.library
 
 
 def test_too_few_bytes_list_every_routine_they_fit():

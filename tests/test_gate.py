@@ -215,7 +215,7 @@ def test_decode_finds_iofifo_routine_in_non_sev_build():
     assert best["function"] == "IoWriteFifo8" and best["matched"] == 15
     res = scan_image(img, jobs=2)
     f = next(f for f in res.findings if f.rva == best["rva"] and f.guid == best["guid"])
-    assert f.signature["library"] == "BaseIoLibIntrinsic" and f.signature["source"] == "X64/IoFifo.nasm"
+    assert f.signature.library == "BaseIoLibIntrinsic" and f.signature.source == "X64/IoFifo.nasm"
 
 
 def test_decode_bad_input_is_one_line_error():

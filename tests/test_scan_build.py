@@ -41,7 +41,7 @@ def test_precision_and_recall_without_symbols(stock_build):
         assert f.mnemonic == mnem
         assert f.function_source == "signature"
         assert f.function == routine, (f.module, f.rva)
-        assert f.signature["library"] == "BaseIoLibIntrinsicSev"
+        assert f.signature.library == "BaseIoLibIntrinsicSev"
 
 
 def test_with_symbols_names_equal_symbol_table(real_build):
@@ -115,14 +115,14 @@ def test_names_without_symbols_are_the_symbol_tables(any_build):
         want = truth[(f.guid, f.volume, f.rva)][2]
         assert f.function == want, (f.module, hex(f.rva), f.function, want)
         assert f.function_source == "signature"
-        if f.signature["aliases"]:  # the routine's name in the other era is kept
-            assert f.signature["routine"] == f.function and f.function not in f.signature["aliases"]
+        if f.signature.aliases:  # the routine's name in the other era is kept
+            assert f.signature.routine == f.function and f.function not in f.signature.aliases
     if _is_oxide(any_build):
         assert {f.function for f in findings} == {f"Io{d}Fifo{w}" for d in ("Read", "Write") for w in (8, 16, 32)}
     if any_build.meta.get("nasm", "").startswith("NASM version 3") or "nasm3" in any_build.key:
         # NASM 3 writes the REP prefix after the operand-size prefix: the same routines, named
         assert {f.bytes for f in findings if f.width == 16} == {"66f36d", "66f36f"}
-        assert all(f.signature["aliases"] == ["Sev" + f.function] for f in findings)
+        assert all(f.signature.aliases == ["Sev" + f.function] for f in findings)
 
 
 def test_tdcall_tells_the_tree_era(any_build):

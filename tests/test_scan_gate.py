@@ -21,7 +21,7 @@ from ovmftool.ops.modules import iter_modules
 from ovmftool.ops.tree import label
 from ovmftool.scan import advice
 from ovmftool.scan.advice import known_series, next_steps
-from ovmftool.scan.scanner import Caller, Finding, ModuleSummary, ScanResult, scan_image
+from ovmftool.scan.scanner import Caller, Finding, ModuleSummary, ScanResult, SiteSignature, scan_image
 
 import fvbuild as B
 from conftest import CORPUS_IMAGES, ROOT
@@ -381,7 +381,7 @@ def _result(sigs: list[tuple[str, str, str, list[str]]], sha256: str = "0" * 64)
                 function="IoReadFifo8",
                 function_rva=0,
                 function_source="signature",
-                signature={"routine": "IoReadFifo8", "library": lib, "source": src, "aliases": [], "trees": trees},
+                signature=SiteSignature("IoReadFifo8", lib, src, [], trees, 0, 13),
                 callers=[Caller("f", 0, 0, "call")],
             )
         )

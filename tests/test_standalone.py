@@ -158,7 +158,7 @@ def test_patch_grows_a_standalone_module_for_iofifo_nasm(extracted, tmp_path):
     src.write_bytes(raw)
     res = scan_image(str(src))
     f = next(f for f in res.findings if f.mnemonic == "rep outsb")
-    assert f.signature["source"] == "X64/IoFifo.nasm" and f.function == "IoWriteFifo8"
+    assert f.signature.source == "X64/IoFifo.nasm" and f.function == "IoWriteFifo8"
     out = tmp_path / "grown.efi"
     r = _run("patch", str(src), "-o", str(out), "--format", "json")
     assert r.exit_code == 0, r.output

@@ -30,146 +30,46 @@ A boot that does not reach the shell (or the boot manager's fallback) is not a p
 new serial, debug-console output or translated code for a while), a reset (triple fault), QEMU
 exiting or the timeout each get a verdict and `StoppedAt`: the CPU's address (or the last block
 QEMU translated) mapped to module, phase and function (`locate`).
+
+The parts: `records` (what is reported), `trace` (reading QEMU's logs and the plugin's dump),
+`locate` (addresses to modules and functions, through the scan's `ModuleCode`), `signals`
+(stopping cleanly); this file runs the boots.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import re
 import shutil
-import signal
 import tempfile
-import threading
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ovmftool.boot import plugin
+from ovmftool.boot.locate import locate, map_to_modules, stopped_where
 from ovmftool.boot.qemu import Ending, Qemu, close_all, qemu_binary, wait
+from ovmftool.boot.records import BootCheck, Executed, StoppedAt
+from ovmftool.boot.signals import STOP_SIGNALS, InBackground, Terminated, signals_held, stop_on_signals
+from ovmftool.boot.trace import INSN_LINE, STRING_IO, executed_string_io
 from ovmftool.boot.varstore import VarsPlan, plan_vars
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.flash import FlashImage
 from ovmftool.model.parser import read_image
-from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
-from ovmftool.scan import signatures as sigs
+from ovmftool.ops.modules import iter_modules
 from ovmftool.scan.advice import platform_dsc
-from ovmftool.scan.codemap import discover
-from ovmftool.scan.scanner import ScanResult, default_jobs, exec_ranges, pointer_roots, scan_checked
+from ovmftool.scan.scanner import ScanResult, default_jobs, scan_checked
 
-_INSN = re.compile(r"^0x([0-9a-f]+):\s+((?:[0-9a-f]{2} )+)\s*(\S.*?)\s*$")
-_LOAD = re.compile(r"Loading (?:PEIM|driver) at 0x([0-9A-Fa-f]+) EntryPoint=0x([0-9A-Fa-f]+) (\S+?)\.efi")
-_SIO = re.compile(r"\b(rep[a-z]* )?(ins|outs)[bwl]\b")
-
-
-@dataclass
-class Executed:
-    """A string I/O instruction the guest executed."""
-
-    address: int
-    bytes: str
-    mnemonic: str  # as QEMU printed it (AT&T)
-    order: int  # position among executed string I/O, by first translation
-    translations: int
-    module: str | None = None
-    guid: str | None = None
-    rva: int | None = None
-    function: str | None = None
-    mapped_by: str | None = None  # debug-log, xip, page-offset, None
-    candidates: list[str] = field(default_factory=list)
-    port: int | None = None  # DX on entry (second boot), when the block does not set it first
-    ports: list[int] = field(default_factory=list)  # every port seen, when more than one
-    executions: int | None = None  # entries into the instruction (second boot)
-    iterations: int | None = None  # REP iterations in all (entries + re-executions at the instruction)
-    units: int | None = None  # bytes/words/dwords moved: sum of the counts on entry, when known
-    blocks: list[tuple[int, bool]] = field(default_factory=list, repr=False)  # (block start, sets dx/cx first)
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        del d["blocks"]
-        return d
-
-
-@dataclass
-class StoppedAt:
-    """Where a boot that did not finish was when it ended."""
-
-    address: int | None  # guest address (linear)
-    source: str | None  # cpu (the registers when the guest was stopped), last-translated (QEMU's last new block)
-    module: str | None = None
-    guid: str | None = None
-    phase: str | None = None  # RESET (the reset vector), SEC, PEI, DXE, MM
-    rva: int | None = None  # in the module (for the reset vector: offset in its code)
-    function: str | None = None
-    mapped_by: str | None = None  # debug-log, xip, flash, code-match
-    halted: bool | None = None  # the CPU was in HLT
-    last_serial: str | None = None
-    last_debug: str | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def where(self) -> str:
-        """`PlatformPei (PEI) at rva 0x1234 in sub_1200`, or `0x… (in no known module)`."""
-        if self.module is None:
-            return f"0x{self.address:X} (in no known module)" if self.address is not None else "an unknown place"
-        s = f"{self.module} ({self.phase})" if self.phase else self.module
-        if self.rva is not None:
-            s += f" at rva 0x{self.rva:X}"
-        if self.function:
-            s += f" in {self.function}"
-        return s
-
-
-@dataclass
-class BootCheck:
-    """The outcome of one boot."""
-
-    image: str
-    verdict: str  # shell, boot-manager, timeout, hang, reset, qemu-exit or fail-fast
-    seconds: float
-    executed: list[Executed]
-    vars: dict  # VarsPlan.as_dict()
-    detail: str = ""  # reset: triple fault or not; qemu-exit: status and message
-    quiet: float = 0.0  # seconds without new output or code at the end (a hang: at least --hang-after)
-    hang_after: float | None = None
-    stopped_at: StoppedAt | None = None  # when it did not finish
-    counted: bool = False  # the second boot (executions, ports) ran and agreed with the first
-    logs: dict = field(default_factory=dict)  # serial, debug, trace, count_debug: paths (None once removed)
-    kept: str | None = None  # the directory the logs are in (--keep), None when it was removed
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        return self.verdict in ("shell", "boot-manager")
-
-    @property
-    def ended(self) -> str:
-        """The `ended` field of earlier versions: the verdict, but the --fail-fast sentence."""
-        if self.verdict == "fail-fast":
-            return "stopped at the first string I/O (--fail-fast)"
-        return self.verdict
-
-    def as_dict(self) -> dict:
-        """The check's fields (report.boot_report adds the document header)."""
-        return {
-            "image": self.image,
-            "ended": self.ended,
-            "verdict": self.verdict,
-            "finished": self.finished,
-            "detail": self.detail,
-            "seconds": round(self.seconds, 1),
-            "quiet_seconds": round(self.quiet, 1),
-            "hang_after": self.hang_after,
-            "stopped_at": self.stopped_at.as_dict() if self.stopped_at else None,
-            "executed": [e.as_dict() for e in self.executed],
-            "first": self.executed[0].as_dict() if self.executed else None,
-            "counted": self.counted,
-            "vars": self.vars,
-            "kept": self.kept,
-            "notes": self.notes,
-            "logs": {k: self.logs.get(k) for k in ("serial", "debug", "trace", "count_debug")},
-        }
+__all__ = [  # what callers import from here (the records and signals live in their own files)
+    "STOP_SIGNALS",
+    "BootCheck",
+    "Executed",
+    "StoppedAt",
+    "Terminated",
+    "boot_check",
+    "boot_image",
+    "check_bootable",
+    "locate",
+    "stop_on_signals",
+]
 
 
 # The first boot logs translations only (`in_asm`: a block is logged when translated, chained or
@@ -202,147 +102,9 @@ def run_boot(
             fh.seek(pos[0])
             chunk = fh.read()
         pos[0] += max(0, len(chunk) - 200)
-        return "fail-fast" if _SIO.search(chunk.decode(errors="replace")) else None
+        return "fail-fast" if STRING_IO.search(chunk.decode(errors="replace")) else None
 
     return wait(q, timeout, hang_after, first_string_io, progress)
-
-
-_SETS_DX_CX = re.compile(r"%[er]?[dc]x\s*$|%[dc][lh]\s*$|xchg.*%[er]?[dc]x|\b(call|pop)")
-
-
-def executed_string_io(trace: Path) -> list[Executed]:
-    """String I/O instructions in the translation log, in order of first translation, with the
-    blocks that contain them."""
-    seen: dict[int, Executed] = {}
-    block_start, dirty = None, False
-    with open(trace, errors="replace") as fh:
-        for line in fh:
-            if line.startswith("IN:"):
-                block_start, dirty = None, False
-                continue
-            m = _INSN.match(line)
-            if not m:
-                continue
-            a = int(m.group(1), 16)
-            if block_start is None:
-                block_start = a
-            text = m.group(3)
-            if not _SIO.search(text):
-                dirty |= bool(_SETS_DX_CX.search(text))
-                continue
-            if a in seen:
-                seen[a].translations += 1
-            else:
-                seen[a] = Executed(
-                    a,
-                    m.group(2).replace(" ", ""),
-                    text.split()[0] if not text.startswith("rep") else " ".join(text.split()[:2]),
-                    len(seen),
-                    1,
-                )
-            if (block_start, dirty) not in seen[a].blocks:
-                seen[a].blocks.append((block_start, dirty))
-            dirty |= True  # a second string I/O in the same block: its entry state is not the block's
-    return list(seen.values())
-
-
-def map_to_modules(
-    execd: list[Executed], root: FlashImage, scan: ScanResult, debug_log: Path, trace: Path | None = None
-) -> None:
-    """Attach module, RVA and function to each executed site (see the module docstring)."""
-    mods = list(iter_modules(root))
-    code: dict[int, bytes] | None = None  # the whole translation log, read only if a mapping is ambiguous
-    loads = debug_loads(debug_log, mods)
-    sites = {(f.guid, f.volume, f.rva): f for f in scan.findings}
-    for e in execd:
-        hit = None
-        # Memory is reused as images are unloaded: of the images ever loaded over this address, the
-        # one with this very instruction at that RVA is the one that ran it.
-        spans = [(m, e.address - base) for base, m in loads if base <= e.address < base + m.image.size_of_image]
-        for m, rva in spans:
-            f = sites.get((m.guid, m.volume, rva))
-            if f is not None and f.bytes == e.bytes:
-                hit = (m, rva, "debug-log")
-        if hit is None:
-            for m in mods:
-                b = m.image.image_base
-                if m.phase in ("SEC", "PEI") and b <= e.address < b + m.image.size_of_image:
-                    f = sites.get((m.guid, m.volume, e.address - b))
-                    if f is not None and f.bytes == e.bytes:
-                        hit = (m, e.address - b, "xip")
-        if hit is not None:
-            m, rva, how = hit
-            f = sites.get((m.guid, m.volume, rva))
-            e.module, e.guid, e.rva, e.mapped_by = m.name, m.guid, rva, how
-            e.function = f.function if f else None
-            continue
-        cands = [f for f in scan.findings if f.rva % 0x1000 == e.address % 0x1000 and f.bytes == e.bytes]
-        e.candidates = sorted({f"{f.module}:{f.function}:0x{f.rva:x}" for f in cands})
-        how = "page-offset"
-        if len({(f.guid, f.rva) for f in cands}) > 1 and trace is not None and trace.is_file():
-            code = translated_code(trace) if code is None else code
-            best = _code_match(e, cands, mods, code)
-            cands, how = ([best], "code-match") if best is not None else (cands, how)
-        if len({(f.guid, f.rva) for f in cands}) == 1:
-            f = cands[0]
-            e.module, e.guid, e.rva, e.function, e.mapped_by = f.module, f.guid, f.rva, f.function, how
-
-
-def debug_loads(debug_log: Path, mods: list[Module]) -> list[tuple[int, Module]]:
-    """(load address, module) from a DEBUG build's `Loading PEIM/driver at ...` lines, in order."""
-    by_name: dict[str, list] = {}
-    for m in mods:
-        by_name.setdefault(m.name, []).append(m)
-    loads = []
-    if debug_log.is_file():
-        for mm in _LOAD.finditer(debug_log.read_text(errors="replace")):
-            base, entry, name = int(mm.group(1), 16), int(mm.group(2), 16), mm.group(3)
-            for m in by_name.get(name, []):
-                if m.image.entry_rva == entry - base:
-                    loads.append((base, m))
-                    break
-    return loads
-
-
-def translated_code(trace: Path) -> dict[int, bytes]:
-    """Every instruction QEMU translated: address -> bytes (the latest translation at each)."""
-    if trace.suffix == ".bin":  # the plugin's code dump
-        return {a: b for _, insns in plugin.iter_blocks(trace) for a, b in insns}
-    out: dict[int, bytes] = {}
-    with open(trace, errors="replace") as fh:
-        for line in fh:
-            if line.startswith("0x"):
-                m = _INSN.match(line)
-                if m:
-                    out[int(m.group(1), 16)] = bytes.fromhex(m.group(2).replace(" ", ""))
-    return out
-
-
-def _code_match(e: Executed, cands, mods, code: dict[int, bytes]):
-    """Of several candidate sites, the one whose module's code agrees with the other translated
-    instructions in the span it would occupy; None when no candidate clearly wins."""
-    by_key = {(m.guid, m.volume): m for m in mods}
-    scores = []
-    for f in cands:
-        m = by_key.get((f.guid, f.volume))
-        if m is None:
-            continue
-        mem, base = m.image.memory, e.address - f.rva
-        good = bad = 0
-        for a, b in code.items():
-            off = a - base
-            if 0 <= off and off + len(b) <= len(mem) and a != e.address:
-                if mem[off : off + len(b)] == b:
-                    good += len(b)
-                else:
-                    bad += len(b)
-        scores.append((good, -bad, f))
-    scores.sort(key=lambda t: (t[0], t[1]), reverse=True)
-    if not scores or scores[0][0] < 64:
-        return None
-    if len(scores) > 1 and scores[1][0] * 2 > scores[0][0]:
-        return None
-    return scores[0][2]
 
 
 _TRACE = re.compile(r"^Trace \d+: \S+ \[[0-9a-f]+/([0-9a-f]+)/")
@@ -400,7 +162,7 @@ def count_executions(
                 cur, block = None, -1
                 continue
             if block is not None:
-                im = _INSN.match(line)
+                im = INSN_LINE.match(line)
                 if im:
                     a = int(im.group(1), 16)
                     block = a if block == -1 else block
@@ -454,11 +216,6 @@ def _flush(pc, regs, owner, blocks, stats, valid) -> None:
 # --- one boot with the TCG plugin ---------------------------------------------------------------
 
 PLUGIN_BOOT_LOG = ["-d", "cpu_reset"]  # QEMU still names a triple fault; no translation log
-
-
-def code_log(work: Path) -> Path:
-    """The record of translated code of a boot in `work`: the plugin's dump, else QEMU's log."""
-    return work / "code.bin" if (work / "code.bin").is_file() else work / "trace.log"
 
 
 def run_plugin_boot(
@@ -534,226 +291,6 @@ def executed_from_plugin(table: plugin.Table, answers: list, counted: bool) -> t
     return out, notes
 
 
-# --- where a boot that did not finish stopped ----------------------------------------------------
-
-_FOUR_GIB = 1 << 32
-_RIP = re.compile(r"\b([RE])IP=([0-9a-f]+)")
-_CS_BASE = re.compile(r"^CS =[0-9a-f]{4} ([0-9a-f]+)", re.M)
-_HLT = re.compile(r"\bHLT=([01])")
-_ANSI = re.compile(r"\x1b\[[0-9;?=>]*[A-Za-z]|\x1b[()][A-Za-z0-9]|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def cpu_address(regs: str) -> tuple[int, bool] | None:
-    """(linear address of the next instruction, halted) from `info registers`: CS base + RIP/EIP."""
-    m, c = _RIP.search(regs), _CS_BASE.search(regs)
-    if m is None:
-        return None
-    base = int(c.group(1), 16) if c else 0
-    mask = (1 << 64) - 1 if m.group(1) == "R" else 0xFFFFFFFF
-    h = _HLT.search(regs)
-    return (base + int(m.group(2), 16)) & mask, bool(h and h.group(1) == "1")
-
-
-def last_block(trace: Path, tail: int = 1 << 18) -> list[tuple[int, bytes]]:
-    """The instructions of the last block QEMU translated (the last new code the guest ran)."""
-    if trace.suffix == ".bin":
-        return plugin.last_block(trace)
-    try:
-        with open(trace, "rb") as fh:
-            fh.seek(max(0, trace.stat().st_size - tail))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return []
-    i = text.rfind("\nIN:")
-    out = []
-    for line in text[i + 1 if i >= 0 else 0 :].splitlines()[1:]:
-        m = _INSN.match(line)
-        if m:
-            out.append((int(m.group(1), 16), bytes.fromhex(m.group(2).replace(" ", ""))))
-        elif out and not line.strip():
-            break
-    return out
-
-
-def _code_near(trace: Path, address: int, span: int = 0x400) -> dict[int, bytes]:
-    """Instructions QEMU translated within `span` bytes of `address` (the latest at each address)."""
-    if trace.suffix == ".bin":
-        return {a: b for _, insns in plugin.iter_blocks(trace) for a, b in insns if abs(a - address) <= span}
-    out: dict[int, bytes] = {}
-    try:
-        fh = open(trace, errors="replace")
-    except OSError:
-        return out
-    with fh:
-        for line in fh:
-            if line.startswith("0x"):
-                m = _INSN.match(line)
-                if m and abs(int(m.group(1), 16) - address) <= span:
-                    out[int(m.group(1), 16)] = bytes.fromhex(m.group(2).replace(" ", ""))
-    return out
-
-
-def _match_code(address: int, code: dict[int, bytes], mods: list[Module]) -> tuple[Module, int] | None:
-    """The module whose code, loaded page-aligned so that it covers `address`, agrees with what
-    QEMU translated around it (no debug log says where DXE drivers were loaded in RELEASE builds)."""
-    if not code:
-        return None
-    scores = []
-    for m in mods:
-        mem = m.image.memory
-        for rva in range(address % 0x1000, len(mem), 0x1000):
-            base = address - rva
-            good = bad = 0
-            for a, b in code.items():
-                off = a - base
-                if 0 <= off and off + len(b) <= len(mem):
-                    if mem[off : off + len(b)] == b:
-                        good += len(b)
-                    else:
-                        bad += len(b)
-            if good:
-                scores.append((good - bad, good, m, rva))
-    scores.sort(key=lambda t: (t[0], t[1]), reverse=True)
-    if not scores or scores[0][1] < 16 or scores[0][0] <= scores[0][1] // 2:
-        return None
-    if len(scores) > 1 and scores[1][0] * 2 > scores[0][0]:
-        return None
-    return scores[0][2], scores[0][3]
-
-
-def _function_name(
-    mem: bytes, bits: int, ranges: list[tuple[int, int]], strong, weak, rva: int, matches=()
-) -> str | None:
-    """The routine holding `rva`: a built-in signature's, else the analysis' nearest function start
-    before it (`sub_…`, as scan names them), None when `rva` is not in code the analysis found."""
-    for mt in matches:
-        if mt.rva <= rva < mt.end:
-            return mt.signature.routine
-    if not any(s <= rva < e for s, e in ranges):
-        return None
-    cmap = discover(mem, bits, ranges, strong, weak)
-    starts = cmap.instruction_starts()
-    if not any(a <= rva < a + starts[a] for a in range(max(0, rva - 15), rva + 1) if a in starts):
-        return None
-    fns = sorted(cmap.functions)
-    i = bisect.bisect_right(fns, rva) - 1
-    return f"sub_{fns[i]:x}" if i >= 0 else None
-
-
-def _module_function(m: Module, rva: int) -> str | None:
-    img = m.image
-    mem = img.memory
-    ranges = exec_ranges(img)
-    matches = sigs.find(mem, m.arch, ranges)
-    strong = (
-        [(mt.rva, "signature") for mt in matches]
-        + [(img.entry_rva, "entry")]
-        + [(r, "export") for r in sorted(img.exports)]
-    )
-    return _function_name(mem, img.bits, ranges, strong, pointer_roots(img, mem), rva, matches)
-
-
-def locate(address: int, root: FlashImage, debug_log: Path, trace: Path | None = None) -> dict:
-    """Module, phase, RVA and function of a guest address, as map_to_modules maps executed sites:
-    the latest DEBUG-log load over it, else an XIP SEC/PEI module's image, else the flash (the
-    code image ends at 4 GiB: address = 2**32 - image size + file offset: the reset vector, SEC),
-    else the module whose code matches what QEMU translated around it."""
-    mods = list(iter_modules(root))
-    hit: tuple[Module, int, str] | None = None
-    for base, m in reversed(debug_loads(debug_log, mods)):
-        if base <= address < base + m.image.size_of_image:
-            hit = (m, address - base, "debug-log")
-            break
-    if hit is None:
-        for m in mods:
-            b = m.image.image_base
-            if m.phase in ("SEC", "PEI") and b <= address < b + m.image.size_of_image:
-                hit = (m, address - b, "xip")
-                break
-    off = address - (_FOUR_GIB - root.size)
-    if hit is None and 0 <= off < root.size:
-        for blob in iter_code_blobs(root):
-            if blob.abs_offset is not None and blob.abs_offset <= off < blob.abs_offset + blob.size:
-                rva = off - blob.abs_offset
-                fn = _function_name(blob.data, 16, [(0, blob.size)], [(blob.entry_offset, "entry")], [], rva)
-                f = blob.parent
-                return {
-                    "module": "ResetVector",
-                    "guid": getattr(f, "guid", None),
-                    "phase": "RESET",
-                    "rva": rva,
-                    "function": fn,
-                    "mapped_by": "flash",
-                }
-        for m in mods:
-            a = m.image.abs_offset
-            if a is not None and a <= off < a + m.image.size:
-                rva = _offset_to_rva(m, off - a)
-                if rva is not None:
-                    hit = (m, rva, "flash")
-                    break
-    if hit is None and trace is not None:
-        mc = _match_code(address, _code_near(trace, address), mods)
-        if mc is not None:
-            hit = (mc[0], mc[1], "code-match")
-    if hit is None:
-        return {}
-    m, rva, how = hit
-    return {
-        "module": m.name,
-        "guid": m.guid,
-        "phase": m.phase,
-        "rva": rva,
-        "function": _module_function(m, rva),
-        "mapped_by": how,
-    }
-
-
-def _offset_to_rva(m: Module, off: int) -> int | None:
-    for s in m.image.sections:
-        if s.raw_offset <= off < s.raw_offset + s.raw_size:
-            return s.rva + off - s.raw_offset
-    return None  # a header: no code
-
-
-def last_line(path: Path, tail: int = 8192) -> str | None:
-    """The last non-empty line of a console log, without terminal escapes, at most 200 characters."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, path.stat().st_size - tail))
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return None
-    lines = [x.strip() for x in re.split(r"[\r\n]+", _ANSI.sub(" ", text)) if x.strip()]
-    return lines[-1][:200] if lines else None
-
-
-def stopped_where(end: Ending, root: FlashImage, work: Path) -> StoppedAt:
-    """Where the guest was when a boot that did not finish ended: the CPU's address when QEMU
-    could be asked, else the last block it translated; mapped to module and function."""
-    addr, source, halted = None, None, None
-    if end.registers:
-        ca = cpu_address(end.registers)
-        if ca is not None:
-            (addr, halted), source = ca, "cpu"
-    code = code_log(work)
-    if addr is None:
-        blk = last_block(code)
-        if blk:
-            addr, source = blk[0][0], "last-translated"
-    st = StoppedAt(
-        addr,
-        source,
-        halted=halted,
-        last_serial=last_line(work / "serial.log"),
-        last_debug=last_line(work / "debug.log"),
-    )
-    if addr is not None:
-        for k, v in locate(addr, root, work / "debug.log", code).items():
-            setattr(st, k, v)
-    return st
-
-
 # --- the whole check ------------------------------------------------------------------------------
 
 
@@ -785,90 +322,6 @@ def check_bootable(image: str, root: FlashImage) -> None:
         )
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a cancelled CI job, a closed terminal
-_CLEANUP_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
-
-
-class Terminated(BaseException):
-    """A stop signal (SIGTERM, SIGHUP) arrived while `stop_on_signals` was active. A BaseException,
-    like KeyboardInterrupt, so that no `except Exception` swallows it on its way out: every
-    `finally` on the way kills QEMU and removes the work directory."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # as the shell reports a process the signal ended: 143 for SIGTERM
-
-
-@contextlib.contextmanager
-def stop_on_signals(signals=STOP_SIGNALS):
-    """Turn SIGTERM and SIGHUP into `Terminated` (as SIGINT is KeyboardInterrupt) for the duration.
-    A signal the process ignores (nohup) stays ignored; a second one while the first unwinds is
-    dropped, so it cannot cut the cleanup short. Only in the main thread (elsewhere: no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired: list[int] = []
-
-    def handler(signum, _frame):
-        if fired:
-            return
-        fired.append(signum)
-        raise Terminated(signum)
-
-    old = {}
-    for sig in signals:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            old[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Hold SIGTERM, SIGHUP and SIGINT back (delivered when this ends) so a cleanup runs whole."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _CLEANUP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-class _InBackground:
-    """`fn()` in a thread — the static scan while QEMU boots (TCG keeps one core busy, the scan
-    the other); `result()` waits for it and re-raises what it raised."""
-
-    def __init__(self, fn) -> None:
-        self._out, self._err = None, None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="ovmftool-scan", daemon=True)
-        self._thread.start()
-
-    def _run(self, fn) -> None:
-        try:
-            self._out = fn()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            self._err = e
-
-    def result(self):
-        self._thread.join()
-        if self._err is not None:
-            raise self._err
-        return self._out
-
-
 def boot_check(
     image: str,
     root: FlashImage,
@@ -895,11 +348,11 @@ def boot_check(
         hang_after = None
     work: Path | None = None
     try:
-        with _signals_held():  # no signal between creating the directory and knowing to remove it
+        with signals_held():  # no signal between creating the directory and knowing to remove it
             work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ovmftool-bootcheck-"))
         work.mkdir(exist_ok=True)
         template = vars_plan.template(work)
-        pending = _InBackground(scan) if callable(scan) else None
+        pending = InBackground(scan) if callable(scan) else None
         so = plugin.build_at_first_use() if plugin.enabled() else None
         end = None
         if so is not None:
@@ -972,7 +425,7 @@ def boot_check(
             notes,
         )
     finally:
-        with _signals_held():  # a second signal waits until QEMU is gone and the directory removed
+        with signals_held():  # a second signal waits until QEMU is gone and the directory removed
             close_all()
             if work is not None and not keep:
                 shutil.rmtree(work, ignore_errors=True)

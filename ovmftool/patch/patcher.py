@@ -35,7 +35,7 @@ from ovmftool.model.pe import parse_image
 from ovmftool.ops.assemble import Assembler, Edit, Replace, assemble
 from ovmftool.ops.modules import Module, iter_modules
 from ovmftool.patch import detour, emulate, grow, shapes
-from ovmftool.scan.scanner import Finding, code_map, scan_blobs, scan_checked, scan_module
+from ovmftool.scan.scanner import Finding, ModuleKey, code_map, scan_blobs, scan_checked, scan_module
 from ovmftool.scan.symbols import BuildSymbols
 
 
@@ -124,10 +124,6 @@ def _refusal(f: Finding, shape: str, reason: str) -> Refusal:
     )
 
 
-def _key(m: Module) -> tuple[str, str, str]:
-    return (m.volume, m.guid, m.arch)
-
-
 def _emulate_module(
     m: Module, plans: list[tuple[Finding, shapes.Rewrite]], emu: emulate.Emulator
 ) -> tuple[list[str], int]:
@@ -173,15 +169,15 @@ def plan_patch(
     # scan's verdict rules: an input without code (a variable store), parts left unread that could
     # hold code, or a module in which no code was found is an error, never "nothing to patch"
     scan = scan_checked(path, symbols, jobs=jobs, root=root)
-    mods = {_key(m): m for m in iter_modules(root)}
+    mods = {ModuleKey.of(m): m for m in iter_modules(root)}
     res = PatchResult(path, root.sha256, len(scan.findings), [], [])
-    with_sites = {(f.volume, f.guid, f.arch) for f in scan.findings}
+    with_sites = {ModuleKey.of(f) for f in scan.findings}
     res.clean_modules = {_digest(m) for k, m in mods.items() if k not in with_sites}
     per_module: dict[tuple, list[tuple[Finding, shapes.Rewrite]]] = {}
     to_grow: dict[tuple, list[Finding]] = {}
     verdicts = {}
     for f in scan.findings:
-        m = mods.get((f.volume, f.guid, f.arch))
+        m = mods.get(ModuleKey.of(f))
         size = len(bytes.fromhex(f.bytes))
         verdicts[id(f)] = (
             shapes.classify(m.image, f.rva, size)
@@ -192,21 +188,21 @@ def plan_patch(
     detoured = {
         key
         for f in scan.findings
-        if (key := (f.volume, f.guid, f.arch)) in mods and (detour_all or _needs_detour(f, verdicts[id(f)]))
+        if (key := ModuleKey.of(f)) in mods and (detour_all or _needs_detour(f, verdicts[id(f)]))
     }
     for f in scan.findings:
         v = verdicts[id(f)]
-        if (f.volume, f.guid, f.arch) in detoured:
-            to_detour.setdefault((f.volume, f.guid, f.arch), []).append(f)
+        if ModuleKey.of(f) in detoured:
+            to_detour.setdefault(ModuleKey.of(f), []).append(f)
             continue
         if v.shape == "rep-fifo" and v.reason is None:
-            to_grow.setdefault((f.volume, f.guid, f.arch), []).append(f)
+            to_grow.setdefault(ModuleKey.of(f), []).append(f)
             continue
         if v.rewrite is None:
             res.refusals.append(_refusal(f, v.shape, v.reason or ""))
             continue
-        per_module.setdefault((f.volume, f.guid, f.arch), []).append((f, v.rewrite))
-    code_end = {(s.volume, s.guid, s.arch): s.code_end for s in scan.modules}  # from the scan's symbol tables
+        per_module.setdefault(ModuleKey.of(f), []).append((f, v.rewrite))
+    code_end = {ModuleKey.of(s): s.code_end for s in scan.modules}  # from the scan's symbol tables
     grown = [g for key, finds in to_grow.items() if (g := _prepare_grow(mods[key], finds, res, code_end.get(key)))]
     detours = [
         d
@@ -452,12 +448,12 @@ def _verify_detours(d: _Detours, res: PatchResult, memo: dict) -> bool:
 def _iofifo_routine(f: Finding) -> grow.Routine | None:
     """The IoFifo.nasm routine holding the site, as the scan's signature match found it."""
     sig = f.signature
-    io = emulate.routine_io(sig["routine"]) if sig else None
-    if sig is None or io is None or not sig["source"].endswith("IoFifo.nasm"):
+    io = emulate.routine_io(sig.routine) if sig else None
+    if sig is None or io is None or not sig.source.endswith("IoFifo.nasm"):
         return None
-    if not sig["rva"] <= f.rva < sig["rva"] + sig["size"]:
+    if not sig.rva <= f.rva < sig.rva + sig.size:
         return None
-    return grow.Routine(sig["rva"], sig["size"], sig["routine"], io[0], io[1])
+    return grow.Routine(sig.rva, sig.size, sig.routine, io[0], io[1])
 
 
 @dataclass

@@ -148,7 +148,7 @@ def _image_lines(t: Triage) -> list[str]:
             where = f"{'file' if t.image_standalone else 'fd'} 0x{m.fd_offset:X}"
         fn = f" in {m.function} [{m.function_source}]" if m.function else " in ?"
         if m.signature:
-            fn += f" {m.signature['library']} {m.signature['source']}"
+            fn += f" {m.signature.library} {m.signature.source}"
         vol = f", {m.volume}" if m.volume else ""
         lines.append(
             f"match {m.matched}/{total} bytes: {m.module} {m.arch} rva 0x{m.rva:X} ({where}{vol}){fn}"

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from ovmftool import __version__
 from ovmftool.scan.identity import fingerprint, site_keys
-from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, ScanSkipped
+from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, ScanSkipped, function_label
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFO_URI = "https://github.com/oxidecomputer/propolis/issues/1168"
@@ -131,7 +131,7 @@ class _Places:
     @staticmethod
     def _names(f: Finding) -> tuple[str, str | None]:
         fq = f"{f.volume}/{f.module}" if f.volume else f.module
-        name = None if f.function_rva is None else (f.function or f"sub_{f.function_rva:x}")
+        name = None if f.function_rva is None else (f.function or function_label(f.function_rva))
         return fq, name
 
     def _address(self, key: tuple, entry: dict) -> int:
@@ -208,7 +208,7 @@ _NAMED_BY = {"symbols": "the build's symbols", "signature": "a built-in signatur
 def listing_line(f: Finding) -> str:
     """One site as a line of the run's listing artifact: module!function+offset, RVA, where it
     is in the file, bytes and instruction."""
-    fn = f.function or (f"sub_{f.function_rva:x}" if f.function_rva is not None else "?")
+    fn = f.function or (function_label(f.function_rva) if f.function_rva is not None else "?")
     off = f"+0x{f.rva - f.function_rva:x}" if f.function_rva is not None else ""
     where = f"fd 0x{f.fd_offset:X}" if f.fd_offset is not None else f"compressed in {f.volume}"
     return f"{f.module}!{fn}{off}  rva 0x{f.rva:X}  {where}  {f.bytes}  {f.mnemonic}"
@@ -227,11 +227,11 @@ def _result(f: Finding, key: str, image: dict, listing: dict, line: int, text: s
     }
     in_image: dict = {"artifactLocation": image, "address": places.instruction(f)}
     if f.fd_region is not None:
-        region: dict = {"byteOffset": f.fd_region["offset"], "byteLength": f.fd_region["length"]}
-        if f.fd_region["holder"] != "instruction":
+        region: dict = {"byteOffset": f.fd_region.offset, "byteLength": f.fd_region.length}
+        if f.fd_region.holder != "instruction":
             region["message"] = {
                 "text": (
-                    f"the {f.fd_region['holder']} that holds the instruction compressed: decoded, it is at RVA "
+                    f"the {f.fd_region.holder} that holds the instruction compressed: decoded, it is at RVA "
                     f"0x{f.rva:X} of {f.module} in {f.volume}"
                 )
             }

@@ -66,7 +66,7 @@ def scan_text(r: ScanResult) -> str:
             where = f"fd 0x{f.fd_offset:X}" if f.fd_offset is not None else "compressed"
             fn = f"{f.function} [{f.function_source}]" if f.function else "?"
             if f.signature:
-                fn += f" {f.signature['library']} {f.signature['source']}"
+                fn += f" {f.signature.library} {f.signature.source}"
             run = (
                 "reachable from the entry point"
                 if f.reachable

@@ -88,10 +88,10 @@ class Series:
     def removes(self, signature: dict, arch: str) -> bool:
         """True when applying the series removes the routine `signature` describes (for `arch`)."""
         if self.strategy == "unroll":
-            return any(f.endswith("/" + signature["source"]) for f in self.patched_files)
+            return any(f.endswith("/" + signature.source) for f in self.patched_files)
         if self.strategy == "dsc-inf":
             kinds = {inf.rsplit("/", 1)[-1][:-4]: per_arch.get(arch) for inf, per_arch in self.iolib_fifo.items()}
-            return kinds.get(signature["library"]) not in (None, "c-loop") and "c-loop" in kinds.values()
+            return kinds.get(signature.library) not in (None, "c-loop") and "c-loop" in kinds.values()
         return False
 
 
@@ -218,7 +218,7 @@ def next_steps(r: ScanResult, base: Path | None = None) -> NextSteps | None:
     ]
     if fit:
         steps.matching = fit[0]
-        libs = sorted({f"{f.signature['library']} {f.signature['source']}" for f in r.findings})
+        libs = sorted({f"{f.signature.library} {f.signature.source}" for f in r.findings})
         steps.reason = (
             f"the image is {known['what']}, built from edk2 {known['tree']}; every site is in "
             f"{', '.join(libs)}, which the series "

@@ -17,26 +17,19 @@ from ovmftool.model.pe import PeImage
 from ovmftool.ops.modules import Module, iter_code_blobs
 from ovmftool.ops.tree import label as node_label
 from ovmftool.scan import signatures as sigs
-from ovmftool.scan.codemap import CodeMap, CodeMapLimit, discover, pointer_targets
+from ovmftool.scan.codemap import CodeMap, CodeMapLimit
 from ovmftool.scan.disasm import string_io
+from ovmftool.scan.modulecode import Matches, ModuleCode, exec_ranges, function_label, module_code
 from ovmftool.scan.records import (
     Caller,
+    FdRegion,
     Finding,
     ModuleAnalysis,
     ModuleSummary,
     SiteFacts,
+    SiteSignature,
 )
 from ovmftool.scan.symbols import BuildSymbols, SymbolTable
-
-
-def exec_ranges(img: PeImage) -> list[tuple[int, int]]:
-    """[start, end) RVAs of the image's executable sections."""
-    return [(s.rva, s.rva + (s.virtual_size or s.raw_size)) for s in img.sections if s.executable]
-
-
-def pointer_roots(img: PeImage, mem: bytes) -> list[int]:
-    """Relocated pointers whose value lands inside the module's memory image (codemap.pointer_targets)."""
-    return pointer_targets(mem, img.relocations, img.image_base)
 
 
 @dataclass
@@ -76,78 +69,37 @@ def analyse_checked(m: Module, symbols: BuildSymbols | None, era: str | None) ->
         raise LimitExceeded(f"module {m.name}: {e}", place) from None
 
 
-class _Matches(list):
-    """The module's signature matches (sorted by rva), with the two lookups a site and a caller
-    make answered by index instead of a pass over all matches (thousands of routines made a
-    scan quadratic)."""
-
-    def __init__(self, matches, era: str | None = None) -> None:
-        super().__init__(matches)
-        self.era = era  # the tree era that names the routines (signatures.Signature.names)
-        self._rvas = [mt.rva for mt in self]
-        self._longest = max((len(mt.signature.code) for mt in self), default=0)
-        self._at: dict[int, str] = {}
-        for mt in self:
-            self._at.setdefault(mt.rva, mt.signature.names(era)[0])
-
-    def containing(self, rva: int):
-        """The first match (lowest rva) whose routine holds `rva`, or None."""
-        i = bisect.bisect_left(self._rvas, rva - self._longest + 1)
-        j = bisect.bisect_right(self._rvas, rva)
-        return next((mt for mt in self[i:j] if mt.rva <= rva < mt.end), None)
-
-    def routine_at(self, start: int) -> str | None:
-        return self._at.get(start)
-
-
 def analyse_module(m: Module, symbols: BuildSymbols | None, era: str | None) -> ModuleAnalysis:
     """The module's analysis (`ModuleAnalysis`): a function of its bytes, `era` and `symbols`
     (looked up by its name, GUID and arch) alone."""
     img = m.image
-    mem = img.memory
-    bits = img.bits
-    ranges = exec_ranges(img)
-    if era is None and m.arch == "X64" and sigs.has_tdcall(mem, ranges):
+    mc = module_code(m)
+    if era is None and m.arch == "X64" and mc.has_tdcall():
         era = sigs.TDX
-    matches = _Matches(sigs.find(mem, m.arch, ranges), era)
-    strong, weak = _roots(m, matches)
-    cmap = discover(mem, bits, ranges, strong, weak, lean=True)  # lean: only counts without sites
+    matches = mc.matches.named(era)
+    cmap = mc.code_map(lean=True)  # lean: only counts without sites
     text = next((s for s in img.sections if s.name == ".text"), None)
     table: SymbolTable | None = None
     if symbols is not None:
         table = symbols.lookup(m.name, m.guid, m.arch, text.rva if text else None, img.entry_rva)
     reach = cmap.reachable_from(img.entry_rva) if cmap.sites else set()
-    starts = _certain_starts(cmap, strong) if cmap.sites else []
+    starts = _certain_starts(cmap, mc.strong) if cmap.sites else []
     sites = []
     seen = set()
     for site in sorted(cmap.sites, key=lambda s: s.rva):
         if site.rva in seen:
             continue
         seen.add(site.rva)
-        sites.append(_site_facts(mem, site, cmap, matches, table, reach, starts))
+        sites.append(_site_facts(mc.mem, site, cmap, matches, table, reach, starts))
     return ModuleAnalysis(
         cmap.code_bytes, cmap.function_count, sites, table.source if table else None, table.code_end if table else None
     )
 
 
-def _roots(m: Module, matches) -> tuple[list[tuple[int, str]], list]:
-    """The walk's strong roots (signature matches, entry point, exports) and weak ones (pointers)."""
-    img = m.image
-    strong = (
-        [(mt.rva, "signature") for mt in matches]
-        + [(img.entry_rva, "entry")]
-        + [(r, "export") for r in sorted(img.exports)]
-    )
-    return strong, pointer_roots(img, img.memory)
-
-
 def code_map(m: Module) -> CodeMap:
     """The module's whole code map (every instruction start, function, call and tail jump), as
     the scan's walk finds it: for the patcher's detours, which must know where branches land."""
-    img = m.image
-    ranges = exec_ranges(img)
-    strong, weak = _roots(m, sigs.find(img.memory, m.arch, ranges))
-    return discover(img.memory, img.bits, ranges, strong, weak)
+    return module_code(m).code_map()
 
 
 def place_analysis(m: Module, a: ModuleAnalysis) -> _ModuleScan:
@@ -170,17 +122,12 @@ def place_analysis(m: Module, a: ModuleAnalysis) -> _ModuleScan:
     return _ModuleScan(summary, findings)
 
 
-def _name_fn(start: int, matches, table: SymbolTable | None) -> str:
+def _name_fn(start: int, matches: Matches, table: SymbolTable | None) -> str:
     if table is not None:
         n = table.name_of(start)
         if n:
             return n
-    routine = (
-        matches.routine_at(start)
-        if isinstance(matches, _Matches)
-        else next((mt.signature.routine for mt in matches if mt.rva == start), None)
-    )
-    return routine or f"sub_{start:x}"
+    return matches.routine_at(start) or function_label(start)
 
 
 def _certain_starts(cmap: CodeMap, strong: list[tuple[int, str]]) -> list[int]:
@@ -227,15 +174,15 @@ def _callers(cfn: int, cmap: CodeMap, starts: list[int], matches, table: SymbolT
     return sorted(out, key=lambda c: (c.function_rva, c.call_rva, c.kind))
 
 
-def _fd_region(node: Node, fd_offset: int | None, length: int) -> dict | None:
+def _fd_region(node: Node, fd_offset: int | None, length: int) -> FdRegion | None:
     """The stretch of the file that holds an instruction as stored: the instruction itself
     when its bytes are in the file as is, else the nearest enclosing node stored as is (the
     compressed section whose decoding holds it)."""
     if fd_offset is not None:
-        return {"offset": fd_offset, "length": length, "holder": "instruction"}
+        return FdRegion(fd_offset, length, "instruction")
     for n in (node, *node.ancestors()):
         if n.abs_offset is not None:
-            return {"offset": n.abs_offset, "length": n.size, "holder": node_label(n)}
+            return FdRegion(n.abs_offset, n.size, node_label(n))
     return None
 
 
@@ -245,30 +192,20 @@ def _site_facts(mem: bytes, site, cmap: CodeMap, matches, table, reach, starts: 
     fn_name: str | None = None
     source: str | None = None
     sig_info = None
-    match = (
-        matches.containing(site.rva)
-        if isinstance(matches, _Matches)
-        else next((mt for mt in matches if mt.rva <= site.rva < mt.end), None)
-    )
+    match = matches.containing(site.rva)
     if match is not None:
         s = match.signature
-        name, others = s.names(getattr(matches, "era", None))
-        sig_info = {
-            "routine": name,
-            "library": s.library,
-            "source": s.source,
-            "aliases": list(others),
-            "trees": list(s.trees),
-            "rva": match.rva,
-            "size": match.end - match.rva,
-        }
+        name, others = s.names(matches.era)
+        sig_info = SiteSignature(
+            name, s.library, s.source, list(others), list(s.trees), match.rva, match.end - match.rva
+        )
     hit = table.function_at(site.rva) if table is not None else None
     if hit is not None:
         fn_rva, fn_name, source = hit[0], hit[1], "symbols"
     elif match is not None:
-        fn_rva, fn_name, source = match.rva, sig_info["routine"], "signature"
+        fn_rva, fn_name, source = match.rva, sig_info.routine, "signature"
     elif fn_rva is not None:
-        fn_name, source = f"sub_{fn_rva:x}", "analysis"
+        fn_name, source = function_label(fn_rva), "analysis"
     cfn = site.function  # the code map's function (what callers and reachability refer to)
     callers = _callers(cfn, cmap, starts, matches, table)
     return SiteFacts(
@@ -337,9 +274,7 @@ def tree_era(modules: list[Module]) -> str | None:
 def era_note(era: str | None, findings: list[Finding]) -> str | None:
     """What the image says about routine names that differ between EDK II eras, when findings
     carry such a name: which names the report uses, and why."""
-    named = [
-        f.signature for f in findings if f.function_source == "signature" and f.signature and f.signature["aliases"]
-    ]
+    named = [f.signature for f in findings if f.function_source == "signature" and f.signature and f.signature.aliases]
     if not named:
         return None
 
@@ -347,7 +282,7 @@ def era_note(era: str | None, findings: list[Finding]) -> str | None:
         names = sorted(set(names))
         return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
 
-    used, other = few(s["routine"] for s in named), few(a for s in named for a in s["aliases"])
+    used, other = few(s.routine for s in named), few(a for s in named for a in s.aliases)
     if era == sigs.PRE_TDX:
         return (
             f"routines named as in EDK II trees without TDX support ({used}; {other} in later trees, the same "
@@ -367,7 +302,7 @@ def scan_blobs(root: FlashImage) -> list[Finding]:
     out = []
     for b in iter_code_blobs(root):
         data = b.data
-        cmap = discover(data, 16, [(0, len(data))], [(b.entry_offset, "entry")], [])
+        cmap = ModuleCode.of_blob(data, b.entry_offset).code_map()
         for site in sorted(cmap.sites, key=lambda s: s.rva):
             sio = string_io(site.mnemonic)
             f = b.parent
@@ -388,7 +323,7 @@ def scan_blobs(root: FlashImage) -> list[Finding]:
                     width=sio.width,
                     direction=sio.direction,
                     rep=sio.rep,
-                    function=f"sub_{site.function:x}",
+                    function=function_label(site.function),
                     function_rva=site.function,
                     function_source="analysis",
                     signature=None,

@@ -9,11 +9,13 @@ from dataclasses import asdict
 from ovmftool.scan.disasm import string_io
 from ovmftool.scan.records import (
     Caller,
+    FdRegion,
     Finding,
     ModuleAnalysis,
     ModuleSummary,
     ScanResult,
     SiteFacts,
+    SiteSignature,
 )
 
 _SITE_FIELDS = frozenset(SiteFacts.__dataclass_fields__)
@@ -38,6 +40,10 @@ def _signature_ok(sig) -> bool:
         and _nat(sig["size"])
         and all(isinstance(sig[k], list) and all(isinstance(x, str) for x in sig[k]) for k in ("aliases", "trees"))
     )
+
+
+def _signature(sig: dict | None) -> SiteSignature | None:
+    return None if sig is None else SiteSignature(**sig)
 
 
 def analysis_payload(a: ModuleAnalysis) -> dict:
@@ -101,7 +107,7 @@ def analysis_from_payload(doc, mem: bytes) -> ModuleAnalysis | None:
                 ):
                     return None
                 callers.append(Caller(*c))
-            sites.append(SiteFacts(**{**d, "callers": callers}))
+            sites.append(SiteFacts(**{**d, "callers": callers, "signature": _signature(d["signature"])}))
         return ModuleAnalysis(doc["code_bytes"], doc["functions"], sites)
     except (TypeError, AttributeError, KeyError, ValueError):
         return None
@@ -215,7 +221,16 @@ def result_from_payload(doc, path: str, sha256: str, size: int):
                 or not (f["fd_region"] is None or _typed(f["fd_region"], _REGION_FIELDS))
             ):
                 return None
-            findings.append(Finding(**{**f, "callers": [Caller(**c) for c in f["callers"]]}))
+            findings.append(
+                Finding(
+                    **{
+                        **f,
+                        "callers": [Caller(**c) for c in f["callers"]],
+                        "signature": _signature(f["signature"]),
+                        "fd_region": FdRegion(**f["fd_region"]) if f["fd_region"] is not None else None,
+                    }
+                )
+            )
         if sum(m.sites for m in modules) > len(findings):
             return None
         return ScanResult(path, sha256, size, modules, findings, list(doc["notes"]), doc["standalone"], doc["era"])

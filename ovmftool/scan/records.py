@@ -5,6 +5,27 @@ bytes alone decide (`ModuleAnalysis` of `SiteFacts`, the unit of the cache)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple, Protocol
+
+
+class _InModule(Protocol):
+    volume: str
+    guid: str
+    arch: str
+
+
+class ModuleKey(NamedTuple):
+    """Which module of an image: the volume that holds it, its file GUID and its architecture
+    (one GUID can be built for two architectures, and one module can sit in two volumes)."""
+
+    volume: str
+    guid: str
+    arch: str
+
+    @classmethod
+    def of(cls, x: _InModule) -> ModuleKey:
+        """The key of a `Module`, a `Finding` or a `ModuleSummary`."""
+        return cls(x.volume, x.guid, x.arch)
 
 
 def plain(v):
@@ -42,6 +63,31 @@ class Caller:
 
 
 @dataclass
+class SiteSignature:
+    """The built-in signature (a byte-exact EDK II routine) that holds a site: the routine as this
+    tree era names it (`aliases`: its names in other eras), its library, source file and the trees
+    that ship it, and where the matched routine is in the module."""
+
+    routine: str
+    library: str
+    source: str
+    aliases: list[str]
+    trees: list[str]
+    rva: int
+    size: int
+
+
+@dataclass
+class FdRegion:
+    """Where an instruction's bytes are in the file as stored: the instruction itself (`holder`
+    "instruction") when it is stored as is, else the node that holds it compressed (its label)."""
+
+    offset: int
+    length: int
+    holder: str
+
+
+@dataclass
 class Finding:
     """One string I/O instruction in code."""
 
@@ -62,12 +108,10 @@ class Finding:
     function: str | None
     function_rva: int | None
     function_source: str | None
-    signature: dict | None
+    signature: SiteSignature | None
     callers: list[Caller] = field(default_factory=list)
     reachable: bool = False
-    # Where the instruction's bytes are in the file as stored: the instruction itself when it is
-    # stored as is, else the (compressed) node that holds it: {"offset", "length", "holder"}.
-    fd_region: dict | None = None
+    fd_region: FdRegion | None = None  # where the instruction's bytes are in the file as stored
 
     def as_dict(self) -> dict:
         return plain(self)
@@ -164,7 +208,7 @@ class SiteFacts:
     function: str | None
     function_rva: int | None
     function_source: str | None
-    signature: dict | None
+    signature: SiteSignature | None
     callers: list[Caller]
     reachable: bool
 

@@ -4,6 +4,8 @@ The scan's public interface, gathered from the files that do each job:
 
 - `records`: what a scan produces (`Finding`, `Caller`, `ModuleSummary`, `ScanResult`,
   `ScanFailure`, `ScanSkipped`, `Found`) and what a module's bytes decide (`ModuleAnalysis`);
+- `modulecode`: one module's code (ranges, signature matches, roots, code map), made once per
+  image and shared by scan, patch, boot-check and decode (`module_code`, `function_label`);
 - `analysis`: one module's analysis (`analyse_module`, `scan_module`, `code_map`), the tree era,
   the reset vector's code (`scan_blobs`);
 - `verdict`: the rules that make "no sites" mean "checked and clean" (`check_scannable`,
@@ -20,23 +22,25 @@ from ovmftool.scan.analysis import (
     analyse_module,
     code_map,
     containing_function,
-    exec_ranges,
-    pointer_roots,
     scan_blobs,
     scan_module,
     tree_era,
 )
 from ovmftool.scan.execute import default_jobs, scan_checked, scan_image, scan_inputs, scan_paths
+from ovmftool.scan.modulecode import ModuleCode, exec_ranges, function_label, module_code, pointer_roots
 from ovmftool.scan.records import (
     Caller,
+    FdRegion,
     Finding,
     Found,
     ModuleAnalysis,
+    ModuleKey,
     ModuleSummary,
     ScanFailure,
     ScanResult,
     ScanSkipped,
     SiteFacts,
+    SiteSignature,
     plain,
     worst_exit,
 )
@@ -52,15 +56,19 @@ from ovmftool.scan.verdict import (
 
 __all__ = [
     "MAX_SCAN_MEMORY",
+    "ModuleCode",
     "Caller",
+    "FdRegion",
     "Finding",
     "Found",
     "ModuleAnalysis",
+    "ModuleKey",
     "ModuleSummary",
     "ScanFailure",
     "ScanResult",
     "ScanSkipped",
     "SiteFacts",
+    "SiteSignature",
     "analyse_module",
     "check_scannable",
     "code_map",
@@ -68,6 +76,8 @@ __all__ = [
     "containing_function",
     "default_jobs",
     "exec_ranges",
+    "function_label",
+    "module_code",
     "no_code_hint",
     "open_symbols",
     "plain",

@@ -16,7 +16,7 @@ from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
 from ovmftool.ops.tree import summary as node_summary
-from ovmftool.scan.analysis import exec_ranges
+from ovmftool.scan.modulecode import exec_ranges
 from ovmftool.scan.records import ScanResult
 from ovmftool.scan.symbols import BuildSymbols
 

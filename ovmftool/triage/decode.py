@@ -26,6 +26,7 @@ from functools import cache
 from ovmftool.errors import LimitExceeded, OvmfToolError
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.disasm import cs, string_io
+from ovmftool.scan.records import SiteSignature
 
 _INST_DATA = re.compile(r"inst_data\s*:\s*\[([^\]]*)\]")
 _LEN = re.compile(r"\blen\s*:\s*(\d+)")
@@ -193,7 +194,7 @@ class Match:
     function: str | None
     function_source: str | None
     is_site: bool  # the matched instruction is a string I/O site the scanner reports
-    signature: dict | None = None  # the site's signature (routine, library, source) when one matched
+    signature: SiteSignature | None = None  # the site's signature (routine, library, source) when one matched
 
 
 @dataclass
