@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from corpus.scripts import store_builds
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus"
@@ -39,9 +40,6 @@ def beside_checkout(rel: str) -> Path:
 # its .debug files, provenance) by corpus/scripts/store_builds.py; the ones marked "rebuilt" are
 # also built from source by the tests that need a build directory (symbols, maps, build outputs),
 # and test_stored_builds.py compares a rebuild with what is stored.
-sys.path.insert(0, str(CORPUS / "scripts"))
-import store_builds  # noqa: E402
-
 BUILD_DEFS = store_builds.DEFS
 STOCK = [
     "2022.11-X64-DEBUG",

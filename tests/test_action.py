@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CORPUS_IMAGES, ROOT
+from tests.conftest import CORPUS_IMAGES, ROOT
 
 ACTION = yaml.safe_load((ROOT / "action.yml").read_text())
 DEB = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]

@@ -3,7 +3,7 @@ few hundred to a few thousand libFuzzer executions in a subprocess, from seeds m
 temporary directory, and must end without a finding (an exception other than OvmfToolError, an
 input over 10 s, RSS over 1 GiB, a sanitizer report).
 
-The long campaigns run outside CI (`python tools/atheris_fuzz.py TARGET --dir DIR --seconds S`,
+The long campaigns run outside CI (`python -m tools.atheris_fuzz TARGET --dir DIR --seconds S`,
 resumable). tools/ is no package: the tool is loaded with importlib from its path.
 """
 
@@ -17,25 +17,21 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from tests.conftest import ROOT
 
-TOOL = ROOT / "tools" / "atheris_fuzz.py"
 HAVE_ATHERIS = importlib.util.find_spec("atheris") is not None
 needs_atheris = pytest.mark.skipif(not HAVE_ATHERIS, reason="atheris is not importable (pip install atheris)")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("ovmftool_atheris_fuzz", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("tools.atheris_fuzz")  # not at collection: it imports atheris
 
 
 def _slice(tmp_path, target: str, runs: int, *extra: str) -> dict:
     d = tmp_path / "campaign"
-    cmd = [sys.executable, str(TOOL), target, "--dir", str(d), "--runs", str(runs), "--seed", "1"]
+    cmd = [sys.executable, "-m", "tools.atheris_fuzz", target, "--dir", str(d), "--runs", str(runs), "--seed", "1"]
     cmd += ["--seed-mutations", "20", "--max-restarts", "0", "--no-skip-known", *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     totals = json.loads((d / "totals.json").read_text()) if (d / "totals.json").exists() else {}
     t = totals.get("targets", {}).get(target, {})
     reports = "".join(open(f["report"]).read()[:3000] for f in t.get("findings", []) if f.get("report"))

@@ -22,8 +22,7 @@ from ovmftool.cli import main
 from ovmftool.errors import OvmfToolError
 from ovmftool.model import structs as S
 from ovmftool.model.parser import read_image
-
-from conftest import CORPUS_IMAGES, ROOT, stored
+from tests.conftest import CORPUS_IMAGES, ROOT, stored
 
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "boot-check-1.json").read_text())
 

@@ -12,8 +12,7 @@ from click.testing import CliRunner
 
 from ovmftool.boot import plugin
 from ovmftool.cli import main
-
-from conftest import CORPUS_IMAGES, ROOT
+from tests.conftest import CORPUS_IMAGES, ROOT
 
 SCHEMA = json.loads((ROOT / "docs" / "schema" / "boot-check-1.json").read_text())
 IMAGE = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]

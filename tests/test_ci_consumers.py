@@ -20,9 +20,8 @@ import yaml
 from click.testing import CliRunner
 
 from ovmftool.cli import main
-
-from ci_consumers import ant_xsd, jenkins_xsd, linter, multitool_findings
-from conftest import CODE_IMAGES, CORPUS_IMAGES, ROOT
+from tests.ci_consumers import ant_xsd, jenkins_xsd, linter, multitool_findings
+from tests.conftest import CODE_IMAGES, CORPUS_IMAGES, ROOT
 
 DEB = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
 DEBIAN_CODE = sorted(p for k, p in CODE_IMAGES.items() if k.startswith("images/debian-"))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import CORPUS_IMAGES
+from tests.conftest import CORPUS_IMAGES
 
 IMG = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 OTHER = str(CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"])

@@ -10,9 +10,8 @@ from ovmftool.model.node import all_problems, walk
 from ovmftool.model.parser import parse_flash
 from ovmftool.model.section import Section
 from ovmftool.ops.modules import iter_modules
-
-import fvbuild as B
-from conftest import CORPUS_IMAGES
+from tests import fvbuild as B
+from tests.conftest import CORPUS_IMAGES
 
 MOD = "11111111-2222-3333-4444-555555555555"
 

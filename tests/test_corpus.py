@@ -2,7 +2,7 @@
 
 import hashlib
 
-from conftest import CORPUS, MANIFEST
+from tests.conftest import CORPUS, MANIFEST
 
 
 def test_manifest_lists_required_images():

@@ -16,8 +16,7 @@ from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import scan_image
 from ovmftool.triage.decode import decode, parse_bytes
-
-from conftest import CODE_IMAGES, CORPUS_IMAGES, ROOT
+from tests.conftest import CODE_IMAGES, CORPUS_IMAGES, ROOT
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 VARS = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_VARS_4M.fd"])

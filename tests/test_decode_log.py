@@ -18,8 +18,7 @@ from referencing import Registry, Resource
 
 from ovmftool.cli import main
 from ovmftool.triage.log import MAX_LINE, read_log
-
-from conftest import CORPUS_IMAGES, MANIFEST, ROOT, beside_checkout
+from tests.conftest import CORPUS_IMAGES, MANIFEST, ROOT, beside_checkout
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 WRITEUP = beside_checkout("background/oxide-at-home-part2-nested-virtualization.txt")

@@ -14,8 +14,7 @@ from ovmftool.ops.modules import iter_modules
 from ovmftool.patch import detour, emulate
 from ovmftool.patch.patcher import patch
 from ovmftool.scan.scanner import code_map, scan_image, scan_module
-
-from conftest import CORPUS_IMAGES, stored
+from tests.conftest import CORPUS_IMAGES, stored
 
 needs_qemu = pytest.mark.skipif(
     shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 is installed by .ci/run"
@@ -166,8 +165,7 @@ def test_patch_json_with_detours_validates(unknown_routine):
     from click.testing import CliRunner
 
     from ovmftool.cli import main
-
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     path, _b = unknown_routine
     r = CliRunner().invoke(main, ["patch", "--dry-run", "--format", "json", str(path)])

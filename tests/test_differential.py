@@ -8,14 +8,11 @@ parsers differ); each rule is shown firing on a real image, exactly where it sho
 a near miss. Without UEFIExtract the tests that need it are skipped (never passed)."""
 
 import shutil
-import sys
 
 import pytest
 
-from conftest import CORPUS, ROOT
-
-sys.path.insert(0, str(ROOT / "tools"))
-import differential as D  # noqa: E402
+from tests.conftest import CORPUS
+from tools import differential as D
 
 IMAGES = D.default_images()
 CODE_4M = str(CORPUS / "images/debian-2022.11/OVMF_CODE_4M.fd")

@@ -17,8 +17,7 @@ from ovmftool.cli import main
 from ovmftool.scan import cache as C
 from ovmftool.scan.inputs import expand_inputs
 from ovmftool.scan.scanner import ScanFailure, scan_image, scan_paths
-
-from conftest import CORPUS_IMAGES
+from tests.conftest import CORPUS_IMAGES
 
 DEB22 = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
 DEB22_4M = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]

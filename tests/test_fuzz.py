@@ -1,21 +1,18 @@
 """The fuzzer (tools/fuzz.py) on a bounded, seeded slice: every input ends in time and memory,
 exits 0, 1 or 2 with at most one line on stderr, and leaves no output behind when it fails.
 
-The long campaigns (a million inputs and more) run outside CI: `python tools/fuzz.py --dir DIR
+The long campaigns (a million inputs and more) run outside CI: `python -m tools.fuzz --dir DIR
 --seed N --count M` and `--resume`. This slice runs the same machinery (forked worker, SIGALRM,
 RSS checks, failure records) on synthetic seeds only, so it is fast and needs no build.
 """
 
 import json
-import sys
 import time
 
 import pytest
 
-from conftest import CORPUS_IMAGES, ROOT
-
-sys.path.insert(0, str(ROOT / "tools"))
-import fuzz  # noqa: E402
+from tests.conftest import CORPUS_IMAGES
+from tools import fuzz
 
 
 @pytest.fixture(scope="module")

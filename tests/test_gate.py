@@ -12,9 +12,8 @@ from ovmftool.cli import main
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan.scanner import scan_image
-
-import fvbuild as B
-from conftest import CORPUS_IMAGES, ROOT, stored
+from tests import fvbuild as B
+from tests.conftest import CORPUS_IMAGES, ROOT, stored
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 CRASH_1 = (

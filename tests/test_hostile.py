@@ -15,10 +15,9 @@ from click.testing import CliRunner
 from ovmftool.cli import main
 from ovmftool.model.node import walk
 from ovmftool.model.parser import parse_flash
-
-import fvbuild as B
-from clicheck import assert_error
-from conftest import CORPUS_IMAGES
+from tests import fvbuild as B
+from tests.clicheck import assert_error
+from tests.conftest import CORPUS_IMAGES
 
 MOD = "11111111-2222-3333-4444-555555555555"
 
@@ -569,12 +568,10 @@ def test_patch_survives_hostile_routines(tmp_path):
     end (KeyError); (2) an undecodable instruction in a routine's helper: unicorn reports its size
     as 0xF1F1F1F1 and the emulator recorded 4 Gi touched offsets (21 GB, minutes); (3) a module
     whose file alignment is 0x8BA0EA99 was padded to it when grown (7 GB)."""
-    sys.path.insert(0, str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"].parents[3] / "tools"))
-    import fuzz
-
     from ovmftool.model.node import Space
     from ovmftool.model.pe import parse_image
     from ovmftool.scan.disasm import cs
+    from tools import fuzz
 
     long_rep = bytes.fromhex("85c0750dfcf3f3f3f3f3f36ee903000000e301c390c3")
     data = fuzz._fit([fuzz._module_file(1, 0x07, 0x10, _pe64(long_rep), "LongRep")])

@@ -18,8 +18,7 @@ import pytest
 
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
-
-from conftest import CORPUS, CORPUS_IMAGES
+from tests.conftest import CORPUS, CORPUS_IMAGES
 
 lief = pytest.importorskip("lief", reason="lief is in the test extras")
 pytestmark = pytest.mark.slow

@@ -12,8 +12,7 @@ from ovmftool.model.node import all_problems, walk
 from ovmftool.model.parser import read_image
 from ovmftool.model.volume import Volume
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
-
-from conftest import CORPUS_IMAGES
+from tests.conftest import CORPUS_IMAGES
 
 
 def test_real_images_parse_without_damage(corpus_image):
@@ -96,7 +95,7 @@ def test_info_text_and_json(corpus_image):
 def test_info_json_validates_against_schema(corpus_image):
     import jsonschema
 
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     schema = json.loads((ROOT / "docs" / "schema" / "info-1.json").read_text())
     r = CliRunner().invoke(main, ["info", "--format", "json", str(corpus_image)])

@@ -13,8 +13,7 @@ from ovmftool.ops.modules import iter_modules
 from ovmftool.patch.patcher import patch
 from ovmftool.scan import modulecode
 from ovmftool.scan.scanner import ModuleKey, function_label, module_code, scan_checked
-
-from conftest import CORPUS_IMAGES, stored
+from tests.conftest import CORPUS_IMAGES, stored
 
 DEB_4M = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]
 

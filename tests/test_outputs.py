@@ -17,8 +17,7 @@ from ovmftool.model.node import walk
 from ovmftool.model.parser import read_image
 from ovmftool.model.section import Section
 from ovmftool.ops.modules import iter_modules
-
-from conftest import CORPUS_IMAGES, ROOT
+from tests.conftest import CORPUS_IMAGES, ROOT
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 DEB25 = str(CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"])

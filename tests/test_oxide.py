@@ -13,8 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from ovmftool.cli import main
-
-from conftest import OXIDE_SERIES, ROOT, store_builds, stored
+from tests.conftest import OXIDE_SERIES, ROOT, store_builds, stored
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 from .ci/run")
@@ -110,7 +109,7 @@ def test_build_of_committed_series_has_no_site_and_boots(tmp_path):
     b = stored("oxide-202105-X64-DEBUG-series")
     assert [(p["name"], p["sha256"]) for p in b.meta["patches"]] == [
         (p.name, store_builds.sha256(p)) for p in sorted(SERIES_DIR.glob("0*.patch"))
-    ], "the series changed: store its build again (corpus/scripts/store_builds.py oxide-202105-X64-DEBUG-series)"
+    ], "the series changed: store its build again (python -m corpus.scripts.store_builds oxide-202105-X64-DEBUG-series)"
     for image in (b.code, b.full(tmp_path)):
         code, doc = _scan(image)
         assert code == 0 and doc["findings"] == [], image.name

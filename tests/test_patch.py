@@ -16,8 +16,7 @@ from ovmftool.ops.modules import iter_modules
 from ovmftool.patch import detour, emulate, shapes
 from ovmftool.patch.patcher import patch
 from ovmftool.scan.scanner import scan_image
-
-from conftest import CODE_IMAGES, CORPUS_IMAGES, STOCK, build_dir, stored
+from tests.conftest import CODE_IMAGES, CORPUS_IMAGES, STOCK, build_dir, stored
 
 DEB_4M = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]
 
@@ -390,7 +389,7 @@ def test_cli_dry_run_writes_nothing_and_lists_every_rewrite(tmp_path):
     doc = json.loads(r.output)
     import jsonschema
 
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     jsonschema.validate(doc, json.loads((ROOT / "docs" / "schema" / "patch-1.json").read_text()))
     assert doc["schema_version"] == "ovmftool.patch/1" and doc["written"] is None
@@ -438,7 +437,7 @@ def test_cli_refusals_write_nothing_unless_allowed(tmp_path, monkeypatch):
     doc = json.loads(r.output)
     import jsonschema
 
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     jsonschema.validate(doc, json.loads((ROOT / "docs" / "schema" / "patch-1.json").read_text()))
     assert out.exists() and doc["sites_after"] == len(doc["refusals"]) > 0

@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from ovmftool.cli import main
 from ovmftool.edk2 import strategy as S
 from ovmftool.edk2.dsc import read_dsc
-
-from conftest import CORPUS, build_dir
+from tests.conftest import CORPUS, build_dir
 
 pytestmark = pytest.mark.build
 
@@ -120,7 +119,7 @@ def test_plan_errors(tmp_path):
 def test_series_applies_with_git_am(tmp_path, ver):
     """The committed series for OvmfPkgX64 goes through `git am --keep-cr` (EDK II files are CRLF; EDK II's
     SetupGit.py sets am.keepcr) on a git checkout of the files."""
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     t = tree(ver)
     series = sorted((ROOT / "edk2-patches" / f"debian-{ver}" / "OvmfPkgX64").glob("0*.patch"))
@@ -165,7 +164,7 @@ def test_verify_names_missing_toolchain_packages(tmp_path, monkeypatch):
 def test_plan_json_validates_against_the_schema(tmp_path, dsc):
     import jsonschema
 
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     out = tmp_path / "p"
     r = CliRunner().invoke(

@@ -6,11 +6,10 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from test_plan import tree
 
 from ovmftool.cli import main
-
-from conftest import ROOT, store_builds, stored
+from tests.conftest import ROOT, store_builds, stored
+from tests.test_plan import tree
 
 pytestmark = [pytest.mark.build, pytest.mark.slow]
 
@@ -91,7 +90,7 @@ def test_series_build_leaves_no_site_and_boots(tmp_path, ver, strategy):
     b = stored(key)
     assert [(p["name"], p["sha256"]) for p in b.meta["patches"]] == [
         (p.name, store_builds.sha256(p)) for p in sorted(out.glob("0*.patch"))
-    ], f"plan writes another series now: store its build again (corpus/scripts/store_builds.py {key})"
+    ], f"plan writes another series now: store its build again (python -m corpus.scripts.store_builds {key})"
     r = CliRunner().invoke(main, ["scan", "--format", "json", str(b.code)])
     assert r.exit_code == 0 and json.loads(r.output)["findings"] == [], r.output[-2000:]
     rc, doc = _boot(b.code, b.vars)

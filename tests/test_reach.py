@@ -20,8 +20,7 @@ from ovmftool.ops.modules import iter_modules
 from ovmftool.patch.patcher import patch
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import scan_checked
-
-from conftest import CORPUS_IMAGES
+from tests.conftest import CORPUS_IMAGES
 
 SID = CORPUS_IMAGES["images/debian-2026.08/OVMF_CODE_4M.fd"]
 TRIXIE = CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"]
@@ -226,7 +225,7 @@ def test_boot_check_refuses_before_qemu_and_writes_its_json_on_exit_2():
 
     import jsonschema
 
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     t = time.monotonic()
     r = _run("boot-check", AARCH64, "--format", "json")
@@ -256,8 +255,7 @@ def test_every_ovmfpkg_platform_scanned_named_patched(key, tmp_path):
     platform's own DSC advised, patched to 0; booted where QEMU boots it, else refused before
     QEMU with one line naming the platform."""
     from ovmftool.scan.scanner import scan_image
-
-    from conftest import stored
+    from tests.conftest import stored
 
     b = stored(key)
     dsc, boot = PLATFORMS[key]

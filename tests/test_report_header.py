@@ -9,8 +9,7 @@ from click.testing import CliRunner
 
 from ovmftool import __version__
 from ovmftool.cli import main
-
-from conftest import CORPUS_IMAGES, ROOT
+from tests.conftest import CORPUS_IMAGES, ROOT
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 DEB25 = str(CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"])

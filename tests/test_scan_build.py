@@ -12,9 +12,8 @@ from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import exec_ranges, scan_image, tree_era
-
-from conftest import stored
-from truth import debug_file, fifo_sites
+from tests.conftest import stored
+from tests.truth import debug_file, fifo_sites
 
 pytestmark = pytest.mark.build
 

@@ -22,9 +22,8 @@ from ovmftool.ops.tree import label
 from ovmftool.scan import advice
 from ovmftool.scan.advice import known_series, next_steps
 from ovmftool.scan.scanner import Caller, Finding, ModuleSummary, ScanResult, SiteSignature, scan_image
-
-import fvbuild as B
-from conftest import CORPUS_IMAGES, ROOT
+from tests import fvbuild as B
+from tests.conftest import CORPUS_IMAGES, ROOT
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 DEB_2M = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])
@@ -456,7 +455,7 @@ def _holding(funcs, rva):
 @pytest.mark.build
 def test_callers_are_the_functions_that_contain_the_calls(real_build):
     ovmf_build = real_build
-    from truth import debug_file
+    from tests.truth import debug_file
 
     fd = str(ovmf_build / "FV" / "OVMF_CODE.fd")
     root = read_image(fd)
@@ -667,8 +666,7 @@ def test_oxide_image_matches_the_oxide_series_and_debian_images_do_not():
     from ovmftool.scan import advice
     from ovmftool.scan import signatures as sigs
     from ovmftool.scan.scanner import scan_checked
-
-    from conftest import stored
+    from tests.conftest import stored
 
     fd = stored("oxide-202105-X64-DEBUG").code
     r = scan_checked(str(fd))

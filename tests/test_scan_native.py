@@ -22,8 +22,7 @@ from ovmftool.scan import scanner
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.codemap import discover, native_available
 from ovmftool.scan.disasm import native_decoder
-
-from conftest import CODE_IMAGES, ROOT, stored
+from tests.conftest import CODE_IMAGES, ROOT, stored
 
 
 def test_native_walk_is_built():

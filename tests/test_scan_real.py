@@ -10,9 +10,8 @@ from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import scan_image
-
-import fvbuild as B
-from conftest import CORPUS_IMAGES
+from tests import fvbuild as B
+from tests.conftest import CORPUS_IMAGES
 
 IO = {"insb", "insw", "insd", "outsb", "outsw", "outsd"}
 
@@ -91,7 +90,7 @@ def test_exit_codes_text_json_and_several_images(tmp_path):
 def test_scan_json_validates_against_schema():
     import jsonschema
 
-    from conftest import ROOT
+    from tests.conftest import ROOT
 
     schema = json.loads((ROOT / "docs" / "schema" / "scan-1.json").read_text())
     r = CliRunner().invoke(

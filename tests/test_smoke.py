@@ -8,8 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from ovmftool.cli import main
-
-from conftest import CORPUS_IMAGES
+from tests.conftest import CORPUS_IMAGES
 
 pytestmark = pytest.mark.smoke
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])

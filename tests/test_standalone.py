@@ -16,9 +16,8 @@ from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import scan_image
-
-from clicheck import assert_error as _one_error
-from conftest import CORPUS_IMAGES, ROOT
+from tests.clicheck import assert_error as _one_error
+from tests.conftest import CORPUS_IMAGES, ROOT
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 
@@ -349,7 +348,7 @@ def check_build_outputs(build) -> tuple[int, int]:
 
 @pytest.mark.build
 def test_build_outputs_scan_like_their_modules_in_the_fd():
-    from conftest import build_dir
+    from tests.conftest import build_dir
 
     compared, sites = check_build_outputs(build_dir("2022.11-X64-DEBUG"))
     assert compared >= 100 and sites >= 600

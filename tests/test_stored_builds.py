@@ -7,9 +7,8 @@ import json
 import pytest
 
 from ovmftool.scan.scanner import scan_image
-
-from conftest import BUILD_DEFS, CORPUS, MANIFEST, REBUILT, build_dir, stored
-from truth import TRUTH_SCHEMA, build_truth
+from tests.conftest import BUILD_DEFS, CORPUS, MANIFEST, REBUILT, build_dir, stored
+from tests.truth import TRUTH_SCHEMA, build_truth
 
 
 def test_every_build_is_stored_with_its_provenance():

@@ -8,9 +8,8 @@ from ovmftool.model.node import all_problems
 from ovmftool.model.parser import parse_flash
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan.scanner import scan_image
-
-import fvbuild as B
-from conftest import CORPUS, build_dir
+from tests import fvbuild as B
+from tests.conftest import CORPUS, build_dir
 
 pytestmark = pytest.mark.build
 

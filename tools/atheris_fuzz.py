@@ -1,8 +1,8 @@
 """Coverage-guided fuzzing of ovmftool with atheris (libFuzzer), one target at a time, resumable.
 
-    python tools/atheris_fuzz.py TARGET --dir DIR [--runs N | --seconds S] [--sanitized]
-    python tools/atheris_fuzz.py TARGET --dir DIR --replay FILE [--sanitized]   # one input again
-    python tools/atheris_fuzz.py --list                                         # the targets
+    python -m tools.atheris_fuzz TARGET --dir DIR [--runs N | --seconds S] [--sanitized]
+    python -m tools.atheris_fuzz TARGET --dir DIR --replay FILE [--sanitized]   # one input again
+    python -m tools.atheris_fuzz --list                                         # the targets
 
 Targets (each a function of the input bytes; an OvmfToolError is an expected answer, anything
 else is a finding):
@@ -45,7 +45,7 @@ detect_leaks=0 and UBSan halting on its first report. capstone loads its library
 RTLD_DEEPBIND, which ASan refuses: the worker removes os.RTLD_DEEPBIND before anything imports
 capstone (the only change to the process's behaviour).
 
-Runs on one core as its caller places it: `taskset -c 1 nice -n 10 python tools/atheris_fuzz.py ...`.
+Runs on one core as its caller places it: `taskset -c 1 nice -n 10 python -m tools.atheris_fuzz ...`.
 """
 
 from __future__ import annotations
@@ -64,9 +64,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-THIS = Path(__file__).resolve()
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # ovmftool from this checkout, whatever is installed
 
 TIMEOUT_S = 10
 RSS_MB = 1024
@@ -483,18 +480,10 @@ def guarded(fn, known: set[str]):
 
 
 def _tools_fuzz():
-    """tools/fuzz.py as a module (tools/ is no package): importlib from its path. It puts tests/
-    on sys.path for tests/fvbuild.py, the tests' PI writer."""
-    import importlib.util
+    """tools/fuzz.py: its structured mutations seed the corpora."""
+    from tools import fuzz  # only the seeding needs it (it builds images with tests/fvbuild.py)
 
-    name = "ovmftool_tools_fuzz"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "fuzz.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return fuzz
 
 
 class Seeds:
@@ -902,7 +891,8 @@ class Driver:
     def command(self, extra: list[str]) -> list[str]:
         return [
             sys.executable,
-            str(THIS),
+            "-m",
+            "tools.atheris_fuzz",
             "--worker",
             self.a.target,
             str(self.tdir / "tmp"),

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Differential parsing (issue #23): ovmftool's firmware parser against two independent ones.
 
-    python3 tools/differential.py                 # every corpus image and every stored build
-    python3 tools/differential.py IMAGE...        # the given images
-    python3 tools/differential.py --json OUT      # also write every item count and difference
-    python3 tools/differential.py -q              # list only the unexplained differences
+    python3 -m tools.differential                 # every corpus image and every stored build
+    python3 -m tools.differential IMAGE...        # the given images
+    python3 -m tools.differential --json OUT      # also write every item count and difference
+    python3 -m tools.differential -q              # list only the unexplained differences
 
 The other parsers:
   * UEFIExtract (UEFITool NE, Debian package uefitool-cli 0.28.0): `UEFIExtract COPY all` on a
@@ -60,20 +60,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+from ovmftool.errors import NothingToCheck
+from ovmftool.model import structs as S
+from ovmftool.model.ffs import FfsFile
+from ovmftool.model.flash import FlashImage
+from ovmftool.model.gap import Gap
+from ovmftool.model.node import Node, all_problems, walk
+from ovmftool.model.parser import parse_flash, read_image
+from ovmftool.model.pe import PeImage
+from ovmftool.model.section import Section
+from ovmftool.model.volume import Volume
 
-from ovmftool.errors import NothingToCheck  # noqa: E402
-from ovmftool.model import structs as S  # noqa: E402
-from ovmftool.model.ffs import FfsFile  # noqa: E402
-from ovmftool.model.flash import FlashImage  # noqa: E402
-from ovmftool.model.gap import Gap  # noqa: E402
-from ovmftool.model.node import Node, all_problems, walk  # noqa: E402
-from ovmftool.model.parser import parse_flash, read_image  # noqa: E402
-from ovmftool.model.pe import PeImage  # noqa: E402
-from ovmftool.model.section import Section  # noqa: E402
-from ovmftool.model.volume import Volume  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 UEFIEXTRACT = os.environ.get("UEFIEXTRACT", "UEFIExtract")
 UEFIEXTRACT_TIMEOUT = 300

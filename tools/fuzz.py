@@ -1,8 +1,8 @@
 """Fuzz ovmftool's parser and every command that parses, in-process, with a watchdog.
 
-    python tools/fuzz.py --dir fuzz-run --seed 1 --count 100000 [--workers 1]   # start
-    python tools/fuzz.py --dir fuzz-run --resume [--count N | --seconds S]     # go on, same seed
-    python tools/fuzz.py --replay fuzz-run/failures/SIG/input-N.fd --cmd CMD   # run one input again
+    python -m tools.fuzz --dir fuzz-run --seed 1 --count 100000 [--workers 1]   # start
+    python -m tools.fuzz --dir fuzz-run --resume [--count N | --seconds S]     # go on, same seed
+    python -m tools.fuzz --replay fuzz-run/failures/SIG/input-N.fd --cmd CMD   # run one input again
 
 Inputs come from seeds: small synthetic images built with tests/fvbuild.py around small real
 modules of the corpus (volumes, FFS2/FFS3 files, every encapsulation, nested volumes, a reset
@@ -52,21 +52,18 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ovmftool.model import encoders
+from ovmftool.model import structs as S
+from ovmftool.model.codecs import x86_convert
+from ovmftool.model.ffs import FfsFile
+from ovmftool.model.node import Node, Space, walk
+from ovmftool.model.parser import parse_flash
+from ovmftool.model.pe import PeImage
+from ovmftool.model.section import Section
+from ovmftool.model.volume import Volume
+from tests import fvbuild as B
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # fvbuild: the tests' independent PI writer
-
-from ovmftool.model import encoders  # noqa: E402
-from ovmftool.model import structs as S  # noqa: E402
-from ovmftool.model.codecs import x86_convert  # noqa: E402
-from ovmftool.model.ffs import FfsFile  # noqa: E402
-from ovmftool.model.node import Node, Space, walk  # noqa: E402
-from ovmftool.model.parser import parse_flash  # noqa: E402
-from ovmftool.model.pe import PeImage  # noqa: E402
-from ovmftool.model.section import Section  # noqa: E402
-from ovmftool.model.volume import Volume  # noqa: E402
-
-import fvbuild as B  # noqa: E402
-
 TIME_LIMIT = 10.0  # seconds an input may take (the project's promise)
 RSS_LIMIT = 1 << 30  # bytes of resident memory an input may use
 VTF_GUID = "1ba0062e-c779-4582-8566-336ae8f78f09"
@@ -1266,7 +1263,7 @@ class Campaign:
             res = {**res, "seed": m.seed, "steps": m.steps}
             path = d / f"input-{res['i']}.fd"
             path.write_bytes(data)
-            replay_cmd = f"python tools/fuzz.py --replay {path} --cmd '{json.dumps(res['argv'])}'"
+            replay_cmd = f"python -m tools.fuzz --replay {path} --cmd '{json.dumps(res['argv'])}'"
             path.with_suffix(".json").write_text(
                 json.dumps(
                     {**res, "signature": sig, "campaign_seed": self.seed, "size": len(data), "replay": replay_cmd},

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Keep OVMF builds in the corpus: firmware, ground truth and provenance.
 
-    python corpus/scripts/store_builds.py [KEY ...]      (default: every build of corpus/builds.json)
+    python -m corpus.scripts.store_builds [KEY ...]      (default: every build of corpus/builds.json)
 
 For each build of corpus/builds.json: build it with corpus/scripts/build-ovmf.sh (reusing a cached
 build of the same tree, flags and patches), then write corpus/builds/KEY/:
@@ -31,13 +31,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tests.truth import build_truth  # the ground truth the tests use
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "corpus"
 SCRIPTS = CORPUS / "scripts"
 DEFS = json.loads((CORPUS / "builds.json").read_text())["builds"]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from truth import build_truth  # noqa: E402  (tests/truth.py: the ground truth the tests use)
 
 LICENSES = {
     "2020.11": "licenses/debian-ovmf-2020.11.copyright",

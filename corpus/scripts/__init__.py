@@ -1,0 +1,1 @@
+"""Scripts that fetch, build and store the corpus (`python -m corpus.scripts.store_builds`)."""
