@@ -17,6 +17,7 @@ from ovmftool.cli import main
 from ovmftool.model import structs as S
 from ovmftool.model.node import all_problems
 from ovmftool.model.parser import parse_flash, read_image
+from ovmftool.model.validate import validate
 from ovmftool.ops.modules import iter_modules
 from ovmftool.ops.tree import label
 from ovmftool.scan import advice
@@ -113,7 +114,10 @@ def _image_with_bad_relocations(tmp_path) -> tuple[str, str]:
 
 def test_damage_found_while_scanning_is_exit_2_like_info(tmp_path):
     img, _name = _image_with_bad_relocations(tmp_path)
-    assert all_problems(parse_flash(Path(img).read_bytes(), img)) == []  # the parse itself sees nothing
+    root = parse_flash(Path(img).read_bytes(), img)
+    assert all_problems(root) == []  # the parse itself sees nothing
+    (p,) = validate(root)  # reading what the model reads on first use finds it
+    assert "base relocation block size 0x7FFFFFF0 is out of range" in str(p) and all_problems(root) == [p]
     assert scan_image(img, jobs=1).findings  # without the verdict rules this image scans as "sites found"
     info = _run("info", img)
     assert info.exit_code == 2 and "base relocation block size 0x7FFFFFF0 is out of range" in info.output

@@ -175,6 +175,13 @@ class PeImage(Node):
             return rva, 0
         return rva, min(size, self.mem_size - rva)
 
+    LAZY = ("relocations", "exports", "debug_path")  # read on first use; damage there is recorded then
+
+    def read_lazy(self) -> None:
+        """Read now what the image reads on first use (`LAZY`), recording any damage found there."""
+        for name in self.LAZY:
+            getattr(self, name)
+
     @cached_property
     def relocations(self) -> Relocations:
         """Base relocations as (rva, type), ABSOLUTE padding entries dropped."""

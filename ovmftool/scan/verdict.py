@@ -11,11 +11,10 @@ from ovmftool.model import structs as S
 from ovmftool.model.ffs import FfsFile
 from ovmftool.model.flash import FlashImage
 from ovmftool.model.node import Node, all_problems, walk
-from ovmftool.model.pe import PeImage
 from ovmftool.model.section import Section
+from ovmftool.model.validate import validate
 from ovmftool.model.volume import Volume
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
-from ovmftool.ops.tree import summary as node_summary
 from ovmftool.scan.modulecode import exec_ranges
 from ovmftool.scan.records import ScanResult
 from ovmftool.scan.symbols import BuildSymbols
@@ -24,15 +23,10 @@ from ovmftool.scan.symbols import BuildSymbols
 
 
 def read_lazy_structures(root: FlashImage) -> None:
-    """Read now what the model reads on first use (base relocations, exports, the debug
-    directory, and whatever each node's summary reads), so that damage found there is recorded
-    before the verdict: `info` reads the same through the summaries, and scan workers (forked
-    processes) would otherwise record it where the parent never sees it."""
-    for n in walk(root):
-        node_summary(n)
-        if isinstance(n, PeImage):
-            for lazy in ("relocations", "exports", "debug_path"):  # cached properties: read once
-                getattr(n, lazy)
+    """Read now what the model reads on first use (`model.validate`), so that damage found there
+    is recorded before the verdict (scan workers, forked processes, would otherwise record it
+    where the parent never sees it)."""
+    validate(root)
 
 
 def no_code_hint(root: FlashImage) -> str:

@@ -1,0 +1,198 @@
+"""The gate's verdict core, edge by edge (waiver matching, expiry on the day itself, baseline
+entries by path, real path and contents, several inputs in order): each test here kills mutants
+that mutation testing (`mutmut`, bench/RESULTS.md) found surviving the rest of the suite, on
+Debian's real 2022.11 image."""
+
+import datetime as dt
+import fnmatch
+import json
+import os
+from collections import Counter
+
+import pytest
+
+from ovmftool.errors import OvmfToolError
+from ovmftool.gate.baseline import (
+    BaselineImage,
+    Waiver,
+    baseline_for,
+    check,
+    check_images,
+    load_baseline_images,
+    load_waivers,
+)
+from ovmftool.report.gate_report import baseline_doc
+from ovmftool.scan.identity import site_keys
+from ovmftool.scan.scanner import ScanFailure, ScanResult, scan_image
+from tests.conftest import CORPUS_IMAGES
+
+DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
+TODAY = dt.date(2030, 6, 15)
+
+
+@pytest.fixture(scope="module")
+def scan() -> ScanResult:
+    return scan_image(DEB, jobs=1)
+
+
+def _module_with_two_routines(scan: ScanResult):
+    by_module: dict[str, set[str]] = {}
+    for f in scan.findings:
+        by_module.setdefault(f.module, set()).add(f.function)
+    name = next(
+        m for m, fns in sorted(by_module.items()) if len(fns) >= 2 and any(fn.startswith("IoRead") for fn in fns)
+    )
+    return name, [f for f in scan.findings if f.module == name]
+
+
+def test_waiver_matches_module_function_glob_and_instruction(scan):
+    name, sites = _module_with_two_routines(scan)
+    reads = [f for f in sites if fnmatch.fnmatchcase(f.function, "*IoRead*")]
+    assert 0 < len(reads) < len(sites)
+    # the module by name (any case) or by GUID; a function glob narrows it to matching functions
+    assert [f for f in sites if Waiver(name.upper(), "r").matches(f)] == sites
+    assert [f for f in sites if Waiver(sites[0].guid, "r").matches(f)] == sites
+    assert [f for f in sites if Waiver(name, "r", function="*IoRead*").matches(f)] == reads
+    assert not any(Waiver(name, "r", function="NoSuchRoutine").matches(f) for f in sites)
+    assert not any(Waiver("NoSuchModule", "r").matches(f) for f in sites)
+    # the instruction by mnemonic or by bytes, any case
+    f = sites[0]
+    same = [g for g in sites if g.mnemonic == f.mnemonic]
+    assert [g for g in sites if Waiver(name, "r", instruction=f.mnemonic.upper()).matches(g)] == same
+    by_bytes = [g for g in sites if g.bytes == f.bytes]
+    assert [g for g in sites if Waiver(name, "r", instruction=f.bytes.upper()).matches(g)] == by_bytes
+    assert not any(Waiver(name, "r", instruction="insd").matches(g) for g in sites if g.mnemonic != "insd")
+    # all three at once: each must hold
+    w = Waiver(name, "r", function=f.function, instruction=f.mnemonic)
+    assert [g for g in sites if w.matches(g)] == [g for g in same if g.function == f.function]
+
+
+def test_check_counts_each_kind_and_expires_after_the_day_itself(scan):
+    keys = site_keys(scan.findings)
+    known = set(keys[::2])
+    name, sites = _module_with_two_routines(scan)
+    on_the_day = Waiver(name, "expires today: still valid", expires=TODAY)
+    expired = Waiver(scan.findings[0].module, "expired yesterday", expires=TODAY - dt.timedelta(days=1))
+    never = Waiver("NoSuchModule", "matches nothing", expires=TODAY)
+    res = check(scan, known | {"gone-1", "gone-2"}, [expired, on_the_day, never], TODAY)
+    assert res.known == len(known) and res.gone == 2
+    waived = [f for f, k in zip(scan.findings, keys) if k not in known and f.module == name]
+    assert [f for f, _ in res.waived] == waived and all(w is on_the_day for _, w in res.waived)
+    assert on_the_day.used == len(waived) > 1 and expired.used == 0 and never.used == 0
+    assert res.new == [f for f, k in zip(scan.findings, keys) if k not in known and f.module != name]
+    assert res.expired == [expired] and res.unused == [never]
+    # the day after, it has expired too
+    later = Waiver(name, "r", expires=TODAY)
+    res = check(scan, known, [later], TODAY + dt.timedelta(days=1))
+    assert res.expired == [later] and later.used == 0 and res.waived == []
+
+
+def _write(path, doc) -> str:
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def test_check_images_keeps_failures_in_place_and_judges_on_the_given_day(scan, tmp_path):
+    name, sites = _module_with_two_routines(scan)
+    waivers = _write(
+        tmp_path / "w.json",
+        {
+            "schema_version": "ovmftool.waivers/1",
+            "waivers": [
+                {"module": name, "reason": "expires on the day checked", "expires": "2000-01-01"},
+                {"module": "NoSuchModule", "reason": "unused, expires that day", "expires": "2000-01-01"},
+            ],
+        },
+    )
+    bad = tmp_path / "not-firmware.fd"
+    bad.write_bytes(b"\0" * 4096)
+    out = check_images([str(bad), DEB], None, waivers, today=dt.date(2000, 1, 1))
+    assert len(out) == 2 and isinstance(out[0], ScanFailure) and out[0].path == str(bad)
+    c = out[1]
+    assert c.path == DEB and c.baseline is None and c.unmatched is False
+    assert len(c.result.waived) == len(sites) and {f.module for f in c.result.new} and not c.result.expired
+    assert [w.module for w in c.result.unused] == ["NoSuchModule"]
+    # a day later both have expired: the module's sites are new
+    (c,) = check_images([DEB], None, waivers, today=dt.date(2000, 1, 2))
+    assert c.result.waived == [] and len(c.result.expired) == 2 and c.result.unused == []
+
+
+def test_check_images_uses_the_entry_that_applies(scan, tmp_path):
+    base = _write(tmp_path / "b.json", baseline_doc(scan))
+    (c,) = check_images([DEB], base)
+    assert c.baseline is not None and c.baseline.sha256 == scan.sha256 and c.unmatched is False
+    assert c.result.new == [] and c.result.known == len(scan.findings)
+
+
+def test_baseline_for_by_path_real_path_contents_then_alone(tmp_path, monkeypatch):
+    def r(path: str, sha: str) -> ScanResult:
+        return ScanResult(path, sha, 1, [], [])
+
+    def e(path: str, sha: str) -> BaselineImage:
+        return BaselineImage(path, sha, frozenset())
+
+    a, b = e("build/../a.fd", "1" * 64), e(str(tmp_path / "b.fd"), "2" * 64)
+    entries = [a, b]
+    # the path as written (normalised), whatever the contents now are
+    assert baseline_for(entries, r("a.fd", "9" * 64), alone=False) is a
+    # the same file named another way: relative here, absolute in the file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "b.fd").write_bytes(b"x")
+    assert baseline_for(entries, r("b.fd", "9" * 64), alone=False) is b
+    assert baseline_for(entries, r(os.path.join("..", tmp_path.name, "b.fd"), "9" * 64), alone=False) is b
+    # else the contents, under any name
+    assert baseline_for(entries, r("moved.fd", "2" * 64), alone=False) is b
+    # else nothing, unless it is the only image checked and the file records one image
+    assert baseline_for(entries, r("moved.fd", "9" * 64), alone=True) is None
+    assert baseline_for([a], r("moved.fd", "9" * 64), alone=True) is a
+    assert baseline_for([a], r("moved.fd", "9" * 64), alone=False) is None
+
+
+@pytest.mark.parametrize(
+    "version,where",
+    [("ovmftool.baseline/1", ""), ("ovmftool.baseline/2", "images[1].")],
+)
+def test_baseline_errors_name_the_field_where_it_is(scan, tmp_path, version, where):
+    one = baseline_doc(scan)
+    doc = one if version.endswith("/1") else baseline_doc([scan, scan])
+    if where:
+        doc["images"][1]["image"]["path"] = "other.fd"
+    target = doc if not where else doc["images"][1]
+    for mutate, field in (
+        (lambda t: t["image"].update(path=5), "image.path: 5 is not a string"),
+        (lambda t: t["sites"][2].update(module=None), "sites[2].module: null is not a string"),
+        (lambda t: t["sites"][2].update(arch=1), "sites[2].arch: 1 is not a string"),
+        (lambda t: t["sites"][2].update(mnemonic=[]), "sites[2].mnemonic: [] is not a string"),
+    ):
+        bad = json.loads(json.dumps(doc))
+        mutate(bad if not where else bad["images"][1])
+        p = _write(tmp_path / "b.json", bad)
+        with pytest.raises(OvmfToolError) as e:
+            load_baseline_images(p)
+        assert str(e.value) == f"baseline {p}: {where}{field}"
+    assert target  # the unmutated document loads
+    assert len(load_baseline_images(_write(tmp_path / "ok.json", doc))) == (1 if not where else 2)
+
+
+def test_waivers_file_fields_reach_the_waiver(tmp_path):
+    p = _write(
+        tmp_path / "w.json",
+        {
+            "schema_version": "ovmftool.waivers/1",
+            "waivers": [
+                {
+                    "module": "M",
+                    "function": "F*",
+                    "instruction": "rep insb",
+                    "reason": "why",
+                    "expires": "2031-02-03",
+                },
+                {"module": "N", "reason": "no other field"},
+            ],
+        },
+    )
+    assert load_waivers(p) == [
+        Waiver("M", "why", "F*", "rep insb", dt.date(2031, 2, 3)),
+        Waiver("N", "no other field"),
+    ]
+    assert Counter(w.used for w in load_waivers(p)) == {0: 2}
