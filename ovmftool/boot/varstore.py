@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.model import structs as S
+from ovmftool.model.checksums import fv_header_checksum
 
 BLOCK_SIZE = 0x1000
 ERASED = 0xFF
@@ -116,7 +117,7 @@ def _fv_header(layout: VarsLayout) -> bytes:
         )
 
     raw = pack(0)
-    return pack(-sum(struct.unpack(f"<{len(raw) // 2}H", raw)) & 0xFFFF)  # the 16-bit words sum to 0
+    return pack(fv_header_checksum(raw))
 
 
 def ftw_working_header(layout: VarsLayout) -> bytes:

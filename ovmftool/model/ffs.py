@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ovmftool.model import structs as S
+from ovmftool.model.checksums import ffs_data_checksum, ffs_header_sum
 from ovmftool.model.context import ParseContext
 from ovmftool.model.node import Node
 from ovmftool.model.volume import FreeSpace, Volume
@@ -111,11 +112,11 @@ def _parse_file(ctx: ParseContext, vol: Volume, pos: int, large_ok: bool) -> Ffs
         return f
     f.size = size
     header = data[pos : pos + hsize]
-    f.header_checksum_ok = (sum(header) - state - fsum) & 0xFF == 0
+    f.header_checksum_ok = ffs_header_sum(header, state, fsum) == 0
     if not f.header_checksum_ok:
         f.damage(f"file header checksum 0x{hsum:02X} is wrong")
     if attrs & S.FFS_ATTRIB_CHECKSUM:
-        f.data_checksum_ok = (sum(data[pos + hsize : pos + size]) + fsum) & 0xFF == 0
+        f.data_checksum_ok = ffs_data_checksum(data[pos + hsize : pos + size]) == fsum
         if not f.data_checksum_ok:
             f.damage(f"file data checksum 0x{fsum:02X} is wrong")
     elif fsum != S.FFS_FIXED_CHECKSUM:

@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ovmftool.model import structs as S
+from ovmftool.model.checksums import sum16
 from ovmftool.model.context import ParseContext
 from ovmftool.model.node import Node, Space
 
@@ -110,7 +111,7 @@ def parse_volume(ctx: ParseContext, space: Space, off: int, limit: int, parent: 
         vol.damage(f"volume header length 0x{hlen:X} exceeds the bytes present")
         return vol
     hdr = data[off : off + hlen]
-    vol.checksum_ok = _sum16(hdr) == 0
+    vol.checksum_ok = sum16(hdr) == 0
     if not vol.checksum_ok:
         vol.damage(f"volume header checksum 0x{csum:04X} is wrong")
     # Block map: (NumBlocks, Length) pairs ending with (0, 0).
@@ -153,8 +154,3 @@ def _parse_ext_header(vol: Volume, extoff: int) -> None:
             return
         vol.ext_entries.append((etype, esize))
         q += esize
-
-
-def _sum16(b: bytes) -> int:
-    n = len(b) // 2
-    return sum(memoryview(b[: n * 2]).cast("H")) & 0xFFFF

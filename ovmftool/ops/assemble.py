@@ -24,6 +24,7 @@ from ovmftool.errors import OvmfToolError
 from ovmftool.model import codecs, encoders
 from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile
+from ovmftool.model.checksums import ffs_data_checksum, ffs_header_sum
 from ovmftool.model.ffs import RESET_VECTOR_GUID, FfsFile
 from ovmftool.model.flash import FlashImage
 from ovmftool.model.node import Node, walk
@@ -316,9 +317,9 @@ def _file_bytes(header: bytearray, body: bytes, attributes: int, name: str) -> b
     state = header[S.FFS_STATE]
     header[S.FFS_HEADER_CHECKSUM] = 0
     if attributes & S.FFS_ATTRIB_CHECKSUM:
-        header[S.FFS_FILE_CHECKSUM] = (-sum(body)) & 0xFF
+        header[S.FFS_FILE_CHECKSUM] = ffs_data_checksum(body)
     fsum = header[S.FFS_FILE_CHECKSUM]
-    header[S.FFS_HEADER_CHECKSUM] = (-(sum(header) - state - fsum)) & 0xFF
+    header[S.FFS_HEADER_CHECKSUM] = -ffs_header_sum(header, state, fsum) & 0xFF
     return bytes(header) + body
 
 
