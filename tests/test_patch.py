@@ -259,7 +259,7 @@ def test_non_sev_build_is_patched_by_growing_modules(key, tmp_path):
         assert notes == {"new-section", "last-section"}
     if "Ia32X64" in key:  # IA32 PEIMs grown, and their loops are 32-bit code
         assert any(r.arch == "IA32" for r in res.rewrites) and any(r.arch == "X64" for r in res.rewrites)
-    assert res.rebased and all(r["delta"] % 8 == 0 for r in res.rebased)
+    assert res.rebased and all(r.delta % 8 == 0 for r in res.rebased)
     new = parse_flash(res.output, "patched")
     assert all_problems(new) == []
     assert scan_image("patched", jobs=2, root=new).findings == []

@@ -4,6 +4,12 @@ that did not finish stopped (`StoppedAt`), and the outcome of one boot (`BootChe
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+# How an executed site or a stop address was mapped to its module (boot.locate).
+MappedBy = Literal["debug-log", "xip", "page-offset", "code-match", "flash"]
+# How a boot ended: the shell or the boot manager's fallback (finished), or why not.
+Verdict = Literal["shell", "boot-manager", "timeout", "hang", "reset", "qemu-exit", "fail-fast"]
 
 
 @dataclass
@@ -19,7 +25,7 @@ class Executed:
     guid: str | None = None
     rva: int | None = None
     function: str | None = None
-    mapped_by: str | None = None  # debug-log, xip, page-offset, None
+    mapped_by: MappedBy | None = None  # None: not mapped (several candidates, or none)
     candidates: list[str] = field(default_factory=list)
     port: int | None = None  # DX on entry (second boot), when the block does not set it first
     ports: list[int] = field(default_factory=list)  # every port seen, when more than one
@@ -28,7 +34,7 @@ class Executed:
     units: int | None = None  # bytes/words/dwords moved: sum of the counts on entry, when known
     blocks: list[tuple[int, bool]] = field(default_factory=list, repr=False)  # (block start, sets dx/cx first)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         del d["blocks"]
         return d
@@ -39,18 +45,19 @@ class StoppedAt:
     """Where a boot that did not finish was when it ended."""
 
     address: int | None  # guest address (linear)
-    source: str | None  # cpu (the registers when the guest was stopped), last-translated (QEMU's last new block)
+    # cpu (the registers when the guest was stopped), last-translated (QEMU's last new block)
+    source: Literal["cpu", "last-translated"] | None
     module: str | None = None
     guid: str | None = None
     phase: str | None = None  # RESET (the reset vector), SEC, PEI, DXE, MM
     rva: int | None = None  # in the module (for the reset vector: offset in its code)
     function: str | None = None
-    mapped_by: str | None = None  # debug-log, xip, flash, code-match
+    mapped_by: MappedBy | None = None
     halted: bool | None = None  # the CPU was in HLT
     last_serial: str | None = None
     last_debug: str | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def where(self) -> str:
@@ -70,16 +77,16 @@ class BootCheck:
     """The outcome of one boot."""
 
     image: str
-    verdict: str  # shell, boot-manager, timeout, hang, reset, qemu-exit or fail-fast
+    verdict: Verdict
     seconds: float
     executed: list[Executed]
-    vars: dict  # VarsPlan.as_dict()
+    vars: dict[str, Any]  # VarsPlan.as_dict()
     detail: str = ""  # reset: triple fault or not; qemu-exit: status and message
     quiet: float = 0.0  # seconds without new output or code at the end (a hang: at least --hang-after)
     hang_after: float | None = None
     stopped_at: StoppedAt | None = None  # when it did not finish
     counted: bool = False  # the second boot (executions, ports) ran and agreed with the first
-    logs: dict = field(default_factory=dict)  # serial, debug, trace, count_debug: paths (None once removed)
+    logs: dict[str, Any] = field(default_factory=dict)  # serial, debug, trace, count_debug: paths (None once removed)
     kept: str | None = None  # the directory the logs are in (--keep), None when it was removed
     notes: list[str] = field(default_factory=list)
 
@@ -94,7 +101,7 @@ class BootCheck:
             return "stopped at the first string I/O (--fail-fast)"
         return self.verdict
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The check's fields (report.boot_report adds the document header)."""
         return {
             "image": self.image,

@@ -52,7 +52,7 @@ class PlannedRewrite:
     rva: int
     fd_offset: int | None
     mnemonic: str
-    shape: str
+    shape: shapes.Shape
     old: str
     new: str
     note: str
@@ -71,8 +71,36 @@ class Refusal:
     fd_offset: int | None
     mnemonic: str
     bytes: str
-    shape: str
+    shape: shapes.Shape
     reason: str
+
+
+@dataclass
+class ReencodedSection:
+    """A compressed section rebuilt around changed code: where it is, its compression, its size."""
+
+    space: str
+    offset: int
+    compression: str | None
+    old_size: int
+    new_size: int
+
+
+@dataclass
+class MovedFile:
+    """A file laid out anew in its volume (offsets relative to the volume)."""
+
+    file: str
+    old_offset: int
+    new_offset: int
+
+
+@dataclass
+class RebasedModule:
+    """An execute-in-place module rebased because its file moved."""
+
+    module: str
+    delta: int
 
 
 @dataclass
@@ -90,10 +118,10 @@ class PatchResult:
     output_sha256: str | None = None
     sites_after: int | None = None
     modules_rescanned: int = 0
-    reencoded: list[dict] = field(default_factory=list)
+    reencoded: list[ReencodedSection] = field(default_factory=list)
     lzma_effort: str | None = None
-    moved: list[dict] = field(default_factory=list)  # files laid out anew (volume-relative offsets)
-    rebased: list[dict] = field(default_factory=list)  # execute-in-place modules rebased by delta
+    moved: list[MovedFile] = field(default_factory=list)
+    rebased: list[RebasedModule] = field(default_factory=list)
     clean_modules: set[bytes] = field(default_factory=set, repr=False)  # digests of input modules without sites
 
     def as_dict(self) -> dict:
@@ -105,10 +133,10 @@ class PatchResult:
             "sites_after": self.sites_after,
             "emulation": {"functions": self.emulated_functions, "runs": self.emulation_runs},
             "modules_rescanned": self.modules_rescanned,
-            "reencoded_sections": self.reencoded,
+            "reencoded_sections": [asdict(s) for s in self.reencoded],
             "lzma_effort": self.lzma_effort,
-            "moved_files": self.moved,
-            "rebased_modules": self.rebased,
+            "moved_files": [asdict(m) for m in self.moved],
+            "rebased_modules": [asdict(m) for m in self.rebased],
             "rewrites": [asdict(r) for r in self.rewrites],
             "refusals": [asdict(r) for r in self.refusals],
         }
@@ -118,7 +146,7 @@ class PatchFailed(OvmfToolError):
     """The patched image did not pass its proof; nothing was written."""
 
 
-def _refusal(f: Finding, shape: str, reason: str) -> Refusal:
+def _refusal(f: Finding, shape: shapes.Shape, reason: str) -> Refusal:
     return Refusal(
         f.module, f.guid, f.arch, f.volume, f.function, f.rva, f.fd_offset, f.mnemonic, f.bytes, shape, reason
     )
@@ -337,12 +365,9 @@ def patch(
         _check_unsigned(path, root)
     out, asm = spec.take(edits)
     res.lzma_effort = asm.effort if asm.reencoded else None
-    res.reencoded = [
-        {"space": s.space.label, "offset": s.offset, "compression": s.compression, "old_size": a, "new_size": b}
-        for s, a, b in asm.reencoded
-    ]
-    res.moved = [{"file": n, "old_offset": a, "new_offset": b} for n, a, b in asm.moved]
-    res.rebased = [{"module": n, "delta": d} for n, d in asm.rebased]
+    res.reencoded = [ReencodedSection(s.space.label, s.offset, s.compression, a, b) for s, a, b in asm.reencoded]
+    res.moved = [MovedFile(n, a, b) for n, a, b in asm.moved]
+    res.rebased = [RebasedModule(n, d) for n, d in asm.rebased]
     new_root = parse_flash(out, path, known=asm.proven)  # the re-encoded streams were proven as written
     bad = all_problems(new_root)
     if bad:

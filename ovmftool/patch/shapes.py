@@ -18,6 +18,7 @@ Anything else is unknown.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ovmftool.model.pe import PeImage
 
@@ -34,6 +35,12 @@ NOPS = {
 }
 
 
+# How `patch` rewrites a site: the Sev routine's REP path in place by its own loop (sev-fifo), an
+# IoFifo.nasm routine grown into new room (rep-fifo), the instructions around any other site moved
+# into grown space (detour); unknown: no shape matched (the module is then detoured).
+Shape = Literal["sev-fifo", "rep-fifo", "detour", "unknown"]
+
+
 @dataclass(frozen=True)
 class Rewrite:
     """Replace `old` at `rva` with `new` (same length) in one module."""
@@ -41,7 +48,7 @@ class Rewrite:
     rva: int
     old: bytes
     new: bytes
-    shape: str
+    shape: Shape
     note: str
 
 
@@ -49,7 +56,7 @@ class Rewrite:
 class Verdict:
     """What can be done about one site: a rewrite, or why not."""
 
-    shape: str  # sev-fifo, rep-fifo, unknown
+    shape: Shape  # sev-fifo, rep-fifo or unknown
     rewrite: Rewrite | None  # the in-place rewrite (sev-fifo)
     reason: str | None  # why not, when there is no way (None for rep-fifo: the module is grown)
 

@@ -38,8 +38,8 @@ def patch_text(res: PatchResult, dry_run: bool) -> str:
         return "\n".join(out) + "\n"
     for s in res.reencoded:
         out.append(
-            f"rebuilt: {s['compression']} section at {s['space']}+0x{s['offset']:X}: {s['old_size']} -> "
-            f"{s['new_size']} bytes (LZMA effort {res.lzma_effort})"
+            f"rebuilt: {s.compression} section at {s.space}+0x{s.offset:X}: {s.old_size} -> "
+            f"{s.new_size} bytes (LZMA effort {res.lzma_effort})"
         )
     if res.sites_after is not None:
         out.append(

@@ -26,8 +26,9 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-from ovmftool.scan.scanner import ScanResult
+from ovmftool.scan.scanner import ScanResult, SiteSignature
 
 # The package's own source tree (a checkout, or an editable install); an installed copy
 # (`pip install .`) has none: there the series are found from the working directory (`series_dir`).
@@ -40,7 +41,7 @@ _DSC_FOR_ARCHES = {
 }
 # X64 platforms of OvmfPkg told apart by modules only they build (their FDFs, edk2 2022.11 to
 # 2025.02): (DSC, modules any of which shows it, modules none of which it has, why)
-_X64_PLATFORMS = (
+_X64_PLATFORMS: tuple[tuple[str, set[str], set[str], str], ...] = (
     # XenPlatformPei and XenAcpiPlatform (XenAcpiPlatformDxe's module), not the Xen PV drivers
     # OvmfPkgX64 also carried until 2021 (Debian's 2020.11, Oxide's 202105 fork)
     ("OvmfPkg/OvmfXen.dsc", {"XenPlatformPei", "XenAcpiPlatform", "XenIoPvhDxe"}, set(), "Xen's platform modules"),
@@ -65,6 +66,7 @@ _X64_PLATFORMS = (
 def platform_dsc(arches: tuple[str, ...], modules: set[str]) -> tuple[str, str]:
     """(DSC, why) of the OvmfPkg platform an image with these module arches and names was built
     from; ("YOUR_PLATFORM.dsc", why) when the arches fit none."""
+    dsc: str | None
     if arches == ("X64",):
         for dsc, any_of, none_of, why in _X64_PLATFORMS:
             if modules & any_of and not modules & none_of:
@@ -83,9 +85,9 @@ class Series:
     arches: tuple[str, ...]
     strategy: str
     patched_files: tuple[str, ...]
-    iolib_fifo: dict
+    iolib_fifo: dict[str, dict[str, str]]  # library INF -> {arch: kind of its FIFO routines}
 
-    def removes(self, signature: dict, arch: str) -> bool:
+    def removes(self, signature: SiteSignature, arch: str) -> bool:
         """True when applying the series removes the routine `signature` describes (for `arch`)."""
         if self.strategy == "unroll":
             return any(f.endswith("/" + signature.source) for f in self.patched_files)
@@ -118,7 +120,7 @@ def series_dir(cwd: Path | None = None, source: Path | None = None) -> Path | No
     return source if _has_series(source) else None
 
 
-def known_images(base: Path | None = None) -> dict[str, dict]:
+def known_images(base: Path | None = None) -> dict[str, dict[str, Any]]:
     """sha256 -> {tree, what} of the images whose tree is known (edk2-patches/images.json)."""
     base = base if base is not None else series_dir()
     try:
@@ -214,11 +216,16 @@ def next_steps(r: ScanResult, base: Path | None = None) -> NextSteps | None:
         if s.tree == known["tree"]
         and s.arches == arches
         and s.dsc == dsc
-        and all(s.removes(f.signature, f.arch) for f in r.findings)
+        and all(s.removes(cast(SiteSignature, f.signature), f.arch) for f in r.findings)  # none unnamed
     ]
     if fit:
         steps.matching = fit[0]
-        libs = sorted({f"{f.signature.library} {f.signature.source}" for f in r.findings})
+        libs = sorted(
+            {
+                f"{cast(SiteSignature, f.signature).library} {cast(SiteSignature, f.signature).source}"
+                for f in r.findings
+            }
+        )
         steps.reason = (
             f"the image is {known['what']}, built from edk2 {known['tree']}; every site is in "
             f"{', '.join(libs)}, which the series "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from ovmftool.errors import LimitExceeded, OvmfToolError
@@ -17,7 +18,7 @@ from ovmftool.model.pe import PeImage
 from ovmftool.ops.modules import Module, iter_code_blobs
 from ovmftool.ops.tree import label as node_label
 from ovmftool.scan import signatures as sigs
-from ovmftool.scan.codemap import CodeMap, CodeMapLimit
+from ovmftool.scan.codemap import CodeMap, CodeMapLimit, Site
 from ovmftool.scan.disasm import string_io
 from ovmftool.scan.modulecode import Matches, ModuleCode, exec_ranges, function_label, module_code
 from ovmftool.scan.records import (
@@ -157,7 +158,7 @@ def containing_function(starts: list[int], walk_fn: int, rva: int) -> int:
     return walk_fn if sure is None else sure
 
 
-def _callers(cfn: int, cmap: CodeMap, starts: list[int], matches, table: SymbolTable | None) -> list[Caller]:
+def _callers(cfn: int, cmap: CodeMap, starts: list[int], matches: Matches, table: SymbolTable | None) -> list[Caller]:
     """Direct calls and tail jumps to `cfn`, each named by the function that contains the call
     instruction: the symbol table's function when there is one, else the code map's."""
     out = []
@@ -186,7 +187,15 @@ def _fd_region(node: Node, fd_offset: int | None, length: int) -> FdRegion | Non
     return None
 
 
-def _site_facts(mem: bytes, site, cmap: CodeMap, matches, table, reach, starts: list[int]) -> SiteFacts:
+def _site_facts(
+    mem: bytes,
+    site: Site,
+    cmap: CodeMap,
+    matches: Matches,
+    table: SymbolTable | None,
+    reach: set[int],
+    starts: list[int],
+) -> SiteFacts:
     raw = mem[site.rva : site.rva + site.size]
     fn_rva: int | None = site.function
     fn_name: str | None = None
@@ -203,6 +212,7 @@ def _site_facts(mem: bytes, site, cmap: CodeMap, matches, table, reach, starts: 
     if hit is not None:
         fn_rva, fn_name, source = hit[0], hit[1], "symbols"
     elif match is not None:
+        assert sig_info is not None  # made above for every match
         fn_rva, fn_name, source = match.rva, sig_info.routine, "signature"
     elif fn_rva is not None:
         fn_name, source = function_label(fn_rva), "analysis"
@@ -215,6 +225,7 @@ def _site_facts(mem: bytes, site, cmap: CodeMap, matches, table, reach, starts: 
 
 def _finding(m: Module, img: PeImage, s: SiteFacts) -> Finding:
     sio = string_io(s.mnemonic)
+    assert sio is not None  # a site is a string I/O instruction (the walk's, or checked by the cache's codec)
     off = img.rva_to_offset(s.rva)
     fd = img.abs_offset + off if (img.abs_offset is not None and off is not None) else None
     sec = img.section_at(s.rva)
@@ -278,7 +289,7 @@ def era_note(era: str | None, findings: list[Finding]) -> str | None:
     if not named:
         return None
 
-    def few(names) -> str:
+    def few(names: Iterable[str]) -> str:
         names = sorted(set(names))
         return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
 
@@ -305,6 +316,7 @@ def scan_blobs(root: FlashImage) -> list[Finding]:
         cmap = ModuleCode.of_blob(data, b.entry_offset).code_map()
         for site in sorted(cmap.sites, key=lambda s: s.rva):
             sio = string_io(site.mnemonic)
+            assert sio is not None  # the walk's sites are string I/O instructions
             f = b.parent
             fd = (b.abs_offset + site.rva) if b.abs_offset is not None else None
             out.append(

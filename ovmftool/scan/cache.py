@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import stat
+from typing import Any
 
 FORMAT = 2  # the entries' layout; bump when what an entry holds changes
 _PACKAGES = ("model", "ops", "scan")  # the code a scan result is a function of (with errors.py)
@@ -143,7 +144,7 @@ class ResultCache:
     def _path(self, key: str) -> str:
         return os.path.join(self.directory, key[:2], key + ".json")
 
-    def get(self, key: str):
+    def get(self, key: str) -> Any:
         """The payload stored under `key`, or None when there is none or it is not whole and right."""
         try:
             with open(self._path(key), "rb") as fh:
@@ -163,7 +164,7 @@ class ResultCache:
         self.hits -= 1
         self.bad += 1
 
-    def put(self, key: str, payload) -> None:
+    def put(self, key: str, payload: Any) -> None:
         """Store `payload` (JSON data) under `key`: atomically, or not at all."""
         import tempfile  # here: a scan that stores nothing does not pay for its import
 
@@ -193,7 +194,7 @@ class ResultCache:
                     pass
 
 
-def _unwrap(blob: bytes, key: str):
+def _unwrap(blob: bytes, key: str) -> Any:
     """The payload of an entry's bytes, or None unless it is whole: its format, its key, and the
     sha256 of its payload as written."""
     try:
@@ -232,11 +233,11 @@ class ImageEntry:
         self.sha256, self.size = hashlib.sha256(data).hexdigest(), len(data)
         self.key = image_key(self.sha256, os.path.basename(path))
 
-    def get(self):
+    def get(self) -> Any:
         """The payload cached for this file, or None."""
         return self.cache.get(self.key) if self.key is not None else None
 
-    def put(self, sha256: str, size: int, payload) -> None:
+    def put(self, sha256: str, size: int, payload: Any) -> None:
         """Store the payload of a result of `sha256`/`size`: only when they are the bytes this
         entry's key was made from (the file did not change between the two reads)."""
         if self.key is not None and sha256 == self.sha256 and size == self.size:

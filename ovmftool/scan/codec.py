@@ -4,7 +4,9 @@ against the module's bytes: a cache entry is never trusted to be of its input.""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
+from typing import Any
 
 from ovmftool.scan.disasm import string_io
 from ovmftool.scan.records import (
@@ -21,15 +23,15 @@ from ovmftool.scan.records import (
 _SITE_FIELDS = frozenset(SiteFacts.__dataclass_fields__)
 
 
-def _nat(v) -> bool:
+def _nat(v: Any) -> bool:
     return type(v) is int and v >= 0
 
 
-def _opt(v, t) -> bool:
+def _opt(v: Any, t: type) -> bool:
     return v is None or isinstance(v, t)
 
 
-def _signature_ok(sig) -> bool:
+def _signature_ok(sig: Any) -> bool:
     if sig is None:
         return True
     return (
@@ -42,11 +44,11 @@ def _signature_ok(sig) -> bool:
     )
 
 
-def _signature(sig: dict | None) -> SiteSignature | None:
+def _signature(sig: dict[str, Any] | None) -> SiteSignature | None:
     return None if sig is None else SiteSignature(**sig)
 
 
-def analysis_payload(a: ModuleAnalysis) -> dict:
+def analysis_payload(a: ModuleAnalysis) -> dict[str, Any]:
     """A module's analysis as JSON data for the cache (`analysis_from_payload` reads it back)."""
     return {
         "code_bytes": a.code_bytes,
@@ -58,7 +60,7 @@ def analysis_payload(a: ModuleAnalysis) -> dict:
     }
 
 
-def analysis_from_payload(doc, mem: bytes) -> ModuleAnalysis | None:
+def analysis_from_payload(doc: Any, mem: bytes) -> ModuleAnalysis | None:
     """The analysis a cache entry holds, or None unless it has the right shape and each site's
     bytes are `mem`'s at its RVA (a string I/O instruction, in increasing RVA order)."""
     try:
@@ -113,7 +115,7 @@ def analysis_from_payload(doc, mem: bytes) -> ModuleAnalysis | None:
         return None
 
 
-def result_payload(res) -> dict:
+def result_payload(res: ScanResult) -> dict[str, Any]:
     """A checked `ScanResult` as JSON data, without its path."""
     return {
         "sha256": res.sha256,
@@ -167,7 +169,7 @@ _CALLER_FIELDS = {"function": _STR, "function_rva": _INT, "call_rva": _INT, "kin
 _REGION_FIELDS = {"offset": _INT, "length": _INT, "holder": _STR}
 
 
-def _typed(d, fields: dict) -> bool:
+def _typed(d: Any, fields: Mapping[str, str | None]) -> bool:
     if not isinstance(d, dict) or set(d) != set(fields):
         return False
     for k, t in fields.items():
@@ -182,7 +184,7 @@ def _typed(d, fields: dict) -> bool:
     return True
 
 
-def result_from_payload(doc, path: str, sha256: str, size: int):
+def result_from_payload(doc: Any, path: str, sha256: str, size: int) -> ScanResult | None:
     """The `ScanResult` a whole-image entry holds, under `path`, or None unless it is of that
     file (sha256, size) and of the right shape: typed fields, sites a string I/O instruction
     each, every module with code found and no symbols (the cache never serves --symbols)."""

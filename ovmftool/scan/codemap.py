@@ -24,7 +24,9 @@ falls back to the `Discoverer` below otherwise; the two give equal code maps
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from ovmftool.errors import LimitExceeded
 from ovmftool.scan.disasm import (
@@ -92,12 +94,13 @@ class CodeMap:
     # function_count: its starts, functions, calls and tails are left empty.
     lean: bool = False
     n_functions: int | None = None  # the lean map's count of functions
-    _callers: dict | None = field(default=None, init=False, repr=False)  # target -> transfers, made once
+    # target -> transfers, made once
+    _callers: dict[int, set[tuple[int, int, str]]] | None = field(default=None, init=False, repr=False)
 
     @property
     def function_count(self) -> int:
         """How many functions the walk found (lean or not)."""
-        return self.n_functions if self.lean else len(self.functions)
+        return cast(int, self.n_functions) if self.lean else len(self.functions)  # a lean map has its count
 
     def instruction_starts(self) -> dict[int, int]:
         """Instruction rva -> size, whichever walk made the map."""
@@ -124,7 +127,7 @@ class CodeMap:
     def callers_of(self, fn: int) -> list[tuple[int, int, str]]:
         """(caller function start, instruction rva, "call" or "jmp") for direct transfers to `fn`."""
         if self._callers is None:  # one pass over the transfers, not one per site
-            idx: dict[int, set] = {}
+            idx: dict[int, set[tuple[int, int, str]]] = {}
             for f, s, t in self.calls:
                 idx.setdefault(t, set()).add((f, s, "call"))
             for f, s, t in self.tails:
@@ -160,7 +163,8 @@ class Discoverer:
         self._lo = [r[0] for r in self.ranges]
         self.raw = RawDecoder(mem, bits)
         self.size_of: dict[int, int] = {}  # decoded instructions: rva -> size
-        self.special: dict[int, tuple[int, object]] = {}  # rva -> (kind, aux) for branches, LEAs, INS/OUTS
+        # rva -> (kind, aux) for branches, LEAs, INS/OUTS: aux an int (target), a str (mnemonic) or None
+        self.special: dict[int, tuple[int, Any]] = {}
         self.outside = 0  # functions found outside the memory image (MAX_OUTSIDE)
         self._sweep()
 
@@ -424,13 +428,14 @@ class Discoverer:
         return a == end and last_kind in (K_JMP, K_END)
 
 
-def pointer_targets(mem: bytes, relocations, image_base: int) -> list[int]:
+def pointer_targets(mem: bytes, relocations: Iterable[tuple[int, int]], image_base: int) -> list[int]:
     """Sorted distinct targets of a module's relocated pointers that land inside `mem`: the value
     of each DIR64 (8-byte) or HIGHLOW (4-byte) base relocation that lies whole inside `mem`,
     minus `image_base` (modulo 2**64). One C pass when the native walk is built and the
     relocations are the model's arrays (`pe.Relocations`), else Python; the same list."""
     from ovmftool.model import structs as S
 
+    rvas: Any  # the model's array("Q") when it is one (checked below)
     rvas, types = getattr(relocations, "rvas", None), getattr(relocations, "types", None)
     if (
         native_available()

@@ -7,6 +7,15 @@ import re
 import struct
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import ctypes
+    from collections.abc import Callable
+
+    import capstone
+
+    from ovmftool.scan._walk import DiscoverResult
 
 STRING_IO = {
     "insb": (8, "in"),
@@ -19,7 +28,7 @@ STRING_IO = {
 
 
 @cache
-def cs(bits: int):
+def cs(bits: int) -> capstone.Cs:
     """A capstone decoder for 16-, 32- or 64-bit x86 (detail off: the fast path)."""
     import capstone
 
@@ -72,7 +81,7 @@ _ROW = struct.Struct("<I4xQH230x")
 _RIP_B = re.compile(rb"\[rip ([+-]) 0x([0-9a-f]+)\]")
 
 
-def _x86_const():
+def _x86_const() -> Any:
     """capstone's x86 instruction ids (X86_INS_*), without importing the capstone package (~25 ms
     of start-up: every architecture's bindings) when it is not imported yet: read from the
     package's own x86_const.py, a generated file of `X86_INS_NAME = NUMBER` lines
@@ -85,7 +94,7 @@ def _x86_const():
         from capstone import x86_const
 
         return x86_const
-    ids = {}
+    ids: dict[str, int] = {}
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.startswith("X86_INS_"):
@@ -111,7 +120,7 @@ def _capstone_dir() -> str | None:
 
 
 @cache
-def _capstone_lib():
+def _capstone_lib() -> ctypes.CDLL | None:
     """capstone's C library (ctypes) for the native walk, or None unless it is capstone 5.
 
     The capstone package's own when the package is imported; else, on Linux, the file the package
@@ -149,8 +158,12 @@ def _capstone_lib():
     return lib if major.value == 5 else None
 
 
+# (capstone handle, cs_malloc, cs_disasm_iter, cs_free): what the native walk decodes with
+_Handle = tuple[int, int, int, int]
+
+
 @cache
-def _native_handle(bits: int) -> tuple[int, int, int, int] | None:
+def _native_handle(bits: int) -> _Handle | None:
     """(capstone handle for x86 `bits`, cs_malloc, cs_disasm_iter, cs_free) for the C side, or None.
     A handle of its own, with capstone's defaults (detail off, Intel syntax), as `cs` has."""
     import ctypes
@@ -163,7 +176,7 @@ def _native_handle(bits: int) -> tuple[int, int, int, int] | None:
     if lib.cs_open(3, mode, ctypes.byref(handle)) != 0:  # CS_ARCH_X86; CS_ERR_OK
         return None
     ptr = [ctypes.cast(getattr(lib, f), ctypes.c_void_p).value for f in ("cs_malloc", "cs_disasm_iter", "cs_free")]
-    return (handle.value, *ptr)
+    return cast(_Handle, (handle.value, *ptr))  # function addresses: never NULL
 
 
 def disasm_lite(code: bytes, bits: int) -> list[tuple[int, int, str, str]]:
@@ -172,7 +185,8 @@ def disasm_lite(code: bytes, bits: int) -> list[tuple[int, int, str, str]]:
     if native_walk_on():
         from ovmftool.scan import _walk
 
-        return _walk.disasm_lite(code, *_native_handle(bits))
+        # a handle for every mode: native_walk_on opened one for 64 bits, with capstone 5's library
+        return _walk.disasm_lite(code, *cast(_Handle, _native_handle(bits)))
     return list(cs(bits).disasm_lite(code, 0))
 
 
@@ -266,7 +280,7 @@ class RawDecoder:
         self.kinds = _kinds()
         self.size = len(mem)
 
-    def decode(self, a: int, end: int, max_insns: int = 64) -> tuple[list[int], list[int], dict]:
+    def decode(self, a: int, end: int, max_insns: int = 64) -> tuple[list[int], list[int], dict[int, tuple[int, Any]]]:
         """Decode linearly from `a`: (addresses, sizes, {rva: (kind, aux)} for the special ones).
 
         aux is the direct target of a branch or call (None when indirect), the target of a
@@ -319,7 +333,7 @@ def native_walk_on() -> bool:
 
 
 @cache
-def native_decoder(bits: int):
+def native_decoder(bits: int) -> tuple[Callable[..., DiscoverResult], tuple[int, int, int, int, bytes]] | None:
     """(ovmftool.scan._walk.discover, its capstone arguments) or None when the C walk is not built.
 
     The C walk decodes with the capstone library the Python package loaded, called through

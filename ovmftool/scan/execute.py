@@ -9,7 +9,7 @@ import hashlib
 import os
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from ovmftool.errors import NothingToCheck, NoVolume, OvmfToolError
 from ovmftool.model.binary import BinaryFile
@@ -46,7 +46,7 @@ from ovmftool.scan.verdict import (
 )
 
 
-def ProcessPoolExecutor(*args, **kwargs):
+def ProcessPoolExecutor(*args: Any, **kwargs: Any) -> concurrent.futures.ProcessPoolExecutor:
     """concurrent.futures.ProcessPoolExecutor, imported on first use: it and multiprocessing cost
     a one-job scan ~10 ms of start-up for nothing."""
     from concurrent.futures import ProcessPoolExecutor as pool
@@ -55,12 +55,16 @@ def ProcessPoolExecutor(*args, **kwargs):
 
 
 if TYPE_CHECKING:
-    from ovmftool.scan.cache import ResultCache
+    import concurrent.futures
+    from collections.abc import Iterable
+    from multiprocessing.context import BaseContext
+
+    from ovmftool.scan.cache import ImageEntry, ResultCache
 
 
 # --- whole images ----------------------------------------------------------------------------
 
-_WORK: dict = {}
+_WORK: dict[str, Any] = {}
 
 
 def _work(i: int) -> ModuleAnalysis:
@@ -91,7 +95,7 @@ def _analyses(
             if doc is not None and m.image.mem_size <= MAX_SCAN_MEMORY:
                 out[i] = analysis_from_payload(doc, m.image.memory)
                 if out[i] is not None:
-                    out[i].seconds = time.perf_counter() - t0
+                    cast(ModuleAnalysis, out[i]).seconds = time.perf_counter() - t0
                 else:
                     cache.reject()  # whole, but not of this module's shape or bytes: recomputed, rewritten
     todo = [i for i, a in enumerate(out) if a is None]
@@ -111,7 +115,7 @@ def _analyses(
         out[i] = a
         if cache is not None:
             cache.put(keys[i], analysis_payload(a))
-    return out
+    return cast("list[ModuleAnalysis]", out)  # every None filled in above
 
 
 def _worker_init(parent: int) -> None:
@@ -127,7 +131,7 @@ def _worker_init(parent: int) -> None:
         os._exit(1)
 
 
-def _fork_context():
+def _fork_context() -> BaseContext | None:
     """multiprocessing's fork context (workers inherit the parsed image), or None where there is
     none (then the work runs in this process)."""
     import multiprocessing
@@ -217,7 +221,7 @@ def _sha256_of(path: str) -> str | None:
         return None
 
 
-def _same_contents(items: list) -> dict[int, int]:
+def _same_contents(items: list[str | ScanFailure]) -> dict[int, int]:
     """index -> index of the first input with the same contents, for the inputs that are files;
     only files whose size another shares are read to compare."""
     sizes = {i: _file_size(p) for i, p in enumerate(items) if not isinstance(p, ScanFailure)}
@@ -230,20 +234,23 @@ def _same_contents(items: list) -> dict[int, int]:
     for i, s in sizes.items():
         if s is None or count[s] < 2:
             continue
-        digest = _sha256_of(items[i])
+        digest = _sha256_of(cast(str, items[i]))  # `sizes` holds the files only
         if digest is not None:
             first[i] = seen.setdefault((s, digest), i)
     return first
 
 
 def scan_paths(
-    paths, symbols_dir: str | None = None, jobs: int | None = 1, cache: ResultCache | None = None
+    paths: Iterable[str | ScanFailure],
+    symbols_dir: str | None = None,
+    jobs: int | None = 1,
+    cache: ResultCache | None = None,
 ) -> list[ScanResult | ScanFailure]:
     """Scan each input (`scan_inputs`), files of identical contents once: each is reported under
     its own name, with a note naming the first. A file a directory or pattern brought in
     (`Found`) that holds nothing the tool checks is `ScanSkipped`, unless every input is: then
     nothing was checked, and each is the error it would be if named."""
-    items = list(paths)
+    items: list[Any] = list(paths)  # str or ScanFailure: a file's path (str) wherever used as a path below
     first = _same_contents(items)
     unique = [i for i in range(len(items)) if first.get(i, i) == i]
     done = dict(zip(unique, scan_inputs([items[i] for i in unique], symbols_dir, jobs, cache)))
@@ -260,12 +267,15 @@ def scan_paths(
             o = ScanSkipped(o.path, o.message, True)
         out.append(o)
     if out and all(isinstance(o, ScanSkipped) for o in out):  # nothing checked at all: not a clean verdict
-        out = [ScanFailure(o.path, o.message, True) for o in out]
+        out = [ScanFailure(o.path, cast(ScanSkipped, o).message, True) for o in out]
     return out
 
 
 def scan_inputs(
-    paths, symbols_dir: str | None = None, jobs: int | None = 1, cache: ResultCache | None = None
+    paths: Iterable[str | ScanFailure],
+    symbols_dir: str | None = None,
+    jobs: int | None = 1,
+    cache: ResultCache | None = None,
 ) -> list[ScanResult | ScanFailure]:
     """Scan each input: its result, or its failure, in the order given. `paths` may hold
     ScanFailure entries (inputs that named nothing to scan, `scan.inputs`): kept in their place.
@@ -279,11 +289,12 @@ def scan_inputs(
     An unusable `symbols_dir` is an error of the whole command (raised before any scan); each
     image gets its own index of the build's symbol files (their matches are per image)."""
     first = BuildSymbols(symbols_dir) if symbols_dir is not None else None  # fails once, up front
-    items = list(paths)
+    items: list[Any] = list(paths)  # a file's path (str) at every index in `todo`
     todo = [i for i, p in enumerate(items) if not isinstance(p, ScanFailure)]
-    out: list = list(items)
+    out: list[Any] = list(items)
     looked = cache is not None and symbols_dir is None and len(todo) > 1
     if looked:  # images seen before: no worker needed
+        assert cache is not None  # looked: there is a cache
         for i in todo:
             out[i] = _cached_image(items[i], cache)
         todo = [i for i in todo if out[i] is None]
@@ -291,7 +302,7 @@ def scan_inputs(
     pool = _fork_context() if jobs > 1 and len(todo) > 1 else None
     if pool is None:
         for n, i in enumerate(todo):
-            symbols = first if n == 0 or first is None else BuildSymbols(symbols_dir)
+            symbols = first if n == 0 or first is None else BuildSymbols(cast(str, symbols_dir))
             out[i] = _scan_input(items[i], symbols, jobs, cache, lookup=not looked)
             if len(todo) > 1:
                 gc.collect()  # the image's tree (parent links: cycles) goes now, not images later
@@ -312,6 +323,7 @@ def _scan_input(
 
     whole = C.ImageEntry(path, cache) if cache is not None and symbols is None else None
     if whole is not None and lookup:
+        assert cache is not None  # whole: made only with a cache
         res = _cached_image(path, cache, whole)
         if res is not None:
             return res
@@ -326,7 +338,7 @@ def _scan_input(
     return res
 
 
-def _cached_image(path: str, cache: ResultCache, whole=None) -> ScanResult | None:
+def _cached_image(path: str, cache: ResultCache, whole: ImageEntry | None = None) -> ScanResult | None:
     """The cached result of the image at `path` (its whole-image entry, `scan.cache`), or None."""
     from ovmftool.scan import cache as C
 
@@ -334,6 +346,7 @@ def _cached_image(path: str, cache: ResultCache, whole=None) -> ScanResult | Non
     doc = whole.get()
     if doc is None:
         return None
+    assert whole.sha256 is not None  # doc: the entry has a key, made from the file's sha256
     res = result_from_payload(doc, path, whole.sha256, whole.size)
     if res is None:
         cache.reject()
@@ -350,7 +363,12 @@ def _spread_work(
 
 
 def _scan_spread(
-    paths: list[str], symbols_dir: str | None, jobs: int, cache: ResultCache | None, ctx, lookup: bool = True
+    paths: list[str],
+    symbols_dir: str | None,
+    jobs: int,
+    cache: ResultCache | None,
+    ctx: BaseContext,
+    lookup: bool = True,
 ) -> list[ScanResult | ScanFailure]:
     """`_scan_input` of each path in `jobs` worker processes, largest file first; in order."""
     from concurrent.futures.process import BrokenProcessPool

@@ -41,7 +41,7 @@ def canonical_bytes(hexbytes: str) -> str:
 def site_keys(findings: Iterable[Finding]) -> list[str]:
     """One key per finding, in the given order: guid/arch/function/mnemonic/bytes#rank."""
     findings = list(findings)
-    seen: Counter = Counter()
+    seen: Counter[str] = Counter()
     out = []
     for f in sorted(findings, key=lambda f: (f.guid, f.arch, f.volume, f.rva)):
         base = f"{f.guid}/{f.arch}/{stable_function(f)}/{f.mnemonic}/{canonical_bytes(f.bytes)}"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Iterable
 
 from ovmftool.scan.scanner import Found, ScanFailure
 
@@ -43,7 +44,7 @@ def is_pattern(arg: str) -> bool:
     return any(c in _MAGIC for c in arg) and not os.path.lexists(arg)
 
 
-def expand_inputs(args) -> list[str | ScanFailure]:
+def expand_inputs(args: Iterable[str]) -> list[str | ScanFailure]:
     """The images to scan, in order, for `scan`'s arguments (see the module's doc)."""
     out: list[str | ScanFailure] = []
     for arg in args:

@@ -35,7 +35,7 @@ def pointer_roots(img: PeImage, mem: bytes) -> list[int]:
     return pointer_targets(mem, img.relocations, img.image_base)
 
 
-class Matches(list):
+class Matches(list[sigs.SignatureMatch]):
     """The module's signature matches (sorted by rva), with the two lookups a site and a caller
     make answered by index instead of a pass over all matches (thousands of routines made a
     scan quadratic)."""

@@ -4,8 +4,9 @@ bytes alone decide (`ModuleAnalysis` of `SiteFacts`, the unit of the cache)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 
 class _InModule(Protocol):
@@ -28,7 +29,7 @@ class ModuleKey(NamedTuple):
         return cls(x.volume, x.guid, x.arch)
 
 
-def plain(v):
+def plain(v: Any) -> Any:
     """What dataclasses.asdict makes of the scanner's records (dataclasses holding lists, dicts,
     tuples, str, int, bool, None): equal values, without asdict's deep copy of every leaf (a
     fifth of rendering a scan)."""
@@ -113,8 +114,8 @@ class Finding:
     reachable: bool = False
     fd_region: FdRegion | None = None  # where the instruction's bytes are in the file as stored
 
-    def as_dict(self) -> dict:
-        return plain(self)
+    def as_dict(self) -> dict[str, Any]:
+        return cast("dict[str, Any]", plain(self))
 
 
 @dataclass
@@ -133,8 +134,8 @@ class ModuleSummary:
     symbols: str | None
     code_end: int | None = None  # with symbols: where the build's .text output section ends (RVA)
 
-    def as_dict(self) -> dict:
-        return plain(self)
+    def as_dict(self) -> dict[str, Any]:
+        return cast("dict[str, Any]", plain(self))
 
 
 @dataclass
@@ -187,7 +188,7 @@ class ScanSkipped(ScanFailure):
         return 0
 
 
-def worst_exit(outcomes) -> int:
+def worst_exit(outcomes: Iterable[ScanResult | ScanFailure]) -> int:
     """The exit code of a scan of several inputs: the worst of theirs (2 > 1 > 0)."""
     return max((o.exit_code for o in outcomes), default=0)
 

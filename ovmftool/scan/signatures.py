@@ -80,7 +80,7 @@ class Signature:
     pre_tdx_name: str | None = None  # its name in trees without TDX support, when that differs
 
     @property
-    def pattern(self) -> re.Pattern:
+    def pattern(self) -> re.Pattern[bytes]:
         """The routine's bytes as a regex (DOTALL), compiled on first use: a scan needs only those
         whose anchor occurs, and compiling all 26 cost each scan ~8 ms."""
         return _pattern(self.code, self.bits)
@@ -190,7 +190,7 @@ def _alt_pattern(alt: tuple[int | None, ...]) -> bytes:
 
 
 @cache
-def _pattern(code: bytes, bits: int) -> re.Pattern:
+def _pattern(code: bytes, bits: int) -> re.Pattern[bytes]:
     """The routine as a regex: each instruction's accepted encodings, wildcards as any byte."""
     parts: list[bytes] = []
     for (_addr, alts), _is_site in tokens(code, bits):
@@ -268,8 +268,10 @@ def _normalise(code: bytes, bits: int, limit: int | None = None) -> tuple[list[N
     lands on (`EXTERNAL` outside the decoded instructions, their count at the end); with each
     kept instruction's (offset, offset just past it, mnemonic). Stops at the first byte that does not
     decode."""
-    rows = []
+    rows: list[tuple[int, int, str | None, str | None]] = []  # (None, None): a NOP
     kept = 0
+    mnem: str | None
+    op: str | None
     for addr, size, mnem, op in disasm_lite(code, bits):
         if mnem == "nop":
             rows.append((addr, size, None, None))
@@ -293,6 +295,7 @@ def _normalise(code: bytes, bits: int, limit: int | None = None) -> tuple[list[N
     for addr, size, mnem, op in rows:
         if mnem is None:
             continue
+        assert op is not None  # kept with its mnemonic
         target = direct_target(op) if mnem in _BRANCHES else None
         if target is not None:
             out.append((mnem, index_at.get(target, EXTERNAL)))
@@ -394,7 +397,9 @@ def find(mem: bytes, arch: str, ranges: list[tuple[int, int]]) -> list[Signature
     return sorted(found.values(), key=lambda m: m.rva)
 
 
-def _find_by_instructions(mem: bytes, pending, found: dict[int, SignatureMatch]) -> None:
+def _find_by_instructions(
+    mem: bytes, pending: list[tuple[int, int, int, list[tuple[int, Signature]]]], found: dict[int, SignatureMatch]
+) -> None:
     """For each anchor no byte pattern explained (ascending), the routine whose instructions
     match at a start near the signature's distance with a string I/O instruction at the anchor."""
     covered = sorted((m.rva, m.end) for m in found.values())

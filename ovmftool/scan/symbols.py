@@ -11,8 +11,12 @@ import bisect
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from ovmftool.errors import OvmfToolError
+
+if TYPE_CHECKING:
+    from elftools.elf.sections import SymbolTableSection
 
 _MAP_LINE = re.compile(r"^\s+0x([0-9a-fA-F]+)\s+([A-Za-z_][A-Za-z0-9_]*)\s*$")
 
@@ -49,7 +53,7 @@ class BuildSymbols:
             self.files.setdefault(p.stem.lower(), []).append(p)
         if not self.files:
             raise OvmfToolError(f"--symbols: no .debug or .map files under {build_dir} (expected <ARCH>/*.debug)")
-        self._cache: dict[tuple, SymbolTable | None] = {}
+        self._cache: dict[tuple[str, str, str], SymbolTable | None] = {}
 
     def lookup(
         self, name: str, guid: str, arch: str, text_rva: int | None, entry_rva: int | None = None
@@ -93,7 +97,7 @@ def _read_elf(path: Path, text_rva: int | None) -> SymbolTable | None:
             if symtab is None:
                 return None
             pairs = {}
-            for s in symtab.iter_symbols():
+            for s in cast("SymbolTableSection", symtab).iter_symbols():  # pyelftools makes .symtab one
                 if s["st_shndx"] not in execs or not s.name:
                     continue
                 if s["st_info"]["type"] not in ("STT_FUNC", "STT_NOTYPE"):

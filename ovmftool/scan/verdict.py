@@ -4,6 +4,7 @@ that "no sites" always means "checked and clean"."""
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 
 from ovmftool.errors import ImageError, NothingToCheck, OvmfToolError
@@ -114,7 +115,7 @@ def unexecutable_modules(root: Node) -> list[str]:
     return out
 
 
-def _more(items: list) -> str:
+def _more(items: Sized) -> str:
     return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
