@@ -25,6 +25,7 @@ from ovmftool.scan.records import (
     Caller,
     FdRegion,
     Finding,
+    FunctionSource,
     ModuleAnalysis,
     ModuleSummary,
     SiteFacts,
@@ -199,7 +200,7 @@ def _site_facts(
     raw = mem[site.rva : site.rva + site.size]
     fn_rva: int | None = site.function
     fn_name: str | None = None
-    source: str | None = None
+    source: FunctionSource | None = None
     sig_info = None
     match = matches.containing(site.rva)
     if match is not None:

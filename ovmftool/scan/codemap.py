@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from ovmftool.errors import LimitExceeded
 from ovmftool.scan.disasm import (
@@ -79,6 +79,9 @@ class Site:
     function: int  # start rva of the function that reached it
 
 
+Transfer = Literal["call", "jmp"]  # a direct call, or a tail jump
+
+
 @dataclass
 class CodeMap:
     """Result of code discovery in one module."""
@@ -95,7 +98,7 @@ class CodeMap:
     lean: bool = False
     n_functions: int | None = None  # the lean map's count of functions
     # target -> transfers, made once
-    _callers: dict[int, set[tuple[int, int, str]]] | None = field(default=None, init=False, repr=False)
+    _callers: dict[int, set[tuple[int, int, Transfer]]] | None = field(default=None, init=False, repr=False)
 
     @property
     def function_count(self) -> int:
@@ -124,10 +127,10 @@ class CodeMap:
                     todo.append(t)
         return seen
 
-    def callers_of(self, fn: int) -> list[tuple[int, int, str]]:
+    def callers_of(self, fn: int) -> list[tuple[int, int, Transfer]]:
         """(caller function start, instruction rva, "call" or "jmp") for direct transfers to `fn`."""
         if self._callers is None:  # one pass over the transfers, not one per site
-            idx: dict[int, set[tuple[int, int, str]]] = {}
+            idx: dict[int, set[tuple[int, int, Transfer]]] = {}
             for f, s, t in self.calls:
                 idx.setdefault(t, set()).add((f, s, "call"))
             for f, s, t in self.tails:

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, Literal, NamedTuple, Protocol, cast
+
+from ovmftool.scan.codemap import Transfer
+
+# What named a site's function: the build's symbols, a built-in signature, or its address (`sub_…`).
+FunctionSource = Literal["symbols", "signature", "analysis"]
 
 
 class _InModule(Protocol):
@@ -60,7 +65,7 @@ class Caller:
     function: str
     function_rva: int
     call_rva: int
-    kind: str  # "call", or "jmp" for a tail call
+    kind: Transfer  # jmp: a tail call
 
 
 @dataclass
@@ -108,7 +113,7 @@ class Finding:
     rep: str | None
     function: str | None
     function_rva: int | None
-    function_source: str | None
+    function_source: FunctionSource | None
     signature: SiteSignature | None
     callers: list[Caller] = field(default_factory=list)
     reachable: bool = False
@@ -208,7 +213,7 @@ class SiteFacts:
     bytes: str
     function: str | None
     function_rva: int | None
-    function_source: str | None
+    function_source: FunctionSource | None
     signature: SiteSignature | None
     callers: list[Caller]
     reachable: bool
