@@ -7,6 +7,7 @@ import datetime as dt
 import fnmatch
 import json
 import os
+import re
 from collections import Counter
 
 import pytest
@@ -21,9 +22,13 @@ from ovmftool.gate.baseline import (
     load_baseline_images,
     load_waivers,
 )
-from ovmftool.report.gate_report import baseline_doc
+from ovmftool.model.parser import read_image
+from ovmftool.ops.modules import iter_modules
+from ovmftool.report.gate_report import baseline_doc, check_exit, check_report
+from ovmftool.scan import signatures as sigs
 from ovmftool.scan.identity import site_keys
-from ovmftool.scan.scanner import ScanFailure, ScanResult, scan_image
+from ovmftool.scan.modulecode import exec_ranges
+from ovmftool.scan.scanner import ScanFailure, ScanResult, ScanSkipped, scan_image
 from tests.conftest import CORPUS_IMAGES
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
@@ -196,3 +201,103 @@ def test_waivers_file_fields_reach_the_waiver(tmp_path):
         Waiver("N", "no other field"),
     ]
     assert Counter(w.used for w in load_waivers(p)) == {0: 2}
+
+
+MATCHER_IMAGES = [
+    "images/debian-2022.11/OVMF_CODE_4M.fd",  # NASM 2.15, the Sev routines
+    "images/debian-2026.08/OVMF_CODE_4M.fd",  # NASM 3.01: prefixes in the other order
+]
+
+
+def _matches(path: str) -> list[tuple[str, int, str, int, tuple[int, ...]]]:
+    root = read_image(path)
+    out = []
+    for m in iter_modules(root):
+        for mt in sigs.find(m.image.memory, m.arch, exec_ranges(m.image)):
+            out.append((m.name, mt.rva, mt.signature.routine, mt.end, mt.sites))
+    return out
+
+
+@pytest.mark.parametrize("image", MATCHER_IMAGES)
+def test_both_signature_matchers_alone_find_every_routine(image, monkeypatch):
+    """`signatures.find` matches a routine by its byte pattern (fast) and, for an anchor no pattern
+    explains, instruction by instruction: each alone finds every routine of a real image, so a
+    fault in either shows here (the other would otherwise hide it)."""
+    path = str(CORPUS_IMAGES[image])
+    both = _matches(path)
+    assert len(both) >= 90
+    with monkeypatch.context() as mp:  # the byte patterns alone
+        mp.setattr(sigs, "_find_by_instructions", lambda *a: None)
+        assert _matches(path) == both
+    with monkeypatch.context() as mp:  # the instruction matcher alone
+        never = re.compile(b"(?!)")
+        mp.setattr(sigs.Signature, "pattern", property(lambda self: never))
+        assert _matches(path) == both
+
+
+def test_check_report_puts_each_line_on_its_stream(scan, tmp_path):
+    """Sites and counts on stdout, warnings and errors on stderr (a CI log keeps them apart);
+    a skipped input is a line on stdout, an input that could not be scanned an error line."""
+    name, sites = _module_with_two_routines(scan)
+    other = baseline_doc([scan, scan])  # two other images: neither applies
+    for i, entry in enumerate(other["images"]):
+        entry["image"]["path"], entry["image"]["sha256"] = f"elsewhere-{i}.fd", str(i) * 64
+    waivers = _write(
+        tmp_path / "w.json",
+        {
+            "schema_version": "ovmftool.waivers/1",
+            "waivers": [
+                {"module": name, "reason": "known", "function": sites[0].function, "instruction": sites[0].mnemonic},
+                {"module": "Old", "reason": "expired", "expires": "2000-01-01"},
+                {"module": "NoSuchModule", "reason": "unused"},
+            ],
+        },
+    )
+    (c,) = check_images([DEB], _write(tmp_path / "b.json", other), waivers)
+    assert c.unmatched
+    lines = check_report([c])
+    assert lines[0] == (f"{DEB}: no baseline entry for this image (by path or contents): every site is new", True)
+    streams = {text.split()[0]: err for text, err in lines[1:]}
+    assert streams == {"NEW": False, "waived": False, "warning:": True, "check:": False}
+    assert any(t.startswith("waived  ") and f" in {sites[0].function}: known" in t for t, _ in lines)
+    assert ("warning: waiver Old expired on 2000-01-01", True) in lines
+    assert ("warning: waiver NoSuchModule matched no site", True) in lines
+    assert lines[-1] == (f"check: {len(c.result.new)} new, 1 waived, 0 in baseline, 0 baseline sites gone", False)
+    # several inputs: a block per image, skipped on stdout, errors on stderr, one total
+    skipped, failed = ScanSkipped("vars.fd", "a variable store"), ScanFailure("bad.fd", "damaged image")
+    lines = check_report([skipped, c, failed])
+    assert lines[0] == ("skipped: a variable store", False)
+    assert lines[1] == (f"{DEB}:", False)
+    assert lines[2] == (f"  {DEB}: no baseline entry for this image (by path or contents): every site is new", False)
+    assert ("ovmftool: error: damaged image", True) in lines
+    assert lines[-1] == (f"check: {len(c.result.new)} new in 1 of 2 images; 1 error", False)
+    assert check_exit([skipped, c]) == 1 and check_exit([skipped]) == 0 and check_exit([c, failed]) == 2
+
+
+def test_waivers_file_errors_name_the_field(tmp_path):
+    def err(doc) -> str:
+        p = _write(tmp_path / "w.json", doc)
+        with pytest.raises(OvmfToolError) as e:
+            load_waivers(p)
+        return str(e.value).removeprefix(f"waivers {p}: ")
+
+    ok = {"module": "M", "reason": "why"}
+    assert err({"schema_version": "ovmftool.waivers/9", "waivers": []}) == (
+        "schema_version: 'ovmftool.waivers/9' is not 'ovmftool.waivers/1'"
+    )
+    assert err({"schema_version": "ovmftool.waivers/1"}) == "waivers: missing"
+    v1 = "ovmftool.waivers/1"
+    assert err({"schema_version": v1, "waivers": [ok, {**ok, "reason": "\t"}]}) == (
+        'waivers[1].reason: "\\t" does not match \\S'
+    )
+    assert err({"schema_version": v1, "waivers": [{**ok, "expiry": "2030-01-01"}]}) == (
+        "waivers[0]: unknown field 'expiry' (allowed: expires, function, instruction, module, reason)"
+    )
+    assert err({"schema_version": v1, "waivers": [{**ok, "instruction": 7}]}) == (
+        "waivers[0].instruction: 7 is not a string or null"
+    )
+    assert err({"schema_version": v1, "waivers": [{**ok, "expires": "2030-02-30"}]}) == (
+        "waivers[0].expires: '2030-02-30' is not a date (YYYY-MM-DD)"
+    )
+    assert Waiver("M", "r", "F*", "rep insb").describe() == "M/F*/rep insb"
+    assert Waiver("M", "r", instruction="outsb").describe() == "M/outsb"
