@@ -301,3 +301,24 @@ def test_waivers_file_errors_name_the_field(tmp_path):
     )
     assert Waiver("M", "r", "F*", "rep insb").describe() == "M/F*/rep insb"
     assert Waiver("M", "r", instruction="outsb").describe() == "M/outsb"
+
+
+def test_signature_table_names_and_sites():
+    """The table `signatures.load` builds (read afresh here, not from its cache): the X64 Sev
+    routines keep their pre-TDX names (`IoReadFifo8`...), no other routine gets one, and each
+    routine's string I/O offsets are those of its own INS/OUTS instructions."""
+    table = sigs.load.__wrapped__()
+    assert table == sigs.load()
+    renamed = {s.routine: s.pre_tdx_name for s in table if s.pre_tdx_name}
+    assert renamed == {f"SevIo{d}Fifo{w}": f"Io{d}Fifo{w}" for d in ("Read", "Write") for w in (8, 16, 32)}
+    for s in table:
+        sev_x64 = s.arch == "X64" and s.source.endswith("IoFifoSev.nasm") and s.routine.startswith("SevIo")
+        assert (s.pre_tdx_name is not None) == sev_x64 and s.aliases == ((s.pre_tdx_name,) if sev_x64 else ())
+        assert s.names(sigs.PRE_TDX) == ((s.pre_tdx_name, (s.routine,)) if sev_x64 else (s.routine, ()))
+        for o in s.sites:  # each offset starts an INS/OUTS: legacy prefixes, then its opcode
+            i = o
+            while s.code[i] in (0x66, 0x67, 0xF2, 0xF3, 0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65):
+                i += 1
+            assert s.code[i] in (0x6C, 0x6D, 0x6E, 0x6F), (s.routine, o)
+    # one string I/O instruction in each of the 24 routines that carry one (REP INS/OUTS b/w/d, 4 sources)
+    assert sorted(len(s.sites) for s in table if s.sites) == [1] * 24
