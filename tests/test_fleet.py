@@ -15,9 +15,10 @@ from click.testing import CliRunner
 
 from ovmftool.cli import main
 from ovmftool.scan import cache as C
+from ovmftool.scan import codec
 from ovmftool.scan.inputs import expand_inputs
 from ovmftool.scan.scanner import ScanFailure, scan_image, scan_paths
-from tests.conftest import CORPUS_IMAGES
+from tests.conftest import CORPUS_IMAGES, ROOT
 
 DEB22 = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"]
 DEB22_4M = CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"]
@@ -288,3 +289,54 @@ def test_one_image_with_modules_over_jobs_and_a_partial_cache():
     assert _scan("--format", "json", DEB22, "-j", "2").stdout == ref
     after = _cache_files()
     assert after == entries, (sorted(set(after) - set(entries)), sorted(set(entries) - set(after)))
+
+
+def _schema_kind(prop: dict, defs: dict):
+    """A scan-1.json property as the codec's `Kind`."""
+    if "$ref" in prop:
+        prop = defs[prop["$ref"].rsplit("/", 1)[1]]
+    if "enum" in prop:
+        values = [v for v in prop["enum"] if v is not None]
+        optional = None in prop["enum"]
+        if all(isinstance(v, str) for v in values):
+            return (tuple(values), optional)
+        return ("i", optional)  # an enum of numbers (width)
+    types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+    optional = "null" in types
+    (t,) = [t for t in types if t != "null"]
+    return {"string": ("s", optional), "integer": ("i", optional), "boolean": ("b", optional)}.get(t)
+
+
+def test_cache_codec_checks_what_the_records_and_schema_declare():
+    """The cache codec's field checks are made from the records' annotations (`codec.field_kinds`),
+    and agree with docs/schema/scan-1.json field by field (a string enum there: a Literal here, or a
+    string the schema narrows further), so that neither is written twice. Each check rejects a value
+    of the wrong kind."""
+    from ovmftool.scan.records import Caller, FdRegion, Finding, ModuleSummary
+
+    schema = json.loads((ROOT / "docs/schema/scan-1.json").read_text())
+    defs = schema["$defs"]
+    finding = defs["finding"]
+    module = defs["report"]["properties"]["modules"]["items"]
+    caller = finding["properties"]["callers"]["items"]
+    region = finding["properties"]["fd_region"]
+    for cls, obj in ((Finding, finding), (ModuleSummary, module), (Caller, caller), (FdRegion, region)):
+        kinds = codec.field_kinds(cls)
+        assert list(kinds) == obj["required"], cls
+        for name, kind in kinds.items():
+            prop = obj["properties"].get(name)
+            if prop is None:  # the schema says nothing more of it (a caller's names, a module's name)
+                continue
+            want = _schema_kind(prop, defs)
+            if kind is None:  # a nested record or list
+                assert want is None, (cls.__name__, name)
+            elif isinstance(want[0], tuple) and not isinstance(kind[0], tuple):
+                assert kind == ("s", want[1]), (cls.__name__, name)  # arch, direction, rep: enums of strings
+            else:
+                assert kind == want, (cls.__name__, name, kind, want)
+    f = json.loads(json.dumps(scan_paths([str(DEB22)])[0].findings[0].as_dict()))
+    assert codec._typed(f, codec._FINDING_FIELDS)
+    for field, bad in (("rva", -1), ("rva", "0x10"), ("reachable", 1), ("function_source", "guess"), ("module", None)):
+        assert not codec._typed({**f, field: bad}, codec._FINDING_FIELDS), (field, bad)
+    assert codec._typed({**f, "function_source": None, "fd_offset": None}, codec._FINDING_FIELDS)
+    assert not codec._typed({**f, "extra": 1}, codec._FINDING_FIELDS)

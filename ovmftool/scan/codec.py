@@ -4,6 +4,9 @@ against the module's bytes: a cache entry is never trusted to be of its input.""
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
@@ -20,27 +23,18 @@ from ovmftool.scan.records import (
     SiteSignature,
 )
 
-_SITE_FIELDS = frozenset(SiteFacts.__dataclass_fields__)
-
 
 def _nat(v: Any) -> bool:
     return type(v) is int and v >= 0
 
 
-def _opt(v: Any, t: type) -> bool:
-    return v is None or isinstance(v, t)
-
-
 def _signature_ok(sig: Any) -> bool:
     if sig is None:
         return True
-    return (
-        isinstance(sig, dict)
-        and set(sig) == {"routine", "library", "source", "aliases", "trees", "rva", "size"}
-        and all(isinstance(sig[k], str) for k in ("routine", "library", "source"))
-        and _nat(sig["rva"])
-        and _nat(sig["size"])
-        and all(isinstance(sig[k], list) and all(isinstance(x, str) for x in sig[k]) for k in ("aliases", "trees"))
+    return _typed(sig, _SIGNATURE_FIELDS) and all(
+        isinstance(sig[k], list) and all(isinstance(x, str) for x in sig[k])
+        for k, kind in _SIGNATURE_FIELDS.items()
+        if kind is None  # aliases, trees
     )
 
 
@@ -72,29 +66,22 @@ def analysis_from_payload(doc: Any, mem: bytes) -> ModuleAnalysis | None:
             return None
         sites, last = [], -1
         for d in doc["sites"]:
-            if set(d) != _SITE_FIELDS:
+            if not _typed(d, _SITE_FIELDS):
                 return None
             rva, size, mn, raw = d["rva"], d["size"], d["mnemonic"], d["bytes"]
             if not (
-                _nat(rva)
-                and rva > last
-                and _nat(size)
+                rva > last
                 and 1 <= size <= 15
-                and isinstance(mn, str)
                 and string_io(mn) is not None
-                and isinstance(raw, str)
                 and rva + size <= len(mem)
                 and mem[rva : rva + size].hex() == raw
             ):
                 return None
             last = rva
-            if not (
-                _opt(d["function"], str)
-                and (d["function_rva"] is None or _nat(d["function_rva"]))
-                and d["function_source"] in (None, "signature", "analysis")
-                and isinstance(d["reachable"], bool)
-                and _signature_ok(d["signature"])
-                and isinstance(d["callers"], list)
+            if (
+                d["function_source"] == "symbols"  # the cache holds analyses made without symbols
+                or not _signature_ok(d["signature"])
+                or not isinstance(d["callers"], list)
             ):
                 return None
             callers = []
@@ -128,57 +115,53 @@ def result_payload(res: ScanResult) -> dict[str, Any]:
     }
 
 
-_STR, _INT, _OPT_STR, _OPT_INT, _BOOL = "s", "i", "s?", "i?", "b"
-_MODULE_FIELDS = {
-    "name": _STR,
-    "guid": _STR,
-    "file_type": _STR,
-    "arch": _STR,
-    "volume": _STR,
-    "fd_offset": _OPT_INT,
-    "code_bytes": _INT,
-    "functions": _INT,
-    "sites": _INT,
-    "symbols": _OPT_STR,
-    "code_end": _OPT_INT,
-}
-_FINDING_FIELDS = {
-    "module": _STR,
-    "guid": _STR,
-    "file_type": _STR,
-    "arch": _STR,
-    "volume": _STR,
-    "fd_offset": _OPT_INT,
-    "container_offset": _INT,
-    "rva": _INT,
-    "pe_section": _OPT_STR,
-    "bytes": _STR,
-    "mnemonic": _STR,
-    "width": _INT,
-    "direction": _STR,
-    "rep": _OPT_STR,
-    "function": _OPT_STR,
-    "function_rva": _OPT_INT,
-    "function_source": _OPT_STR,
-    "signature": None,
-    "callers": None,
-    "reachable": _BOOL,
-    "fd_region": None,
-}
-_CALLER_FIELDS = {"function": _STR, "function_rva": _INT, "call_rva": _INT, "kind": _STR}
-_REGION_FIELDS = {"offset": _INT, "length": _INT, "holder": _STR}
+# A field as the codec checks it: its type ("s" a string, "i" a natural number, "b" a boolean, or
+# the tuple of strings a Literal allows), whether None is allowed, or None for a nested record or
+# list (checked on its own). Made from the records' own annotations: one declaration of each field.
+Kind = tuple[str | tuple[str, ...], bool] | None
 
 
-def _typed(d: Any, fields: Mapping[str, str | None]) -> bool:
+def field_kinds(cls: type) -> dict[str, Kind]:
+    """The kinds of the record `cls`'s fields (`Kind`), in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Kind] = {}
+    for f in dataclasses.fields(cls):
+        t, optional = hints[f.name], False
+        if typing.get_origin(t) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(t) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(t))
+            t = args[0] if len(args) == 1 else t
+        if typing.get_origin(t) is typing.Literal:
+            out[f.name] = (tuple(typing.get_args(t)), optional)
+        elif t in (str, int, bool):
+            out[f.name] = ({str: "s", int: "i", bool: "b"}[t], optional)
+        else:
+            out[f.name] = None
+    return out
+
+
+_SITE_FIELDS = field_kinds(SiteFacts)
+_SIGNATURE_FIELDS = field_kinds(SiteSignature)
+_MODULE_FIELDS = field_kinds(ModuleSummary)
+_FINDING_FIELDS = field_kinds(Finding)
+_CALLER_FIELDS = field_kinds(Caller)
+_REGION_FIELDS = field_kinds(FdRegion)
+
+
+def _typed(d: Any, fields: Mapping[str, Kind]) -> bool:
     if not isinstance(d, dict) or set(d) != set(fields):
         return False
-    for k, t in fields.items():
+    for k, kind in fields.items():
         v = d[k]
-        if t is None:
+        if kind is None:
             continue
-        if v is None and t.endswith("?"):
+        t, optional = kind
+        if v is None and optional:
             continue
-        ok = {"s": isinstance(v, str), "i": type(v) is int and v >= 0, "b": isinstance(v, bool)}[t[0]]
+        if isinstance(t, tuple):
+            ok = isinstance(v, str) and v in t
+        else:
+            ok = {"s": isinstance(v, str), "i": type(v) is int and v >= 0, "b": isinstance(v, bool)}[t]
         if not ok:
             return False
     return True
