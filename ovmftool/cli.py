@@ -316,7 +316,8 @@ def plan(
     scratch,
 ):
     """Write an EDK II patch series that removes every string port-I/O instruction the tree and DSC build."""
-    from ovmftool.report.plan_report import write_plan
+    from ovmftool.edk2.output import write_plan
+    from ovmftool.report.plan_report import plan_files
 
     if (measure_dsc_switch or no_boot) and not verify:
         _fail("--measure-dsc-switch and --no-boot go with --verify")
@@ -332,7 +333,8 @@ def plan(
         if verify
         else None
     )
-    click.echo(write_plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, verification))
+    doc = write_plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, plan_files, verification)
+    click.echo(plan_files(doc)["SUMMARY.md"])
 
 
 @main.command("boot-check")
@@ -433,8 +435,8 @@ def patch_cmd(image, output, dry_run, allow_unknown, fmt, symbols_dir, jobs):
     written (atomically). Exit 0: written (or, with --dry-run, every site has a rewrite) and no
     sites remain; 1: sites refused (nothing written) or left in place by --allow-unknown; 2: error.
     """
+    from ovmftool.outputs import check_patch_output, write_atomic
     from ovmftool.patch.patcher import patch
-    from ovmftool.report.io import check_patch_output, write_atomic
     from ovmftool.report.patch_report import render_patch
     from ovmftool.scan.scanner import default_jobs
 

@@ -222,7 +222,7 @@ def test_output_to_a_device_or_fifo_is_written_in_place_not_replaced(tmp_path):
     device with a regular file. A symlinked output replaces the link's target and keeps the link."""
     import threading
 
-    from ovmftool.report.io import write_atomic
+    from ovmftool.outputs import write_atomic
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)

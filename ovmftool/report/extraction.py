@@ -9,9 +9,9 @@ from ovmftool.errors import OvmfToolError
 from ovmftool.model.flash import FlashImage
 from ovmftool.model.node import all_problems
 from ovmftool.ops.extract import extraction
+from ovmftool.outputs import check_output_dir, commit_output_dir, discard_output_dir, new_output_dir
 from ovmftool.report.document import header, image_ref, to_json
 from ovmftool.report.info_report import damage_line
-from ovmftool.report.io import check_output_dir, commit_output_dir, discard_output_dir, new_output_dir
 
 EXTRACT_SCHEMA = "ovmftool.extract/1"
 

@@ -1,57 +1,20 @@
-"""`plan`'s output directory: the series, plan.json and SUMMARY.md (rendered from plan.json),
-written as one (a directory that appears complete or not at all)."""
+"""`plan`'s documents: plan.json (schema ovmftool.plan/1) and SUMMARY.md, rendered from the plan
+`edk2.output.write_plan` made; it writes them with the series into the output directory."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from ovmftool.edk2.plan import command_line, dsc_switch_only, make_plan, parse_defines
-from ovmftool.edk2.series import check_applies, write_series
-from ovmftool.edk2.verify import check_tools, verify_plan
 from ovmftool.report.document import header
-from ovmftool.report.io import commit_output_dir, discard_output_dir, new_output_dir
 
 PLAN_SCHEMA = "ovmftool.plan/1"
 
 
-def write_plan(
-    tree: str,
-    dsc: str,
-    defines,
-    arches,
-    strategy: str,
-    out_dir: str,
-    author: str,
-    signoff: str | None,
-    verification: dict | None = None,
-) -> str:
-    """Plan, write the series (checked to apply), verify it when `verification` holds the
-    arguments of `edk2.verify.verify_plan` (`dsc_switch`: a flag), write plan.json and
-    SUMMARY.md, and move the directory into place; returns the summary."""
-    defs = parse_defines(defines)
-    p = make_plan(Path(tree).resolve(), dsc, defs, list(arches) or None, strategy)
-    if verification is not None:
-        check_tools(boot=verification["boot"])  # before anything is written or copied
-    tmp = Path(new_output_dir(out_dir, parents=True))
-    try:
-        series = write_series(p.patches, tmp, author, signoff or author)
-        check_applies(series, Path(p.tree))
-        doc = {**header(PLAN_SCHEMA), **p.as_dict()}
-        doc["series"] = [s.name for s in series]
-        doc["command"] = command_line(dsc, defs, arches, strategy)
-        if verification is not None:
-            v = dict(verification)
-            v["dsc_switch"] = dsc_switch_only(p) if v["dsc_switch"] else None
-            doc["verification"] = verify_plan(p, series, keep_dir=tmp, **v)
-        (tmp / "plan.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        summary = plan_summary(doc)
-        (tmp / "SUMMARY.md").write_text(summary)
-        commit_output_dir(str(tmp), out_dir)
-    except BaseException:
-        discard_output_dir(str(tmp))
-        raise
-    return summary
+def plan_files(doc: dict) -> dict[str, str]:
+    """The documents of `plan`'s output directory: plan.json (with its header) and SUMMARY.md
+    (rendered from it)."""
+    full = {**header(PLAN_SCHEMA), **doc}
+    return {"plan.json": json.dumps(full, indent=2, sort_keys=True) + "\n", "SUMMARY.md": plan_summary(full)}
 
 
 def plan_summary(doc: dict) -> str:
