@@ -20,14 +20,13 @@ A whole `OVMF.fd` holds its store itself (code + variables in one file): it need
 
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ovmftool.errors import OvmfToolError
 from ovmftool.model import structs as S
-from ovmftool.model.checksums import fv_header_checksum
+from ovmftool.model.volume import volume_header
 
 BLOCK_SIZE = 0x1000
 ERASED = 0xFF
@@ -41,16 +40,12 @@ WORKING_BLOCK_GUID = "9e58292b-7c68-497d-a0ce-6500fd9f1b95"  # gEdkiiWorkingBloc
 # sticky write, memory mapped, erase polarity 1, alignment 16 (EFI_FVB2_ALIGNMENT_16).
 FV_ATTRIBUTES = 0x0004FEFF
 FV_REVISION = 2
-FV_HEADER_LENGTH = S.FV_HEADER.size + 2 * S.FV_BLOCK.size  # header, one block map entry, terminator
 
-# VARIABLE_STORE_HEADER: Signature, Size, Format, State, Reserved (UINT16), Reserved1 (UINT32)
-VARIABLE_STORE_HEADER = struct.Struct("<16sIBBHI")
+VARIABLE_STORE_HEADER = S.VARIABLE_STORE_HEADER
 VARIABLE_STORE_FORMATTED = 0x5A
 VARIABLE_STORE_HEALTHY = 0xFE
 
-# EFI_FAULT_TOLERANT_WORKING_BLOCK_HEADER: Signature, Crc, WorkingBlockValid:1 WorkingBlockInvalid:1
-# Reserved:6, Reserved3[3], WriteQueueSize (UINT64)
-FTW_WORKING_HEADER = struct.Struct("<16sIB3sQ")
+FTW_WORKING_HEADER = S.FTW_WORKING_HEADER
 FTW_VALID_STATE, FTW_INVALID_STATE = 0, 1
 
 
@@ -97,29 +92,6 @@ def layout_for_code(size: int) -> VarsLayout | None:
     return next((lay for lay in LAYOUTS if lay.code_size == size), None)
 
 
-def _fv_header(layout: VarsLayout) -> bytes:
-    def pack(checksum: int) -> bytes:
-        return (
-            S.FV_HEADER.pack(
-                b"\0" * 16,
-                S.guid_bytes(NV_DATA_FV_GUID),
-                layout.vars_size,
-                S.FV_SIGNATURE,
-                FV_ATTRIBUTES,
-                FV_HEADER_LENGTH,
-                checksum,
-                0,
-                0,
-                FV_REVISION,
-            )
-            + S.FV_BLOCK.pack(layout.vars_size // BLOCK_SIZE, BLOCK_SIZE)
-            + S.FV_BLOCK.pack(0, 0)
-        )
-
-    raw = pack(0)
-    return pack(fv_header_checksum(raw))
-
-
 def ftw_working_header(layout: VarsLayout) -> bytes:
     """The FTW working block header FaultTolerantWriteDxe writes: the CRC32 covers the header with
     Crc and the state bits erased, then the block is marked valid."""
@@ -133,7 +105,7 @@ def ftw_working_header(layout: VarsLayout) -> bytes:
 def empty_store(layout: VarsLayout, authenticated: bool = True) -> bytes:
     """A fresh, empty, valid variable store for `layout` (what OvmfPkg's VARS file holds)."""
     buf = bytearray([ERASED]) * layout.vars_size
-    fv = _fv_header(layout)
+    fv = volume_header(NV_DATA_FV_GUID, layout.vars_size, FV_ATTRIBUTES, FV_REVISION, BLOCK_SIZE)
     buf[: len(fv)] = fv
     vsh = VARIABLE_STORE_HEADER.pack(
         S.guid_bytes(AUTH_VARIABLE_GUID if authenticated else VARIABLE_GUID),

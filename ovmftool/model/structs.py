@@ -70,6 +70,11 @@ EFI_FVB2_ALIGNMENT_SHIFT = 16  # bits 16..20 of Attributes hold log2 of the volu
 FFS2_GUID = "8c8ce578-8a3d-4f1c-9935-896185c32dd3"
 FFS3_GUID = "5473c07a-3dcb-4dca-bd6f-1e9689e7349a"
 NVRAM_GUID = "fff12b8d-7696-4c8b-a985-2747075b4f50"
+# VARIABLE_STORE_HEADER: Signature (GUID), Size, Format, State, Reserved (UINT16), Reserved1 (UINT32)
+VARIABLE_STORE_HEADER = struct.Struct("<16sIBBHI")
+# EFI_FAULT_TOLERANT_WORKING_BLOCK_HEADER: Signature, Crc, WorkingBlockValid:1 WorkingBlockInvalid:1
+# Reserved:6, Reserved3[3], WriteQueueSize (UINT64)
+FTW_WORKING_HEADER = struct.Struct("<16sIB3sQ")
 FILE_SYSTEMS = {FFS2_GUID: "FFS2", FFS3_GUID: "FFS3", NVRAM_GUID: "NVRAM"}
 
 # --- FFS files (PI vol. 3, 2.2.3) -----------------------------------------------------------

@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass, field
 
 from ovmftool.model import structs as S
-from ovmftool.model.checksums import sum16
+from ovmftool.model.checksums import fv_header_checksum, sum16
 from ovmftool.model.context import ParseContext
 from ovmftool.model.node import Node, Space
 
@@ -154,3 +154,30 @@ def _parse_ext_header(vol: Volume, extoff: int) -> None:
             return
         vol.ext_entries.append((etype, esize))
         q += esize
+
+
+def volume_header(fs_guid: str, length: int, attributes: int, revision: int, block_size: int) -> bytes:
+    """A firmware volume header of `length` bytes in blocks of `block_size`: one block map entry
+    and its terminator, no extended header, the checksum made right (the volume's bytes after it
+    are the caller's)."""
+    header_length = S.FV_HEADER.size + 2 * S.FV_BLOCK.size
+
+    def pack(checksum: int) -> bytes:
+        return (
+            S.FV_HEADER.pack(
+                b"\0" * 16,
+                S.guid_bytes(fs_guid),
+                length,
+                S.FV_SIGNATURE,
+                attributes,
+                header_length,
+                checksum,
+                0,
+                0,
+                revision,
+            )
+            + S.FV_BLOCK.pack(length // block_size, block_size)
+            + S.FV_BLOCK.pack(0, 0)
+        )
+
+    return pack(fv_header_checksum(pack(0)))
