@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovmftool.boot.check import boot_image
+from ovmftool.boot.qemu import qemu_binary
 from ovmftool.edk2.series import write_series
 from ovmftool.errors import OvmfToolError
 from ovmftool.scan.scanner import default_jobs, scan_checked
@@ -48,8 +50,6 @@ def check_tools(boot: bool) -> None:
     """Everything `--verify` needs, checked before anything is written, copied or built."""
     check_toolchain()
     if boot:
-        from ovmftool.boot.qemu import qemu_binary
-
         qemu_binary()
 
 
@@ -137,7 +137,6 @@ def verify_plan(
 
 def _boot(fd: Path, scan, say) -> dict:
     """boot-check the patched build with the variable store the build made beside it."""
-    from ovmftool.boot.check import boot_image
 
     say(f"verify: booting the patched {fd.name} under QEMU")
     bc = boot_image(str(fd), timeout=300.0, scan=scan)

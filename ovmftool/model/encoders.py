@@ -21,6 +21,9 @@ from ovmftool.model import structs as S
 from ovmftool.model.codecs import DecodeError, LzmaStream, x86_convert
 from ovmftool.model.limits import Limits
 
+# uefi_firmware's compressor (a C extension) and brotli are imported by the encoders that use them:
+# most images need neither.
+
 # Encoder effort levels, fastest first; the assembler takes the first whose output fits. "edk2" is
 # what LzmaEncProps_Init's level 5 selects (normal mode, fb 32, bt4, mc 32), the level EDK II's
 # LzmaCompress uses. The faster levels search a dictionary of at most `dict_cap` bytes: the stream

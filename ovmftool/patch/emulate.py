@@ -12,7 +12,10 @@ direction flag, and that the routine returned to its caller.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+
+# unicorn is imported where it is used (19 ms): only `patch` runs the emulator.
 
 COUNTS = (0, 1, 2, 37)
 PORT = 0x510
@@ -387,7 +390,6 @@ def _run_window(code: bytes, new: bytes | None, bits: int, state: dict) -> Windo
 def _window_states(bits: int, direction: str, rep: bool):
     """Randomised register states (seeded: the same every run): counts 0 to 37 for REP, DF 0 and
     1, the pointer 3 bytes from a page boundary it crosses, the port in DX."""
-    import random
 
     rng = random.Random(0x510)
     mask = (1 << bits) - 1

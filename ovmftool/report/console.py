@@ -11,6 +11,7 @@ import sys
 import click
 
 from ovmftool.errors import OvmfToolError, one_line
+from ovmftool.outputs import GuardedStdout, check_output_dir, check_output_file, write_atomic
 
 
 class Command(click.Command):
@@ -35,7 +36,6 @@ class Group(click.Group):
         """click's entry point, with every usage error as one line (`ovmftool: error: CMD: ...`)."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        from ovmftool.outputs import GuardedStdout
 
         if not isinstance(sys.stdout, GuardedStdout):
             sys.stdout = GuardedStdout(sys.stdout)
@@ -115,8 +115,6 @@ def out_path(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     if value == "-":
         raise click.BadParameter("'-' (standard output) is not an output here: give a file name")
     if value is not None and not ctx.resilient_parsing:
-        from ovmftool.outputs import check_output_file
-
         check_output_file(value)
     return value
 
@@ -131,8 +129,6 @@ def out_dir(ctx: click.Context, param: click.Parameter, value: str | None, paren
     if value == "-":
         raise click.BadParameter("'-' is not a directory name here: give a directory")
     if value is not None and not ctx.resilient_parsing:
-        from ovmftool.outputs import check_output_dir
-
         check_output_dir(value, parents=parents)
     return value
 
@@ -155,6 +151,5 @@ def emit(text: str, output: str | None) -> None:
     if output is None or output == "-":
         click.echo(text, nl=not text.endswith("\n"))
         return
-    from ovmftool.outputs import write_atomic
 
     write_atomic(output, text.encode())

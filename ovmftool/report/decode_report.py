@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 from ovmftool.errors import printable
 from ovmftool.report.document import header, to_json
+from ovmftool.scan.disasm import cs
 from ovmftool.triage.decode import RoutineMatch, Shorter, Triage
 from ovmftool.triage.log import HOW_TO_UNREDACT, MAX_DISTINCT, Group, LogTriage
 
@@ -90,7 +91,6 @@ def _undecoded(t: Triage) -> tuple[int, bytes]:
 
 def _truncated(tail: bytes, bits: int) -> bool:
     """Whether `tail` is the start of an instruction (it decodes once bytes follow it)."""
-    from ovmftool.scan.disasm import cs
 
     for pad in (b"\0" * 15, b"\xff" * 15):
         first = next(iter(cs(bits).disasm_lite(tail + pad, 0)), None)

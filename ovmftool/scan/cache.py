@@ -33,10 +33,15 @@ an unreadable entry is a miss, an unwritable directory is a cache that keeps not
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import stat
 from typing import Any
+
+import ovmftool
+from ovmftool.model.parser import MAX_IMAGE_SIZE
+from ovmftool.scan.codemap import native_available
 
 FORMAT = 2  # the entries' layout; bump when what an entry holds changes
 _PACKAGES = ("model", "ops", "scan")  # the code a scan result is a function of (with errors.py)
@@ -70,9 +75,6 @@ def fingerprint() -> str:
     the model, ops and scan packages, capstone's files, the walk in use. Computed once a process."""
     global _FINGERPRINT
     if _FINGERPRINT is None:
-        import ovmftool
-        from ovmftool.scan.codemap import native_available
-
         pkg = os.path.dirname(os.path.abspath(ovmftool.__file__))
         h = hashlib.sha256()
         h.update(
@@ -97,7 +99,6 @@ def _capstone_stamp() -> str:
     """Which capstone decodes: size and modification time of its package and library files
     (found without importing it: the import costs a scan ~25 ms). Another build or version of
     capstone gives another stamp (a reinstall of the same one may too: that only empties the cache)."""
-    import importlib.util
 
     spec = importlib.util.find_spec("capstone")
     if spec is None or not spec.origin:
@@ -219,7 +220,6 @@ class ImageEntry:
     an unreadable file has none, and its scan says why). `get` the payload, `put` one."""
 
     def __init__(self, path: str, cache: ResultCache) -> None:
-        from ovmftool.model.parser import MAX_IMAGE_SIZE
 
         self.path, self.cache, self.key, self.sha256, self.size = path, cache, None, None, 0
         try:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from ovmftool.errors import LimitExceeded
+from ovmftool.model import structs as S
 from ovmftool.scan.disasm import (
     K_CALL,
     K_COND,
@@ -436,7 +437,6 @@ def pointer_targets(mem: bytes, relocations: Iterable[tuple[int, int]], image_ba
     of each DIR64 (8-byte) or HIGHLOW (4-byte) base relocation that lies whole inside `mem`,
     minus `image_base` (modulo 2**64). One C pass when the native walk is built and the
     relocations are the model's arrays (`pe.Relocations`), else Python; the same list."""
-    from ovmftool.model import structs as S
 
     rvas: Any  # the model's array("Q") when it is one (checked below)
     rvas, types = getattr(relocations, "rvas", None), getattr(relocations, "types", None)

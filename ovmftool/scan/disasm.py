@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import os
 import re
 import struct
+import sys
+import types
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, cast
 
+# capstone is imported where it is used: 52 ms at start-up, which `info`, `extract` and every
+# scan answered from the cache would pay for nothing; `_walk` (the C walk) may not be built.
+
 if TYPE_CHECKING:
-    import ctypes
     from collections.abc import Callable
 
     import capstone
@@ -86,8 +92,6 @@ def _x86_const() -> Any:
     of start-up: every architecture's bindings) when it is not imported yet: read from the
     package's own x86_const.py, a generated file of `X86_INS_NAME = NUMBER` lines
     (tests/test_scan_native.py checks the ids equal the package's)."""
-    import sys
-    import types
 
     path = os.path.join(_capstone_dir() or "", "x86_const.py")
     if "capstone" in sys.modules or not os.path.isfile(path):
@@ -109,7 +113,6 @@ def _x86_const() -> Any:
 
 def _capstone_dir() -> str | None:
     """The capstone package's directory, found without importing it."""
-    import importlib.util
 
     try:
         spec = importlib.util.find_spec("capstone")
@@ -127,8 +130,6 @@ def _capstone_lib() -> ctypes.CDLL | None:
     loads first (in $LIBCAPSTONE_PATH, else in the package's lib/ directory, as
     capstone/__init__.py looks), loaded the same way without importing the package; else the
     package's (imported). One file either way, so both walks decode with the same library."""
-    import ctypes
-    import sys
 
     lib = None
     if "capstone" not in sys.modules and sys.platform.startswith("linux"):
@@ -166,7 +167,6 @@ _Handle = tuple[int, int, int, int]
 def _native_handle(bits: int) -> _Handle | None:
     """(capstone handle for x86 `bits`, cs_malloc, cs_disasm_iter, cs_free) for the C side, or None.
     A handle of its own, with capstone's defaults (detail off, Intel syntax), as `cs` has."""
-    import ctypes
 
     lib = _capstone_lib()
     if lib is None:
@@ -267,7 +267,6 @@ class RawDecoder:
     """
 
     def __init__(self, mem: bytes, bits: int) -> None:
-        import ctypes
 
         import capstone
 

@@ -4,6 +4,7 @@ workers per image) and the result cache's lookups."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import os
@@ -16,6 +17,7 @@ from ovmftool.model.binary import BinaryFile
 from ovmftool.model.flash import FlashImage
 from ovmftool.model.parser import MAX_IMAGE_SIZE, read_image
 from ovmftool.ops.modules import Module, iter_code_blobs, iter_modules
+from ovmftool.scan import cache as C
 from ovmftool.scan.analysis import (
     MAX_SCAN_MEMORY,
     analyse_checked,
@@ -24,12 +26,14 @@ from ovmftool.scan.analysis import (
     scan_blobs,
     tree_era,
 )
+from ovmftool.scan.cache import ImageEntry, ResultCache, module_key
 from ovmftool.scan.codec import (
     analysis_from_payload,
     analysis_payload,
     result_from_payload,
     result_payload,
 )
+from ovmftool.scan.codemap import native_available
 from ovmftool.scan.records import (
     Found,
     ModuleAnalysis,
@@ -45,6 +49,9 @@ from ovmftool.scan.verdict import (
     refuse_damage,
 )
 
+# multiprocessing and concurrent.futures are imported where workers start (about 15 ms): a one-job
+# scan, the default for one image, does not pay for them.
+
 
 def ProcessPoolExecutor(*args: Any, **kwargs: Any) -> concurrent.futures.ProcessPoolExecutor:
     """concurrent.futures.ProcessPoolExecutor, imported on first use: it and multiprocessing cost
@@ -59,8 +66,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from multiprocessing.context import BaseContext
 
-    from ovmftool.scan.cache import ImageEntry, ResultCache
-
 
 # --- whole images ----------------------------------------------------------------------------
 
@@ -72,7 +77,6 @@ def _work(i: int) -> ModuleAnalysis:
 
 
 def _module_key(m: Module, era: str | None) -> str:
-    from ovmftool.scan.cache import module_key
 
     img = m.image
     return module_key(hashlib.sha256(img.raw).hexdigest(), img.mem_size, m.arch, era)
@@ -122,8 +126,6 @@ def _worker_init(parent: int) -> None:
     """In each worker: die with the parent (Linux: PR_SET_PDEATHSIG), so a scan killed by a
     signal leaves no worker behind holding its output pipes open."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, 15, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGTERM
     except (OSError, AttributeError):
         pass  # not Linux: workers end when their queue does
@@ -319,7 +321,6 @@ def _scan_input(
 ) -> ScanResult | ScanFailure:
     """One input's result (from the cache's whole-image entry when it has one, unless `lookup`
     is False: already missed) or its failure."""
-    from ovmftool.scan import cache as C
 
     whole = C.ImageEntry(path, cache) if cache is not None and symbols is None else None
     if whole is not None and lookup:
@@ -340,7 +341,6 @@ def _scan_input(
 
 def _cached_image(path: str, cache: ResultCache, whole: ImageEntry | None = None) -> ScanResult | None:
     """The cached result of the image at `path` (its whole-image entry, `scan.cache`), or None."""
-    from ovmftool.scan import cache as C
 
     whole = whole or C.ImageEntry(path, cache)
     doc = whole.get()
@@ -399,7 +399,6 @@ def default_jobs(images: int = 1) -> int:
     4. One image: 1 with the native walk (starting workers costs more than it saves: measured
     0.35 s vs 0.38 s on OVMF_CODE_4M.fd, 0.47 s vs 0.54 s on a DEBUG build), else the CPU
     count, at most 4."""
-    from ovmftool.scan.codemap import native_available
 
     cpus = max(1, min(4, os.cpu_count() or 1))
     if images > 1:

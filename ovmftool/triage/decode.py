@@ -24,9 +24,13 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from ovmftool.errors import LimitExceeded, OvmfToolError
+from ovmftool.model.binary import BinaryFile
+from ovmftool.model.parser import read_image
+from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.disasm import cs, string_io
 from ovmftool.scan.records import SiteSignature
+from ovmftool.scan.scanner import MAX_SCAN_MEMORY, check_scannable, exec_ranges, scan_module
 
 _INST_DATA = re.compile(r"inst_data\s*:\s*\[([^\]]*)\]")
 _LEN = re.compile(r"\blen\s*:\s*(\d+)")
@@ -304,7 +308,6 @@ def decode(data: bytes, bits: int = 64) -> Triage:
 def triage(text: str, bits: int = 64, image: str | None = None) -> Triage:
     """`ovmftool decode TEXT [--image IMAGE]`: the bytes read from `text` and decoded, then found
     in the image at `image` (read after the bytes, so bad bytes are the error reported first)."""
-    from ovmftool.model.parser import read_image
 
     t = decode(parse_bytes(text), bits)
     if image:
@@ -417,9 +420,6 @@ def find_in_image(t: Triage, root) -> None:
     """Fill `t` with the places in the image's executable sections matching the stream (the
     longest listed first, shorter ones counted). A damaged image, or one without code, is an
     error as for scan ("no match" must mean the image was read whole)."""
-    from ovmftool.model.binary import BinaryFile
-    from ovmftool.ops.modules import iter_modules
-    from ovmftool.scan.scanner import MAX_SCAN_MEMORY, check_scannable, exec_ranges, scan_module
 
     check_scannable(root.path, root)
     t.image_path, t.image_sha256 = root.path, root.sha256

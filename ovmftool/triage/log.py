@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ovmftool.errors import OvmfToolError, one_line
+from ovmftool.model.binary import BinaryFile
+from ovmftool.model.parser import read_image
+from ovmftool.scan.scanner import check_scannable
 from ovmftool.triage.decode import Triage, decode
+from ovmftool.triage.decode import find_in_image as find
 
 MAX_LINE = 1 << 20  # bytes of one log line kept (the rest of a longer line is skipped)
 MAX_SPAN_LINES = 64  # lines an exit's pretty-printed text may run over
@@ -462,9 +466,6 @@ def read_log(path: str, bits: int = 64) -> LogTriage:
 
 def find_in_image(lt: LogTriage, root) -> None:
     """Each decoded instruction's places in the image (`triage.decode.find_in_image`)."""
-    from ovmftool.model.binary import BinaryFile
-    from ovmftool.scan.scanner import check_scannable
-    from ovmftool.triage.decode import find_in_image as find
 
     check_scannable(root.path, root)  # a damaged image is an error even when the log has no exit
     for g in lt.instructions:
@@ -476,7 +477,6 @@ def find_in_image(lt: LogTriage, root) -> None:
 def triage_log(path: str, bits: int = 64, image: str | None = None) -> LogTriage:
     """`ovmftool decode --log FILE [--image IMAGE]`: the image read first (an unreadable image is
     the error before the log is read), then every exit of the log, found in the image."""
-    from ovmftool.model.parser import read_image
 
     root = read_image(image) if image else None
     lt = read_log(path, bits)
