@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from ovmftool.errors import printable
 from ovmftool.report.document import header, to_json
-from ovmftool.scan.disasm import cs
+from ovmftool.scan.disasm import cs, string_io
 from ovmftool.triage.decode import RoutineMatch, Shorter, Triage
 from ovmftool.triage.log import HOW_TO_UNREDACT, MAX_DISTINCT, Group, LogTriage
 
@@ -26,6 +26,41 @@ def _shorter_dict(s: Shorter) -> dict:
     return {"count": s.count, "by_length": {str(k): v for k, v in sorted(s.by_length.items())}}
 
 
+def explanation(t: Triage) -> str:
+    """What the faulting instruction does and why propolis stops on it (the text under the listing)."""
+    first, bits = t.faulting, t.bits
+    if first is None:
+        return (
+            f"The bytes do not decode as a {bits}-bit x86 instruction; try --bits 16 or 32 (a guest still in "
+            "real or protected mode) or check the input."
+        )
+    sio = string_io(first.mnemonic)
+    if sio is None:
+        return (
+            f"The faulting instruction is {first.mnemonic.upper()} {first.operands}. It is not string port "
+            "I/O; propolis hands an InstEmul exit to its instruction emulator, which handles only what it "
+            "knows; this one it could not."
+        )
+    unit = {8: "byte", 16: "word", 32: "doubleword"}[sio.width]
+    rep = {"rep": "REP-prefixed ", "repne": "REPNE-prefixed ", None: ""}[sio.rep]
+    if sio.direction == "out":
+        act = f"reads a {unit} from memory at [RSI] and writes it to the I/O port in DX, advancing RSI" + (
+            ", repeating RCX times" if sio.rep else ""
+        )
+    else:
+        act = f"reads a {unit} from the I/O port in DX and stores it to memory at [RDI], advancing RDI" + (
+            ", repeating RCX times" if sio.rep else ""
+        )
+    return (
+        f"The faulting instruction is {rep}{first.mnemonic.split()[-1].upper()}: it {act}. On AMD hosts with "
+        "DecodeAssist the CPU decodes string I/O itself and bhyve gets a structured INOUT exit that it splits "
+        "into single port accesses. Without DecodeAssist (nested virtualization, e.g. bhyve under KVM) the "
+        "CPU cannot describe the operation, bhyve falls back to an InstEmul exit with the raw bytes, and "
+        "propolis, which does not emulate string I/O, panics with 'Unhandled VM exit: InstEmul'. In OVMF "
+        "these instructions come from the FIFO routines of BaseIoLibIntrinsic (IoFifoSev.nasm / IoFifo.nasm)."
+    )
+
+
 def decode_json(t: Triage) -> dict:
     """The `decode --format json` document."""
     has_image = t.image_path is not None
@@ -36,7 +71,7 @@ def decode_json(t: Triage) -> dict:
         "instruction": t.instruction,
         "verdict": t.verdict,
         "instructions": [asdict(i) for i in t.instructions],
-        "explanation": t.explanation,
+        "explanation": explanation(t),
         "signature_matches": [_routine_dict(r) for r in t.routines],
         "shorter_signature_matches": _shorter_dict(t.shorter_routines),
         "image": (
@@ -127,7 +162,7 @@ def decode_text(t: Triage) -> str:
             f"byte{'' if one else 's'} that do{'es' if one else ''} not decode: {why})"
         )
     lines.append("")
-    lines.append(t.explanation)
+    lines.append(explanation(t))
     if t.image_path is not None:
         lines.append("")
         lines += _image_lines(t)

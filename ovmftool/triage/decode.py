@@ -216,7 +216,6 @@ class Triage:
     data: bytes
     bits: int
     instructions: list[Decoded]
-    explanation: str
     routines: list[RoutineMatch] = field(default_factory=list)
     shorter_routines: Shorter = field(default_factory=Shorter)
     image_path: str | None = None
@@ -259,46 +258,13 @@ class Triage:
         return f"{head}: " + " or ".join(r.describe() for r in self.routines)
 
 
-def _explain(first: Decoded | None, bits: int) -> str:
-    if first is None:
-        return (
-            f"The bytes do not decode as a {bits}-bit x86 instruction; try --bits 16 or 32 (a guest still in "
-            "real or protected mode) or check the input."
-        )
-    sio = string_io(first.mnemonic)
-    if sio is None:
-        return (
-            f"The faulting instruction is {first.mnemonic.upper()} {first.operands}. It is not string port "
-            "I/O; propolis hands an InstEmul exit to its instruction emulator, which handles only what it "
-            "knows; this one it could not."
-        )
-    unit = {8: "byte", 16: "word", 32: "doubleword"}[sio.width]
-    rep = {"rep": "REP-prefixed ", "repne": "REPNE-prefixed ", None: ""}[sio.rep]
-    if sio.direction == "out":
-        act = f"reads a {unit} from memory at [RSI] and writes it to the I/O port in DX, advancing RSI" + (
-            ", repeating RCX times" if sio.rep else ""
-        )
-    else:
-        act = f"reads a {unit} from the I/O port in DX and stores it to memory at [RDI], advancing RDI" + (
-            ", repeating RCX times" if sio.rep else ""
-        )
-    return (
-        f"The faulting instruction is {rep}{first.mnemonic.split()[-1].upper()}: it {act}. On AMD hosts with "
-        "DecodeAssist the CPU decodes string I/O itself and bhyve gets a structured INOUT exit that it splits "
-        "into single port accesses. Without DecodeAssist (nested virtualization, e.g. bhyve under KVM) the "
-        "CPU cannot describe the operation, bhyve falls back to an InstEmul exit with the raw bytes, and "
-        "propolis, which does not emulate string I/O, panics with 'Unhandled VM exit: InstEmul'. In OVMF "
-        "these instructions come from the FIFO routines of BaseIoLibIntrinsic (IoFifoSev.nasm / IoFifo.nasm)."
-    )
-
-
 def decode(data: bytes, bits: int = 64) -> Triage:
     """Decode the stream (the first instruction is the one that faulted) and match it against
     the built-in signatures."""
     out = []
     for a, size, mn, op in cs(bits).disasm_lite(data, 0):
         out.append(Decoded(a, data[a : a + size].hex(), mn, op))
-    t = Triage(data, bits, out, _explain(out[0] if out else None, bits))
+    t = Triage(data, bits, out)
     t.routines, t.shorter_routines = _collapse(
         match_signatures(data, bits), lambda r: r.explained, t.first_len, len(data)
     )
