@@ -22,16 +22,18 @@ from ovmftool.gate.baseline import (
     load_baseline_images,
     load_waivers,
 )
+from ovmftool.gate.diff import DiffResult
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
-from ovmftool.report.gate_report import baseline_doc, check_exit, check_report
+from ovmftool.report.gate_report import baseline_doc, baseline_line, check_exit, check_lines, check_report, diff_text
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.identity import site_keys
 from ovmftool.scan.modulecode import exec_ranges
-from ovmftool.scan.scanner import ScanFailure, ScanResult, ScanSkipped, scan_image
+from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, ScanSkipped, scan_image
 from tests.conftest import CORPUS_IMAGES
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
+DEB_2M = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])
 TODAY = dt.date(2030, 6, 15)
 
 
@@ -145,6 +147,12 @@ def test_baseline_for_by_path_real_path_contents_then_alone(tmp_path, monkeypatc
     (tmp_path / "b.fd").write_bytes(b"x")
     assert baseline_for(entries, r("b.fd", "9" * 64), alone=False) is b
     assert baseline_for(entries, r(os.path.join("..", tmp_path.name, "b.fd"), "9" * 64), alone=False) is b
+    # as written means as written: `sub/../b.fd` is `b.fd` here even where `sub` links elsewhere
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    (tmp_path / "sub").symlink_to(tmp_path / "elsewhere" / "deep")
+    c = e("sub/../c.fd", "3" * 64)
+    assert os.path.realpath(c.path) != os.path.realpath("c.fd")
+    assert baseline_for([a, c], r("c.fd", "9" * 64), alone=False) is c
     # else the contents, under any name
     assert baseline_for(entries, r("moved.fd", "2" * 64), alone=False) is b
     # else nothing, unless it is the only image checked and the file records one image
@@ -224,6 +232,7 @@ def test_both_signature_matchers_alone_find_every_routine(image, monkeypatch):
     explains, instruction by instruction: each alone finds every routine of a real image, so a
     fault in either shows here (the other would otherwise hide it)."""
     path = str(CORPUS_IMAGES[image])
+    sigs._pattern.cache_clear()  # the patterns made here, not by an earlier test
     both = _matches(path)
     assert len(both) >= 90
     with monkeypatch.context() as mp:  # the byte patterns alone
@@ -322,3 +331,130 @@ def test_signature_table_names_and_sites():
             assert s.code[i] in (0x6C, 0x6D, 0x6E, 0x6F), (s.routine, o)
     # one string I/O instruction in each of the 24 routines that carry one (REP INS/OUTS b/w/d, 4 sources)
     assert sorted(len(s.sites) for s in table if s.sites) == [1] * 24
+
+
+def _reference_tokens(code: bytes, bits: int) -> list[tuple[int, tuple[int | None, ...], bool]]:
+    """Each instruction of `code` as capstone (with detail) decodes it: offset, its bytes with a
+    relative branch's displacement as wildcards, and whether it is string I/O."""
+    import capstone
+
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64 if bits == 64 else capstone.CS_MODE_32)
+    md.detail = True
+    out = []
+    for i in md.disasm(code, 0):
+        raw = tuple(code[i.address : i.address + i.size])
+        relative = (capstone.CS_GRP_JUMP in i.groups or capstone.CS_GRP_CALL in i.groups) or i.mnemonic.startswith(
+            "loop"
+        )
+        if relative and i.imm_size and i.op_str.startswith("0x"):
+            raw = raw[: i.imm_offset] + (None,) * i.imm_size
+        out.append((i.address, raw, re.fullmatch(r"(rep\S* )?(ins|outs)[bwd].*", i.mnemonic + " ") is not None))
+    return out
+
+
+def test_signature_tokens_wildcard_exactly_the_branch_displacements():
+    """The byte pattern of every built-in routine: literal bytes but for the displacement of each
+    direct branch and call (its width as the encoding has it: short, near, address-size prefixed),
+    the string I/O instructions marked, and bytes that do not decode kept as one literal token."""
+    for s in sigs.load():
+        toks = sigs.tokens(s.code, s.bits)
+        ref = _reference_tokens(s.code, s.bits)
+        assert [(a, alts[0], site) for (a, alts), site in toks] == ref, s.routine
+        assert sum(len(alts[0]) for (_a, alts), _s in toks) == len(s.code)
+        assert s.sites == tuple(a for (a, _alts), site in toks if site)
+    # short (1-byte) and near (4-byte) displacements, an address-size prefixed JRCXZ (JECXZ)
+    assert sigs.tokens(bytes.fromhex("eb05e9000000006" + "7e3fe"), 64) == [
+        ((0, ((0xEB, None),)), False),
+        ((2, ((0xE9, None, None, None, None),)), False),
+        ((7, ((0x67, 0xE3, None),)), False),
+    ]
+    # bytes that do not decode: one literal token (at the start too)
+    assert sigs.tokens(b"\x90\x0f", 64) == [((0, ((0x90,),)), False), ((1, ((0x0F,),)), False)]
+    assert sigs.tokens(b"\x0f", 64) == [((0, ((0x0F,),)), False)]
+
+
+def test_a_function_the_scan_could_not_name():
+    """A site whose function is unknown (no symbol, signature or code map function) is `?` in
+    the gate's lines, and a waiver that names a function never matches it."""
+    f = Finding(
+        "M",
+        "g",
+        "DRIVER",
+        "X64",
+        "V",
+        None,
+        0,
+        0x10,
+        ".text",
+        "f36c",
+        "rep insb",
+        8,
+        "in",
+        "rep",
+        None,
+        None,
+        None,
+        None,
+    )
+    assert not Waiver("M", "r", function="*X*").matches(f)
+    assert Waiver("M", "r").matches(f)
+    out = check(ScanResult("x.fd", "0" * 64, 1, [], [f]), set(), [], TODAY)
+    (line, err), _count = check_lines(out)
+    assert line == "NEW  M g X64 rva 0x10 rep insb f36c in ? [None] (V)" and err is False
+    out = check(ScanResult("x.fd", "0" * 64, 1, [], [f]), set(), [Waiver("M", "why")], TODAY)
+    assert check_lines(out)[0] == ("waived  M rva 0x10 rep insb in ?: why", False)
+    d = DiffResult(added=[f], removed=[f], unchanged=[], modules_added=["A"], modules_removed=["B"])
+    assert diff_text(d) == (
+        "+ M X64 ? rep insb f36c (rva 0x10)\n- M X64 ? rep insb f36c (rva 0x10)\n+ module A\n- module B\n"
+        "diff: 1 added, 1 removed, 0 unchanged; modules 1 added, 1 removed\n"
+    )
+
+
+def test_gate_report_blocks_and_single_image_lines(scan, tmp_path):
+    """Several images: each block's lines indented under its path, the waiver warnings once at the
+    end; one image that its baseline entry covers: no 'no baseline entry' line."""
+    base = _write(tmp_path / "b.json", baseline_doc(scan))
+    waivers = _write(
+        tmp_path / "w.json",
+        {"schema_version": "ovmftool.waivers/1", "waivers": [{"module": "NoSuchModule", "reason": "unused"}]},
+    )
+    (one,) = check_images([DEB], base, waivers)
+    lines = check_report([one])
+    assert not one.unmatched and not any("no baseline entry" in t for t, _ in lines)
+    assert lines == [
+        ("warning: waiver NoSuchModule matched no site", True),
+        (f"check: 0 new, 0 waived, {len(scan.findings)} in baseline, 0 baseline sites gone", False),
+    ]
+    two = check_images([DEB, DEB_2M], base, waivers)
+    lines = check_report(two)
+    assert [t for t, _ in lines if "matched no site" in t] == ["warning: waiver NoSuchModule matched no site"]
+    block = lines[: next(i for i, (t, _) in enumerate(lines) if t.startswith(f"{DEB_2M}:"))]
+    assert block[0] == (f"{DEB}:", False)
+    assert all(t.startswith("  ") and not e for t, e in block[1:])
+    assert block[-1][0].startswith("  check: 0 new, 0 waived")
+    assert baseline_line([scan], "b.json") == f"baseline: {len(scan.findings)} sites of {DEB} recorded in b.json"
+    assert (
+        baseline_line([scan, scan], "b.json")
+        == f"baseline: {2 * len(scan.findings)} sites of 2 images recorded in b.json"
+    )
+
+
+def test_verdict_messages_count_the_rest(tmp_path):
+    """A refusal names the first problem and how many more; an input without code says what it
+    is likely to be, with the number of volumes it has."""
+    from ovmftool.model.parser import parse_flash
+    from ovmftool.scan.verdict import _more, no_code_hint
+
+    assert [_more(list(range(n))) for n in (0, 1, 2, 3)] == ["", "", " (and 1 more)", " (and 2 more)"]
+    vars_fd = CORPUS_IMAGES["images/debian-2022.11/OVMF_VARS_4M.fd"]
+    assert no_code_hint(read_image(str(vars_fd))) == "is this OVMF_VARS (a variable store)?"
+    root = read_image(DEB)
+    from ovmftool.model.node import walk
+    from ovmftool.model.volume import Volume
+
+    vols = [n for n in walk(root) if isinstance(n, Volume) and n.parent is root]
+    one = parse_flash(root.data[vols[0].offset : vols[0].offset + vols[0].size], "one.fd")
+    n = sum(1 for x in walk(one) if isinstance(x, Volume))
+    hint = no_code_hint(one)
+    assert hint.startswith(f"its {n} firmware volume{'s' * (n != 1)} hold no executable code: is this a firmware")
+    assert hint.endswith("code image (OVMF_CODE.fd, OVMF.fd) or a UEFI binary?")
