@@ -8,10 +8,13 @@ import fnmatch
 import json
 import os
 import re
+import struct
 from collections import Counter
 
 import pytest
+from click.testing import CliRunner
 
+from ovmftool.cli import main
 from ovmftool.errors import OvmfToolError
 from ovmftool.gate.baseline import (
     BaselineImage,
@@ -458,3 +461,20 @@ def test_verdict_messages_count_the_rest(tmp_path):
     hint = no_code_hint(one)
     assert hint.startswith(f"its {n} firmware volume{'s' * (n != 1)} hold no executable code: is this a firmware")
     assert hint.endswith("code image (OVMF_CODE.fd, OVMF.fd) or a UEFI binary?")
+
+
+@pytest.mark.parametrize("entry,refused", [(0x11FF, False), (0x1200, True), (0x0FFF, True)])
+def test_entry_point_at_the_edge_of_the_code(tmp_path, entry, refused):
+    """A module's entry point must lie inside an executable section ([start, end)): one byte past
+    its end is no code the scan can vouch for (exit 2), the last byte is."""
+    from tests.test_hostile import _pe64
+
+    pe = bytearray(_pe64(b"\xc3" * 0x200, vsize=0x200))  # .text: rva 0x1000-0x1200, all RET
+    struct.pack_into("<I", pe, 0x40 + 24 + 16, entry)  # AddressOfEntryPoint
+    p = tmp_path / "Probe.efi"
+    p.write_bytes(bytes(pe))
+    r = CliRunner().invoke(main, ["scan", str(p)])
+    if refused:
+        assert r.exit_code == 2 and f"entry point rva 0x{entry:X} lies outside its executable sections" in r.output
+    else:
+        assert r.exit_code == 0, r.output

@@ -4,6 +4,7 @@ survivors with their diffs (`--diffs`).
 
     mutmut run --max-children 2        # in the checkout (about 40 minutes on 2 cores)
     python -m tools.mutation_report [--diffs] [--json OUT]
+    python -m tools.mutation_report --recheck tests/test_verdict_core.py   # survivors against tests added since
 
 Score = killed / (killed + survived): mutants no test reaches ("no tests") are listed apart, as
 mutmut itself does; a timeout counts as killed (the mutant made a test hang).
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -44,6 +47,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--mutants", default=str(ROOT / "mutants"))
     ap.add_argument("--diffs", action="store_true", help="print each survivor's diff (mutmut show)")
     ap.add_argument("--json", help="write the figures as JSON")
+    ap.add_argument(
+        "--recheck",
+        nargs="+",
+        metavar="TEST",
+        help="run each survivor against these tests (copied into mutants/ first, as mutmut runs a mutant: "
+        "MUTANT_UNDER_TEST set) and count those they kill",
+    )
     a = ap.parse_args(argv)
     res = results(Path(a.mutants))
     if not res:
@@ -79,10 +89,35 @@ def main(argv: list[str]) -> int:
             r = subprocess.run(["mutmut", "show", n], capture_output=True, text=True, cwd=ROOT)
             lines = [ln for ln in r.stdout.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
             print(f"\n{n}\n  " + "\n  ".join(lines))
+    rechecked: dict[str, bool] = {}
+    if a.recheck:
+        mutants = Path(a.mutants)
+        for t in a.recheck:
+            (mutants / t).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / t, mutants / t)
+        for n in survivors:
+            env = dict(os.environ, MUTANT_UNDER_TEST=n)
+            r = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *a.recheck],
+                cwd=mutants,
+                env=env,
+                capture_output=True,
+                timeout=600,
+            )
+            rechecked[n] = r.returncode != 0
+        killed = sorted(n for n, k in rechecked.items() if k)
+        print(f"\nrecheck against {' '.join(a.recheck)}: {len(killed)} of {len(survivors)} survivors killed")
+        for n in sorted(set(survivors) - set(killed)):
+            print(f"  still surviving: {n}")
     if a.json:
         Path(a.json).write_text(
             json.dumps(
-                {"total": dict(total), "by_module": {m: dict(c) for m, c in by_file.items()}, "survivors": survivors},
+                {
+                    "total": dict(total),
+                    "by_module": {m: dict(c) for m, c in by_file.items()},
+                    "survivors": survivors,
+                    "rechecked": rechecked,
+                },
                 indent=2,
                 sort_keys=True,
             )
