@@ -478,3 +478,53 @@ def test_entry_point_at_the_edge_of_the_code(tmp_path, entry, refused):
         assert r.exit_code == 2 and f"entry point rva 0x{entry:X} lies outside its executable sections" in r.output
     else:
         assert r.exit_code == 0, r.output
+
+
+def test_worst_exit_and_module_key():
+    """The exit code of several inputs is the worst of theirs, 0 for none; a module's key is its
+    volume, file GUID and arch, in that order."""
+    from ovmftool.scan.records import ModuleKey, worst_exit
+
+    ok, skipped, failed = ScanResult("a.fd", "0" * 64, 1, [], []), ScanSkipped("v.fd", "vars"), ScanFailure("b", "x")
+    assert worst_exit([]) == 0 and worst_exit([ok, skipped]) == 0 and worst_exit([skipped, failed, ok]) == 2
+    f = Finding(
+        "M",
+        "g",
+        "DRIVER",
+        "X64",
+        "FV/LZMA/DXEFV",
+        None,
+        0,
+        0,
+        None,
+        "6c",
+        "insb",
+        8,
+        "in",
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+    assert ModuleKey.of(f) == ("FV/LZMA/DXEFV", "g", "X64") == (ModuleKey.of(f).volume, f.guid, f.arch)
+
+
+@pytest.mark.parametrize("body", [b"", b"\x90"])
+def test_unread_parts_count_only_what_holds_bytes(body):
+    """A part the model cannot read is unread (and the image not checked) only when it holds
+    bytes: an empty GUID-defined section, file or volume of an unknown kind hides no code."""
+    from ovmftool.model.parser import parse_flash
+    from ovmftool.scan.verdict import unread_parts
+    from tests import fvbuild as B
+
+    unknown = "11111111-2222-3333-4444-555555555555"
+    sec = B.guided(unknown, body, attrs=1)  # PROCESSING_REQUIRED
+    data = B.fv([B.ffs("aaaaaaaa-1111-2222-3333-444444444444", 0x07, B.sections(sec, B.ui("Probe")))], size=0x2000)
+    parts = unread_parts(parse_flash(data, "t.fd"))
+    assert [p.what for p in parts] == ([f"a GUID-defined section with unknown GUID {unknown}"] if body else [])
+    if body:
+        assert parts[0].size == len(body) and parts[0].where
+    typed = B.fv([B.ffs("bbbbbbbb-1111-2222-3333-444444444444", 0xE0 - 0x40, body)], size=0x2000)
+    parts = unread_parts(parse_flash(typed, "t.fd"))
+    assert [p.size for p in parts] == ([len(body)] if body else []) and all(p.where for p in parts)
