@@ -461,21 +461,21 @@ def test_keep_is_checked_before_any_work(tmp_path, no_boot):
 def test_stop_on_signals_raises_terminated_and_respects_nohup():
     from ovmftool.boot.check import Terminated, stop_on_signals
 
-    before = signal.getsignal(signal.SIGHUP)
-    with pytest.raises(Terminated) as ei:
-        with stop_on_signals():
-            os.kill(os.getpid(), signal.SIGHUP)
-            time.sleep(5)  # interrupted
-    assert (ei.value.name, ei.value.exit_code) == ("SIGHUP", 129)
-    assert signal.getsignal(signal.SIGHUP) is before  # restored
-    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # under nohup: stays ignored
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a terminal's default (the suite may run under nohup)
     try:
+        with pytest.raises(Terminated) as ei:
+            with stop_on_signals():
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(5)  # interrupted
+        assert (ei.value.name, ei.value.exit_code) == ("SIGHUP", 129)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # under nohup: stays ignored
         with stop_on_signals():
             os.kill(os.getpid(), signal.SIGHUP)
             time.sleep(0.2)
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGHUP, old)
+        signal.signal(signal.SIGHUP, inherited)
 
 
 def _children(pid):
