@@ -371,6 +371,11 @@ def test_signature_tokens_wildcard_exactly_the_branch_displacements():
         ((2, ((0xE9, None, None, None, None),)), False),
         ((7, ((0x67, 0xE3, None),)), False),
     ]
+    # an immediate that is no branch target stays literal (PUSH imm8, MOV r32, imm32)
+    assert sigs.tokens(bytes.fromhex("6a10b834120000"), 64) == [
+        ((0, ((0x6A, 0x10),)), False),
+        ((2, ((0xB8, 0x34, 0x12, 0x00, 0x00),)), False),
+    ]
     # bytes that do not decode: one literal token (at the start too)
     assert sigs.tokens(b"\x90\x0f", 64) == [((0, ((0x90,),)), False), ((1, ((0x0F,),)), False)]
     assert sigs.tokens(b"\x0f", 64) == [((0, ((0x0F,),)), False)]
