@@ -211,6 +211,9 @@ def test_single_failed_input_prints_one_line_and_no_text_report(tmp_path):
 def test_bad_symbols_dir_is_one_line_before_any_scan(tmp_path):
     r = _run("scan", "--symbols", str(tmp_path), DEB, DEB_2M)
     assert r.exit_code == 2 and len(_errors(r)) == 1 and "--symbols" in _errors(r)[0]
+    # check reads the same directory (not ignored: an unusable one is still an error)
+    r = _run("check", "--symbols", str(tmp_path), DEB)
+    assert r.exit_code == 2 and len(_errors(r)) == 1 and "--symbols" in _errors(r)[0]
 
 
 # --- 5. SARIF for GitHub code scanning ---------------------------------------------------

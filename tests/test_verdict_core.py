@@ -371,6 +371,14 @@ def test_signature_tokens_wildcard_exactly_the_branch_displacements():
         ((2, ((0xE9, None, None, None, None),)), False),
         ((7, ((0x67, 0xE3, None),)), False),
     ]
+    # any prefix before a short branch (a branch hint, REP, a REX byte) stays literal: its
+    # displacement is still one byte; a near Jcc (0F 8x) with a branch hint keeps four
+    assert sigs.tokens(bytes.fromhex("f2eb023e740248eb002e0f8400000000"), 64) == [
+        ((0, ((0xF2, 0xEB, None),)), False),
+        ((3, ((0x3E, 0x74, None),)), False),
+        ((6, ((0x48, 0xEB, None),)), False),
+        ((9, ((0x2E, 0x0F, 0x84, None, None, None, None),)), False),
+    ]
     # an immediate that is no branch target stays literal (PUSH imm8, MOV r32, imm32)
     assert sigs.tokens(bytes.fromhex("6a10b834120000"), 64) == [
         ((0, ((0x6A, 0x10),)), False),
@@ -533,3 +541,10 @@ def test_unread_parts_count_only_what_holds_bytes(body):
     typed = B.fv([B.ffs("bbbbbbbb-1111-2222-3333-444444444444", 0xE0 - 0x40, body)], size=0x2000)
     parts = unread_parts(parse_flash(typed, "t.fd"))
     assert [p.size for p in parts] == ([len(body)] if body else []) and all(p.where for p in parts)
+    # a volume of an unknown file system: its header alone, or 8 bytes more
+    size = 72 + 8 * len(body)
+    vol = B.fv([], size=size, fs=unknown, block=size)
+    parts = unread_parts(parse_flash(vol, "t.fd"))
+    assert [(p.what, p.size) for p in parts] == (
+        [(f"a firmware volume with unknown file system {unknown}", 8)] if body else []
+    )

@@ -164,6 +164,25 @@ def _twins(insn: bytes) -> list[bytes]:
 Token = tuple[int, tuple[tuple[int | None, ...], ...]]  # (offset in the routine, accepted encodings)
 
 
+def _is_branch(mnem: str) -> bool:
+    """A relative branch or call mnemonic; capstone names an F2-prefixed one `bnd jmp` (MPX)."""
+    return mnem.removeprefix("bnd ") in _BRANCHES
+
+
+_LEGACY_PREFIXES = frozenset({0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65})
+
+
+def _opcode_end(insn: bytes, bits: int) -> int:
+    """Where a direct branch's displacement starts: after its legacy prefixes, a REX prefix (64-bit
+    code) and its opcode (0F 8x for a near Jcc, one byte for every other direct branch or call)."""
+    i = 0
+    while insn[i] in _LEGACY_PREFIXES:
+        i += 1
+    if bits == 64 and 0x40 <= insn[i] <= 0x4F:
+        i += 1
+    return i + (2 if insn[i] == 0x0F else 1)
+
+
 def tokens(code: bytes, bits: int) -> list[tuple[Token, bool]]:
     """The routine as instructions, each with its accepted encodings (None: a wildcard byte) and
     whether it is string I/O. Direct branch and call displacements are wildcards; register-register
@@ -172,9 +191,9 @@ def tokens(code: bytes, bits: int) -> list[tuple[Token, bool]]:
     pos = 0
     for addr, size, mnem, op in disasm_lite(code, bits):
         insn = code[addr : addr + size]
-        if mnem in _BRANCHES and direct_target(op) is not None:
-            # opcode bytes literal, displacement (last 1 or 4 bytes) wildcarded
-            dlen = 1 if size == 2 or (size == 3 and insn[0] == 0x67) else 4
+        if _is_branch(mnem) and direct_target(op) is not None:
+            # prefixes and opcode literal, the displacement after them wildcarded
+            dlen = size - _opcode_end(insn, bits)
             alts: tuple[tuple[int | None, ...], ...] = (tuple(insn[: size - dlen]) + (None,) * dlen,)
         else:
             alts = tuple(tuple(e) for e in _encodings(insn))
@@ -296,7 +315,7 @@ def _normalise(code: bytes, bits: int, limit: int | None = None) -> tuple[list[N
         if mnem is None:
             continue
         assert op is not None  # kept with its mnemonic
-        target = direct_target(op) if mnem in _BRANCHES else None
+        target = direct_target(op) if _is_branch(mnem) else None
         if target is not None:
             out.append((mnem, index_at.get(target, EXTERNAL)))
         else:
