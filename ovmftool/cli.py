@@ -346,7 +346,11 @@ def plan(
     help="Variable store template (copied, never written). Default: OVMF_VARS*.fd beside IMAGE, "
     "else a generated empty store of the size IMAGE's flash layout needs.",
 )
-@click.option("--machine", type=click.Choice(["q35", "pc"]), default="q35", show_default=True)
+@click.option(
+    "--machine",
+    type=click.Choice(["q35", "pc", "microvm"]),
+    help="QEMU machine. Default: microvm for a microvm firmware (MicrovmX64), else q35.",
+)
 @click.option("--timeout", type=click.FloatRange(5, 3600), default=180.0, show_default=True)
 @click.option(
     "--hang-after",

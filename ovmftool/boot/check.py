@@ -300,15 +300,17 @@ _OTHER_VMM = {
     "cloud-hypervisor",
     "OvmfPkg/OvmfXen.dsc": "a Xen firmware (OvmfXen): it boots as a Xen HVM/PVH guest's firmware",
     "OvmfPkg/Bhyve/BhyveX64.dsc": "a bhyve firmware (BhyveX64: bhyve's devices and ACPI): boot it with bhyve",
-    "OvmfPkg/Microvm/MicrovmX64.dsc": "a microvm firmware (MicrovmX64): QEMU boots it only as `-M microvm -bios`, "
-    "without the flash and debug port boot-check relies on",
 }
+# Platforms QEMU boots on a machine of their own (firmware loaded with `-bios`: see Qemu)
+_OWN_MACHINE = {"OvmfPkg/Microvm/MicrovmX64.dsc": ("microvm", "a microvm firmware (MicrovmX64)")}
+MACHINES = ("q35", "pc", "microvm")
 
 
-def check_bootable(image: str, root: FlashImage) -> None:
+def check_bootable(image: str, root: FlashImage, machine: str | None = None) -> str:
     """Refuse (before any work) an input boot-check cannot boot: a standalone module, the
-    firmware of a platform QEMU's q35/pc machines do not boot (named by its modules, as `scan`'s
-    advice names the DSC)."""
+    firmware of a platform QEMU does not boot (named by its modules, as `scan`'s advice names
+    the DSC), a machine the firmware was not built for. Returns the machine to boot it on:
+    `machine`, else the platform's own (microvm), else q35."""
     if isinstance(root, BinaryFile):
         raise OvmfToolError(
             f"{image} is a standalone UEFI module, not a flash image: boot-check boots a firmware "
@@ -318,8 +320,19 @@ def check_bootable(image: str, root: FlashImage) -> None:
     dsc, why = platform_dsc(tuple(sorted({m.arch for m in mods})), {m.name for m in mods})
     if dsc in _OTHER_VMM:
         raise OvmfToolError(
-            f"{image} is {_OTHER_VMM[dsc]} ({why}); boot-check boots firmware for QEMU's q35 and pc machines"
+            f"{image} is {_OTHER_VMM[dsc]} ({why}); boot-check boots firmware for QEMU's q35, pc and microvm machines"
         )
+    own, what = _OWN_MACHINE.get(dsc, (None, ""))
+    if own is not None and machine not in (None, own):
+        raise OvmfToolError(
+            f"{image} is {what} ({why}): it boots only on QEMU's {own} machine, not --machine {machine}"
+        )
+    if own is None and machine in {m for m, _w in _OWN_MACHINE.values()}:
+        raise OvmfToolError(
+            f"{image} is not a {machine} firmware (built for {dsc}): --machine {machine} boots only firmware built "
+            f"for that machine"
+        )
+    return machine or own or "q35"
 
 
 def boot_check(
@@ -342,7 +355,7 @@ def boot_check(
     parent must exist): also on an error, Ctrl-C, or `Terminated` (see `stop_on_signals`); every
     QEMU started is killed first. `scan`: the image's ScanResult, or a function returning it (run
     while the first boot runs)."""
-    notes = [n] if (n := vars_plan.note()) else []
+    notes = [n] if (n := vars_plan.note(machine)) else []
     if hang_after is not None and hang_after >= timeout:
         notes.append(f"hang detection off: --hang-after {hang_after:g} is not below --timeout {timeout:g}")
         hang_after = None
@@ -434,7 +447,7 @@ def boot_check(
 def boot_image(
     image: str,
     vars_file: str | None = None,
-    machine: str = "q35",
+    machine: str | None = None,
     timeout: float = 180.0,
     fail_fast: bool = False,
     keep: Path | None = None,
@@ -447,7 +460,7 @@ def boot_image(
     the wrong size, no QEMU), before anything boots; then `boot_check`, with the image scanned
     while QEMU boots unless `scan` is the image's result already."""
     root = read_image(image)
-    check_bootable(image, root)
+    machine = check_bootable(image, root, machine)
     plan = plan_vars(image, vars_file)
     qemu_binary()
     todo = scan if scan is not None else (lambda: scan_checked(image, None, default_jobs(), root=root))

@@ -65,7 +65,8 @@ class Ending:
 class Qemu:
     """One QEMU process booting `code` (pflash unit 0, read-only) with a fresh copy of
     `vars_template` (unit 1); `vars_template` None: `code` is a whole OVMF.fd with its own store,
-    booted from a writable copy. Serial and the ISA debug console (port 0x402, as propolis has)
+    booted from a writable copy (on `microvm`, which has no flash, a copy loaded with `-bios`).
+    Serial and the ISA debug console (port 0x402, as propolis has)
     go to files in `work`; `log` are QEMU `-d` options logged to trace.log."""
 
     def __init__(
@@ -102,7 +103,9 @@ class Qemu:
         else:
             flash = work / "flash.fd"
             shutil.copyfile(code, flash)
-            drives = ["-drive", f"if=pflash,format=raw,unit=0,file={flash}"]
+            # microvm has no flash: its firmware is a ROM (`-bios`), its variables live in RAM
+            pflash = ["-drive", f"if=pflash,format=raw,unit=0,file={flash}"]
+            drives = ["-bios", str(flash)] if machine == "microvm" else pflash
         cmd = [
             exe,
             "-machine",

@@ -154,13 +154,18 @@ class VarsPlan:
             return p
         return self.path
 
-    def note(self) -> str | None:
+    def note(self, machine: str = "q35") -> str | None:
         """A line for the text output when the store is not the user's file."""
         if self.source == "generated":
             assert self.layout is not None
             return (
                 f"no variable store given or beside the image: booted with a generated empty "
                 f"{self.size // 1024} KiB store ({self.layout.describe()})"
+            )
+        if self.source == "embedded" and machine == "microvm":
+            return (
+                "booted on QEMU's microvm machine, which has no flash: the image is loaded as a ROM (-bios) "
+                "and its variables live in RAM"
             )
         if self.source == "embedded":
             return "the image holds its own variable store (a whole OVMF.fd): booted from a writable copy of it"
