@@ -233,3 +233,115 @@ def test_te_module_cannot_grow_for_a_detour():
 
     with pytest.raises(grow.CannotGrow, match="TE images have no room"):
         grow.add_code(_Img(b"\xc3", fmt="TE"), lambda start: (b"\x90", []))
+
+
+# A FIFO routine pair nobody wrote a signature for, in the style of the fw_cfg FIFO routines
+# OVMF carried before BaseIoLibIntrinsic had them (edk2's QemuFwCfgLib IoLibExAsm.nasm, 2013–2017):
+# the same EFIAPI contract as IoFifo.nasm's (RCX port, RDX count, R8 buffer), other instructions
+# (RDI/RSI saved on the stack, not in R8).
+OWN_FIFO_NASM = """BITS 64
+IoReadFifo8:
+    push rdi
+    mov rdi, r8
+    xchg rdx, rcx
+    cld
+    rep insb
+    pop rdi
+    ret
+IoWriteFifo8:
+    push rsi
+    mov rsi, r8
+    xchg rdx, rcx
+    cld
+    rep outsb
+    pop rsi
+    ret
+"""
+
+
+@pytest.mark.skipif(shutil.which("nasm") is None, reason="nasm is installed by .ci/run")
+def test_routines_no_signature_knows_assembled_from_source_patch_to_zero(tmp_path):
+    """IoReadFifo8 and IoWriteFifo8 of every module of a real build replaced by routines
+    assembled with nasm from the source above: every site found (at its new place, its function
+    named by address), every one rewritten by a detour proved by emulation, rescan 0, and the
+    image boots to the shell with none executed (its debug log and fw_cfg reads go through them)."""
+    import subprocess
+
+    src = tmp_path / "fifo.nasm"
+    src.write_text(OWN_FIFO_NASM)
+    subprocess.run(["nasm", "-f", "bin", "-o", str(tmp_path / "fifo.bin"), str(src)], check=True)
+    code = (tmp_path / "fifo.bin").read_bytes()
+    own = {"IoReadFifo8": code[:12], "IoWriteFifo8": code[12:]}
+    site_at = {"IoReadFifo8": 8, "IoWriteFifo8": 8}  # the REP INSB/OUTSB after PUSH, MOV, XCHG, CLD
+
+    b = stored(NONSEV)
+    root = read_image(str(b.code))
+    before = scan_image(str(b.code), root=root, jobs=2)
+    images = {(m.volume, m.guid): m.image for m in iter_modules(root)}
+    edits, expected = [], set()
+    for f in before.findings:
+        if f.signature is None or f.signature.routine not in own:
+            expected.add((f.guid, f.rva))
+            continue
+        img = images[(f.volume, f.guid)]
+        new = own[f.signature.routine]
+        off = img.rva_to_offset(f.signature.rva)
+        old = img.data[off : off + f.signature.size]
+        assert len(new) < len(old) == 13
+        edits.append(Edit(img, off, old, new + b"\xcc" * (len(old) - len(new))))
+        expected.add((f.guid, f.signature.rva + site_at[f.signature.routine]))
+    assert len(edits) == 2 * 108
+    out, _ = assemble(root, edits)
+    path = tmp_path / "OVMF_CODE.fd"
+    path.write_bytes(out)
+
+    res = scan_image(str(path), jobs=2)
+    assert {(f.guid, f.rva) for f in res.findings} == expected and len(expected) == 648
+    unknown = [f for f in res.findings if f.signature is None]
+    assert len(unknown) == 216 and all(f.function.startswith("sub_") for f in unknown)
+    p = patch(str(path), read_image(str(path)), jobs=2)
+    assert p.refusals == [] and p.sites_after == 0 and len(p.rewrites) == 648
+    assert {r.shape for r in p.rewrites} == {"detour"}  # a module with an unknown routine: every site
+    assert 0 < p.emulated_functions < 20  # each distinct window proved once, by emulation
+    patched = tmp_path / "patched.fd"
+    patched.write_bytes(p.output)
+    assert scan_image(str(patched)).findings == []
+    if shutil.which("qemu-system-x86_64"):
+        from click.testing import CliRunner
+
+        from ovmftool.cli import main
+
+        r = CliRunner().invoke(main, ["boot-check", str(patched), "--vars", str(b.vars), "--timeout", "150"])
+        assert r.exit_code == 0 and "0 string I/O instruction(s) executed" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+@pytest.mark.parametrize("unreached", [0, 750], ids=["routines-alone", "after-6KiB-of-code"])
+def test_gap_fill_finds_every_unreferenced_routine_in_a_gap_of_any_size(native, unreached):
+    """Four FIFO routines nothing calls and no signature names, one after the other, alone in a
+    gap or after 6 KiB of code nothing reaches: every site is found, by both walks (the old gap
+    fill stopped at two routines a gap and skipped gaps over 4 KiB). Text in a gap of 10 KiB
+    (whose l/m/n/o letters decode as INS/OUTS) stays data."""
+    from ovmftool.scan.codemap import discover, native_available
+
+    if native and not native_available():
+        pytest.skip("the native walk is not built")
+    filler = b"\x53\xb8\x01\x00\x00\x00\x5b\xc3"  # push rbx; mov eax, 1; pop rbx; ret
+    routines = [
+        bytes.fromhex("574c89c74887d1fcf36c5fc3"),  # push rdi ... rep insb ... ret (OWN_FIFO_NASM)
+        bytes.fromhex("564c89c64887d1fcf36e5ec3"),  # rep outsb
+        bytes.fromhex("fc4887ca4987f8f3666d4c89c7c3"),  # rep insw (IoFifo.nasm)
+        bytes.fromhex("574c89c74887d1fcf36d5fc3"),  # rep insd
+    ]
+    code, sites = b"\xc3" + filler * unreached, []
+    for r in routines:
+        sites.append(len(code) + r.index(b"\xf3"))
+        code += r
+    tail = len(code)
+    code += b"\xc3"
+    cmap = discover(code, 64, [(0, len(code))], [(0, "entry"), (tail, "export")], [], native=native)
+    assert sorted(s.rva for s in cmap.sites) == sites
+    text = b"Loading driver image... done\x00Boot option not found\x00" * 210
+    code = b"\xc3" + text + b"\xc3"
+    cmap = discover(code, 64, [(0, len(code))], [(0, "entry"), (len(code) - 1, "export")], [], native=native)
+    assert cmap.sites == [] and len(text) > 10240

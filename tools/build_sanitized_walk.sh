@@ -7,9 +7,9 @@
 #
 # Writes OUT_DIR/_walk<EXT_SUFFIX> (the same module, PyInit__walk), OUT_DIR/build.json (compiler,
 # flags, the source's sha256) and prints the .so's path. CC picks the compiler; by default clang
-# when it is installed (apt-get install clang): it adds -fsanitize=fuzzer-no-link, so libFuzzer
-# also sees the C walk's edges, not only the Python code's. With gcc the sanitizers are the same
-# but the C code gives libFuzzer no coverage.
+# when it is installed (apt-get install clang libclang-rt-dev, its sanitizer runtimes): it adds
+# -fsanitize=fuzzer-no-link, so libFuzzer also sees the C walk's edges, not only the Python
+# code's. With gcc the sanitizers are the same but the C code gives libFuzzer no coverage.
 #
 # The sanitizer runtime is not linked in: the fuzz run preloads atheris' asan_with_fuzzer.so (ASan,
 # UBSan and libFuzzer in one library), as atheris documents for native extensions:

@@ -39,7 +39,6 @@ typedef bool (*cs_disasm_iter_t)(size_t, const uint8_t **, size_t *, uint64_t *,
 typedef void (*cs_free_t)(cs_insn5 *, size_t);
 
 enum { K_PLAIN, K_COND, K_JMP, K_CALL, K_END, K_SIO, K_LEA, K_ODD };
-#define MAX_GAP 4096
 #define D_UNKNOWN 0
 #define D_BAD 0xFF /* size 15, K_ODD, has-aux: no instruction (K_ODD has no aux) */
 
@@ -669,22 +668,39 @@ static bool add_root(W *w, int64_t root, bool weak) {
 
 /* --- gap fill --------------------------------------------------------------------------- */
 
-static bool decodes_exactly(W *w, uint64_t p, uint64_t end) {
+/* Whether a linear decode from `p` reaches `end` exactly (codemap._decodes_exactly). `memo`
+ * (indexed from `base`): 0 unknown, 1 no, 2 yes for the current end; the verdict is kept for every
+ * instruction start on the way (the same decode from there on). -1: out of memory. */
+static int decode_path(W *w, uint64_t p, uint64_t end, const uint8_t *memo, uint64_t base, vec64 *path) {
     int last = -1;
     uint64_t a = p;
     while (a < end) {
+        if (memo[a - base]) return memo[a - base] == 2;
+        if (vpush(path, a)) return -1;
         int kind = 0;
         int64_t aux;
         bool has;
         int size = decode_raw(w, a, end, &kind, &aux, &has);
-        if (!size) return false;
-        if ((kind == K_SIO && !strchr(w->insn->mnemonic, ' ')) || kind == K_ODD) return false;
+        if (!size) {
+            path->n--; /* no instruction starts here */
+            return 0;
+        }
+        if ((kind == K_SIO && !strchr(w->insn->mnemonic, ' ')) || kind == K_ODD) return 0;
         a += (uint64_t)size;
         last = kind;
         if (a >= end) break;
-        if ((kind == K_JMP || kind == K_END) && skip_pad(w, a, end) >= end) return true;
+        if ((kind == K_JMP || kind == K_END) && skip_pad(w, a, end) >= end) return 1;
     }
     return a == end && (last == K_JMP || last == K_END);
+}
+
+static int decodes_exactly(W *w, uint64_t p, uint64_t end, uint8_t *memo, uint64_t base, vec64 *path) {
+    if (memo[p - base]) return memo[p - base] == 2;
+    path->n = 0;
+    int v = decode_path(w, p, end, memo, base, path);
+    if (v < 0) return -1;
+    for (size_t i = 0; i < path->n; i++) memo[path->v[i] - base] = v ? 2 : 1;
+    return v;
 }
 
 /* Where a function may start after `q` in a hole: after the first unconditional end a linear
@@ -736,6 +752,57 @@ static int lowest_bit(uint64_t m) {
 #endif
 }
 
+/* Roots found in the hole [e0, a1), each part of it from a place after code up to the next code
+ * (codemap._fill_hole): 1 if any was accepted, -1 out of memory. */
+static int fill_hole(W *w, uint64_t e0, uint64_t a1) {
+    const uint8_t *g = w->gsize;
+    uint8_t *memo = calloc((size_t)(a1 - e0), 1);
+    vec64 path = {0};
+    if (!memo) return -1;
+    int added = 0;
+    uint64_t p = e0, end = e0;
+    while (p < a1) {
+        if (end <= p) { /* the code after this part: the next instruction start */
+            end = p;
+            while (end < a1 && !g[end]) end++;
+            memset(memo, 0, (size_t)(a1 - e0));
+        }
+        uint64_t q = skip_pad(w, p, end);
+        p = end;
+        while (q < end) {
+            if (!looks_like_string(w, q)) {
+                int ok = decodes_exactly(w, q, end, memo, e0, &path);
+                if (ok < 0) {
+                    added = -1;
+                    goto out;
+                }
+                if (ok) {
+                    size_t before = w->nstarts;
+                    add_root(w, (int64_t)q, true);
+                    if (w->oom) goto out;
+                    if (w->nstarts > before) {
+                        added = 1;
+                        size_t k = 0; /* go on after the code just found at q */
+                        p = q;
+                        while (p < w->n && g[p]) {
+                            p += g[p];
+                            k++;
+                        }
+                        if (k != w->nstarts - before) end = p; /* code found elsewhere too: the end may move */
+                        break;
+                    }
+                }
+            }
+            q = next_gap_start(w, q, end);
+        }
+        while (p < a1 && g[p]) p += g[p];
+    }
+out:
+    free(memo);
+    free(path.v);
+    return added;
+}
+
 static int fill_gaps(W *w) {
     vec64 gaps = {0};
     for (int pass = 0; pass < 2; pass++) {
@@ -773,19 +840,13 @@ static int fill_gaps(W *w) {
         }
         for (size_t i = 0; i < gaps.n; i += 2) {
             uint64_t e0 = gaps.v[i], a1 = gaps.v[i + 1];
-            if (a1 - e0 > MAX_GAP || !in_exec(w, (int64_t)e0) || range_end(w, e0) < a1) continue;
-            uint64_t q = skip_pad(w, e0, a1);
-            while (q < a1) {
-                if (!looks_like_string(w, q) && decodes_exactly(w, q, a1)) {
-                    size_t before = w->nstarts;
-                    add_root(w, (int64_t)q, true);
-                    if (w->nstarts > before) {
-                        added = true;
-                        break;
-                    }
-                }
-                q = next_gap_start(w, q, a1);
+            if (!in_exec(w, (int64_t)e0) || range_end(w, e0) < a1) continue;
+            int r = fill_hole(w, e0, a1);
+            if (r < 0) {
+                free(gaps.v);
+                return -1;
             }
+            if (r) added = true;
         }
         if (!added) break;
     }

@@ -49,7 +49,6 @@ SWEEP_INSNS = 1024
 # instructions decoded per capstone call in the first decode of an unproven pointer target (most
 # are data and fail early); decoded instructions are cached
 PROBE_INSNS = 8
-MAX_GAP = 4096  # larger holes are data (strings, tables), not routines linked beside others
 _PAD = frozenset(b"\x90\xcc\x00")
 # Caps on one module's code map (_walk.c has the same): far above any real module (OVMF's largest
 # has 2,902 functions, 14,808 calls, 6 sites), low enough that a hostile one cannot make the map
@@ -378,23 +377,51 @@ class Discoverer:
         decodes exactly up to the code after it and the walk accepts the root. A hole that
         starts with other code the walk refuses (a dead loop, a routine that does not validate)
         can still hold a routine nothing calls and no signature names: an IoFifo routine of
-        another tree, the last one of its file."""
+        another tree, the last one of its file. After a root is accepted, the rest of its hole
+        is searched the same way (consecutive routines nothing calls); a hole of any size, as
+        code nothing reaches can be kilobytes long (a second pass takes holes that code found
+        in a later hole shortened)."""
         for _ in range(2):
             added = False
             for e0, a1 in self.gaps():
-                if a1 - e0 > MAX_GAP or not self.in_exec(e0) or self._range_end(e0) < a1:
-                    continue
-                q = self._skip_pad(e0, a1)
-                while q < a1:
-                    if not self.looks_like_string(q) and self._decodes_exactly(q, a1):
-                        before = len(self.map.starts)
-                        self.add_root(q, "gap", weak=True)
-                        if len(self.map.starts) > before:
-                            added = True
-                            break
-                    q = self._next_gap_start(q, a1)
+                if self.in_exec(e0) and self._range_end(e0) >= a1:
+                    added = self._fill_hole(e0, a1) or added
             if not added:
                 break
+
+    def _fill_hole(self, e0: int, a1: int) -> bool:
+        """Roots found in the hole [e0, a1), each part of it from a place after code up to the next
+        code; True if any was accepted. `exact` keeps `_decodes_exactly`'s verdicts for the
+        current end, so each byte of the hole is decoded about once."""
+        starts = self.map.starts
+        added = False
+        p, end = e0, e0
+        exact: dict[int, bool] = {}
+        while p < a1:
+            if end <= p:  # the code after this part: the next instruction start
+                end = p
+                while end < a1 and end not in starts:
+                    end += 1
+                exact = {}
+            q = self._skip_pad(p, end)
+            p = end
+            while q < end:
+                if not self.looks_like_string(q) and self._decodes_exactly(q, end, exact):
+                    before = len(starts)
+                    self.add_root(q, "gap", weak=True)
+                    if len(starts) > before:
+                        added = True
+                        p, n = q, 0  # go on after the code just found at q
+                        while p in starts:
+                            p += starts[p]
+                            n += 1
+                        if n != len(starts) - before:  # code found elsewhere too: the part's end may move
+                            end = p
+                        break
+                q = self._next_gap_start(q, end)
+            while p < a1 and p in starts:
+                p += starts[p]
+        return added
 
     def _next_gap_start(self, q: int, end: int) -> int:
         """Where a function may start after `q` in a hole: after the first unconditional end a
@@ -412,7 +439,20 @@ class Discoverer:
                 return self._skip_pad(a, end)
         return end
 
-    def _decodes_exactly(self, p: int, end: int) -> bool:
+    def _decodes_exactly(self, p: int, end: int, memo: dict[int, bool]) -> bool:
+        """Whether a linear decode from `p` reaches `end` exactly, ending in an unconditional end
+        (or reaches one followed by padding up to `end`), with no bare string I/O and nothing the
+        walk refuses. The verdict holds for every instruction start on the way (the same decode
+        from there on): `memo` keeps it for them."""
+        if p in memo:
+            return memo[p]
+        path: list[int] = []
+        verdict = self._decode_path(p, end, memo, path)
+        for a in path:
+            memo[a] = verdict
+        return verdict
+
+    def _decode_path(self, p: int, end: int, memo: dict[int, bool], path: list[int]) -> bool:
         last_kind = None
         a = p
         while a < end:
@@ -420,6 +460,9 @@ class Discoverer:
             if not addrs:
                 return False
             for addr, size in zip(addrs, sizes):
+                if addr in memo:
+                    return memo[addr]
+                path.append(addr)
                 kind, aux = special.get(addr, (0, None))
                 if (kind == K_SIO and " " not in aux) or kind == K_ODD:
                     return False
