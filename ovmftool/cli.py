@@ -86,12 +86,19 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
     Exit 0: written, image undamaged. With --allow-damaged a damaged image still exits 2, after
     writing what parsed and listing (here and in manifest.json's `skipped`) what could not be.
     """
-    from ovmftool.report.extraction import extract_checked, extraction_text
+    from ovmftool.model.node import all_problems
+    from ovmftool.ops.extract import write_extraction
+    from ovmftool.report.extraction import extraction_text, manifest_text
+    from ovmftool.report.info_report import damage_line
 
-    manifest, damage = extract_checked(image, read_image(image), out_dir, allow_damaged)
-    click.echo(extraction_text(manifest, out_dir), nl=False)
-    if damage:
-        _fail(damage)
+    root = read_image(image)
+    probs = all_problems(root)
+    if probs and not allow_damaged:
+        _fail(damage_line(image, probs, more=False) + " (use --allow-damaged to extract anyway)")
+    body = write_extraction(root, out_dir, lambda b: manifest_text(root, b))
+    click.echo(extraction_text(body, out_dir), nl=False)
+    if probs:
+        _fail(f"{damage_line(image, probs)}; extracted what parsed, {len(body['skipped'])} part(s) skipped")
 
 
 @main.command()

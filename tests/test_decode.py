@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from ovmftool.cli import main
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
+from ovmftool.report.decode_report import verdict
 from ovmftool.scan import signatures as sigs
 from ovmftool.scan.scanner import scan_image
 from ovmftool.triage.decode import decode, parse_bytes
@@ -111,7 +112,7 @@ def test_every_signature_site_is_named_from_its_own_bytes(sig):
     t = decode(sig.code[off : off + 15], 64 if sig.arch == "X64" else 32)
     assert [(r.arch, r.source, r.routine) for r in t.routines] == [(sig.arch, sig.source, sig.routine)]
     assert t.routines[0].at_site and t.routines[0].offset == off
-    assert t.verdict.startswith(t.instruction + ": " + sig.routine + " of " + sig.library + " (" + sig.source)
+    assert verdict(t).startswith(t.instruction + ": " + sig.routine + " of " + sig.library + " (" + sig.source)
 
 
 @pytest.mark.parametrize("image", sorted(CODE_IMAGES), ids=lambda p: p.split("/", 1)[1])
@@ -127,7 +128,7 @@ def test_every_real_site_is_named_from_15_bytes_at_its_rip(image):
         mem = mods[(f.volume, f.guid, f.arch)].image.memory
         t = decode(mem[f.rva : f.rva + 15], 64 if f.arch == "X64" else 32)
         want = (f.arch, f.signature.source, f.signature.routine)
-        assert [(r.arch, r.source, r.routine) for r in t.routines] == [want], (f.module, hex(f.rva), t.verdict)
+        assert [(r.arch, r.source, r.routine) for r in t.routines] == [want], (f.module, hex(f.rva), verdict(t))
         assert t.routines[0].library == f.signature.library
 
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from referencing import Registry, Resource
 
 from ovmftool.cli import main
+from ovmftool.report.decode_report import log_verdict, verdict
 from ovmftool.triage.log import MAX_LINE, read_log
 from tests.conftest import CORPUS_IMAGES, MANIFEST, ROOT, beside_checkout
 
@@ -163,7 +164,7 @@ def test_plain_log_one_verdict_per_instruction_with_counts(tmp_path):
 
 def test_bunyan_json_log_says_when_and_which_vm(tmp_path):
     lt = read_log(_write(tmp_path, bunyan_log()))
-    assert lt.verdict == "4 InstEmul exits in the log: 2 distinct instructions, 1 with the bytes redacted"
+    assert log_verdict(lt) == "4 InstEmul exits in the log: 2 distinct instructions, 1 with the bytes redacted"
     sev, nonsev = lt.instructions
     assert (sev.data.hex(), sev.count, sev.lines, nonsev.data.hex(), nonsev.count, nonsev.lines) == (
         BYTES_1,
@@ -173,7 +174,7 @@ def test_bunyan_json_log_says_when_and_which_vm(tmp_path):
         1,
         [5],
     )
-    assert sev.triage.verdict == VERDICT_1 and nonsev.triage.verdict == VERDICT_2
+    assert verdict(sev.triage) == VERDICT_1 and verdict(nonsev.triage) == VERDICT_2
     assert (sev.first_time, sev.last_time, sev.untimed) == ("2026-01-05T10:05:02.250Z", "2026-01-05T10:09:13.000Z", 0)
     assert sev.vms == {f"vm_id={VM}"} and sev.hosts == {"sled-07"} and sev.vcpus == {0, 1}
     # the plain panic between the records carries no time or VM of its own

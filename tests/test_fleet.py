@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from ovmftool.cli import main
+from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan import cache as C
 from ovmftool.scan import codec
 from ovmftool.scan.inputs import expand_inputs
@@ -174,7 +175,7 @@ def test_cache_serves_images_and_shared_modules(tmp_path):
     assert (cache.hits, cache.bad) == (0, 0) and cold.findings == ref.findings and cold.modules == ref.modules
     (warm,) = scan_paths([str(DEB22)], cache=cache)
     assert (cache.hits, cache.bad) == (1, 0)  # the whole image, not parsed again
-    assert warm.findings == ref.findings and warm.modules == ref.modules and warm.notes == ref.notes
+    assert warm.findings == ref.findings and warm.modules == ref.modules and warm.code_blobs == ref.code_blobs == 1
     assert (warm.sha256, warm.size, warm.era, warm.standalone) == (ref.sha256, ref.size, ref.era, ref.standalone)
     # the same image under another name: a new image entry, every module from the cache
     other = tmp_path / "renamed.fd"
@@ -196,7 +197,8 @@ def test_cache_serves_images_and_shared_modules(tmp_path):
     hits = cache.hits
     again = scan_paths([str(whole), str(DEB22), str(other)], jobs=2, cache=cache)
     assert cache.hits - hits == 2 and cache.bad == 0
-    assert again[2].notes == ref.notes + [f"same contents as {DEB22}: scanned once"]
+    assert again[2].same_as == str(DEB22) and again[1].same_as is None
+    assert scan_notes(again[2]) == scan_notes(ref) + [f"same contents as {DEB22}: scanned once"]
     assert [r.path for r in again] == [str(whole), str(DEB22), str(other)]
     assert [r.findings for r in again] == [rw.findings, ref.findings, res.findings]
 

@@ -5,7 +5,10 @@ directory) is `report.extraction`'s."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from collections.abc import Callable
+from typing import Any
 
 from ovmftool.model import structs as S
 from ovmftool.model.ffs import FfsFile
@@ -17,6 +20,7 @@ from ovmftool.model.section import Section
 from ovmftool.model.volume import Volume
 from ovmftool.ops.modules import iter_code_blobs, iter_modules
 from ovmftool.ops.tree import summary
+from ovmftool.outputs import check_output_dir, commit_output_dir, discard_output_dir, new_output_dir
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CONTAINER_SECTIONS = {
@@ -134,3 +138,24 @@ def extraction(root: FlashImage) -> tuple[list[tuple[str, Node]], dict]:
         "skipped": skipped,
     }
     return files, manifest
+
+
+def write_extraction(root: FlashImage, out_dir: str, manifest: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """Write the files `extraction` lists into `out_dir` (created; must not exist or be empty),
+    with manifest.json, the text `manifest` makes of the extraction's document (report.extraction).
+    Everything is written into a temporary sibling directory first and renamed into place, so a
+    failure leaves no partial output. Returns the document."""
+    check_output_dir(out_dir)
+    tmp = new_output_dir(out_dir)
+    try:
+        files, body = extraction(root)
+        for name, node in files:
+            with open(os.path.join(tmp, name), "wb") as fh:
+                fh.write(node.data)
+        with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+            fh.write(manifest(body))
+        commit_output_dir(tmp, out_dir)
+    except BaseException:
+        discard_output_dir(tmp)
+        raise
+    return body

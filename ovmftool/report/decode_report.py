@@ -13,6 +13,54 @@ from ovmftool.scan.disasm import cs, string_io
 from ovmftool.triage.decode import RoutineMatch, Shorter, Triage
 from ovmftool.triage.log import HOW_TO_UNREDACT, MAX_DISTINCT, Group, LogTriage
 
+_RENAMED_IN = "edk2-stable202205"  # the TDX wrapper renamed the X64 Sev routines SevIo*
+
+
+def routine_text(r: RoutineMatch) -> str:
+    """`IoWriteFifo8 of BaseIoLibIntrinsic (X64/IoFifo.nasm, non-Sev)`."""
+    alias = f"; {'/'.join(r.aliases)} before {_RENAMED_IN}" if r.aliases else ""
+    return f"{r.routine} of {r.library} ({r.source}, {r.variant}{alias})"
+
+
+def verdict(t: Triage) -> str:
+    """One line: instruction, then routine, source file and library instance (or why none)."""
+    head = t.instruction or f"undecodable as {t.bits}-bit code"
+    if t.faulting and string_io(t.faulting.mnemonic) is None:
+        head += " (not string port I/O)"
+    if not t.routines:
+        return (
+            f"{head}: no built-in signature matches (not a FIFO routine of BaseIoLibIntrinsic or "
+            "BaseIoLibIntrinsicSev as the covered EDK II trees build it)"
+        )
+    if not any(r.complete for r in t.routines):
+        n = t.routines[0].explained
+        return f"{head}: no built-in signature matches all {len(t.data)} bytes; closest ({n} bytes): " + " or ".join(
+            routine_text(r) for r in t.routines
+        )
+    return f"{head}: " + " or ".join(routine_text(r) for r in t.routines)
+
+
+def log_verdict(lt: LogTriage) -> str:
+    """One line: how many exits, how many distinct instructions, redacted and unreadable ones."""
+    n = lt.exits
+    if not n:
+        return f"no InstEmul exits in the log ({_count(lt.lines_read, 'line')} read)"
+    parts = []
+    if lt.instructions:
+        parts.append(_count(len(lt.instructions), "distinct instruction"))
+    if lt.redacted.count:
+        parts.append(f"{lt.redacted.count} with the bytes redacted")
+    if lt.unreadable.count:
+        parts.append(f"{lt.unreadable.count} unreadable")
+    if lt.more.count:
+        parts.append(f"{lt.more.count} of further instructions not decoded")
+    return f"{_count(n, 'InstEmul exit')} in the log: {', '.join(parts)}"
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 DECODE_SCHEMA = "ovmftool.decode/1"
 
 
@@ -69,7 +117,7 @@ def decode_json(t: Triage) -> dict:
         "bytes": t.data.hex(),
         "bits": t.bits,
         "instruction": t.instruction,
-        "verdict": t.verdict,
+        "verdict": verdict(t),
         "instructions": [asdict(i) for i in t.instructions],
         "explanation": explanation(t),
         "signature_matches": [_routine_dict(r) for r in t.routines],
@@ -142,7 +190,7 @@ def decode_text(t: Triage) -> str:
     """Verdict first, then how each listed routine matches, the decoded stream, the
     explanation, and the matches in the image."""
     total = len(t.data)
-    lines = [t.verdict]
+    lines = [verdict(t)]
     for r in t.routines:
         lines.append(_routine_detail(r, t))
     s = _shorter_text(t.shorter_routines, "signature ")
@@ -221,7 +269,7 @@ def decode_log_json(lt: LogTriage) -> dict:
     for g in lt.instructions:
         d = _group_dict(g)
         d["bytes"] = g.data.hex()
-        d["verdict"] = g.triage.verdict
+        d["verdict"] = verdict(g.triage)
         d["decode"] = decode_json(g.triage)
         instructions.append(d)
     red = _group_dict(lt.redacted)
@@ -232,7 +280,7 @@ def decode_log_json(lt: LogTriage) -> dict:
         **header(DECODE_LOG_SCHEMA),
         "log": {"path": lt.source, "compression": lt.compression, "lines_read": lt.lines_read},
         "bits": lt.bits,
-        "verdict": lt.verdict,
+        "verdict": log_verdict(lt),
         "exits": lt.exits,
         "image": (
             {"path": lt.image_path, "sha256": lt.image_sha256, "standalone": lt.image_standalone} if has_image else None
@@ -276,11 +324,11 @@ def decode_log_text(lt: LogTriage) -> str:
     """The summary first, then per distinct instruction its count and verdict, where and when
     the log reported it, its bytes and signature matches (and image matches); then the exits
     whose bytes are redacted or unreadable."""
-    lines = [lt.verdict]
+    lines = [log_verdict(lt)]
     for g in lt.instructions:
         lines.append("")
         t = g.triage
-        lines.append(f"{_exits(g.count)}: {t.verdict}")
+        lines.append(f"{_exits(g.count)}: {verdict(t)}")
         lines.append(f"  {_where(g)}")
         lines.append(f"  bytes ({len(t.data)}): {t.data.hex(' ')}")
         for r in t.routines:

@@ -15,6 +15,7 @@ import datetime as dt
 import socket
 import xml.etree.ElementTree as ET
 
+from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan.scanner import ScanFailure, ScanResult, ScanSkipped
 
 
@@ -90,7 +91,7 @@ def _result_suite(suites: ET.Element, index: int, r: ScanResult, stamp: str, hos
                 case, "failure", type="StringPortIo", message=f"{len(sites)} string port-I/O instruction(s) in {m.name}"
             )
             fail.text = "\n".join(lines)
-    _close(suite, "".join(n + "\n" for n in r.notes))
+    _close(suite, "".join(n + "\n" for n in scan_notes(r)))
 
 
 def _other_suite(suites: ET.Element, index: int, o: ScanFailure, stamp: str, host: str) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ovmftool import __version__
+from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan.identity import fingerprint, site_keys
 from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, ScanSkipped, function_label
 
@@ -336,7 +337,7 @@ def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:
             )
             continue
         entry.update(length=o.size, hashes={"sha-256": o.sha256})
-        entry["properties"].update(sites=len(o.findings), modulesScanned=len(o.modules), notes=o.notes)
+        entry["properties"].update(sites=len(o.findings), modulesScanned=len(o.modules), notes=scan_notes(o))
         lines = [_listing_header(o)] + [listing_line(f) for f in o.findings]
         text = "".join(x + "\n" for x in lines)
         listing = {**loc, "uri": loc["uri"] + LISTING_SUFFIX, "index": len(artifacts)}

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from ovmftool.report.document import header, image_ref, to_json
+from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan.advice import NextSteps, next_steps
 from ovmftool.scan.scanner import ScanFailure, ScanResult, ScanSkipped
 
@@ -24,7 +25,7 @@ def scan_json(r: ScanResult) -> dict:
         "modules": [m.as_dict() for m in r.modules],
         "findings": [f.as_dict() for f in r.findings],
         "summary": summary(r),
-        "notes": r.notes,
+        "notes": scan_notes(r),
     }
 
 
@@ -83,7 +84,7 @@ def scan_text(r: ScanResult) -> str:
     )
     if s["sites"]:
         lines.append(f"         {s['reachable']} in functions reachable by direct calls from a module entry point")
-    for n in r.notes:
+    for n in scan_notes(r):
         lines.append(f"note: {n}")
     steps = next_steps(r)
     if steps is not None:

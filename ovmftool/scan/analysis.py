@@ -8,7 +8,6 @@ from __future__ import annotations
 import bisect
 import copy
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from ovmftool.errors import LimitExceeded, OvmfToolError
@@ -281,32 +280,6 @@ def tree_era(modules: list[Module]) -> str | None:
             continue
         dxe_core = dxe_core or m.file_type == "DXE_CORE"
     return sigs.PRE_TDX if dxe_core else None
-
-
-def era_note(era: str | None, findings: list[Finding]) -> str | None:
-    """What the image says about routine names that differ between EDK II eras, when findings
-    carry such a name: which names the report uses, and why."""
-    named = [f.signature for f in findings if f.function_source == "signature" and f.signature and f.signature.aliases]
-    if not named:
-        return None
-
-    def few(names: Iterable[str]) -> str:
-        names = sorted(set(names))
-        return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
-
-    used, other = few(s.routine for s in named), few(a for s in named for a in s.aliases)
-    if era == sigs.PRE_TDX:
-        return (
-            f"routines named as in EDK II trees without TDX support ({used}; {other} in later trees, the same "
-            "code): no module of the image holds the TDCALL instruction, its X64 DXE core neither"
-        )
-    if era is None:
-        return (
-            f"routines named as in EDK II trees with TDX support ({used}; {other} in older trees such as "
-            "edk2-stable202105, the same code): the input does not tell which (no TDCALL instruction, no X64 "
-            "DXE core)"
-        )
-    return None
 
 
 def scan_blobs(root: FlashImage) -> list[Finding]:

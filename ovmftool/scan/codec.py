@@ -109,7 +109,7 @@ def result_payload(res: ScanResult) -> dict[str, Any]:
         "size": res.size,
         "modules": [asdict(m) for m in res.modules],
         "findings": [asdict(f) for f in res.findings],
-        "notes": list(res.notes),
+        "code_blobs": res.code_blobs,
         "standalone": res.standalone,
         "era": res.era,
     }
@@ -174,13 +174,13 @@ def result_from_payload(doc: Any, path: str, sha256: str, size: int) -> ScanResu
     try:
         if (
             not isinstance(doc, dict)
-            or set(doc) != {"sha256", "size", "modules", "findings", "notes", "standalone", "era"}
+            or set(doc) != {"sha256", "size", "modules", "findings", "code_blobs", "standalone", "era"}
             or doc["sha256"] != sha256
             or doc["size"] != size
             or not isinstance(doc["standalone"], bool)
             or not (doc["era"] is None or isinstance(doc["era"], str))
-            or not isinstance(doc["notes"], list)
-            or not all(isinstance(n, str) for n in doc["notes"])
+            or type(doc["code_blobs"]) is not int
+            or doc["code_blobs"] < 0
             or not isinstance(doc["modules"], list)
             or not isinstance(doc["findings"], list)
         ):
@@ -218,6 +218,15 @@ def result_from_payload(doc: Any, path: str, sha256: str, size: int) -> ScanResu
             )
         if sum(m.sites for m in modules) > len(findings):
             return None
-        return ScanResult(path, sha256, size, modules, findings, list(doc["notes"]), doc["standalone"], doc["era"])
+        return ScanResult(
+            path,
+            sha256,
+            size,
+            modules,
+            findings,
+            code_blobs=doc["code_blobs"],
+            standalone=doc["standalone"],
+            era=doc["era"],
+        )
     except (TypeError, ValueError, KeyError, AttributeError):
         return None

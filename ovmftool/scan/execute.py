@@ -21,7 +21,6 @@ from ovmftool.scan import cache as C
 from ovmftool.scan.analysis import (
     MAX_SCAN_MEMORY,
     analyse_checked,
-    era_note,
     place_analysis,
     scan_blobs,
     tree_era,
@@ -165,13 +164,8 @@ def scan_image(
     analyses = _analyses(modules, symbols, era, jobs, cache)
     results = [place_analysis(m, a) for m, a in zip(modules, analyses)]
     findings = [f for r in results for f in r.findings]
-    notes = []
-    note = era_note(era, findings)
-    if note:
-        notes.append(note)
     blobs = list(iter_code_blobs(root))
     if blobs:
-        notes.append(f"{len(blobs)} raw code blob(s) (reset vector) checked by recursive descent from the 16-bit entry")
         findings += scan_blobs(root)
     return ScanResult(
         path,
@@ -179,7 +173,7 @@ def scan_image(
         root.size,
         [r.summary for r in results],
         findings,
-        notes,
+        code_blobs=len(blobs),
         standalone=isinstance(root, BinaryFile),
         era=era,
         module_seconds=[a.seconds for a in analyses],
@@ -262,7 +256,7 @@ def scan_paths(
         if o is None:  # same contents as an input before it
             o0, p0 = done[first[i]], items[first[i]]
             if isinstance(o0, ScanResult):
-                o = replace(o0, path=p, notes=o0.notes + [f"same contents as {p0}: scanned once"])
+                o = replace(o0, path=p, same_as=str(p0))
             else:
                 o = ScanFailure(p, o0.message.replace(p0, p, 1), o0.nothing)
         if isinstance(o, ScanFailure) and o.nothing and isinstance(p, Found):

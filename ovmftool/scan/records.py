@@ -152,9 +152,10 @@ class ScanResult:
     size: int
     modules: list[ModuleSummary]
     findings: list[Finding]
-    notes: list[str] = field(default_factory=list)
+    code_blobs: int = 0  # raw code blobs (the reset vector) checked by recursive descent from their entry
     standalone: bool = False  # a standalone PE32/TE file (an extracted module), not a flash image
     era: str | None = None  # the EDK II tree era the image shows (`tree_era`): names routines, picks series
+    same_as: str | None = None  # an input before this one with the same contents: scanned once, under both names
     # What this run spent (JUnit `time`): per module (parallel with `modules`) and on the whole
     # image; a result the cache served spent nearly nothing. Never part of the JSON report.
     module_seconds: list[float] = field(default_factory=list, compare=False)

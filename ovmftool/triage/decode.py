@@ -28,16 +28,13 @@ from ovmftool.model.binary import BinaryFile
 from ovmftool.model.parser import read_image
 from ovmftool.ops.modules import iter_modules
 from ovmftool.scan import signatures as sigs
-from ovmftool.scan.disasm import cs, string_io
+from ovmftool.scan.disasm import cs
 from ovmftool.scan.records import SiteSignature
 from ovmftool.scan.scanner import MAX_SCAN_MEMORY, check_scannable, exec_ranges, scan_module
 
 _INST_DATA = re.compile(r"inst_data\s*:\s*\[([^\]]*)\]")
 _LEN = re.compile(r"\blen\s*:\s*(\d+)")
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
-_RENAMED_IN = "edk2-stable202205"  # the TDX wrapper renamed the X64 Sev routines SevIo*
-
-
 _SEPARATORS = re.compile(r"[\s,:]+")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _HOW = "give propolis' inst_data line, a decimal list in brackets ([243, 110]), or hex (f36e, f3 6e)"
@@ -178,11 +175,6 @@ class RoutineMatch:
         """Stream bytes accounted for: the routine's and the following routines'."""
         return self.matched + sum(f.matched for f in self.followed_by)
 
-    def describe(self) -> str:
-        """`IoWriteFifo8 of BaseIoLibIntrinsic (X64/IoFifo.nasm, non-Sev)`."""
-        alias = f"; {'/'.join(self.aliases)} before {_RENAMED_IN}" if self.aliases else ""
-        return f"{self.routine} of {self.library} ({self.source}, {self.variant}{alias})"
-
 
 @dataclass
 class Match:
@@ -237,25 +229,6 @@ class Triage:
     def instruction(self) -> str | None:
         """`REP OUTSB`: the faulting instruction's mnemonic."""
         return self.faulting.mnemonic.upper() if self.faulting else None
-
-    @property
-    def verdict(self) -> str:
-        """One line: instruction, then routine, source file and library instance (or why none)."""
-        head = self.instruction or f"undecodable as {self.bits}-bit code"
-        if self.faulting and string_io(self.faulting.mnemonic) is None:
-            head += " (not string port I/O)"
-        if not self.routines:
-            return (
-                f"{head}: no built-in signature matches (not a FIFO routine of BaseIoLibIntrinsic or "
-                "BaseIoLibIntrinsicSev as the covered EDK II trees build it)"
-            )
-        if not any(r.complete for r in self.routines):
-            n = self.routines[0].explained
-            return (
-                f"{head}: no built-in signature matches all {len(self.data)} bytes; closest ({n} bytes): "
-                + " or ".join(r.describe() for r in self.routines)
-            )
-        return f"{head}: " + " or ".join(r.describe() for r in self.routines)
 
 
 def decode(data: bytes, bits: int = 64) -> Triage:

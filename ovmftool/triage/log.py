@@ -136,23 +136,6 @@ class LogTriage:
     def exits(self) -> int:
         return sum(i.count for i in self.instructions) + self.redacted.count + self.unreadable.count + self.more.count
 
-    @property
-    def verdict(self) -> str:
-        """One line: how many exits, how many distinct instructions, redacted and unreadable ones."""
-        n = self.exits
-        if not n:
-            return f"no InstEmul exits in the log ({_count(self.lines_read, 'line')} read)"
-        parts = []
-        if self.instructions:
-            parts.append(_count(len(self.instructions), "distinct instruction"))
-        if self.redacted.count:
-            parts.append(f"{self.redacted.count} with the bytes redacted")
-        if self.unreadable.count:
-            parts.append(f"{self.unreadable.count} unreadable")
-        if self.more.count:
-            parts.append(f"{self.more.count} of further instructions not decoded")
-        return f"{_count(n, 'InstEmul exit')} in the log: {', '.join(parts)}"
-
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
