@@ -132,7 +132,7 @@ def extraction(root: FlashImage) -> tuple[list[tuple[str, Node]], dict]:
                 **summary(b),
             }
         )
-    manifest = {  # its header (schema_version, tool, image): report.extraction's
+    manifest = {  # its document header is added by report.extraction
         "modules": entries,
         "code_blobs": blobs,
         "skipped": skipped,

@@ -762,10 +762,10 @@ static int fill_hole(W *w, uint64_t e0, uint64_t a1) {
     int added = 0;
     uint64_t p = e0, end = e0;
     while (p < a1) {
-        if (end <= p) { /* the code after this part: the next instruction start */
+        if (end <= p) { /* the code after this part: the next instruction start (memo entries past
+                         * p are unwritten: a part's decodes stay inside it) */
             end = p;
             while (end < a1 && !g[end]) end++;
-            memset(memo, 0, (size_t)(a1 - e0));
         }
         uint64_t q = skip_pad(w, p, end);
         p = end;
@@ -788,7 +788,10 @@ static int fill_hole(W *w, uint64_t e0, uint64_t a1) {
                             p += g[p];
                             k++;
                         }
-                        if (k != w->nstarts - before) end = p; /* code found elsewhere too: the end may move */
+                        if (k != w->nstarts - before) { /* code found elsewhere too: the end may move */
+                            if (end > p) memset(memo + (p - e0), 0, (size_t)(end - p));
+                            end = p;
+                        }
                         break;
                     }
                 }
