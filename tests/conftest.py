@@ -50,7 +50,11 @@ STOCK = [
 ]  # Debian's trees as they are
 # builds that stretch the scanner: another toolchain (CLANGDWARF), another assembler (NASM 3:
 # prefixes in another order), another era (2020.11: pre-TDX names)
-REACH = [k for k in ("2025.02-X64-DEBUG-clang", "2020.11-X64-DEBUG", "2020.11-X64-DEBUG-nasm3") if k in BUILD_DEFS]
+REACH = [
+    k
+    for k in ("2025.02-X64-DEBUG-clang", "2020.11-X64-DEBUG", "2020.11-X64-DEBUG-nasm3", "2025.02-X64-DEBUG-nasm3")
+    if k in BUILD_DEFS
+]
 STOCK += REACH
 TREE_BUILDS = STOCK + [
     "2025.02-X64-DEBUG-cloop",

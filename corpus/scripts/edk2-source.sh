@@ -46,8 +46,9 @@ rm -rf "$work" "$tree"; mkdir -p "$work"
 orig=$(ls "$work"/edk2_"$upver".orig.tar.* 2>/dev/null | head -n 1 || true)
 debtar=$(ls "$work"/edk2_"$deb".debian.tar.* 2>/dev/null | head -n 1 || true)
 [ -n "$orig" ] || { rm -rf "$tree"; echo "edk2-source.sh: the archive did not serve edk2_$upver.orig.tar.* of edk2 $deb (apt-get source --download-only edk2=$deb in $work)" >&2; exit 2; }
-# The orig tarball is the one the signed Sources index names.
-want=$(apt-cache showsrc edk2 | awk -v v="$deb" -v f="$(basename "$orig")" '/^Package:/{ver=""} /^Version:/{ver=$2} /^Checksums-Sha256:/{c=1; next} /^[^ ]/{c=0} c && ver==v && $3==f {print $1; exit}')
+# The orig tarball is the one the signed Sources index names. (awk reads to the end: leaving
+# early would end apt-cache with SIGPIPE, which pipefail and set -e turn into a silent exit.)
+want=$(apt-cache showsrc edk2 | awk -v v="$deb" -v f="$(basename "$orig")" '/^Package:/{ver=""} /^Version:/{ver=$2} /^Checksums-Sha256:/{c=1; next} /^[^ ]/{c=0} c && ver==v && $3==f && !done {print $1; done=1}')
 [ -z "$want" ] || [ "$(sha256sum "$orig" | cut -c1-64)" = "$want" ] || { echo "edk2-source.sh: $orig: sha256 differs from the Sources index" >&2; exit 2; }
 notes=()
 mkdir -p "$tree"
