@@ -23,6 +23,22 @@ NONSEV = "2022.11-X64-DEBUG-nonsev"
 DEB25 = CORPUS_IMAGES["images/debian-2025.02/OVMF_CODE_4M.fd"]
 
 
+def _clean_and_boots(output: bytes, vars_file, tmp_path, timeout: int = 150) -> None:
+    """A patched image: rescan 0, and (where QEMU is installed) a boot to its end with no string
+    I/O executed."""
+    out = tmp_path / "patched.fd"
+    out.write_bytes(output)
+    assert scan_image(str(out)).findings == []
+    if shutil.which("qemu-system-x86_64"):
+        from click.testing import CliRunner
+
+        from ovmftool.cli import main
+
+        args = ["boot-check", str(out), "--vars", str(vars_file), "--timeout", str(timeout)]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0 and "0 string I/O instruction(s) executed" in r.stdout, r.stdout + r.stderr
+
+
 @pytest.fixture(scope="module")
 def unknown_routine(tmp_path_factory):
     """The non-Sev 2022.11 DEBUG build with SecMain's IoReadFifo8 changed (its CLD made a NOP):
@@ -57,16 +73,7 @@ def test_unknown_routine_is_patched_by_detours(unknown_routine, tmp_path):
     assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == 648
     shapes = Counter((r.module == "SecMain", r.shape) for r in res.rewrites)
     assert shapes == {(True, "detour"): 6, (False, "rep-fifo"): 642}  # the module holding it: every site
-    out = tmp_path / "patched.fd"
-    out.write_bytes(res.output)
-    assert scan_image(str(out)).findings == []
-    if shutil.which("qemu-system-x86_64"):
-        from click.testing import CliRunner
-
-        from ovmftool.cli import main
-
-        r = CliRunner().invoke(main, ["boot-check", str(out), "--vars", str(b.vars), "--timeout", "120"])
-        assert r.exit_code == 0 and "0 string I/O instruction(s) executed" in r.stdout, r.stdout + r.stderr
+    _clean_and_boots(res.output, b.vars, tmp_path, 120)
 
 
 @pytest.mark.parametrize("image", [DEB25, "2022.11-Ia32X64-DEBUG"], ids=["debian-2025.02", "2022.11-Ia32X64-DEBUG"])
@@ -79,16 +86,8 @@ def test_every_site_of_a_whole_image_by_detour(image, tmp_path):
     assert res.refusals == [] and res.sites_after == 0 and len(res.rewrites) == res.sites_before > 100
     assert {r.shape for r in res.rewrites} == {"detour"}
     assert res.emulated_functions < 20  # the same window in every module is proved once
-    out = tmp_path / "detoured.fd"
-    out.write_bytes(res.output)
-    if image == DEB25 and shutil.which("qemu-system-x86_64"):
-        from click.testing import CliRunner
-
-        from ovmftool.cli import main
-
-        vars_ = CORPUS_IMAGES["images/debian-2025.02/OVMF_VARS_4M.fd"]
-        r = CliRunner().invoke(main, ["boot-check", str(out), "--vars", str(vars_), "--timeout", "120"])
-        assert r.exit_code == 0 and "0 string I/O instruction(s) executed" in r.stdout, r.stdout + r.stderr
+    if image == DEB25:
+        _clean_and_boots(res.output, CORPUS_IMAGES["images/debian-2025.02/OVMF_VARS_4M.fd"], tmp_path, 120)
 
 
 def test_clang_build_function_with_an_indirect_jump_is_refused_by_name():
@@ -303,16 +302,7 @@ def test_routines_no_signature_knows_assembled_from_source_patch_to_zero(tmp_pat
     assert p.refusals == [] and p.sites_after == 0 and len(p.rewrites) == 648
     assert {r.shape for r in p.rewrites} == {"detour"}  # a module with an unknown routine: every site
     assert 0 < p.emulated_functions < 20  # each distinct window proved once, by emulation
-    patched = tmp_path / "patched.fd"
-    patched.write_bytes(p.output)
-    assert scan_image(str(patched)).findings == []
-    if shutil.which("qemu-system-x86_64"):
-        from click.testing import CliRunner
-
-        from ovmftool.cli import main
-
-        r = CliRunner().invoke(main, ["boot-check", str(patched), "--vars", str(b.vars), "--timeout", "150"])
-        assert r.exit_code == 0 and "0 string I/O instruction(s) executed" in r.stdout, r.stdout + r.stderr
+    _clean_and_boots(p.output, b.vars, tmp_path)
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
