@@ -335,3 +335,25 @@ def test_gap_fill_finds_every_unreferenced_routine_in_a_gap_of_any_size(native, 
     code = b"\xc3" + text + b"\xc3"
     cmap = discover(code, 64, [(0, len(code))], [(0, "entry"), (len(code) - 1, "export")], [], native=native)
     assert cmap.sites == [] and len(text) > 10240
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_gap_fill_takes_a_section_s_first_and_last_routines(native):
+    """A routine nothing calls can be the first or the last object linked into a section: the
+    part of an executable range before its first code and after its last is searched like a gap
+    (IoMmuDxe's CpuFlushTlb is the last code of Debian 2022.11's module, found so). Text or
+    padding at the end stays data."""
+    from ovmftool.scan.codemap import discover, native_available
+
+    if native and not native_available():
+        pytest.skip("the native walk is not built")
+    fifo = bytes.fromhex("574c89c74887d1fcf36c5fc3")  # push rdi ... rep insb ... ret: 8 is the site
+    last = b"\xc3" + b"\x90" * 3 + fifo + b"\x00" * 8
+    cmap = discover(last, 64, [(0, len(last))], [(0, "entry")], [], native=native)
+    assert [s.rva for s in cmap.sites] == [4 + 8]
+    first = fifo + b"\xcc" * 4 + b"\xc3"
+    cmap = discover(first, 64, [(0, len(first))], [(len(first) - 1, "entry")], [], native=native)
+    assert [s.rva for s in cmap.sites] == [8]
+    text = b"\xc3" + b"Loading driver image... done\x00" * 4 + b"\x00" * 3
+    cmap = discover(text, 64, [(0, len(text))], [(0, "entry")], [], native=native)
+    assert cmap.sites == [] and sorted(cmap.functions) == [0]

@@ -806,6 +806,14 @@ out:
     return added;
 }
 
+/* Order of two [start, end) pairs: by start, then end (qsort). */
+static int cmp_pair(const void *x, const void *y) {
+    const uint64_t *a = x, *b = y;
+    if (a[0] != b[0]) return a[0] < b[0] ? -1 : 1;
+    if (a[1] != b[1]) return a[1] < b[1] ? -1 : 1;
+    return 0;
+}
+
 static int fill_gaps(W *w) {
     vec64 gaps = {0};
     for (int pass = 0; pass < 2; pass++) {
@@ -841,6 +849,29 @@ static int fill_gaps(W *w) {
             }
             a += (uint64_t)width;
         }
+        /* each executable range that holds code: before its first instruction, after its last
+         * (codemap.gaps); then every gap in address order, once */
+        for (size_t r = 0; r < w->nranges; r++) {
+            uint64_t lo = w->lo[r], hi = w->hi[r] < w->n ? w->hi[r] : w->n, first = lo;
+            while (first < hi && !g[first]) first++;
+            if (first >= hi) continue;
+            uint64_t last = hi - 1;
+            while (!g[last]) last--;
+            uint64_t last_end = last + g[last];
+            if ((first > lo && (vpush(&gaps, lo) || vpush(&gaps, first))) ||
+                (last_end < hi && (vpush(&gaps, last_end) || vpush(&gaps, hi)))) {
+                free(gaps.v);
+                return -1;
+            }
+        }
+        if (gaps.n) qsort(gaps.v, gaps.n / 2, 2 * sizeof(uint64_t), cmp_pair); /* (never with NULL) */
+        size_t kept = 0;
+        for (size_t i = 0; i < gaps.n; i += 2) {
+            if (kept && gaps.v[kept - 2] == gaps.v[i] && gaps.v[kept - 1] == gaps.v[i + 1]) continue;
+            gaps.v[kept++] = gaps.v[i];
+            gaps.v[kept++] = gaps.v[i + 1];
+        }
+        gaps.n = kept;
         for (size_t i = 0; i < gaps.n; i += 2) {
             uint64_t e0 = gaps.v[i], a1 = gaps.v[i + 1];
             if (!in_exec(w, (int64_t)e0) || range_end(w, e0) < a1) continue;

@@ -345,11 +345,23 @@ class Discoverer:
     # --- gap fill ------------------------------------------------------------------------
 
     def gaps(self) -> list[tuple[int, int]]:
-        """[end of code, start of next code) holes between decoded instructions."""
+        """[end of code, start of next code) holes between decoded instructions, and the parts of
+        each executable range that holds code before its first instruction and after its last (a
+        routine nothing calls can be the first or last object linked), in address order."""
         starts = self.map.starts
         keys = sorted(starts)
         ends = [a + starts[a] for a in keys]
-        return [(e, b) for e, b in zip(ends, keys[1:]) if b > e]
+        out = [(e, b) for e, b in zip(ends, keys[1:]) if b > e]
+        for lo, hi in self.ranges:
+            hi = min(hi, len(self.mem))
+            i, j = bisect.bisect_left(keys, lo), bisect.bisect_left(keys, hi)
+            if i == j:
+                continue
+            if keys[i] > lo:
+                out.append((lo, keys[i]))
+            if ends[j - 1] < hi:
+                out.append((ends[j - 1], hi))
+        return sorted(set(out))
 
     def _skip_pad(self, a: int, end: int) -> int:
         mem = self.mem
