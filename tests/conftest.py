@@ -35,6 +35,19 @@ def beside_checkout(rel: str) -> Path:
     return next((c for c in cands if c.exists()), cands[0])
 
 
+def oxide_source_available() -> bool:
+    """Whether corpus/scripts/oxide-source.sh has the fork's source: its tarball in shared/ beside
+    the checkout (CI's copy of shared/), OVMFTOOL_OXIDE_TARBALL or OVMFTOOL_OXIDE_GIT, or a tree
+    it unpacked before."""
+    cache = Path(os.environ.get("OVMFTOOL_CACHE") or Path.home() / ".cache" / "ovmftool")
+    return bool(
+        any(beside_checkout("oxide-edk2").glob("edk2-oxide-*.tar.xz"))
+        or os.environ.get("OVMFTOOL_OXIDE_TARBALL")
+        or os.environ.get("OVMFTOOL_OXIDE_GIT")
+        or any((cache / "src").glob("edk2-oxide-*/.ovmftool-ready"))
+    )
+
+
 # The OVMF builds tests use (corpus/builds.json): Debian's trees, variants of them, Oxide's fork,
 # and trees with a series applied. Each is kept in corpus/builds/KEY/ (firmware, ground truth from
 # its .debug files, provenance) by corpus/scripts/store_builds.py; the ones marked "rebuilt" are

@@ -379,6 +379,13 @@ def test_signature_tokens_wildcard_exactly_the_branch_displacements():
         ((6, ((0x48, 0xEB, None),)), False),
         ((9, ((0x2E, 0x0F, 0x84, None, None, None, None),)), False),
     ]
+    # the lowest and highest REX bytes, two legacy prefixes, a legacy prefix before a REX byte
+    assert sigs.tokens(bytes.fromhex("40eb004feb002e3e7400f248eb00"), 64) == [
+        ((0, ((0x40, 0xEB, None),)), False),
+        ((3, ((0x4F, 0xEB, None),)), False),
+        ((6, ((0x2E, 0x3E, 0x74, None),)), False),
+        ((10, ((0xF2, 0x48, 0xEB, None),)), False),
+    ]
     # an immediate that is no branch target stays literal (PUSH imm8, MOV r32, imm32)
     assert sigs.tokens(bytes.fromhex("6a10b834120000"), 64) == [
         ((0, ((0x6A, 0x10),)), False),
@@ -548,3 +555,21 @@ def test_unread_parts_count_only_what_holds_bytes(body):
     assert [(p.what, p.size) for p in parts] == (
         [(f"a firmware volume with unknown file system {unknown}", 8)] if body else []
     )
+
+
+def test_signature_instructions_normalised():
+    """The instruction-level matcher's view of a routine: NOPs dropped wherever they are, a direct
+    branch's target as the index of the instruction it lands on (the next kept one when it lands
+    on a NOP; the count of instructions when just past the end; EXTERNAL outside them or inside
+    an instruction), other instructions as capstone prints them, at most `limit` of them."""
+    n = sigs._normalise
+    ext = sigs.EXTERNAL
+    assert n(bytes.fromhex("90c3"), 64) == ([("ret ", None)], [(1, 2, "ret")])
+    assert n(bytes.fromhex("31c090c3"), 64)[0] == [("xor eax, eax", None), ("ret ", None)]
+    assert n(bytes.fromhex("eb0190c3"), 64) == ([("jmp", 1), ("ret ", None)], [(0, 2, "jmp"), (3, 4, "ret")])
+    assert n(bytes.fromhex("eb0090c3"), 64)[0] == [("jmp", 1), ("ret ", None)]  # lands on the NOP
+    assert n(bytes.fromhex("31c0ebfc"), 64)[0] == [("xor eax, eax", None), ("jmp", 0)]  # backwards
+    assert n(bytes.fromhex("eb00"), 64)[0] == [("jmp", 1)]  # just past the end
+    assert n(bytes.fromhex("e800100000c3"), 64)[0] == [("call", ext), ("ret ", None)]
+    assert n(bytes.fromhex("4831c0ebfc"), 64)[0] == [("xor rax, rax", None), ("jmp", ext)]  # mid-instruction
+    assert n(bytes.fromhex("31c0c3c3"), 64, limit=1) == ([("xor eax, eax", None)], [(0, 2, "xor")])
