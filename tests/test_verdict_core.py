@@ -573,3 +573,4 @@ def test_signature_instructions_normalised():
     assert n(bytes.fromhex("e800100000c3"), 64)[0] == [("call", ext), ("ret ", None)]
     assert n(bytes.fromhex("4831c0ebfc"), 64)[0] == [("xor rax, rax", None), ("jmp", ext)]  # mid-instruction
     assert n(bytes.fromhex("31c0c3c3"), 64, limit=1) == ([("xor eax, eax", None)], [(0, 2, "xor")])
+    assert n(bytes.fromhex("6a01c3"), 64)[0] == [("push 1", None), ("ret ", None)]  # an immediate, no target

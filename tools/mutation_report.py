@@ -54,6 +54,12 @@ def main(argv: list[str]) -> int:
         help="run each survivor against these tests (copied into mutants/ first, as mutmut runs a mutant: "
         "MUTANT_UNDER_TEST set) and count those they kill",
     )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds one recheck may take; past them the mutant counts as killed (a hang)",
+    )
     a = ap.parse_args(argv)
     res = results(Path(a.mutants))
     if not res:
@@ -97,14 +103,28 @@ def main(argv: list[str]) -> int:
             shutil.copy2(ROOT / t, mutants / t)
         for n in survivors:
             env = dict(os.environ, MUTANT_UNDER_TEST=n)
-            r = subprocess.run(
-                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *a.recheck],
-                cwd=mutants,
-                env=env,
-                capture_output=True,
-                timeout=600,
-            )
-            rechecked[n] = r.returncode != 0
+            try:
+                r = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "pytest",
+                        "-x",
+                        "-q",
+                        "-p",
+                        "no:cacheprovider",
+                        "-p",
+                        "no:xdist",
+                        *a.recheck,
+                    ],
+                    cwd=mutants,
+                    env=env,
+                    capture_output=True,
+                    timeout=a.timeout,
+                )
+                rechecked[n] = r.returncode != 0
+            except subprocess.TimeoutExpired:  # the mutant makes the tests hang: killed, as mutmut counts a timeout
+                rechecked[n] = True
         killed = sorted(n for n, k in rechecked.items() if k)
         print(f"\nrecheck against {' '.join(a.recheck)}: {len(killed)} of {len(survivors)} survivors killed")
         for n in sorted(set(survivors) - set(killed)):
