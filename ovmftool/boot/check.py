@@ -303,7 +303,6 @@ _OTHER_VMM = {
 }
 # Platforms QEMU boots on a machine of their own (firmware loaded with `-bios`: see Qemu)
 _OWN_MACHINE = {"OvmfPkg/Microvm/MicrovmX64.dsc": ("microvm", "a microvm firmware (MicrovmX64)")}
-MACHINES = ("q35", "pc", "microvm")
 
 
 def check_bootable(image: str, root: FlashImage, machine: str | None = None) -> str:
