@@ -574,3 +574,16 @@ def test_signature_instructions_normalised():
     assert n(bytes.fromhex("4831c0ebfc"), 64)[0] == [("xor rax, rax", None), ("jmp", ext)]  # mid-instruction
     assert n(bytes.fromhex("31c0c3c3"), 64, limit=1) == ([("xor eax, eax", None)], [(0, 2, "xor")])
     assert n(bytes.fromhex("6a01c3"), 64)[0] == [("push 1", None), ("ret ", None)]  # an immediate, no target
+
+
+def test_instruction_matcher_reads_a_padded_routine_to_its_end():
+    """A routine in another encoding may be much longer than the signature's bytes: the smallest
+    routine of the table (IoReadFifo8 of IoFifo.nasm, 13 bytes) with 30 bytes of NOPs after its
+    `rep insb` is 43 bytes, which the byte pattern cannot match and the instruction matcher's
+    decode window (4 × 13 + 32 bytes from the start) must still hold to its `ret`."""
+    nops = bytes.fromhex("0f1f840000000000") * 3 + bytes.fromhex("660f1f440000")
+    routine = bytes.fromhex("fc4887ca4987f8f36c") + nops + bytes.fromhex("4c89c7c3")
+    assert len(routine) == 43
+    mem = b"\xcc" * 16 + routine + b"\xcc" * 64
+    (m,) = sigs.find(mem, "X64", [(0, len(mem))])
+    assert (m.signature.routine, m.rva, m.size, m.sites) == ("IoReadFifo8", 16, 43, (16 + 7,))
