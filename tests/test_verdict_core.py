@@ -33,7 +33,7 @@ from ovmftool.scan import signatures as sigs
 from ovmftool.scan.identity import site_keys
 from ovmftool.scan.modulecode import exec_ranges
 from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, ScanSkipped, scan_image
-from tests.conftest import CORPUS_IMAGES
+from tests.conftest import CORPUS_IMAGES, ROOT
 
 DEB = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE_4M.fd"])
 DEB_2M = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])
@@ -587,3 +587,21 @@ def test_instruction_matcher_reads_a_padded_routine_to_its_end():
     mem = b"\xcc" * 16 + routine + b"\xcc" * 64
     (m,) = sigs.find(mem, "X64", [(0, len(mem))])
     assert (m.signature.routine, m.rva, m.size, m.sites) == ("IoReadFifo8", 16, 43, (16 + 7,))
+
+
+def test_baseline_names_each_image_by_path_and_sha256_only(scan):
+    """A baseline is kept in the firmware's repository: its image records carry what `check`
+    matches on (path, sha256) and nothing more, so the file written for an image stays the same
+    bytes from release to release (the schemas list exactly these two fields)."""
+    one = baseline_doc(scan)
+    assert one["image"] == {"path": scan.path, "sha256": scan.sha256}
+    several = baseline_doc([scan, scan])
+    assert [x["image"] for x in several["images"]] == [{"path": scan.path, "sha256": scan.sha256}] * 2
+    for version in (1, 2):
+        schema = json.loads((ROOT / "docs" / "schema" / f"baseline-{version}.json").read_text())
+        image = (
+            schema["properties"]["image"]
+            if version == 1
+            else schema["properties"]["images"]["items"]["properties"]["image"]
+        )
+        assert sorted(image["properties"]) == ["path", "sha256"]
