@@ -190,6 +190,24 @@ def test_baseline_errors_name_the_field_where_it_is(scan, tmp_path, version, whe
     assert len(load_baseline_images(_write(tmp_path / "ok.json", doc))) == (1 if not where else 2)
 
 
+def test_baseline_header_errors_name_the_field(scan, tmp_path):
+    """The fields every baseline starts with (its schema, the tool that wrote it) are named in full
+    when they are wrong: `tool.name`, not `name`."""
+    doc = baseline_doc(scan)
+    for mutate, field in (
+        (lambda d: d.pop("schema_version"), "schema_version: missing"),
+        (lambda d: d.update(tool=[]), "tool: [] is not an object"),
+        (lambda d: d["tool"].update(name=5), "tool.name: 5 is not a string"),
+        (lambda d: d["tool"].pop("version"), "tool.version: missing"),
+    ):
+        bad = json.loads(json.dumps(doc))
+        mutate(bad)
+        p = _write(tmp_path / "b.json", bad)
+        with pytest.raises(OvmfToolError) as e:
+            load_baseline_images(p)
+        assert str(e.value) == f"baseline {p}: {field}"
+
+
 def test_waivers_file_fields_reach_the_waiver(tmp_path):
     p = _write(
         tmp_path / "w.json",
