@@ -199,6 +199,7 @@ def test_baseline_header_errors_name_the_field(scan, tmp_path):
         (lambda d: d.update(tool=[]), "tool: [] is not an object"),
         (lambda d: d["tool"].update(name=5), "tool.name: 5 is not a string"),
         (lambda d: d["tool"].pop("version"), "tool.version: missing"),
+        (lambda d: d.update(tool="x" * 100), 'tool: "' + "x" * 59 + " is not an object"),  # 60 characters of it
     ):
         bad = json.loads(json.dumps(doc))
         mutate(bad)
@@ -206,6 +207,29 @@ def test_baseline_header_errors_name_the_field(scan, tmp_path):
         with pytest.raises(OvmfToolError) as e:
             load_baseline_images(p)
         assert str(e.value) == f"baseline {p}: {field}"
+
+
+def test_baseline_of_several_images_refuses_a_path_recorded_twice(scan, tmp_path):
+    """Each image of a baseline/2 file is recorded once, under its path: three different paths load
+    as three entries; the same path again (as written or normalised), wherever it comes, is refused
+    naming the later field."""
+    doc = baseline_doc([scan, scan, scan])
+
+    def load(*paths):
+        bad = json.loads(json.dumps(doc))
+        for entry, path in zip(bad["images"], paths):
+            entry["image"]["path"] = path
+        return load_baseline_images(_write(tmp_path / "b.json", bad))
+
+    assert [e.path for e in load("a.fd", "b.fd", "c.fd")] == ["a.fd", "b.fd", "c.fd"]
+    for paths, i, again in (
+        (("a.fd", "a.fd", "c.fd"), 1, "a.fd"),
+        (("a.fd", "b.fd", "./a.fd"), 2, "./a.fd"),
+        (("a.fd", "b.fd", "b.fd"), 2, "b.fd"),
+    ):
+        with pytest.raises(OvmfToolError) as e:
+            load(*paths)
+        assert str(e.value) == f"baseline {tmp_path / 'b.json'}: images[{i}].image.path: {again!r} is recorded twice"
 
 
 def test_waivers_file_fields_reach_the_waiver(tmp_path):
