@@ -9,6 +9,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -192,7 +194,8 @@ def test_baseline_errors_name_the_field_where_it_is(scan, tmp_path, version, whe
 
 def test_baseline_header_errors_name_the_field(scan, tmp_path):
     """The fields every baseline starts with (its schema, the tool that wrote it) are named in full
-    when they are wrong: `tool.name`, not `name`."""
+    when they are wrong (`tool.name`, not `name`); a long value is quoted to 60 characters; an RVA
+    is 0 or more."""
     doc = baseline_doc(scan)
     for mutate, field in (
         (lambda d: d.pop("schema_version"), "schema_version: missing"),
@@ -200,6 +203,11 @@ def test_baseline_header_errors_name_the_field(scan, tmp_path):
         (lambda d: d["tool"].update(name=5), "tool.name: 5 is not a string"),
         (lambda d: d["tool"].pop("version"), "tool.version: missing"),
         (lambda d: d.update(tool="x" * 100), 'tool: "' + "x" * 59 + " is not an object"),  # 60 characters of it
+        (
+            lambda d: d["image"].update(sha256="z" * 100),
+            'image.sha256: "' + "z" * 59 + " does not match ^[0-9a-f]{64}$",
+        ),
+        (lambda d: d["sites"][0].update(rva=-1), "sites[0].rva: -1 is below 0"),
     ):
         bad = json.loads(json.dumps(doc))
         mutate(bad)
@@ -207,6 +215,8 @@ def test_baseline_header_errors_name_the_field(scan, tmp_path):
         with pytest.raises(OvmfToolError) as e:
             load_baseline_images(p)
         assert str(e.value) == f"baseline {p}: {field}"
+    doc["sites"][0]["rva"] = 0  # the least RVA there is
+    assert load_baseline_images(_write(tmp_path / "b.json", doc))[0].keys
 
 
 def test_baseline_of_several_images_refuses_a_path_recorded_twice(scan, tmp_path):
@@ -230,6 +240,46 @@ def test_baseline_of_several_images_refuses_a_path_recorded_twice(scan, tmp_path
         with pytest.raises(OvmfToolError) as e:
             load(*paths)
         assert str(e.value) == f"baseline {tmp_path / 'b.json'}: images[{i}].image.path: {again!r} is recorded twice"
+
+
+def test_baseline_and_waivers_files_that_cannot_be_read(tmp_path):
+    """What is wrong with the file itself, before any field: it cannot be opened, is not UTF-8,
+    is not an object. One line each, naming the file."""
+    missing = str(tmp_path / "none.json")
+    bad_text = tmp_path / "latin1.json"
+    bad_text.write_bytes('{"schema_version": "\u00fc"}'.encode("latin-1"))
+    array = tmp_path / "array.json"
+    array.write_text("[]")
+    for load, what in ((load_baseline_images, "baseline"), (load_waivers, "waivers")):
+        for path, message in (
+            (missing, f"cannot read {what} {missing}: No such file or directory"),
+            (str(bad_text), f"{what} {bad_text} is not JSON: not UTF-8 text"),
+            (str(array), f"{what} {array} is not a JSON object"),
+        ):
+            with pytest.raises(OvmfToolError) as e:
+                load(path)
+            assert str(e.value) == message
+
+
+def test_baseline_is_read_as_utf8_whatever_the_locale(scan, tmp_path):
+    """Baselines are written as UTF-8 (an image path may hold any character); a CI runner with no
+    locale (Python's locale encoding ASCII) reads them the same."""
+    doc = baseline_doc(scan)
+    doc["image"]["path"] = "Entwürfe/OVMF_CODE.fd"
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(sigs.__file__)))  # the ovmftool imported here
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    env["PYTHONPATH"] = package_root + os.pathsep + env.get("PYTHONPATH", "")
+    code = (
+        "import locale, sys\n"
+        "from ovmftool.gate.baseline import load_baseline_images\n"
+        "enc = locale.getpreferredencoding(False)\n"
+        "assert enc.lower() in ('ascii', 'ansi_x3.4-1968'), enc\n"
+        "print(ascii(load_baseline_images(sys.argv[1])[0].path))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(p)], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ascii("Entwürfe/OVMF_CODE.fd")
 
 
 def test_waivers_file_fields_reach_the_waiver(tmp_path):
