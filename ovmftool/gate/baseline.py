@@ -322,13 +322,3 @@ def check_images(
         if isinstance(c, ImageCheck):
             c.result.unused = [w for w in live if w.used == 0]
     return out
-
-
-def check_image(
-    image: str, baseline_file: str | None = None, waivers_file: str | None = None, symbols_dir: str | None = None
-) -> CheckResult:
-    """`check` of one image named on the command line (an error if it cannot be scanned)."""
-    (c,) = check_images([image], baseline_file, waivers_file, symbols_dir)
-    if isinstance(c, ScanFailure):
-        raise OvmfToolError(c.message)
-    return c.result
