@@ -697,3 +697,21 @@ def test_baseline_names_each_image_by_path_and_sha256_only(scan):
             else schema["properties"]["images"]["items"]["properties"]["image"]
         )
         assert sorted(image["properties"]) == ["path", "sha256"]
+
+
+def test_instruction_matcher_checks_every_text_and_branch_target():
+    """`_compare_at` accepts a routine only when each instruction reads the same and each branch
+    lands where the signature's does (on the same instruction inside, or outside for a call out):
+    SevIoReadFifo16 (IoFifoSev.nasm) as it is, then with one change each, the length kept."""
+    (sig,) = [s for s in sigs.load() if s.routine == "SevIoReadFifo16" and s.arch == "X64"]
+    code = bytearray(sig.code)
+    assert sigs._compare_at(bytes(code) + b"\xcc" * 64, 0, len(code) + 64, sig) == (38, (16,))
+    for at, new, what in (
+        (20, b"\x0b", "the jmp past the loop lands on the loop instead"),
+        (31, b"\x04", "add rdi, 4 for add rdi, 2"),
+        (7, (0x0F - 11).to_bytes(4, "little"), "the call out lands on the cld inside"),
+        (22, b"\x0a", "jrcxz lands inside the loop instruction"),
+    ):
+        changed = code[:at] + new + code[at + len(new) :]
+        assert len(changed) == len(code)
+        assert sigs._compare_at(bytes(changed) + b"\xcc" * 64, 0, len(code) + 64, sig) is None, what
