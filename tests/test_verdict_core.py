@@ -715,3 +715,23 @@ def test_instruction_matcher_checks_every_text_and_branch_target():
         changed = code[:at] + new + code[at + len(new) :]
         assert len(changed) == len(code)
         assert sigs._compare_at(bytes(changed) + b"\xcc" * 64, 0, len(code) + 64, sig) is None, what
+
+
+def test_instruction_matcher_commutes_only_xchg_and_test_of_registers():
+    """XCHG and TEST of two registers read the same either way round (assemblers pick either of
+    the two encodings); nothing else does, nor a memory operand. IoReadFifo8 of IoFifo.nasm with
+    the other XCHG encoding and a NOP, placed at the very start of the code range, is found by
+    the instruction matcher; with MOV's operands swapped it is another routine."""
+    c = sigs._commuted
+    assert c("xchg", "rdx, rcx") == c("xchg", "rcx, rdx") == "rcx, rdx"
+    assert c("test", "eax, ecx") == c("test", "ecx, eax") == "eax, ecx"
+    assert c("mov", "rdi, r8") == "rdi, r8" and c("mov", "r8, rdi") == "r8, rdi"
+    assert c("xchg", "qword ptr [rdi], rax") == "qword ptr [rdi], rax"
+    assert c("test", "dword ptr [rcx], eax") == "dword ptr [rcx], eax"
+    # a NOP after the site keeps the byte pattern (which knows both XCHG encodings) from matching
+    other_xchg = bytes.fromhex("fc4887d14987f8f36c904c89c7c3")  # xchg rcx, rdx
+    mem = other_xchg + b"\xcc" * 64
+    (m,) = sigs.find(mem, "X64", [(0, len(mem))])
+    assert (m.signature.routine, m.rva, m.size, m.sites) == ("IoReadFifo8", 0, 14, (7,))
+    swapped_mov = bytes.fromhex("fc4887d14987f8f36c904989f8c3")  # mov r8, rdi
+    assert sigs.find(swapped_mov + b"\xcc" * 64, "X64", [(0, 78)]) == []
