@@ -726,8 +726,8 @@ def test_instruction_matcher_commutes_only_xchg_and_test_of_registers():
     assert c("xchg", "rdx, rcx") == c("xchg", "rcx, rdx") == "rcx, rdx"
     assert c("test", "eax, ecx") == c("test", "ecx, eax") == "eax, ecx"
     assert c("mov", "rdi, r8") == "rdi, r8" and c("mov", "r8, rdi") == "r8, rdi"
-    assert c("xchg", "qword ptr [rdi], rax") == "qword ptr [rdi], rax"
-    assert c("test", "dword ptr [rcx], eax") == "dword ptr [rcx], eax"
+    assert c("xchg", "rax, qword ptr [rdi]") == "rax, qword ptr [rdi]"  # sorted, they would swap
+    assert c("test", "eax, dword ptr [rcx]") == "eax, dword ptr [rcx]"
     # a NOP after the site keeps the byte pattern (which knows both XCHG encodings) from matching
     other_xchg = bytes.fromhex("fc4887d14987f8f36c904c89c7c3")  # xchg rcx, rdx
     mem = other_xchg + b"\xcc" * 64
