@@ -5,6 +5,7 @@ survivors with their diffs (`--diffs`).
     mutmut run --max-children 2        # in the checkout (about 40 minutes on 2 cores)
     python -m tools.mutation_report [--diffs] [--json OUT]
     python -m tools.mutation_report --recheck tests/test_verdict_core.py   # survivors against tests added since
+    python -m tools.mutation_report --recheck tests/test_verdict_core.py --only ovmftool.scan.signatures
 
 Score = killed / (killed + survived): mutants no test reaches ("no tests") are listed apart, as
 mutmut itself does; a timeout counts as killed (the mutant made a test hang).
@@ -55,6 +56,12 @@ def main(argv: list[str]) -> int:
         "MUTANT_UNDER_TEST set) and count those they kill",
     )
     ap.add_argument(
+        "--only",
+        metavar="PREFIX",
+        default="",
+        help="recheck only the survivors whose name starts with PREFIX (e.g. ovmftool.scan.signatures)",
+    )
+    ap.add_argument(
         "--timeout",
         type=float,
         default=120.0,
@@ -101,7 +108,7 @@ def main(argv: list[str]) -> int:
         for t in a.recheck:
             (mutants / t).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / t, mutants / t)
-        for n in survivors:
+        for n in (n for n in survivors if n.startswith(a.only)):
             env = dict(os.environ, MUTANT_UNDER_TEST=n)
             try:
                 r = subprocess.run(
@@ -126,8 +133,8 @@ def main(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:  # the mutant makes the tests hang: killed, as mutmut counts a timeout
                 rechecked[n] = True
         killed = sorted(n for n, k in rechecked.items() if k)
-        print(f"\nrecheck against {' '.join(a.recheck)}: {len(killed)} of {len(survivors)} survivors killed")
-        for n in sorted(set(survivors) - set(killed)):
+        print(f"\nrecheck against {' '.join(a.recheck)}: {len(killed)} of {len(rechecked)} survivors killed")
+        for n in sorted(set(rechecked) - set(killed)):
             print(f"  still surviving: {n}")
     if a.json:
         Path(a.json).write_text(
