@@ -735,3 +735,13 @@ def test_instruction_matcher_commutes_only_xchg_and_test_of_registers():
     assert (m.signature.routine, m.rva, m.size, m.sites) == ("IoReadFifo8", 0, 14, (7,))
     swapped_mov = bytes.fromhex("fc4887d14987f8f36c904989f8c3")  # mov r8, rdi
     assert sigs.find(swapped_mov + b"\xcc" * 64, "X64", [(0, 78)]) == []
+
+
+def test_a_routine_lies_inside_its_code_range():
+    """Neither matcher takes a routine that runs past the end of its executable range: IoReadFifo8
+    exactly as in the table is found when the range holds all 13 bytes, not when it ends before
+    the `ret`."""
+    routine = bytes.fromhex("fc4887ca4987f8f36c4c89c7c3")
+    mem = b"\xcc" * 16 + routine + b"\xcc" * 64
+    assert [m.rva for m in sigs.find(mem, "X64", [(0, 16 + 13)])] == [16]
+    assert sigs.find(mem, "X64", [(0, 16 + 12)]) == []
