@@ -745,3 +745,18 @@ def test_a_routine_lies_inside_its_code_range():
     mem = b"\xcc" * 16 + routine + b"\xcc" * 64
     assert [m.rva for m in sigs.find(mem, "X64", [(0, 16 + 13)])] == [16]
     assert sigs.find(mem, "X64", [(0, 16 + 12)]) == []
+
+
+def test_equivalent_encodings_of_one_instruction():
+    """What the byte patterns and anchors accept for one instruction: its legacy prefixes in every
+    order (NASM 3 puts `66` before `F3`, NASM 2 after), a register-register ModRM form's twin
+    with REX.R and REX.B swapped along with the registers, nothing else."""
+
+    def hexes(insn: str) -> list[str]:
+        return [x.hex() for x in sigs._encodings(bytes.fromhex(insn))]
+
+    assert hexes("f3666d") == ["f3666d", "66f36d"]
+    assert hexes("66f36d") == ["66f36d", "f3666d"]
+    assert hexes("4987f8") == ["4987f8", "4c87c7"]  # xchg r8, rdi either way round
+    assert hexes("4887ca") == ["4887ca", "4887d1"]
+    assert hexes("f36c") == ["f36c"] and hexes("6c") == ["6c"]
