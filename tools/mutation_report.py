@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     rechecked: dict[str, bool] = {}
     if a.recheck:
         mutants = Path(a.mutants)
-        for t in a.recheck:
+        for t in {t.split("::")[0] for t in a.recheck}:  # a test file, or one test of it (FILE::NAME)
             (mutants / t).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / t, mutants / t)
         for n in (n for n in survivors if n.startswith(a.only)):
