@@ -760,4 +760,5 @@ def test_equivalent_encodings_of_one_instruction():
     assert hexes("4987f8") == ["4987f8", "4c87c7"]  # xchg r8, rdi either way round
     assert hexes("4887ca") == ["4887ca", "4887d1"]
     assert hexes("6689c8") == ["6689c8", "668bc1"]  # mov ax, cx: the prefix kept, the twin after it
+    assert hexes("4089c8") == ["4089c8", "408bc1"] and hexes("4f89c8") == ["4f89c8", "4f8bc1"]  # REX's bounds
     assert hexes("f36c") == ["f36c"] and hexes("6c") == ["6c"]
