@@ -114,27 +114,11 @@ def main(argv: list[str]) -> int:
         for t in {t.split("::")[0] for t in a.recheck}:  # a test file, or one test of it (FILE::NAME)
             (mutants / t).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / t, mutants / t)
+        pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *a.recheck]
         for n in (n for n in survivors if n.startswith(a.only)):
             env = dict(os.environ, MUTANT_UNDER_TEST=n)
             try:
-                r = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "pytest",
-                        "-x",
-                        "-q",
-                        "-p",
-                        "no:cacheprovider",
-                        "-p",
-                        "no:xdist",
-                        *a.recheck,
-                    ],
-                    cwd=mutants,
-                    env=env,
-                    capture_output=True,
-                    timeout=a.timeout,
-                )
+                r = subprocess.run(pytest, cwd=mutants, env=env, capture_output=True, timeout=a.timeout)
                 rechecked[n] = r.returncode != 0
             except subprocess.TimeoutExpired:  # the mutant makes the tests hang: killed, as mutmut counts a timeout
                 rechecked[n] = True
