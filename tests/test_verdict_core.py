@@ -622,6 +622,20 @@ def test_worst_exit_and_module_key():
     assert ModuleKey.of(f) == ("FV/LZMA/DXEFV", "g", "X64") == (ModuleKey.of(f).volume, f.guid, f.arch)
 
 
+def test_report_records_are_what_asdict_makes_of_them(scan):
+    """The JSON report's sites and modules (`as_dict`, a faster `dataclasses.asdict`) hold every
+    field of the record with its value, nested records (signature, callers, region) as dicts."""
+    from dataclasses import asdict
+
+    assert scan.findings and scan.modules
+    assert [f.as_dict() for f in scan.findings] == [asdict(f) for f in scan.findings]
+    assert [m.as_dict() for m in scan.modules] == [asdict(m) for m in scan.modules]
+    f = next(f for f in scan.findings if f.signature and f.callers and f.fd_region)
+    d = f.as_dict()
+    assert type(d["signature"]) is dict and type(d["callers"][0]) is dict and type(d["fd_region"]) is dict
+    assert d["signature"]["aliases"] == f.signature.aliases and d["rep"] == f.rep
+
+
 @pytest.mark.parametrize("body", [b"", b"\x90"])
 def test_unread_parts_count_only_what_holds_bytes(body):
     """A part the model cannot read is unread (and the image not checked) only when it holds
@@ -762,3 +776,17 @@ def test_equivalent_encodings_of_one_instruction():
     assert hexes("6689c8") == ["6689c8", "668bc1"]  # mov ax, cx: the prefix kept, the twin after it
     assert hexes("4089c8") == ["4089c8", "408bc1"] and hexes("4f89c8") == ["4f89c8", "4f8bc1"]  # REX's bounds
     assert hexes("f36c") == ["f36c"] and hexes("6c") == ["6c"]
+    assert hexes("89c1") == ["89c1", "8bc8"]  # mov ecx, eax: an even register field moves to r/m
+    assert hexes("85c0") == ["85c0"]  # test eax, eax is its own twin: listed once
+    # no twin where the ModRM byte's reg field is part of the opcode (neg eax) or r/m is memory
+    assert hexes("f7d8") == ["f7d8"] and hexes("8900") == ["8900"] and hexes("4c8900") == ["4c8900"]
+
+
+def test_tdcall_is_looked_for_only_inside_the_ranges():
+    """TDCALL's bytes decide a TDX-era module: found anywhere inside a [start, end) range, the
+    range's first byte included, and nowhere outside the ranges."""
+    t = sigs.TDCALL
+    mem = t + b"\x90" * 8 + t + b"\x90" * 8  # TDCALL at 0 and at 12
+    assert sigs.has_tdcall(mem, [(0, 4)]) and sigs.has_tdcall(mem, [(12, 16)])
+    assert not sigs.has_tdcall(mem, [(1, 15)])  # one starts before the range, the other ends past it
+    assert sigs.has_tdcall(mem, [(1, 15), (4, 16)]) and not sigs.has_tdcall(mem, [])

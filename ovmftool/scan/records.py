@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, NamedTuple, Protocol, cast
+from typing import Any, Literal, NamedTuple, Protocol
 
 from ovmftool.scan.codemap import Transfer
 
@@ -35,27 +35,36 @@ class ModuleKey(NamedTuple):
 
 
 def plain(v: Any) -> Any:
-    """What dataclasses.asdict makes of the scanner's records (dataclasses holding lists, dicts,
-    tuples, str, int, bool, None): equal values, without asdict's deep copy of every leaf (a
-    fifth of rendering a scan)."""
+    """What dataclasses.asdict makes of the scanner's records (dataclasses holding lists, str,
+    int, bool, None): equal values, without asdict's deep copy of every leaf (a fifth of rendering
+    a scan). The first test is a fast path only: any other leaf is returned as it is below."""
     t = type(v)
     if t is str or t is int or t is bool or v is None:
         return v
     if t is list:
         return [plain(x) for x in v]
-    if t is dict:
-        return {k: plain(x) for k, x in v.items()}
-    if t is tuple:
-        return tuple(plain(x) for x in v)
+    if hasattr(t, "__dataclass_fields__"):
+        return _fields_dict(v)
+    return v
+
+
+def _fields_dict(v: Any) -> dict[str, Any]:
+    """A dataclass record's fields, each made `plain`; its field names are read once per type."""
+    t = type(v)
     names = _FIELD_NAMES.get(t)
-    if names is None and hasattr(t, "__dataclass_fields__"):
-        names = _FIELD_NAMES[t] = tuple(f.name for f in fields(t))
     if names is None:
-        return v
+        names = _FIELD_NAMES[t] = tuple(f.name for f in fields(t))
     return {n: plain(getattr(v, n)) for n in names}
 
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+class _Rendered:
+    """A record the JSON report holds as a dict (`plain`)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return _fields_dict(self)
 
 
 @dataclass
@@ -94,7 +103,7 @@ class FdRegion:
 
 
 @dataclass
-class Finding:
+class Finding(_Rendered):
     """One string I/O instruction in code."""
 
     module: str
@@ -119,12 +128,9 @@ class Finding:
     reachable: bool = False
     fd_region: FdRegion | None = None  # where the instruction's bytes are in the file as stored
 
-    def as_dict(self) -> dict[str, Any]:
-        return cast("dict[str, Any]", plain(self))
-
 
 @dataclass
-class ModuleSummary:
+class ModuleSummary(_Rendered):
     """Per-module scan facts for the report."""
 
     name: str
@@ -138,9 +144,6 @@ class ModuleSummary:
     sites: int
     symbols: str | None
     code_end: int | None = None  # with symbols: where the build's .text output section ends (RVA)
-
-    def as_dict(self) -> dict[str, Any]:
-        return cast("dict[str, Any]", plain(self))
 
 
 @dataclass
