@@ -790,3 +790,57 @@ def test_tdcall_is_looked_for_only_inside_the_ranges():
     assert sigs.has_tdcall(mem, [(0, 4)]) and sigs.has_tdcall(mem, [(12, 16)])
     assert not sigs.has_tdcall(mem, [(1, 15)])  # one starts before the range, the other ends past it
     assert sigs.has_tdcall(mem, [(1, 15), (4, 16)]) and not sigs.has_tdcall(mem, [])
+
+
+def _secfv(pad: tuple[str, ...]) -> bytes:
+    """Debian 2022.11's SECFV (SecMain and the reset vector) with the named files made pad files,
+    as GenFv writes them."""
+    from ovmftool.ops.assemble import _pad_file
+    from ovmftool.ops.modules import iter_code_blobs
+
+    root = read_image(DEB)
+    vol = next(iter_code_blobs(root)).parent.parent
+    fv = bytearray(root.data[vol.offset : vol.offset + vol.size])
+    names = {m.file.offset: m.name for m in iter_modules(root)} | {
+        b.parent.offset: "reset vector" for b in iter_code_blobs(root)
+    }
+    assert set(pad) <= {names.get(f.offset) for f in vol.children} == {None, "SecMain", "reset vector"}
+    for f in vol.children:
+        if names.get(f.offset) in pad:
+            o = f.offset - vol.offset
+            fv[o : o + f.size] = _pad_file(f.size, 0xFF, fv[o + 0x17])
+    return bytes(fv)
+
+
+def test_a_volume_holding_only_the_reset_vector_is_checked(tmp_path):
+    """No PE/TE module but the reset vector: its code is walked from the 16-bit entry and found
+    clean (exit 0), not refused as holding nothing; with the reset vector gone too, two such
+    volumes hold nothing to check (exit 2, the volumes counted)."""
+    p = tmp_path / "secfv.fv"
+    p.write_bytes(_secfv(("SecMain",)))
+    r = CliRunner().invoke(main, ["scan", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "summary: 0 sites in 0 of 0 modules" in r.output and "1 raw code blob(s) (reset vector) checked" in r.output
+    p.write_bytes(_secfv(("SecMain", "reset vector")) * 2)
+    r = CliRunner().invoke(main, ["scan", str(p)])
+    assert r.exit_code == 2 and r.stderr == (
+        f"ovmftool: error: {p}: no PE/TE modules: its 2 firmware volumes hold no executable code: is this a "
+        "firmware code image (OVMF_CODE.fd, OVMF.fd) or a UEFI binary?\n"
+    )
+
+
+def test_codeless_modules_name_each_place():
+    """A module the walk found no instruction in is named by its offset in the file, else by the
+    volume that holds it compressed, else as its file (a standalone module)."""
+    from ovmftool.scan.records import ModuleSummary
+    from ovmftool.scan.verdict import codeless_modules
+
+    def mod(name: str, fd: int | None, vol: str, code: int) -> ModuleSummary:
+        return ModuleSummary(name, "g", "DRIVER", "X64", vol, fd, code, 0, 0, None)
+
+    mods = [mod("A", 0x1000, "SECFV", 0), mod("B", None, "FV/LZMA/DXEFV", 0), mod("C", None, "", 0), mod("D", 0, "", 9)]
+    assert codeless_modules(ScanResult("a.fd", "0" * 64, 1, mods, [])) == [
+        "module A at 0x1000",
+        "module B at FV/LZMA/DXEFV",
+        "module C at its file",
+    ]

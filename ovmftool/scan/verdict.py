@@ -154,13 +154,13 @@ def codeless_modules(res: ScanResult) -> list[str]:
     ]
 
 
-def open_symbols(build_dir: str | None, option: str = "--symbols") -> BuildSymbols | None:
+def open_symbols(build_dir: str | None, option: str) -> BuildSymbols | None:
     """The build's symbols (None without a directory); an unusable directory is an error naming
-    `option` (diff has --symbols-old and --symbols-new). Call before any scan."""
+    `option` (diff has --symbols-old and --symbols-new) where `BuildSymbols`, whose every error
+    starts `--symbols:`, names --symbols. Call before any scan."""
     if build_dir is None:
         return None
     try:
         return BuildSymbols(build_dir)
     except OvmfToolError as e:
-        msg = str(e)
-        raise OvmfToolError(option + msg[len("--symbols") :] if msg.startswith("--symbols:") else msg) from None
+        raise OvmfToolError(option + str(e).removeprefix("--symbols")) from None
