@@ -14,6 +14,7 @@ import click
 from ovmftool import __version__
 from ovmftool.errors import OvmfToolError
 from ovmftool.model.parser import read_image
+from ovmftool.outputs import check_not_input
 from ovmftool.report.console import Group as _Group
 from ovmftool.report.console import emit as _emit
 from ovmftool.report.console import fail as _fail
@@ -62,6 +63,7 @@ def info(image: str, fmt: str, modules_only: bool, output: str | None) -> None:
     from ovmftool.model.node import all_problems
     from ovmftool.report.info_report import damage_line, render_info
 
+    check_not_input(output, [image], "info")
     root = read_image(image)
     _emit(render_info(root, fmt, modules_only), output)
     if probs := all_problems(root):
@@ -154,7 +156,9 @@ def scan(
     from ovmftool.scan.inputs import expand_inputs
     from ovmftool.scan.scanner import scan_paths, worst_exit
 
-    outcomes = scan_paths(expand_inputs(images), symbols_dir, jobs, default_cache(not no_cache))
+    inputs = expand_inputs(images)
+    check_not_input(output, (i for i in inputs if isinstance(i, str)), "scan")
+    outcomes = scan_paths(inputs, symbols_dir, jobs, default_cache(not no_cache))
     text = render(outcomes, fmt, sarif_root)
     if text:
         _emit(text, output)
@@ -178,6 +182,7 @@ def baseline(images: tuple[str, ...], output: str, symbols_dir: str | None) -> N
     from ovmftool.scan.scanner import ScanFailure, ScanResult, default_jobs, scan_paths
 
     inputs = expand_inputs(images)
+    check_not_input(output, (i for i in inputs if isinstance(i, str)), "baseline")
     outcomes = scan_paths(inputs, symbols_dir, default_jobs(len(inputs)), default_cache())
     failed = [o for o in outcomes if isinstance(o, ScanFailure) and o.exit_code]
     if failed:  # nothing written: a baseline must not silently leave out an image

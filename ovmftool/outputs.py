@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterable
 
 from ovmftool.errors import OvmfToolError
 
@@ -87,10 +88,24 @@ def check_patch_output(image: str, output: str | None, dry_run: bool) -> None:
         raise OvmfToolError("give -o OUTPUT (or --dry-run)")
     if not output:
         return
-    if os.path.exists(output) and os.path.exists(image) and os.path.samefile(output, image):
-        raise OvmfToolError(f"{output} is the input image; patch never modifies its input")
+    check_not_input(output, [image], "patch")
     if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         raise OvmfToolError(f"directory {os.path.dirname(os.path.abspath(output))} does not exist")
+
+
+def check_not_input(output: str | None, inputs: Iterable[str], command: str) -> None:
+    """Raise a one-line OvmfToolError when the file `output` is one of `inputs` (by name, through a
+    symbolic link or as a hard link): no command writes over what it reads."""
+    if not output or output == "-" or not os.path.exists(output):
+        return
+    for image in inputs:
+        try:
+            same = os.path.samefile(output, image)
+        except OSError:  # an input that does not exist: its own error comes later
+            continue
+        if same:
+            named = "" if os.path.abspath(image) == os.path.abspath(output) else f" {image}"
+            raise OvmfToolError(f"{output} is the input image{named}; {command} never modifies its input")
 
 
 def check_output_dir(path: str, parents: bool = False) -> None:

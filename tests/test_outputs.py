@@ -174,6 +174,25 @@ def test_unwritable_file_output_is_one_line_before_any_work(tmp_path, cmd):
     _one_line_error(CliRunner().invoke(main, argv + [f"{f}/x.json"]), f"cannot write {f}/x.json: Not a directory")
 
 
+@pytest.mark.parametrize("cmd", sorted(FILE_OUT))
+def test_an_output_that_is_an_input_is_refused_before_any_work(tmp_path, cmd):
+    """`-o` naming the input image (as given, through a symbolic link, as a hard link, or as a
+    file a scanned directory brings in) is one line and exit 2; the image is left as it was."""
+    image = tmp_path / "fw" / "same.fd"
+    image.parent.mkdir()
+    image.write_bytes(Path(DEB).read_bytes())
+    (tmp_path / "link.fd").symlink_to(image)
+    os.link(image, tmp_path / "hard.fd")
+    before = image.read_bytes()
+    for out, shown in [(image, ""), (tmp_path / "link.fd", f" {image}"), (tmp_path / "hard.fd", f" {image}")]:
+        r = CliRunner().invoke(main, FILE_OUT[cmd][:1] + [str(image), "-o", str(out)])
+        _one_line_error(r, f"{out} is the input image{shown}; {cmd} never modifies its input")
+    if cmd in ("scan", "baseline"):  # a directory's files are inputs too
+        r = CliRunner().invoke(main, [cmd, str(image.parent), "-o", str(tmp_path / "hard.fd")])
+        _one_line_error(r, f"{tmp_path / 'hard.fd'} is the input image {image}; {cmd} never modifies its input")
+    assert image.read_bytes() == before
+
+
 @pytest.mark.parametrize("cmd", sorted(DIR_OUT))
 def test_unwritable_directory_output_is_one_line_before_any_work(tmp_path, cmd):
     argv = DIR_OUT[cmd]
