@@ -22,6 +22,7 @@ from ovmftool.report.console import out_dir as _out_dir
 from ovmftool.report.console import out_dir_parents as _out_dir_parents
 from ovmftool.report.console import out_file as _out_file
 from ovmftool.report.console import out_path as _out_path
+from ovmftool.report.console import Seconds as _Seconds
 from ovmftool.report.console import progress_printer
 
 # Each command imports its own library modules inside its function: importing every command's
@@ -363,10 +364,11 @@ def plan(
     type=click.Choice(["q35", "pc", "microvm"]),
     help="QEMU machine. Default: microvm for a microvm firmware (MicrovmX64), else q35.",
 )
-@click.option("--timeout", type=click.FloatRange(5, 3600), default=180.0, show_default=True)
+@click.option("--timeout", type=_Seconds(5, 3600), metavar="SECONDS", default=180.0, show_default=True)
 @click.option(
     "--hang-after",
-    type=click.FloatRange(1, 3600),
+    type=_Seconds(1, 3600),
+    metavar="SECONDS",
     default=30.0,
     show_default=True,
     help="Call the boot hung after this many seconds without new serial or debug-console output "

@@ -267,6 +267,17 @@ USAGE = [
     (["plan", "--dsc", "x.dsc", "-o", "o"], "plan: Missing option '--edk2'.", "plan"),
     (["plan", "--edk2", "/nonexistent", "--dsc", "x", "-o", "o"], "plan: Invalid value for '--edk2'", "plan"),
     (["boot-check", "--timeout", "1", DEB], "boot-check: Invalid value for '--timeout'", "boot-check"),
+    # NaN passes a float range (it compares false with both bounds): a boot that never times out
+    (
+        ["boot-check", "--hang-after", "nan", DEB],
+        "boot-check: Invalid value for '--hang-after': 'nan' is not a number of seconds",
+        "boot-check",
+    ),
+    (
+        ["boot-check", "--timeout", "-NaN", DEB],
+        "boot-check: Invalid value for '--timeout': '-NaN' is not a number of seconds",
+        "boot-check",
+    ),
     (["decode", "--bits", "12", "f36c"], "decode: Invalid value for '--bits'", "decode"),
     (["patch"], "patch: Missing argument 'IMAGE'.", "patch"),
     (["nosuch"], "No such command 'nosuch'.", None),

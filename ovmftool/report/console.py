@@ -110,6 +110,18 @@ def usage_line(e: click.UsageError) -> str:
     return f"ovmftool: error: {sub + ': ' if sub else ''}{msg} (see ovmftool {sub + ' ' if sub else ''}--help)"
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds within bounds; NaN (which compares false with both bounds) is refused."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v != v:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return v
+
+
 def out_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """-o FILE: checked before any work starts (one line naming it and why it cannot be written)."""
     if value == "-":
