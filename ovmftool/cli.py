@@ -16,13 +16,14 @@ from ovmftool.errors import OvmfToolError
 from ovmftool.model.parser import read_image
 from ovmftool.outputs import check_not_input
 from ovmftool.report.console import Group as _Group
+from ovmftool.report.console import Seconds as _Seconds
 from ovmftool.report.console import emit as _emit
 from ovmftool.report.console import fail as _fail
+from ovmftool.report.console import file_names_as_bytes as _file_names_as_bytes
 from ovmftool.report.console import out_dir as _out_dir
 from ovmftool.report.console import out_dir_parents as _out_dir_parents
 from ovmftool.report.console import out_file as _out_file
 from ovmftool.report.console import out_path as _out_path
-from ovmftool.report.console import Seconds as _Seconds
 from ovmftool.report.console import progress_printer
 
 # Each command imports its own library modules inside its function: importing every command's
@@ -41,6 +42,7 @@ gc.set_threshold(50_000)
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Audit and patch OVMF (EDK II) firmware images for string port-I/O (INS/OUTS)."""
+    _file_names_as_bytes()
     if ctx.invoked_subcommand != "scan":
         gc.set_threshold(*_GC_DEFAULT)
 

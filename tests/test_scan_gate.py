@@ -686,3 +686,29 @@ def test_oxide_image_matches_the_oxide_series_and_debian_images_do_not():
     assert deb.era == sigs.TDX
     steps = advice.next_steps(deb, ROOT / "edk2-patches")
     assert steps.matching is not None and steps.matching.path == ROOT / "edk2-patches/debian-2022.11/OvmfPkgX64"
+
+
+def test_a_file_name_that_is_not_utf8_is_scanned_in_every_format(tmp_path, monkeypatch):
+    """A name with a byte that is no UTF-8 (Linux allows any byte but / and NUL) is an image like
+    any other: the result cache's key, SARIF's URI (percent-encoded byte) and its listing (U+FFFD)
+    used to raise an internal error on it."""
+    raw = os.fsencode(tmp_path) + b"/fw\xff.fd"
+    with open(raw, "wb") as fh:
+        fh.write(Path(DEB).read_bytes())
+    name = os.fsdecode(raw)
+    monkeypatch.chdir(tmp_path)
+    for fmt in ("text", "json", "sarif", "junit"):
+        r = _run("scan", "--format", fmt, name)
+        assert r.exit_code == 1 and not _errors(r), (fmt, r.output[-300:])
+    log = json.loads(_stdout(_run("scan", "--format", "sarif", name)))
+    jsonschema.validate(log, SARIF_SCHEMA, format_checker=jsonschema.FormatChecker())
+    uris = sorted(a["location"]["uri"] for a in log["runs"][0]["artifacts"])
+    assert uris == ["fw%FF.fd", "fw%FF.fd.sites.txt"]
+    assert "fw\ufffd.fd" in log["runs"][0]["artifacts"][1]["contents"]["text"].splitlines()[0]
+    suites = ET.fromstring(_stdout(_run("scan", "--format", "junit", name)).encode())  # UTF-8 XML
+    assert suites[0].get("name").endswith("/fw\ufffd.fd")
+    doc = json.loads(_stdout(_run("scan", "--format", "json", name)))
+    assert doc["image"]["path"] == name and doc["summary"]["sites"] == 90
+    r = _run("baseline", name, "-o", str(tmp_path / "b.json"))
+    assert r.exit_code == 0 and json.loads((tmp_path / "b.json").read_text())["image"]["path"] == name
+    assert _run("check", "--baseline", str(tmp_path / "b.json"), name).exit_code == 0

@@ -110,6 +110,18 @@ def usage_line(e: click.UsageError) -> str:
     return f"ovmftool: error: {sub + ': ' if sub else ''}{msg} (see ovmftool {sub + ' ' if sub else ''}--help)"
 
 
+def file_names_as_bytes() -> None:
+    """Let stdout write a file name's bytes that are not UTF-8 as they are (as `ls` does), not
+    fail on them: Python keeps such bytes as lone surrogates, and a UTF-8 locale's stdout refuses
+    those."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="surrogateescape")
+        except (ValueError, OSError):  # a stream that cannot change: left as it is
+            pass
+
+
 class Seconds(click.FloatRange):
     """A number of seconds within bounds; NaN (which compares false with both bounds) is refused."""
 
@@ -164,4 +176,4 @@ def emit(text: str, output: str | None) -> None:
         click.echo(text, nl=not text.endswith("\n"))
         return
 
-    write_atomic(output, text.encode())
+    write_atomic(output, text.encode("utf-8", "surrogateescape"))  # a file name's bytes as they are

@@ -15,6 +15,7 @@ import datetime as dt
 import socket
 import xml.etree.ElementTree as ET
 
+from ovmftool.report.document import utf8_text
 from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan.scanner import ScanFailure, ScanResult, ScanSkipped
 
@@ -130,4 +131,4 @@ def junit_xml(outcomes: list[ScanResult | ScanFailure], now: dt.datetime | None 
         else:
             _other_suite(suites, i, o, stamp, host)
     ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    return utf8_text('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n")

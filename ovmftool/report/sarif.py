@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ovmftool import __version__
+from ovmftool.report.document import utf8_text
 from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan.identity import fingerprint, site_keys
 from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, ScanSkipped, function_label
@@ -113,7 +114,7 @@ def artifact_location(path: str, root: str) -> dict:
     real = os.path.realpath(path)
     rel = os.path.relpath(real, root)
     if rel != ".." and not rel.startswith(".." + os.sep) and not os.path.isabs(rel):
-        return {"uri": quote(Path(rel).as_posix()), "uriBaseId": SRCROOT}
+        return {"uri": quote(os.fsencode(Path(rel).as_posix())), "uriBaseId": SRCROOT}
     return {"uri": Path(real).as_uri()}
 
 
@@ -300,7 +301,9 @@ LISTING_SUFFIX = ".sites.txt"
 
 
 def _listing_header(o: ScanResult) -> str:
-    return f"# ovmftool {__version__}: string I/O sites of {o.path} (sha256 {o.sha256}), one a line"
+    """The listing's first line (UTF-8 text: a file name's bytes that are not UTF-8 are shown as
+    U+FFFD; the artifact's URI keeps them, percent-encoded)."""
+    return utf8_text(f"# ovmftool {__version__}: string I/O sites of {o.path} (sha256 {o.sha256}), one a line")
 
 
 def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:

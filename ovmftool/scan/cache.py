@@ -120,7 +120,8 @@ def _capstone_stamp() -> str:
 
 
 def _key(*parts: str) -> str:
-    return hashlib.sha256("\0".join((f"ovmftool-cache {FORMAT}", fingerprint(), *parts)).encode()).hexdigest()
+    text = "\0".join((f"ovmftool-cache {FORMAT}", fingerprint(), *parts))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()  # a name's bytes as they are
 
 
 def module_key(raw_sha256: str, mem_size: int, machine: str, era: str | None) -> str:
