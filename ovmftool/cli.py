@@ -300,7 +300,11 @@ def decode(text: tuple[str, ...], log: str | None, bits: str, image: str | None,
     is_flag=True,
     help="Apply to a scratch copy, build, scan, boot: fail unless 0 sites remain and none executes.",
 )
-@click.option("--target", default="DEBUG", show_default=True, help="Build target for --verify.")
+@click.option(
+    "--target",
+    type=click.Choice(["DEBUG", "RELEASE", "NOOPT"]),
+    help="Build target for --verify.  [default: DEBUG]",
+)
 @click.option(
     "--before",
     "before_image",
@@ -332,13 +336,17 @@ def plan(
 ):
     """Write an EDK II patch series that removes every string port-I/O instruction the tree and DSC build."""
     from ovmftool.edk2.output import write_plan
+    from ovmftool.edk2.series import parse_identity
     from ovmftool.report.plan_report import plan_files, plan_summary
 
-    if (measure_dsc_switch or no_boot) and not verify:
-        _fail("--measure-dsc-switch and --no-boot go with --verify")
+    if (target or before_image or measure_dsc_switch or no_boot or scratch) and not verify:
+        _fail("--target, --before, --scratch, --measure-dsc-switch and --no-boot go with --verify")
+    parse_identity(author, "--author")  # before any work: a newline would forge a header
+    if signoff:
+        parse_identity(signoff, "--signoff")
     verification = (
         dict(
-            target=target,
+            target=target or "DEBUG",
             before_image=before_image,
             scratch=scratch,
             dsc_switch=measure_dsc_switch,

@@ -115,6 +115,30 @@ def test_plan_errors(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--target", "FOO"], "Invalid value for '--target': 'FOO' is not one of 'DEBUG', 'RELEASE', 'NOOPT'."),
+        (["--target", "RELEASE"], "--target, --before, --scratch, --measure-dsc-switch and --no-boot go with --verify"),
+        (["--before", "{img}"], "--target, --before, --scratch, --measure-dsc-switch and --no-boot go with --verify"),
+        (["--scratch", "{tmp}"], "--target, --before, --scratch, --measure-dsc-switch and --no-boot go with --verify"),
+        # a newline would add a header to each patch, or forge a second trailer
+        (["--author", "Evil <a@b>\nSubject: injected"], "--author must look like 'Name <mail@example.org>'"),
+        (["--author", "Evil <a@b\nSubject: injected>"], "--author must be one line without control characters"),
+        (["--signoff", "X <x@y>\nSigned-off-by: F <f@f>"], "--signoff must look like 'Name <mail@example.org>'"),
+        (["--signoff", "X\t<x@y>"], "--signoff must be one line without control characters"),
+        (["--author", "nobody"], "--author must look like 'Name <mail@example.org>', not 'nobody'"),
+    ],
+)
+def test_plan_options_are_checked_before_any_work(tmp_path, args, msg):
+    """Each is one line and exit 2 before the tree is read (the tree here is not one)."""
+    args = [a.format(img=tmp_path / "i.fd", tmp=tmp_path) for a in args]
+    (tmp_path / "i.fd").write_bytes(b"")
+    r = CliRunner().invoke(main, ["plan", "--edk2", str(tmp_path), "--dsc", "X.dsc", "-o", str(tmp_path / "o"), *args])
+    assert r.exit_code == 2 and r.stderr.startswith("ovmftool: error: ") and msg in r.stderr, r.output
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("ver", ["2022.11", "2025.02"])
 def test_series_applies_with_git_am(tmp_path, ver):
     """The committed series for OvmfPkgX64 goes through `git am --keep-cr` (EDK II files are CRLF; EDK II's

@@ -26,12 +26,23 @@ def _git(cwd: str, *args: str, env: dict | None = None) -> str:
     return r.stdout
 
 
+def parse_identity(text: str, option: str) -> tuple[str, str]:
+    """`Name <mail>` (--author, --signoff) as (name, mail): one of each, on one line (a newline
+    would forge a header or a trailer of the patch)."""
+    name, _, mail = text.partition("<")
+    name, mail = name.strip(), mail.removesuffix(">").strip()
+    if not name or not mail or not text.rstrip().endswith(">") or any(c in "<>" for c in name + mail):
+        raise OvmfToolError(f"{option} must look like 'Name <mail@example.org>', not {text!r}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise OvmfToolError(f"{option} must be one line without control characters, not {text!r}")
+    return name, mail
+
+
 def write_series(patches: list[PatchSpec], out_dir: Path, author: str, signoff: str | None) -> list[Path]:
     """Commit each patch on top of the original files in a scratch repository and format them."""
-    name, _, mail = author.partition("<")
-    name, mail = name.strip(), mail.rstrip(">").strip()
-    if not name or not mail:
-        raise OvmfToolError(f"--author must look like 'Name <mail@example.org>', not {author!r}")
+    name, mail = parse_identity(author, "--author")
+    if signoff:
+        parse_identity(signoff, "--signoff")
     env = dict(
         os.environ,
         GIT_AUTHOR_NAME=name,
