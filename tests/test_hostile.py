@@ -20,6 +20,7 @@ from tests.clicheck import assert_error
 from tests.conftest import CORPUS_IMAGES
 
 MOD = "11111111-2222-3333-4444-555555555555"
+MOD2 = "66666666-7777-8888-9999-aaaaaaaaaaaa"
 
 
 def run_info(tmp_path, data: bytes, name="img.fd"):
@@ -179,11 +180,14 @@ def test_zero_sized_sections_do_not_loop(tmp_path):
 
 
 def test_decompression_bombs(tmp_path):
-    # Declared size beyond the cap: refused before decoding.
+    # Declared size beyond the per-section limit: refused before decoding, as damage (the tree
+    # is still shown, the other files read: here a raw section beside it).
     huge = bytearray(B.lzma_alone(b"\0" * 1000))
     huge[5:13] = struct.pack("<Q", 1 << 40)
-    r = run_info(tmp_path, B.fv([B.ffs(MOD, 0x02, B.guided(B.LZMA, bytes(huge)))], size=0x2000))
-    assert_error(r, f"{tmp_path / 'img.fd'}: decompressed size", "exceeds the per-section cap")  # names the input
+    files = [B.ffs(MOD, 0x02, B.guided(B.LZMA, bytes(huge))), B.ffs(MOD2, 0x02, B.section(0x19, b"x" * 8))]
+    r = run_info(tmp_path, B.fv(files, size=0x2000))
+    assert_error(r, f"{tmp_path / 'img.fd'}: damaged image: declared decompressed size {1 << 40}", "per-section limit")
+    assert "!! DAMAGE: declared decompressed size" in r.stdout and MOD2 in r.stdout
     # Header lies small, stream expands to 64 MiB: stops at the declared size.
     lie = bytearray(B.lzma_alone(b"\0" * (64 << 20)))
     lie[5:13] = struct.pack("<Q", 1000)

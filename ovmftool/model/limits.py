@@ -28,9 +28,8 @@ class Limits:
     relocation_bytes: int = field(default=0, init=False)
 
     def charge_expansion(self, size: int, where: str) -> None:
-        """Account for `size` decompressed bytes, or raise before they are produced."""
-        if size > self.max_expanded_one:
-            raise LimitExceeded(f"decompressed size {size} exceeds the per-section cap {self.max_expanded_one}", where)
+        """Account for `size` decompressed bytes, or raise before they are produced (the
+        decoders refuse one section over `max_expanded_one` first, as damage)."""
         self._charge("expanded", size, self.max_expanded_total, "decompressed data", where)
 
     def image_memory_cap(self, raw_size: int) -> int:
