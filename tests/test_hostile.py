@@ -657,3 +657,14 @@ def test_a_deeply_nested_baseline_or_waiver_file_is_one_line(tmp_path):
     assert_error(r, f"baseline {deep} is not JSON this tool reads: nested too deeply")
     r = CliRunner().invoke(main, ["check", "--waivers", str(deep), image])
     assert_error(r, f"waivers {deep} is not JSON this tool reads: nested too deeply")
+
+
+def test_a_baseline_or_waiver_file_with_a_huge_number_is_one_line(tmp_path):
+    """A number of 5,000 digits: Python's int conversion refuses it with a ValueError that is not
+    a JSONDecodeError (it was an internal error)."""
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"sites": [{"rva": ' + "9" * 5000 + "}]}")
+    image = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])
+    for option, what in (("--baseline", "baseline"), ("--waivers", "waivers")):
+        r = CliRunner().invoke(main, ["check", option, str(huge), image])
+        assert_error(r, f"{what} {huge} is not JSON this tool reads: a number of thousands of digits")

@@ -50,6 +50,8 @@ def _load_json(path: str, what: str) -> dict:
         raise OvmfToolError(f"{what} {path} is not JSON: {e.msg} at line {e.lineno}") from None
     except RecursionError:
         raise OvmfToolError(f"{what} {path} is not JSON this tool reads: nested too deeply") from None
+    except ValueError:  # Python refuses to convert an integer of over 4,300 digits
+        raise OvmfToolError(f"{what} {path} is not JSON this tool reads: a number of thousands of digits") from None
     if not isinstance(doc, dict):
         raise OvmfToolError(f"{what} {path} is not a JSON object")
     return doc
