@@ -302,6 +302,7 @@ def test_routines_no_signature_knows_assembled_from_source_patch_to_zero(tmp_pat
     assert p.refusals == [] and p.sites_after == 0 and len(p.rewrites) == 648
     assert {r.shape for r in p.rewrites} == {"detour"}  # a module with an unknown routine: every site
     assert 0 < p.emulated_functions < 20  # each distinct window proved once, by emulation
+    assert p.emulation_runs >= 4 * p.emulated_functions  # (the detours' runs were overwritten, 0)
     _clean_and_boots(p.output, b.vars, tmp_path)
 
 

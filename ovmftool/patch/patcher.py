@@ -290,7 +290,7 @@ def plan_patch(
                     rw.note,
                 )
             )
-    res.emulation_runs = emu.runs
+    res.emulation_runs += emu.runs  # the detours counted theirs above
     res.rewrites.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
     res.refusals.sort(key=lambda r: (r.volume, r.module, r.guid, r.rva))
     return res, edits
