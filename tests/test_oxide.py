@@ -55,6 +55,12 @@ def test_fork_build_patched_rescans_clean_and_boots_with_no_string_io(key, tmp_p
     out = tmp_path / "OVMF_CODE.fd"
     r = CliRunner().invoke(main, ["patch", "-o", str(out), str(fv / "OVMF_CODE.fd")])
     assert r.exit_code == 0, r.output
+    if "DEBUG" in key:  # docs/propolis.md shows this run: its rebuilt and wrote lines are this output's
+        shown = r.output.replace(str(fv / "OVMF_CODE.fd"), "OVMF_CODE.fd").replace(str(out), "OVMF_CODE.patched.fd")
+        doc_lines = (ROOT / "docs" / "propolis.md").read_text().splitlines()
+        for line in shown.splitlines():
+            if line.startswith(("rebuilt:", "wrote ", "emulation:", "proof:")) or line.endswith(" refused"):
+                assert line in doc_lines, line
     code, after = _scan(out)
     assert code == 0 and after["findings"] == []
     rc, doc = _boot(out, fv / "OVMF_VARS.fd")
