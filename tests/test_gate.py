@@ -161,6 +161,24 @@ def test_waivers(tmp_path):
     )
     r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base), "--waivers", str(w)])
     assert r.exit_code == 1 and "expired on 2020-01-01" in r.output
+    # a waiver's text is shown on one line, escaped: a newline or a bidi override in it cannot
+    # make a line of its own or reorder what a terminal shows
+    w.write_text(
+        json.dumps(
+            {
+                "schema_version": "ovmftool.waivers/1",
+                "waivers": [
+                    {"module": "VirtioRngDxe", "reason": "plant\nNEW  forged \u202eline"},
+                    {"module": "Tcg2\u202eDxe", "reason": "not here"},
+                ],
+            }
+        )
+    )
+    r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base), "--waivers", str(w)])
+    assert r.exit_code == 0, r.output
+    assert ": plant NEW forged \\u202eline\n" in r.output and "\u202e" not in r.output
+    assert "warning: waiver Tcg2\\u202eDxe matched no site" in r.output
+    assert not any(line.startswith("NEW") for line in r.output.splitlines())
     w.write_text("{not json")
     r = CliRunner().invoke(main, ["check", planted, "--waivers", str(w)])
     assert r.exit_code == 2 and "not JSON" in r.output

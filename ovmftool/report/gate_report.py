@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ovmftool.errors import one_line
 from ovmftool.gate.baseline import BASELINE_SCHEMA, BASELINE_SCHEMA_MULTI, CheckResult, ImageCheck
 from ovmftool.gate.diff import DiffResult
 from ovmftool.report.document import header, image_ref, to_json
@@ -56,7 +57,7 @@ def _check_lines(out: CheckResult, warnings: bool) -> list[tuple[str, bool]]:
         for f in out.new
     ]
     lines += [
-        (f"waived  {f.module} rva 0x{f.rva:X} {f.mnemonic} in {f.function or '?'}: {w.reason}", False)
+        (f"waived  {f.module} rva 0x{f.rva:X} {f.mnemonic} in {f.function or '?'}: {one_line(w.reason)}", False)
         for f, w in out.waived
     ]
     if warnings:
@@ -72,8 +73,8 @@ def _check_lines(out: CheckResult, warnings: bool) -> list[tuple[str, bool]]:
 
 
 def _waiver_warnings(out: CheckResult) -> list[tuple[str, bool]]:
-    return [(f"warning: waiver {w.describe()} expired on {w.expires}", True) for w in out.expired] + [
-        (f"warning: waiver {w.describe()} matched no site", True) for w in out.unused
+    return [(f"warning: waiver {one_line(w.describe())} expired on {w.expires}", True) for w in out.expired] + [
+        (f"warning: waiver {one_line(w.describe())} matched no site", True) for w in out.unused
     ]
 
 
