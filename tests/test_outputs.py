@@ -279,6 +279,8 @@ USAGE = [
         "boot-check",
     ),
     (["decode", "--bits", "12", "f36c"], "decode: Invalid value for '--bits'", "decode"),
+    (["scan", DEB, "-o", ""], "scan: Invalid value for '-o' / '--output': an empty file name", "scan"),
+    (["extract", DEB, "-o", ""], "extract: Invalid value for '-o' / '--output': an empty directory name", "extract"),
     (["patch"], "patch: Missing argument 'IMAGE'.", "patch"),
     (["nosuch"], "No such command 'nosuch'.", None),
     (["--bogus"], "No such option '--bogus'", None),

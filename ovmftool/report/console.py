@@ -138,6 +138,8 @@ def out_path(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     """-o FILE: checked before any work starts (one line naming it and why it cannot be written)."""
     if value == "-":
         raise click.BadParameter("'-' (standard output) is not an output here: give a file name")
+    if value == "":
+        raise click.BadParameter("an empty file name")
     if value is not None and not ctx.resilient_parsing:
         check_output_file(value)
     return value
@@ -152,6 +154,8 @@ def out_dir(ctx: click.Context, param: click.Parameter, value: str | None, paren
     """-o DIR: absent or empty, and creatable in an existing parent, checked before any work."""
     if value == "-":
         raise click.BadParameter("'-' is not a directory name here: give a directory")
+    if value == "":
+        raise click.BadParameter("an empty directory name")
     if value is not None and not ctx.resilient_parsing:
         check_output_dir(value, parents=parents)
     return value
