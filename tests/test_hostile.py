@@ -668,3 +668,17 @@ def test_a_baseline_or_waiver_file_with_a_huge_number_is_one_line(tmp_path):
     for option, what in (("--baseline", "baseline"), ("--waivers", "waivers")):
         r = CliRunner().invoke(main, ["check", option, str(huge), image])
         assert_error(r, f"{what} {huge} is not JSON this tool reads: a number of thousands of digits")
+
+
+def test_numbers_of_thousands_of_digits_in_decode_input(tmp_path):
+    """Python converts at most 4,300 decimal digits: a `len` or a byte value that long was an
+    internal error in `decode` and `decode --log`. A huge len cuts nothing; a huge byte is over 255."""
+    n = "9" * 5000
+    r = CliRunner().invoke(main, ["decode", f"inst_data: [243, 110], len: {n}"])
+    assert r.exit_code == 0 and "REP OUTSB" in r.output, r.output
+    log = tmp_path / "propolis.log"
+    exit_line = "vCPU 0: Unhandled VM exit: InstEmul(InstEmul {{ inst_data: [{}, 110], len: {} }})\n"
+    log.write_text(exit_line.format(243, n) + exit_line.format(n, 2))
+    r = CliRunner().invoke(main, ["decode", "--log", str(log)])
+    assert r.exit_code == 1 and "Traceback" not in r.output and "internal error" not in r.output, r.output
+    assert "bytes (2): f3 6e" in r.output and "inst_data has values over 255 (1)" in r.output

@@ -33,7 +33,7 @@ from ovmftool.scan.records import SiteSignature
 from ovmftool.scan.scanner import MAX_SCAN_MEMORY, check_scannable, exec_ranges, scan_module
 
 _INST_DATA = re.compile(r"inst_data\s*:\s*\[([^\]]*)\]")
-_LEN = re.compile(r"\blen\s*:\s*(\d+)")
+_LEN = re.compile(r"\blen\s*:\s*(\d{1,18})(?!\d)")  # longer: more than any input, so no cut
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 _SEPARATORS = re.compile(r"[\s,:]+")
 _HEX = re.compile(r"[0-9a-fA-F]+")

@@ -47,7 +47,7 @@ MAX_KEPT = 100  # line numbers, VMs, hosts, RIPs kept per group (the counts are 
 REDACTED = "<guest data redacted>"
 _EXIT = re.compile(r"\bInstEmul\s*\(")
 _INST = re.compile(r"\binst_data\W{0,2}\s*[:=]\s*")
-_LEN = re.compile(r"\blen\W{0,2}\s*[:=]\s*(0x[0-9a-fA-F]+|\d+)")
+_LEN = re.compile(r"\blen\W{0,2}\s*[:=]\s*(0x[0-9a-fA-F]+|\d{1,18}(?!\d))")  # longer: no cut
 _VCPU = re.compile(r"\bvCPU\s+(\d+)\b")
 _RIP = re.compile(r"@rip:\s*(?:0x)?([0-9a-fA-F]+)")
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
@@ -252,6 +252,8 @@ def _read_bytes(span: str) -> tuple[bytes | None, bool, str | None]:
             return None, False, "inst_data list is not closed"
         toks = [t for t in re.split(r"[\s,]+", rest[1:end]) if t]
         if all(t.isdigit() for t in toks):
+            if any(len(t.lstrip("0")) > 3 for t in toks):  # (and Python converts at most 4,300 digits)
+                return None, False, "inst_data has values over 255"
             vals = [int(t) for t in toks]
         elif all(t.lower().startswith("0x") and _hexlike(t[2:]) for t in toks):
             vals = [int(t, 16) for t in toks]
