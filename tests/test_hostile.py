@@ -678,7 +678,12 @@ def test_numbers_of_thousands_of_digits_in_decode_input(tmp_path):
     assert r.exit_code == 0 and "REP OUTSB" in r.output, r.output
     log = tmp_path / "propolis.log"
     exit_line = "vCPU 0: Unhandled VM exit: InstEmul(InstEmul {{ inst_data: [{}, 110], len: {} }})\n"
-    log.write_text(exit_line.format(243, n) + exit_line.format(n, 2))
+    zeros = "0" * 5000 + "243"  # leading zeros count as digits for Python's limit too
+    lines = [exit_line.format(zeros, n), exit_line.format(n, 2), exit_line.format("\u00b2", 2)]  # ² is a digit
+    log.write_text("".join(lines) + f"vCPU {n}: " + exit_line.format(243, 2).split(": ", 1)[1])
     r = CliRunner().invoke(main, ["decode", "--log", str(log)])
     assert r.exit_code == 1 and "Traceback" not in r.output and "internal error" not in r.output, r.output
     assert "bytes (2): f3 6e" in r.output and "inst_data has values over 255 (1)" in r.output
+    assert "inst_data is not a list of byte values (1)" in r.output
+    r = CliRunner().invoke(main, ["decode", "[\u00b2, 110]"])
+    assert r.exit_code == 2 and "as a list of byte values" in r.output

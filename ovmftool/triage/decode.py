@@ -33,7 +33,17 @@ from ovmftool.scan.records import SiteSignature
 from ovmftool.scan.scanner import MAX_SCAN_MEMORY, check_scannable, exec_ranges, scan_module
 
 _INST_DATA = re.compile(r"inst_data\s*:\s*\[([^\]]*)\]")
-_LEN = re.compile(r"\blen\s*:\s*(\d{1,18})(?!\d)")  # longer: more than any input, so no cut
+_LEN = re.compile(r"\blen\s*:\s*([0-9]+)")
+_HUGE = 1 << 64  # what a number of more than 18 digits reads as: more than any byte, length or vCPU
+
+
+def decimal(text: str) -> int:
+    """A run of ASCII digits as an int; more than 18 digits (after leading zeros) as `_HUGE`:
+    Python refuses to convert over 4,300 digits, and no byte, length or vCPU needs 19."""
+    digits = text.lstrip("0")
+    return int(digits or "0") if len(digits) <= 18 else _HUGE
+
+
 _BRACKETS = re.compile(r"\[([^\]]*)\]")
 _SEPARATORS = re.compile(r"[\s,:]+")
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -57,15 +67,17 @@ def parse_bytes(text: str) -> bytes:
         items = [x for x in _SEPARATORS.split(m.group(1)) if x]
         vals = []
         for x in items:
-            try:
-                vals.append(int(x, 16) if x.lower().startswith("0x") else int(x, 10))
-            except ValueError:
+            if x[:2].lower() == "0x" and _HEX.fullmatch(x[2:]):
+                vals.append(int(x[2:], 16))
+            elif x.isascii() and x.isdigit():
+                vals.append(decimal(x))
+            else:
                 raise OvmfToolError(
                     f"cannot read {m.group(0)[:60]!r} as a list of byte values (decimal, or 0x-prefixed hex)"
-                ) from None
+                )
         ln = _LEN.search(t[m.end() :])
         if ln:
-            vals = vals[: int(ln.group(1))]
+            vals = vals[: decimal(ln.group(1))]
         if not vals:
             raise OvmfToolError("no instruction bytes given")
         bad = next((x for x, v in zip(items, vals) if not 0 <= v <= 255), None)

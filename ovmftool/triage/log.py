@@ -35,7 +35,7 @@ from ovmftool.errors import OvmfToolError, one_line
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.parser import read_image
 from ovmftool.scan.scanner import check_scannable
-from ovmftool.triage.decode import Triage, decode
+from ovmftool.triage.decode import Triage, decimal, decode
 from ovmftool.triage.decode import find_in_image as find
 
 MAX_LINE = 1 << 20  # bytes of one log line kept (the rest of a longer line is skipped)
@@ -47,8 +47,8 @@ MAX_KEPT = 100  # line numbers, VMs, hosts, RIPs kept per group (the counts are 
 REDACTED = "<guest data redacted>"
 _EXIT = re.compile(r"\bInstEmul\s*\(")
 _INST = re.compile(r"\binst_data\W{0,2}\s*[:=]\s*")
-_LEN = re.compile(r"\blen\W{0,2}\s*[:=]\s*(0x[0-9a-fA-F]+|\d{1,18}(?!\d))")  # longer: no cut
-_VCPU = re.compile(r"\bvCPU\s+(\d+)\b")
+_LEN = re.compile(r"\blen\W{0,2}\s*[:=]\s*(0x[0-9a-fA-F]+|[0-9]+)")
+_VCPU = re.compile(r"\bvCPU\s+([0-9]+)\b")
 _RIP = re.compile(r"@rip:\s*(?:0x)?([0-9a-fA-F]+)")
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:?\d{2})?")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -251,10 +251,8 @@ def _read_bytes(span: str) -> tuple[bytes | None, bool, str | None]:
         if end < 0:
             return None, False, "inst_data list is not closed"
         toks = [t for t in re.split(r"[\s,]+", rest[1:end]) if t]
-        if all(t.isdigit() for t in toks):
-            if any(len(t.lstrip("0")) > 3 for t in toks):  # (and Python converts at most 4,300 digits)
-                return None, False, "inst_data has values over 255"
-            vals = [int(t) for t in toks]
+        if all(t.isascii() and t.isdigit() for t in toks):
+            vals = [decimal(t) for t in toks]
         elif all(t.lower().startswith("0x") and _hexlike(t[2:]) for t in toks):
             vals = [int(t, 16) for t in toks]
         elif all(_hexlike(t) for t in toks):  # Rust's {:x?}: hex without 0x
@@ -272,7 +270,7 @@ def _read_bytes(span: str) -> tuple[bytes | None, bool, str | None]:
         after = rest[hm.end() :]
     ln = _LEN.search(after)
     if ln is not None:
-        n = int(ln.group(1)[2:], 16) if ln.group(1).startswith("0x") else int(ln.group(1))
+        n = int(ln.group(1)[2:], 16) if ln.group(1).startswith("0x") else decimal(ln.group(1))
         if n == 0:
             return None, False, "len: 0 (no valid instruction bytes)"
         vals = vals[:n]
@@ -334,7 +332,7 @@ def _exit(span: str, before: str, line: int, meta: _Meta) -> _Exit:
     data, redacted, reason = _read_bytes(span)
     ex = _Exit(line, data, redacted, reason, meta.time, list(meta.vms), list(meta.hosts))
     v = _VCPU.findall(before)
-    ex.vcpu = int(v[-1]) if v else meta.vcpu
+    ex.vcpu = decimal(v[-1]) if v else meta.vcpu
     r = _RIP.findall(before)
     if r:
         ex.rips = [r[-1].lower().lstrip("0") or "0"]
