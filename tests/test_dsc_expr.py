@@ -26,6 +26,8 @@ from ovmftool.edk2.expr import evaluate
         ("(" * 5000 + "TRUE" + ")" * 5000, {}, False),
         ("TRUE AND", {}, False),
         ("TRUE )", {}, False),
+        ("$(A) == 1", {"A": "01"}, True),  # a leading zero is decimal (int(_, 0) raised: internal error)
+        ("$(A) == 1", {"A": "9" * 5000}, False),  # more digits than Python converts
     ],
 )
 def test_dsc_expressions(expr, defines, want):

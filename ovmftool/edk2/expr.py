@@ -94,8 +94,12 @@ class _Parser:
             return v
         if kind == "str":
             return text[1:-1]
-        if kind == "num":
-            return int(text, 0)
+        if kind == "num":  # 0x hex, else decimal (leading zeros too: int(_, 0) refused "01")
+            if text[:2] in ("0x", "0X"):
+                return int(text[2:], 16)
+            if len(text) > 4300:  # Python converts no more decimal digits: no DSC has such a number
+                raise _Malformed
+            return int(text, 10)
         if kind == "macro":
             return ""  # undefined macro
         if kind == "word":
