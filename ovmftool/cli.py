@@ -336,14 +336,10 @@ def plan(
 ):
     """Write an EDK II patch series that removes every string port-I/O instruction the tree and DSC build."""
     from ovmftool.edk2.output import write_plan
-    from ovmftool.edk2.series import parse_identity
     from ovmftool.report.plan_report import plan_files, plan_summary
 
     if (target or before_image or measure_dsc_switch or no_boot or scratch) and not verify:
         _fail("--target, --before, --scratch, --measure-dsc-switch and --no-boot go with --verify")
-    parse_identity(author, "--author")  # before any work: a newline would forge a header
-    if signoff:
-        parse_identity(signoff, "--signoff")
     verification = (
         dict(
             target=target or "DEBUG",

@@ -32,6 +32,18 @@ def one_line(text: str) -> str:
     return printable(_SPACES.sub(" ", text).strip())
 
 
+def require_one_line(text: str, what: str) -> None:
+    """Refuse an argument that will be written into a file as text (a patch header, a command
+    line in SUMMARY.md) when it holds a control character (a newline would forge a line) or bytes
+    that are not UTF-8."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise OvmfToolError(f"{what} must be one line without control characters, not '{printable(text)}'")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise OvmfToolError(f"{what} must be UTF-8 text, not '{printable(text)}'") from None
+
+
 class OvmfToolError(Exception):
     """An error about the user's input or environment, reported as one line with exit code 2."""
 

@@ -122,12 +122,15 @@ def test_plan_errors(tmp_path):
         (["--target", "RELEASE"], "--target, --before, --scratch, --measure-dsc-switch and --no-boot go with --verify"),
         (["--before", "{img}"], "--target, --before, --scratch, --measure-dsc-switch and --no-boot go with --verify"),
         (["--scratch", "{tmp}"], "--target, --before, --scratch, --measure-dsc-switch and --no-boot go with --verify"),
-        # a newline would add a header to each patch, or forge a second trailer
-        (["--author", "Evil <a@b>\nSubject: injected"], "--author must look like 'Name <mail@example.org>'"),
-        (["--author", "Evil <a@b\nSubject: injected>"], "--author must be one line without control characters"),
-        (["--signoff", "X <x@y>\nSigned-off-by: F <f@f>"], "--signoff must look like 'Name <mail@example.org>'"),
+        # a newline would add a header to each patch, forge a second trailer, or a line of SUMMARY.md
+        (["--author", "Evil <a@b>\nSubject: injected"], "--author must be one line without control characters"),
+        (["--signoff", "X <x@y>\nSigned-off-by: F <f@f>"], "--signoff must be one line without control characters"),
         (["--signoff", "X\t<x@y>"], "--signoff must be one line without control characters"),
+        (["-D", "X=a\n# forged"], "-D must be one line without control characters"),
+        (["--author", "N\udcff <a@b>"], "--author must be UTF-8 text, not 'N\\udcff <a@b>'"),  # a byte no UTF-8
+        (["-D", "X=\udcff"], "-D must be UTF-8 text"),
         (["--author", "nobody"], "--author must look like 'Name <mail@example.org>', not 'nobody'"),
+        (["--author", "A <a@b> <c@d>"], "--author must look like 'Name <mail@example.org>'"),
     ],
 )
 def test_plan_options_are_checked_before_any_work(tmp_path, args, msg):

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ovmftool.edk2.plan import command_line, dsc_switch_only, make_plan, parse_defines
-from ovmftool.edk2.series import check_applies, write_series
+from ovmftool.edk2.series import check_applies, parse_identity, write_series
 from ovmftool.edk2.verify import check_tools, verify_plan
+from ovmftool.errors import require_one_line
 from ovmftool.outputs import commit_output_dir, discard_output_dir, new_output_dir
 
 
@@ -31,14 +32,18 @@ def write_plan(
     arguments of `edk2.verify.verify_plan` (`dsc_switch`: a flag), write the files `render`
     makes of the plan's document (name -> text), and move the directory into place; returns the
     document."""
+    require_one_line(dsc, "--dsc")  # recorded in the regenerate command of SUMMARY.md
     defs = parse_defines(list(defines))
+    who = parse_identity(author, "--author")  # before any work: a newline would forge a header
+    if signoff:
+        parse_identity(signoff, "--signoff")
     arches = list(arches)
     p = make_plan(Path(tree).resolve(), dsc, defs, arches or None, strategy)
     if verification is not None:
         check_tools(boot=verification["boot"])  # before anything is written or copied
     tmp = Path(new_output_dir(out_dir, parents=True))
     try:
-        series = write_series(p.patches, tmp, author, signoff or author)
+        series = write_series(p.patches, tmp, who, signoff or author)
         check_applies(series, Path(p.tree))
         doc = p.as_dict()
         doc["series"] = [s.name for s in series]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ovmftool.edk2 import strategy as S
 from ovmftool.edk2.dsc import Dsc, read_dsc
 from ovmftool.edk2.inf import read_inf
-from ovmftool.errors import OvmfToolError
+from ovmftool.errors import OvmfToolError, require_one_line
 
 STRATEGIES = ("auto", "dsc-inf", "unroll")
 
@@ -58,6 +59,7 @@ def parse_defines(defines: tuple[str, ...] | list[str]) -> dict[str, str]:
     """`-D` values as EDK II's build reads them: NAME=VALUE, or NAME alone for TRUE."""
     defs = {}
     for d in defines:
+        require_one_line(d, "-D")
         k, v = d.split("=", 1) if "=" in d else (d, "TRUE")
         if not k.strip():
             raise OvmfToolError(f"-D {d}: expected NAME or NAME=VALUE")
@@ -67,7 +69,8 @@ def parse_defines(defines: tuple[str, ...] | list[str]) -> dict[str, str]:
 
 def command_line(dsc: str, defs: dict[str, str], arches, strategy: str) -> str:
     """The `plan` command that writes this series again (recorded in plan.json and SUMMARY.md)."""
-    parts = ["ovmftool plan --edk2 TREE", f"--dsc {dsc}"] + [f"-D {k}={v}" for k, v in sorted(defs.items())]
+    parts = ["ovmftool plan --edk2 TREE", f"--dsc {shlex.quote(dsc)}"]
+    parts += [f"-D {shlex.quote(f'{k}={v}')}" for k, v in sorted(defs.items())]
     parts += [f"--arch {a.upper()}" for a in arches] + [f"--strategy {strategy}"]
     return " ".join(parts) + " -o DIR"
 

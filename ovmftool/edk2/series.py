@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ovmftool.edk2.strategy import PatchSpec
-from ovmftool.errors import OvmfToolError
+from ovmftool.errors import OvmfToolError, require_one_line
 
 FIXED_DATE = "Thu, 1 Jan 2026 00:00:00 +0000"  # deterministic series
 
@@ -29,20 +29,18 @@ def _git(cwd: str, *args: str, env: dict | None = None) -> str:
 def parse_identity(text: str, option: str) -> tuple[str, str]:
     """`Name <mail>` (--author, --signoff) as (name, mail): one of each, on one line (a newline
     would forge a header or a trailer of the patch)."""
-    name, _, mail = text.partition("<")
+    require_one_line(text, option)
+    name, _, mail = text.strip().partition("<")
     name, mail = name.strip(), mail.removesuffix(">").strip()
-    if not name or not mail or not text.rstrip().endswith(">") or any(c in "<>" for c in name + mail):
+    if not name or not mail or not text.strip().endswith(">") or any(c in "<>" for c in name + mail):
         raise OvmfToolError(f"{option} must look like 'Name <mail@example.org>', not {text!r}")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise OvmfToolError(f"{option} must be one line without control characters, not {text!r}")
     return name, mail
 
 
-def write_series(patches: list[PatchSpec], out_dir: Path, author: str, signoff: str | None) -> list[Path]:
-    """Commit each patch on top of the original files in a scratch repository and format them."""
-    name, mail = parse_identity(author, "--author")
-    if signoff:
-        parse_identity(signoff, "--signoff")
+def write_series(patches: list[PatchSpec], out_dir: Path, author: tuple[str, str], signoff: str | None) -> list[Path]:
+    """Commit each patch on top of the original files in a scratch repository and format them.
+    `author` is (name, mail) as `parse_identity` reads it; `signoff` the trailer's value."""
+    name, mail = author
     env = dict(
         os.environ,
         GIT_AUTHOR_NAME=name,

@@ -97,7 +97,7 @@ def verify_plan(
     if dsc_switch:
         sdir = Path(tempfile.mkdtemp(prefix="dsc-switch-", dir=base))
         try:
-            names = write_series(dsc_switch, sdir, "ovmftool <ovmftool@users.noreply.invalid>", None)
+            names = write_series(dsc_switch, sdir, ("ovmftool", "ovmftool@users.noreply.invalid"), None)
             work, b, sw = built(names, "dsc-switch")
             shutil.rmtree(work, ignore_errors=True)
         finally:
