@@ -687,3 +687,16 @@ def test_numbers_of_thousands_of_digits_in_decode_input(tmp_path):
     assert "inst_data is not a list of byte values (1)" in r.output
     r = CliRunner().invoke(main, ["decode", "[\u00b2, 110]"])
     assert r.exit_code == 2 and "as a list of byte values" in r.output
+
+
+def test_a_baseline_recording_a_path_with_a_nul_is_matched_by_contents(tmp_path):
+    """A path holding NUL names no file (os.path.realpath raised: internal error); the entry
+    still applies by the image's contents."""
+    image = str(CORPUS_IMAGES["images/debian-2022.11/OVMF_CODE.fd"])
+    base = tmp_path / "b.json"
+    assert CliRunner().invoke(main, ["baseline", image, "-o", str(base)]).exit_code == 0
+    doc = json.loads(base.read_text())
+    doc["image"]["path"] = "fw\u0000.fd"
+    base.write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, ["check", "--baseline", str(base), image])
+    assert r.exit_code == 0 and "internal error" not in r.output and "0 new" in r.output, r.output

@@ -181,7 +181,7 @@ def baseline_for(entries: list[BaselineImage], r: ScanResult, alone: bool) -> Ba
     norm, real = os.path.normpath(r.path), os.path.realpath(r.path)
     for pick in (
         lambda e: os.path.normpath(e.path) == norm,
-        lambda e: os.path.realpath(e.path) == real,
+        lambda e: "\0" not in e.path and os.path.realpath(e.path) == real,  # NUL: no file's name
         lambda e: e.sha256 == r.sha256,
     ):
         hit = [e for e in entries if pick(e)]
