@@ -12,14 +12,14 @@ import sys
 import click
 
 from ovmftool import __version__
-from ovmftool.errors import OvmfToolError
+from ovmftool.errors import OvmfToolError, one_line
 from ovmftool.model.parser import read_image
 from ovmftool.outputs import check_not_input
 from ovmftool.report.console import Group as _Group
 from ovmftool.report.console import Seconds as _Seconds
+from ovmftool.report.console import echo as _echo
 from ovmftool.report.console import emit as _emit
 from ovmftool.report.console import fail as _fail
-from ovmftool.report.console import file_names_as_bytes as _file_names_as_bytes
 from ovmftool.report.console import out_dir as _out_dir
 from ovmftool.report.console import out_dir_parents as _out_dir_parents
 from ovmftool.report.console import out_file as _out_file
@@ -42,7 +42,6 @@ gc.set_threshold(50_000)
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Audit and patch OVMF (EDK II) firmware images for string port-I/O (INS/OUTS)."""
-    _file_names_as_bytes()
     if ctx.invoked_subcommand != "scan":
         gc.set_threshold(*_GC_DEFAULT)
 
@@ -101,7 +100,7 @@ def extract(image: str, out_dir: str, allow_damaged: bool) -> None:
     if probs and not allow_damaged:
         _fail(damage_line(image, probs, more=False) + " (use --allow-damaged to extract anyway)")
     body = write_extraction(root, out_dir, lambda b: manifest_text(root, b))
-    click.echo(extraction_text(body, out_dir), nl=False)
+    _echo(extraction_text(body, out_dir), nl=False)
     if probs:
         _fail(f"{damage_line(image, probs)}; extracted what parsed, {len(body['skipped'])} part(s) skipped")
 
@@ -166,7 +165,7 @@ def scan(
     if text:
         _emit(text, output)
     for line in error_lines(outcomes):
-        click.echo(line, err=True)
+        _echo(line, err=True)
     sys.exit(worst_exit(outcomes))
 
 
@@ -192,10 +191,10 @@ def baseline(images: tuple[str, ...], output: str, symbols_dir: str | None) -> N
         _fail(failed[0].message + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""))
     for o in outcomes:
         if isinstance(o, ScanFailure):  # skipped (verdict 0): said, not recorded
-            click.echo(f"skipped: {o.message}", err=True)
+            _echo(f"skipped: {one_line(o.message)}", err=True)
     results = [o for o in outcomes if isinstance(o, ScanResult)]
     _emit(to_json(baseline_doc(results[0] if len(results) == 1 else results)), output)
-    click.echo(baseline_line(results, output), err=True)
+    _echo(baseline_line(results, output), err=True)
 
 
 @main.command()
@@ -215,7 +214,7 @@ def check(
     if len(checks) == 1 and check_exit(checks) == 2:
         _fail(checks[0].message)
     for line, err in check_report(checks):
-        click.echo(line, err=err)
+        _echo(line, err=err)
     sys.exit(check_exit(checks))
 
 
@@ -231,7 +230,7 @@ def diff(old: str, new: str, fmt: str, symbols_old: str | None, symbols_new: str
     from ovmftool.report.gate_report import render_diff
 
     a, b, d = diff_images(old, new, symbols_old, symbols_new)
-    click.echo(render_diff(a, b, d, fmt), nl=False)
+    _echo(render_diff(a, b, d, fmt), nl=False)
     sys.exit(1 if d.added else 0)
 
 
@@ -267,7 +266,7 @@ def decode(text: tuple[str, ...], log: str | None, bits: str, image: str | None,
     from ovmftool.triage.log import triage_log
 
     t = triage_log(log, int(bits), image) if log is not None else triage(" ".join(text), int(bits), image)
-    click.echo(render(t, fmt), nl=False)
+    _echo(render(t, fmt), nl=False)
     sys.exit(1 if log is not None and t.exits else 0)
 
 
@@ -347,13 +346,13 @@ def plan(
             scratch=scratch,
             dsc_switch=measure_dsc_switch,
             boot=not no_boot,
-            say=lambda m: click.echo(m, err=True),
+            say=lambda m: _echo(m, err=True),
         )
         if verify
         else None
     )
     doc = write_plan(tree, dsc, defines, arches, strategy, out_dir, author, signoff, plan_files, verification)
-    click.echo(plan_summary(doc))  # what SUMMARY.md says (it reads no header field)
+    _echo(plan_summary(doc))  # what SUMMARY.md says (it reads no header field)
 
 
 @main.command("boot-check")
@@ -423,14 +422,14 @@ def boot_check_cmd(image, vars_file, machine, timeout, hang_after, fail_fast, fm
                 hang_after=hang_after,
             )
     except OvmfToolError as e:  # JSON is written on every exit: here its error form
-        click.echo(boot_error_json(image, str(e)) if fmt == "json" else "", nl=False)
+        _echo(boot_error_json(image, str(e)) if fmt == "json" else "", nl=False)
         raise
     except Terminated as t:
-        click.echo(("\n" if progress else "") + terminated_line(t, keep), err=True)
+        _echo(("\n" if progress else "") + terminated_line(t, keep), err=True)
         sys.exit(t.exit_code)
     if progress:
-        click.echo("", err=True)
-    click.echo(render_boot(bc, fmt), nl=False)
+        _echo("", err=True)
+    _echo(render_boot(bc, fmt), nl=False)
     if failure := boot_failure(bc):
         _fail(failure)
     sys.exit(1 if bc.executed else 0)
@@ -469,5 +468,5 @@ def patch_cmd(image, output, dry_run, allow_unknown, fmt, symbols_dir, jobs):
     written = output if res.output is not None and output else None
     if written:
         write_atomic(written, res.output)
-    click.echo(render_patch(res, fmt, dry_run, written), nl=False)
+    _echo(render_patch(res, fmt, dry_run, written), nl=False)
     sys.exit(1 if res.refusals else 0)

@@ -26,6 +26,14 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def printable_lines(text: str) -> str:
+    """`text` with every line `printable`: the line breaks it has stay, no name inside it can
+    add one (what every text output goes through)."""
+    if text.isprintable():
+        return text
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def one_line(text: str) -> str:
     """`text` as one printable line: runs of whitespace (newlines included) become one space,
     anything else unprintable is escaped."""

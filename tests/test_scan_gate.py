@@ -706,9 +706,32 @@ def test_a_file_name_that_is_not_utf8_is_scanned_in_every_format(tmp_path, monke
     assert uris == ["fw%FF.fd", "fw%FF.fd.sites.txt"]
     assert "fw\ufffd.fd" in log["runs"][0]["artifacts"][1]["contents"]["text"].splitlines()[0]
     suites = ET.fromstring(_stdout(_run("scan", "--format", "junit", name)).encode())  # UTF-8 XML
-    assert suites[0].get("name").endswith("/fw\ufffd.fd")
+    assert suites[0].get("name").endswith("/fw\\udcff.fd")  # shown escaped, as in the text output
+    assert _stdout(_run("scan", name)).startswith(f"{tmp_path}/fw\\udcff.fd  sha256 ")
     doc = json.loads(_stdout(_run("scan", "--format", "json", name)))
     assert doc["image"]["path"] == name and doc["summary"]["sites"] == 90
     r = _run("baseline", name, "-o", str(tmp_path / "b.json"))
     assert r.exit_code == 0 and json.loads((tmp_path / "b.json").read_text())["image"]["path"] == name
     assert _run("check", "--baseline", str(tmp_path / "b.json"), name).exit_code == 0
+
+
+def test_a_file_name_with_control_characters_cannot_forge_output_lines(tmp_path):
+    """A newline, an escape or a bidi override in an image's name is shown escaped in every text
+    output (scan, check, baseline's line, JUnit: a control character made its XML ill-formed)."""
+    name = str(tmp_path / "x\novmftool: clean\x1b[2J\u202e.fd")
+    Path(name).write_bytes(Path(DEB).read_bytes())
+    shown = name.replace("\n", "\\x0a").replace("\x1b", "\\x1b").replace("\u202e", "\\u202e")
+    r = _run("scan", name)
+    assert (
+        r.exit_code == 1
+        and _stdout(r).splitlines()[0] == f"{shown}  sha256 {hashlib.sha256(Path(DEB).read_bytes()).hexdigest()}"
+    )
+    for args in (
+        ["scan", name, str(DEB)],
+        ["check", name, str(DEB)],
+        ["baseline", name, "-o", str(tmp_path / "b.json")],
+    ):
+        out = _run(*args).output
+        assert "\x1b" not in out and "\u202e" not in out and "ovmftool: clean" not in out.splitlines(), args
+    suites = ET.fromstring(_stdout(_run("scan", "--format", "junit", name)).encode())
+    assert suites[0].get("name") == shown

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from ovmftool.errors import printable
 from ovmftool.model import structs as S
 from ovmftool.model.binary import BinaryFile
 from ovmftool.model.blob import CodeBlob
@@ -179,7 +180,7 @@ def _section_flags(c: int) -> str:
 
 def binary_lines(root: BinaryFile) -> Iterator[str]:
     """A standalone PE32/TE file: the module's facts and every header field the tool uses."""
-    yield f"{root.path}  {root.size} bytes  sha256 {root.sha256}"
+    yield f"{printable(root.path)}  {root.size} bytes  sha256 {root.sha256}"
     for p in root.problems:
         yield f"!! DAMAGE: {p}"
     img = root.image
@@ -225,7 +226,7 @@ def text_lines(root: FlashImage) -> Iterator[str]:
     if isinstance(root, BinaryFile):
         yield from binary_lines(root)
         return
-    yield f"{root.path}  {root.size} bytes  sha256 {root.sha256}"
+    yield f"{printable(root.path)}  {root.size} bytes  sha256 {root.sha256}"
 
     def rec(n: Node, depth: int) -> Iterator[str]:
         ind = "  " * depth

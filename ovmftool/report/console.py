@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ovmftool.errors import OvmfToolError, one_line
+from ovmftool.errors import OvmfToolError, one_line, printable_lines
 from ovmftool.outputs import GuardedStdout, check_output_dir, check_output_file, write_atomic
 
 
@@ -110,16 +110,11 @@ def usage_line(e: click.UsageError) -> str:
     return f"ovmftool: error: {sub + ': ' if sub else ''}{msg} (see ovmftool {sub + ' ' if sub else ''}--help)"
 
 
-def file_names_as_bytes() -> None:
-    """Let stdout write a file name's bytes that are not UTF-8 as they are (as `ls` does), not
-    fail on them: Python keeps such bytes as lone surrogates, and a UTF-8 locale's stdout refuses
-    those."""
-    reconfigure = getattr(sys.stdout, "reconfigure", None)
-    if reconfigure is not None:
-        try:
-            reconfigure(errors="surrogateescape")
-        except (ValueError, OSError):  # a stream that cannot change: left as it is
-            pass
+def echo(text: str = "", err: bool = False, nl: bool = True) -> None:
+    """`click.echo` of text that may hold names read from the user's files or images: every line
+    printable (`errors.printable_lines`), so no name adds a line, moves the cursor or reorders
+    what a terminal shows, and bytes of a file name that are not UTF-8 are shown escaped."""
+    click.echo(printable_lines(text), err=err, nl=nl)
 
 
 class Seconds(click.FloatRange):
@@ -176,8 +171,9 @@ def progress_printer(line):
 
 def emit(text: str, output: str | None) -> None:
     """Write `text` to stdout, or atomically to `output`."""
+    text = printable_lines(text)
     if output is None or output == "-":
         click.echo(text, nl=not text.endswith("\n"))
         return
 
-    write_atomic(output, text.encode("utf-8", "surrogateescape"))  # a file name's bytes as they are
+    write_atomic(output, text.encode())

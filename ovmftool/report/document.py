@@ -22,12 +22,6 @@ def image_ref(obj, size: bool = True) -> dict:
     return ref
 
 
-def utf8_text(text: str) -> str:
-    """`text` with the bytes of a file name that are not UTF-8 (which Python keeps as lone
-    surrogates) shown as U+FFFD: for outputs that must be UTF-8 text (XML, a SARIF listing)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def to_json(doc) -> str:
     """The document as written everywhere: indented, keys sorted, one final newline."""
     return json.dumps(doc, indent=2, sort_keys=True) + "\n"

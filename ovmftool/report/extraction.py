@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ovmftool.errors import printable
 from ovmftool.model.flash import FlashImage
 from ovmftool.report.document import header, image_ref, to_json
 
@@ -24,7 +25,7 @@ def extraction_text(manifest: dict[str, Any], out_dir: str) -> str:
         for s in manifest["skipped"]
     ]
     lines.append(
-        f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {out_dir}"
+        f"wrote {len(manifest['modules'])} modules and {len(manifest['code_blobs'])} code blobs to {printable(out_dir)}"
         + (f"; skipped {len(manifest['skipped'])}" if manifest["skipped"] else "")
     )
     return "".join(x + "\n" for x in lines)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ovmftool.errors import one_line
+from ovmftool.errors import one_line, printable
 from ovmftool.gate.baseline import BASELINE_SCHEMA, BASELINE_SCHEMA_MULTI, CheckResult, ImageCheck
 from ovmftool.gate.diff import DiffResult
 from ovmftool.report.document import header, image_ref, to_json
@@ -43,8 +43,8 @@ def baseline_doc(r: ScanResult | list[ScanResult]) -> dict:
 def baseline_line(results: list[ScanResult], output: str) -> str:
     """`baseline`'s stderr line: how many sites of which images were recorded where."""
     n = sum(len(r.findings) for r in results)
-    what = results[0].path if len(results) == 1 else f"{len(results)} images"
-    return f"baseline: {n} sites of {what} recorded in {output}"
+    what = printable(results[0].path) if len(results) == 1 else f"{len(results)} images"
+    return f"baseline: {n} sites of {what} recorded in {printable(output)}"
 
 
 def _check_lines(out: CheckResult, warnings: bool) -> list[tuple[str, bool]]:
@@ -91,16 +91,17 @@ def check_report(checks: list[ImageCheck | ScanFailure]) -> list[tuple[str, bool
     done = [c for c in checks if isinstance(c, ImageCheck)]
     if len(checks) == 1 and done:
         c = done[0]
-        return ([(_NO_ENTRY.format(c.path), True)] if c.unmatched else []) + check_lines(c.result)
+        return ([(_NO_ENTRY.format(printable(c.path)), True)] if c.unmatched else []) + check_lines(c.result)
     lines: list[tuple[str, bool]] = []
     for c in checks:
         if not isinstance(c, ImageCheck):  # skipped: stdout; could not be scanned: the error line
             skipped = c.exit_code == 0
-            lines.append((f"skipped: {c.message}", False) if skipped else (f"ovmftool: error: {c.message}", True))
+            msg = one_line(c.message)
+            lines.append((f"skipped: {msg}", False) if skipped else (f"ovmftool: error: {msg}", True))
             continue
-        lines.append((f"{c.path}:", False))
+        lines.append((f"{printable(c.path)}:", False))
         if c.unmatched:
-            lines.append(("  " + _NO_ENTRY.format(c.path), False))
+            lines.append(("  " + _NO_ENTRY.format(printable(c.path)), False))
         lines += [("  " + t, e) for t, e in _check_lines(c.result, False)]
     if done:
         lines += _waiver_warnings(done[0].result)

@@ -15,7 +15,7 @@ import datetime as dt
 import socket
 import xml.etree.ElementTree as ET
 
-from ovmftool.report.document import utf8_text
+from ovmftool.errors import printable
 from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan.scanner import ScanFailure, ScanResult, ScanSkipped
 
@@ -66,7 +66,7 @@ def _result_suite(suites: ET.Element, index: int, r: ScanResult, stamp: str, hos
     suite = _suite(
         suites,
         index,
-        r.path,
+        printable(r.path),
         stamp,
         host,
         tests=len(r.modules),
@@ -100,7 +100,7 @@ def _other_suite(suites: ET.Element, index: int, o: ScanFailure, stamp: str, hos
     suite = _suite(
         suites,
         index,
-        o.path,
+        printable(o.path),
         stamp,
         host,
         tests=1,
@@ -110,7 +110,9 @@ def _other_suite(suites: ET.Element, index: int, o: ScanFailure, stamp: str, hos
         seconds=0.0,
     )
     ET.SubElement(suite, "properties")
-    case = ET.SubElement(suite, "testcase", classname="ovmftool.scan", name=f"scan {o.path}", time=_secs(0.0))
+    case = ET.SubElement(
+        suite, "testcase", classname="ovmftool.scan", name=f"scan {printable(o.path)}", time=_secs(0.0)
+    )
     if skip:
         ET.SubElement(case, "skipped", message=o.message)
     else:
@@ -131,4 +133,4 @@ def junit_xml(outcomes: list[ScanResult | ScanFailure], now: dt.datetime | None 
         else:
             _other_suite(suites, i, o, stamp, host)
     ET.indent(suites)
-    return utf8_text('<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n")
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import groupby
 
+from ovmftool.errors import printable
 from ovmftool.patch.patcher import PatchResult
 from ovmftool.report.document import header, to_json
 
@@ -13,7 +14,7 @@ PATCH_SCHEMA = "ovmftool.patch/1"
 def patch_text(res: PatchResult, dry_run: bool) -> str:
     """Rewrites grouped by module, refusals, then the proof."""
     out = [
-        f"{res.input_path}: {res.sites_before} string I/O site(s); {len(res.rewrites)} rewrite(s) planned, "
+        f"{printable(res.input_path)}: {res.sites_before} string I/O site(s); {len(res.rewrites)} rewrite(s) planned, "
         f"{len(res.refusals)} refused"
     ]
     for (vol, mod, arch), rows in groupby(res.rewrites, key=lambda r: (r.volume, r.module, r.arch)):
@@ -56,7 +57,7 @@ def render_patch(res: PatchResult, fmt: str, dry_run: bool, written: str | None)
         return to_json({**header(PATCH_SCHEMA), **res.as_dict(), "written": written})
     text = patch_text(res, dry_run)
     if written:
-        text += f"wrote {written} (sha256 {res.output_sha256})\n"
+        text += f"wrote {printable(written)} (sha256 {res.output_sha256})\n"
     elif not dry_run:
         text += "nothing written: refused sites (see above; --allow-unknown leaves them in place)\n"
     return text

@@ -21,7 +21,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ovmftool import __version__
-from ovmftool.report.document import utf8_text
 from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan.identity import fingerprint, site_keys
 from ovmftool.scan.scanner import Finding, ScanFailure, ScanResult, ScanSkipped, function_label
@@ -300,10 +299,16 @@ def _tool() -> dict:
 LISTING_SUFFIX = ".sites.txt"
 
 
+def _utf8(text: str) -> str:
+    """`text` with the bytes of a file name that are not UTF-8 (which Python keeps as lone
+    surrogates) shown as U+FFFD: for SARIF's texts (a strict JSON reader refuses a lone surrogate)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _listing_header(o: ScanResult) -> str:
     """The listing's first line (UTF-8 text: a file name's bytes that are not UTF-8 are shown as
     U+FFFD; the artifact's URI keeps them, percent-encoded)."""
-    return utf8_text(f"# ovmftool {__version__}: string I/O sites of {o.path} (sha256 {o.sha256}), one a line")
+    return _utf8(f"# ovmftool {__version__}: string I/O sites of {o.path} (sha256 {o.sha256}), one a line")
 
 
 def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:
@@ -352,7 +357,7 @@ def run_log(outcomes: list[ScanResult | ScanFailure], root: str) -> dict:
                 "encoding": "utf-8",
                 "contents": {"text": text},
                 "length": len(text.encode()),
-                "description": {"text": f"the string I/O sites of {o.path}, one a line"},
+                "description": {"text": _utf8(f"the string I/O sites of {o.path}, one a line")},
                 "properties": {"listingOf": image["index"]},
             }
         )

@@ -10,6 +10,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from ovmftool.errors import one_line, printable
 from ovmftool.report.document import header, image_ref, to_json
 from ovmftool.report.scan_notes import scan_notes
 from ovmftool.scan.advice import NextSteps, next_steps
@@ -57,7 +58,7 @@ def summary(r: ScanResult) -> dict:
 
 def scan_text(r: ScanResult) -> str:
     """Findings grouped by module, then a summary."""
-    lines = [f"{r.path}  sha256 {r.sha256}"]
+    lines = [f"{printable(r.path)}  sha256 {r.sha256}"]
     by_mod: dict[tuple, list] = {}
     for f in r.findings:
         by_mod.setdefault((f.volume, f.module, f.guid, f.arch, f.file_type), []).append(f)
@@ -133,7 +134,7 @@ def scan_text_all(outcomes: list[ScanResult | ScanFailure]) -> str:
     parts = [
         scan_text(o)
         if isinstance(o, ScanResult)
-        else f"{o.path}\n  {'skipped' if isinstance(o, ScanSkipped) else 'error'}: {o.message}\n"
+        else f"{printable(o.path)}\n  {'skipped' if isinstance(o, ScanSkipped) else 'error'}: {one_line(o.message)}\n"
         for o in outcomes
     ]
     done = [o for o in outcomes if isinstance(o, ScanResult)]
@@ -151,7 +152,7 @@ def scan_text_all(outcomes: list[ScanResult | ScanFailure]) -> str:
 
 def error_lines(outcomes: list[ScanResult | ScanFailure]) -> list[str]:
     """The error line of each input that failed, in input order (stderr)."""
-    return [f"ovmftool: error: {o.message}" for o in outcomes if o.exit_code == 2]
+    return [f"ovmftool: error: {one_line(o.message)}" for o in outcomes if o.exit_code == 2]
 
 
 def render(outcomes: list[ScanResult | ScanFailure], fmt: str, sarif_root: str | None = None) -> str:
