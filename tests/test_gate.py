@@ -150,7 +150,7 @@ def test_waivers(tmp_path):
     )
     r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base), "--waivers", str(w)])
     assert r.exit_code == 0, r.output
-    assert "waived  VirtioRngDxe" in r.output and "waiver Tcg2Dxe matched no site" in r.output
+    assert "waived  VirtioRngDxe" in r.output and "waiver Tcg2Dxe matched no new site" in r.output
     w.write_text(
         json.dumps(
             {
@@ -177,7 +177,7 @@ def test_waivers(tmp_path):
     r = CliRunner().invoke(main, ["check", planted, "--baseline", str(base), "--waivers", str(w)])
     assert r.exit_code == 0, r.output
     assert ": plant NEW forged \\u202eline\n" in r.output and "\u202e" not in r.output
-    assert "warning: waiver Tcg2\\u202eDxe matched no site" in r.output
+    assert "warning: waiver Tcg2\\u202eDxe matched no new site" in r.output
     assert not any(line.startswith("NEW") for line in r.output.splitlines())
     w.write_text("{not json")
     r = CliRunner().invoke(main, ["check", planted, "--waivers", str(w)])

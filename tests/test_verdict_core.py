@@ -365,7 +365,7 @@ def test_check_report_puts_each_line_on_its_stream(scan, tmp_path):
     assert streams == {"NEW": False, "waived": False, "warning:": True, "check:": False}
     assert any(t.startswith("waived  ") and f" in {sites[0].function}: known" in t for t, _ in lines)
     assert ("warning: waiver Old expired on 2000-01-01", True) in lines
-    assert ("warning: waiver NoSuchModule matched no site", True) in lines
+    assert ("warning: waiver NoSuchModule matched no new site (a site the baseline accepts is not new)", True) in lines
     assert lines[-1] == (f"check: {len(c.result.new)} new, 1 waived, 0 in baseline, 0 baseline sites gone", False)
     # several inputs: a block per image, skipped on stdout, errors on stderr, one total
     skipped, failed = ScanSkipped("vars.fd", "a variable store"), ScanFailure("bad.fd", "damaged image")
@@ -537,12 +537,14 @@ def test_gate_report_blocks_and_single_image_lines(scan, tmp_path):
     lines = check_report([one])
     assert not one.unmatched and not any("no baseline entry" in t for t, _ in lines)
     assert lines == [
-        ("warning: waiver NoSuchModule matched no site", True),
+        ("warning: waiver NoSuchModule matched no new site (a site the baseline accepts is not new)", True),
         (f"check: 0 new, 0 waived, {len(scan.findings)} in baseline, 0 baseline sites gone", False),
     ]
     two = check_images([DEB, DEB_2M], base, waivers)
     lines = check_report(two)
-    assert [t for t, _ in lines if "matched no site" in t] == ["warning: waiver NoSuchModule matched no site"]
+    assert [t for t, _ in lines if "matched no new site (a site the baseline accepts is not new)" in t] == [
+        "warning: waiver NoSuchModule matched no new site (a site the baseline accepts is not new)"
+    ]
     block = lines[: next(i for i, (t, _) in enumerate(lines) if t.startswith(f"{DEB_2M}:"))]
     assert block[0] == (f"{DEB}:", False)
     assert all(t.startswith("  ") and not e for t, e in block[1:])

@@ -74,7 +74,8 @@ def _check_lines(out: CheckResult, warnings: bool) -> list[tuple[str, bool]]:
 
 def _waiver_warnings(out: CheckResult) -> list[tuple[str, bool]]:
     return [(f"warning: waiver {one_line(w.describe())} expired on {w.expires}", True) for w in out.expired] + [
-        (f"warning: waiver {one_line(w.describe())} matched no site", True) for w in out.unused
+        (f"warning: waiver {one_line(w.describe())} matched no new site (a site the baseline accepts is not new)", True)
+        for w in out.unused
     ]
 
 
