@@ -532,3 +532,18 @@ def test_sigterm_kills_qemu_and_removes_the_work_directory(tmp_path):
     assert list(scratch.iterdir()) == []
     assert "qemu" not in _comm(qemu[0])  # killed, not left running on its own
     assert sorted(x.name for x in alone.parent.iterdir()) == ["OVMF_CODE.fd"]  # nothing beside the image
+
+
+@needs_qemu
+def test_an_image_whose_path_holds_commas_boots(tmp_path):
+    """QEMU's -drive option list ends a value at a comma (`file=a,readonly=off.fd` is two
+    options): the image's path is written with each comma doubled, and the flash stays read-only."""
+    code, vars_file = DEB["2025.02"]
+    d = tmp_path / "a,b"
+    d.mkdir()
+    image = d / "OVMF_CODE,readonly=off.fd"
+    shutil.copyfile(code, image)
+    before = image.read_bytes()
+    rc, doc = _boot(image, vars_file)
+    assert doc["verdict"] == "shell" and rc == 1 and doc["executed"]
+    assert image.read_bytes() == before

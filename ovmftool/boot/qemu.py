@@ -47,6 +47,12 @@ def qemu_binary() -> str:
     return exe
 
 
+def _opt(path) -> str:
+    """A path as the value of a QEMU option list (`-drive ...,file=PATH`): a comma is written
+    twice, else it would end the value (an image named `a,b.fd` did not boot)."""
+    return str(path).replace(",", ",,")
+
+
 @dataclass
 class Ending:
     """How a run ended."""
@@ -96,15 +102,15 @@ class Qemu:
             shutil.copyfile(vars_template, vars_copy)
             drives = [
                 "-drive",
-                f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(code)}",
                 "-drive",
-                f"if=pflash,format=raw,unit=1,file={vars_copy}",
+                f"if=pflash,format=raw,unit=1,file={_opt(vars_copy)}",
             ]
         else:
             flash = work / "flash.fd"
             shutil.copyfile(code, flash)
             # microvm has no flash: its firmware is a ROM (`-bios`), its variables live in RAM
-            pflash = ["-drive", f"if=pflash,format=raw,unit=0,file={flash}"]
+            pflash = ["-drive", f"if=pflash,format=raw,unit=0,file={_opt(flash)}"]
             drives = ["-bios", str(flash)] if machine == "microvm" else pflash
         cmd = [
             exe,
