@@ -239,7 +239,7 @@ class GuardedStdout:
 
     def __init__(self, stream) -> None:
         self._stream = stream
-        self.reader_gone = False
+        self.reader_gone = stream is None  # started with standard output closed (`>&-`): as a gone reader
         self.error: str | None = None  # the write error, once one happened (later writes raise it again)
 
     def _detach(self) -> None:
@@ -251,13 +251,13 @@ class GuardedStdout:
         except (OSError, ValueError):
             pass
 
-    def _guard(self, op, *args):
+    def _guard(self, op):
         if self.error is not None:
             raise OvmfToolError(self.error)
         if self.reader_gone:
             return None
         try:
-            return op(*args)
+            return op()
         except BrokenPipeError:
             self.reader_gone = True
             self._detach()
@@ -268,12 +268,12 @@ class GuardedStdout:
         return None
 
     def write(self, s):
-        n = self._guard(self._stream.write, s)
+        n = self._guard(lambda: self._stream.write(s))
         return len(s) if n is None else n
 
     def flush(self) -> None:
         if self.error is None:  # once failed, the error is reported; flushing at exit must not raise again
-            self._guard(self._stream.flush)
+            self._guard(lambda: self._stream.flush())
 
     def __getattr__(self, name):
         return getattr(self._stream, name)

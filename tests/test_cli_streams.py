@@ -2,6 +2,7 @@
 
 These run the installed entry point in a subprocess: click's test runner replaces the streams."""
 
+import os
 import subprocess
 import sys
 
@@ -32,6 +33,16 @@ def test_reader_that_goes_away_keeps_the_verdict(args, verdict):
     err = p.stderr.read()
     assert p.wait(timeout=120) == verdict, err
     assert err == b"", err
+
+
+@pytest.mark.parametrize(
+    "args,verdict", [(["--version"], 0), (["scan", IMG], 1), (["check", IMG], 1), (["scan", "/nonexistent"], 2)]
+)
+def test_closed_standard_output_keeps_the_verdict(args, verdict):
+    """`ovmftool scan IMG >&-`: Python starts with no sys.stdout at all (it was an internal error
+    and two tracebacks); output goes nowhere, as to a reader that has gone, and the verdict stays."""
+    r = subprocess.run(_tool(*args), capture_output=True, timeout=120, preexec_fn=lambda: os.close(1))
+    assert r.returncode == verdict and b"Traceback" not in r.stderr and b"internal error" not in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize(
