@@ -82,5 +82,10 @@ class NoVolume(NothingToCheck):
     directory: `scan.scanner.scan_paths`)."""
 
 
+class DecodeError(ImageError):
+    """Compressed data could not be decoded, or declares more than one section may hold: damage
+    of that section (the rest of the image is still read)."""
+
+
 class LimitExceeded(ImageError):
     """A resource cap (expanded size, nesting depth, node count) was hit: a likely bomb."""

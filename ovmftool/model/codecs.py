@@ -11,23 +11,9 @@ import struct
 import zlib
 from collections.abc import Callable
 
-from ovmftool.errors import ImageError
+from ovmftool.errors import DecodeError
 from ovmftool.model import structs as S
 from ovmftool.model.limits import Limits
-
-
-class DecodeError(ImageError):
-    """Compressed data could not be decoded."""
-
-
-def _charge(limits: Limits, size: int, where: str) -> None:
-    """Refuse, before decoding, a section whose header declares more than one section may hold
-    (damage: the rest of the image is still read), then count it against the image's total."""
-    if size > limits.max_expanded_one:
-        raise DecodeError(
-            f"declared decompressed size {size} exceeds the per-section limit {limits.max_expanded_one}", where
-        )
-    limits.charge_expansion(size, where)
 
 
 class LzmaStream:
@@ -43,7 +29,7 @@ class LzmaStream:
         self.size = S.LZMA_UNCOMPRESSED_SIZE.get(header)
         if self.size == 0xFFFFFFFFFFFFFFFF:
             raise DecodeError("LZMA stream without a declared size", where)
-        _charge(limits, self.size, where)
+        limits.charge_expansion(self.size, where)
         self.where, self.got = where, 0
         # EDK II decodes into the output buffer (its dictionary size is not used); liblzma allocates
         # the dictionary the header declares (up to 4 GiB). A dictionary larger than the output is
@@ -156,7 +142,7 @@ def _efi_common(data: bytes, limits: Limits, where: str, tiano: bool) -> bytes:
     comp, orig = S.EFI_COMPRESS_HEADER.unpack_from(data)
     if comp + hsize > len(data):
         raise DecodeError(f"EFI/Tiano compressed size {comp} exceeds the {len(data) - hsize} bytes present", where)
-    _charge(limits, orig, where)
+    limits.charge_expansion(orig, where)
     if orig == 0:
         return b""
     from uefi_firmware import efi_compressor  # C extension, loaded only when needed
@@ -185,7 +171,7 @@ def _brotli(data: bytes, limits: Limits, where: str) -> bytes:
     if len(data) < hsize:
         raise DecodeError(f"Brotli data shorter than its {hsize}-byte header", where)
     size = S.BROTLI_HEADER.unpack_from(data)[0]
-    _charge(limits, size, where)
+    limits.charge_expansion(size, where)
     import brotli
 
     dec = brotli.Decompressor()

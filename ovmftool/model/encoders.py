@@ -16,9 +16,9 @@ import queue
 import threading
 from collections.abc import Callable
 
-from ovmftool.errors import OvmfToolError
+from ovmftool.errors import DecodeError, OvmfToolError
 from ovmftool.model import structs as S
-from ovmftool.model.codecs import DecodeError, LzmaStream, x86_convert
+from ovmftool.model.codecs import LzmaStream, x86_convert
 from ovmftool.model.limits import Limits
 
 # uefi_firmware's compressor (a C extension) and brotli are imported by the encoders that use them:

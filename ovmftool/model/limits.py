@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ovmftool.errors import LimitExceeded
+from ovmftool.errors import DecodeError, LimitExceeded
 
 
 @dataclass
@@ -28,8 +28,13 @@ class Limits:
     relocation_bytes: int = field(default=0, init=False)
 
     def charge_expansion(self, size: int, where: str) -> None:
-        """Account for `size` decompressed bytes, or raise before they are produced (the
-        decoders refuse one section over `max_expanded_one` first, as damage)."""
+        """Account for `size` decompressed bytes, or raise before they are produced: one section
+        declaring more than `max_expanded_one` is damaged (DecodeError), all sections together
+        past `max_expanded_total` stop the parse (LimitExceeded)."""
+        if size > self.max_expanded_one:
+            raise DecodeError(
+                f"declared decompressed size {size} exceeds the per-section limit {self.max_expanded_one}", where
+            )
         self._charge("expanded", size, self.max_expanded_total, "decompressed data", where)
 
     def image_memory_cap(self, raw_size: int) -> int:

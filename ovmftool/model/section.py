@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovmftool.errors import ImageError, printable
+from ovmftool.errors import DecodeError, ImageError, printable
 from ovmftool.model import codecs
 from ovmftool.model import structs as S
 from ovmftool.model.context import ParseContext
@@ -155,7 +155,7 @@ def _decode_into(ctx: ParseContext, sec: Section, decoder: codecs.Decoder, expec
         out = ctx.known.get((decoder, body)) if ctx.known else None
         if out is None:
             out = decoder(body, ctx.limits, where)
-    except codecs.DecodeError as e:
+    except DecodeError as e:
         sec.damage(str(e).removesuffix(f" at {where}"))
         return
     except ImageError:
