@@ -131,11 +131,16 @@ def test_plan_errors(tmp_path):
         (["-D", "X=\udcff"], "-D must be UTF-8 text"),
         (["--author", "nobody"], "--author must look like 'Name <mail@example.org>', not 'nobody'"),
         (["--author", "A <a@b> <c@d>"], "--author must look like 'Name <mail@example.org>'"),
+        (
+            ["--verify", "--no-boot", "--scratch", "{tmp}/scratch"],
+            "--scratch {tmp}/scratch is inside the tree it copies",
+        ),
     ],
 )
 def test_plan_options_are_checked_before_any_work(tmp_path, args, msg):
     """Each is one line and exit 2 before the tree is read (the tree here is not one)."""
     args = [a.format(img=tmp_path / "i.fd", tmp=tmp_path) for a in args]
+    msg = msg.format(tmp=tmp_path)
     (tmp_path / "i.fd").write_bytes(b"")
     r = CliRunner().invoke(main, ["plan", "--edk2", str(tmp_path), "--dsc", "X.dsc", "-o", str(tmp_path / "o"), *args])
     assert r.exit_code == 2 and r.stderr.startswith("ovmftool: error: ") and msg in r.stderr, r.output

@@ -12,7 +12,7 @@ from typing import Any
 from ovmftool.edk2.plan import command_line, dsc_switch_only, make_plan, parse_defines
 from ovmftool.edk2.series import check_applies, parse_identity, write_series
 from ovmftool.edk2.verify import check_tools, verify_plan
-from ovmftool.errors import require_one_line
+from ovmftool.errors import OvmfToolError, require_one_line
 from ovmftool.outputs import commit_output_dir, discard_output_dir, new_output_dir
 
 
@@ -37,6 +37,9 @@ def write_plan(
     who = parse_identity(author, "--author")  # before any work: a newline would forge a header
     if signoff:
         parse_identity(signoff, "--signoff")
+    scratch = (verification or {}).get("scratch")
+    if scratch and Path(scratch).resolve().is_relative_to(Path(tree).resolve()):
+        raise OvmfToolError(f"--scratch {scratch} is inside the tree it copies ({tree}): give a directory outside it")
     arches = list(arches)
     p = make_plan(Path(tree).resolve(), dsc, defs, arches or None, strategy)
     if verification is not None:
