@@ -159,7 +159,7 @@ def scan(
     from ovmftool.scan.scanner import scan_paths, worst_exit
 
     inputs = expand_inputs(images)
-    check_not_input(output, (i for i in inputs if isinstance(i, str)), "scan")
+    check_not_input(output, inputs, "scan")
     outcomes = scan_paths(inputs, symbols_dir, jobs, default_cache(not no_cache))
     text = render(outcomes, fmt, sarif_root)
     if text:
@@ -184,7 +184,7 @@ def baseline(images: tuple[str, ...], output: str, symbols_dir: str | None) -> N
     from ovmftool.scan.scanner import ScanFailure, ScanResult, default_jobs, scan_paths
 
     inputs = expand_inputs(images)
-    check_not_input(output, (i for i in inputs if isinstance(i, str)), "baseline")
+    check_not_input(output, inputs, "baseline")
     outcomes = scan_paths(inputs, symbols_dir, default_jobs(len(inputs)), default_cache())
     failed = [o for o in outcomes if isinstance(o, ScanFailure) and o.exit_code]
     if failed:  # nothing written: a baseline must not silently leave out an image

@@ -93,12 +93,15 @@ def check_patch_output(image: str, output: str | None, dry_run: bool) -> None:
         raise OvmfToolError(f"directory {os.path.dirname(os.path.abspath(output))} does not exist")
 
 
-def check_not_input(output: str | None, inputs: Iterable[str], command: str) -> None:
+def check_not_input(output: str | None, inputs: Iterable[object], command: str) -> None:
     """Raise a one-line OvmfToolError when the file `output` is one of `inputs` (by name, through a
-    symbolic link or as a hard link): no command writes over what it reads."""
+    symbolic link or as a hard link): no command writes over what it reads. Inputs that are not
+    paths (a `ScanFailure` in `scan`'s list) are passed over."""
     if not output or output == "-" or not os.path.exists(output):
         return
     for image in inputs:
+        if not isinstance(image, str):
+            continue
         try:
             same = os.path.samefile(output, image)
         except OSError:  # an input that does not exist: its own error comes later
